@@ -1,0 +1,320 @@
+"""The deterministic chooser that replaces random sampling during a check.
+
+One :class:`PrefixChooser` serves one run of the episode (one *pass*). The episode runs ``rows``
+independent episodes at once (one in sequential mode). Every categorical decision a row makes gets
+a *slot*, numbered in call order. For each row the chooser holds a *forced path*:
+
+* slots below ``real_len`` replay a prefix already known to be feasible (a *replayed* slot);
+* slots from ``real_len`` up to the end of the forced path are *speculated*: the path guesses an
+  action there without knowing whether it is feasible (batched mode guesses the whole product of
+  supports seen so far, so a tree whose supports do not depend on the history is run in one batch);
+* later slots are *free*: the row takes the first action of nonzero probability.
+
+Whenever a decision offers actions that no row of the pass will take at that node, the chooser
+records them as new prefixes (*spawns*) to run later: at a free slot every nonzero action other
+than the one taken; at a speculated slot the nonzero actions outside the guessed set, and only from
+the one row (the *canonical* row) whose later guesses are all first choices, so that each node
+spawns once. A row whose guess turns out to have probability zero is *invalid*: it keeps running
+(taking first actions, so the user's code sees only feasible actions) but contributes nothing.
+
+Together these rules make every terminating action sequence complete in exactly one valid row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import InvalidProbabilitiesError, NondeterministicEpisodeError
+
+__all__ = ["Pass", "PrefixChooser"]
+
+# Probabilities replayed in another batch composition may differ in the last bits (BLAS blocking).
+_REPLAY_RTOL = 1e-8
+_REPLAY_ATOL = 1e-12
+
+
+@dataclass
+class Pass:
+    """What one run of the episode produced, row by row."""
+
+    actions: torch.Tensor
+    """``(rows, slots)`` action taken at every slot."""
+    probs: torch.Tensor
+    """``(rows, slots)`` probability of that action (detached, float64)."""
+    branching: torch.Tensor
+    """``(rows, slots)`` whether the decision had more than one action of nonzero probability."""
+    log_prob: torch.Tensor
+    """``(rows,)`` log-probability of each row's sequence, with gradient."""
+    valid: torch.Tensor
+    """``(rows,)`` False for rows whose speculated actions proved infeasible."""
+    sites: list[str]
+    """Entry point that made the decision at each slot."""
+    spawns: list[tuple[int, int, int, float]] = field(default_factory=list)
+    """New prefixes as ``(row, slot, action, probability)``: row's path up to ``slot``, then ``action``."""
+    supports: dict[int, torch.Tensor] = field(default_factory=dict)
+    """Support (nonzero mask) seen by row 0 at every slot, when asked for."""
+
+
+class PrefixChooser:
+    """Deterministic chooser for one pass over ``rows`` episodes.
+
+    Arguments:
+        rows: number of episodes in the pass (the batch size; 1 in sequential mode).
+        forced: ``(rows, L)`` long tensor of forced actions, ``-1`` past each row's path.
+        forced_len: ``(rows,)`` length of each forced path.
+        real_len: ``(rows,)`` how many of the forced slots replay a known-feasible prefix.
+        replay_probs: ``(rows, L)`` probabilities seen when the replayed slots were discovered,
+            compared on replay to detect nondeterminism; ``None`` to skip (finite differences).
+        guesses: for speculated slots, the set of actions guessed there (a bool mask per slot).
+        speculation_index: ``(rows, L)`` index of each speculated action within its guess set
+            (0 for the first guess), used to pick the canonical row of each node.
+        record_supports: remember the support row 0 sees at each slot.
+        spawn: whether to record alternatives (off when the set of sequences is already known).
+
+    >>> chooser = PrefixChooser.free(rows=1)
+    >>> chooser.choose(torch.tensor([[0.0, 0.3, 0.7]]), 1, True, "torch.multinomial")
+    tensor([[1]])
+    >>> [(slot, action) for _, slot, action, _ in chooser.finish().spawns]
+    [(0, 2)]
+    """
+
+    def __init__(
+        self,
+        rows: int,
+        forced: torch.Tensor,
+        forced_len: torch.Tensor,
+        real_len: torch.Tensor,
+        replay_probs: torch.Tensor | None,
+        guesses: dict[int, torch.Tensor] | None = None,
+        speculation_index: torch.Tensor | None = None,
+        record_supports: bool = False,
+        spawn: bool = True,
+    ) -> None:
+        self.rows = rows
+        self.forced = forced
+        self.forced_len = forced_len
+        self.real_len = real_len
+        self.replay_probs = replay_probs
+        self.guesses = guesses or {}
+        self.record_supports = record_supports
+        self.spawn = spawn
+        self.cursor = 0
+        self.invalid = torch.zeros(rows, dtype=torch.bool)
+        self.log_prob: torch.Tensor | None = None
+        self._actions: list[torch.Tensor] = []
+        self._probs: list[torch.Tensor] = []
+        self._branching: list[torch.Tensor] = []
+        self._sites: list[str] = []
+        self._spawns: list[torch.Tensor] = []
+        self._supports: dict[int, torch.Tensor] = {}
+        # canonical[r, s]: every speculated guess of row r after slot s is a first guess.
+        if speculation_index is not None and speculation_index.shape[1] > 0:
+            later = torch.cat(
+                [speculation_index[:, 1:], torch.zeros(rows, 1, dtype=speculation_index.dtype)], dim=1
+            )
+            suffix_max = later.flip(1).cummax(1).values.flip(1)
+            self.canonical = suffix_max == 0
+        else:
+            self.canonical = torch.ones(rows, max(forced.shape[1], 1), dtype=torch.bool)
+
+    @classmethod
+    def free(cls, rows: int, record_supports: bool = False) -> PrefixChooser:
+        """A chooser with no forced actions: every slot takes the first feasible action."""
+        empty = torch.zeros(rows, 0, dtype=torch.long)
+        zero = torch.zeros(rows, dtype=torch.long)
+        return cls(rows, empty, zero, zero, empty.double(), record_supports=record_supports)
+
+    def choose(self, weights: torch.Tensor, num_samples: int, replacement: bool, site: str) -> torch.Tensor:
+        if weights.dim() != 2 or weights.shape[1] == 0:
+            raise InvalidProbabilitiesError(
+                f"{site} received probabilities of shape {tuple(weights.shape)}; expected (K,) or (rows, K) with K >= 1."
+            )
+        total_rows = weights.shape[0]
+        if total_rows % self.rows:
+            raise NondeterministicEpisodeError(
+                f"{site} was called with {total_rows} probability rows in a batch of {self.rows} episodes. "
+                "In batched mode every sampler call must have batch_size (or a multiple, for several "
+                "decisions per episode) rows, the batch dimension first."
+            )
+        if not weights.is_floating_point():
+            weights = weights.double()
+        per_row = total_rows // self.rows
+        available = weights
+        chosen_columns = []
+        for draw in range(num_samples):
+            probs = self._normalize(available, site, replacement)
+            chosen = self._decide(probs, per_row, site)
+            chosen_columns.append(chosen)
+            if not replacement and draw + 1 < num_samples:
+                taken = torch.nn.functional.one_hot(chosen, probs.shape[1]).bool()
+                available = available.masked_fill(taken, 0)
+        return torch.stack(chosen_columns, dim=1)
+
+    @staticmethod
+    def _normalize(weights: torch.Tensor, site: str, replacement: bool) -> torch.Tensor:
+        detached = weights.detach()
+        if not bool(torch.isfinite(detached).all()):
+            raise InvalidProbabilitiesError(
+                f"{site} received NaN or infinite probabilities. Check the logits that feed it "
+                "(an overflow, a division by zero, or log(0) upstream)."
+            )
+        if bool((detached < 0).any()):
+            raise InvalidProbabilitiesError(
+                f"{site} received negative probabilities (smallest {detached.min().item():.3g}). "
+                "Pass softmax outputs or non-negative weights."
+            )
+        total = weights.sum(dim=1, keepdim=True)
+        if bool((total.detach() <= 0).any()):
+            detail = (
+                "no action left to draw without replacement"
+                if not replacement
+                else "every action has probability zero"
+            )
+            raise InvalidProbabilitiesError(
+                f"{site} received a row whose probabilities are all zero ({detail}). "
+                "Make sure each decision leaves at least one action possible."
+            )
+        return weights / total
+
+    def _decide(self, probs: torch.Tensor, per_row: int, site: str) -> torch.Tensor:
+        total_rows, num_actions = probs.shape
+        episode = torch.arange(total_rows) // per_row
+        slot = self.cursor + torch.arange(total_rows) % per_row
+        self.cursor += per_row
+        detached = probs.detach()
+        support = detached > 0
+        first = support.to(torch.int8).argmax(dim=1)
+
+        width = self.forced.shape[1]
+        in_forced = slot < self.forced_len[episode]
+        replayed = slot < self.real_len[episode]
+        column = slot.clamp(max=max(width - 1, 0))
+        forced_action = self.forced[episode, column] if width else torch.full_like(slot, -1)
+        forced_action = torch.where(in_forced, forced_action, torch.full_like(forced_action, -1))
+        in_range = (forced_action >= 0) & (forced_action < num_actions)
+        safe_action = forced_action.clamp(0, num_actions - 1)
+        feasible = in_range & support.gather(1, safe_action[:, None]).squeeze(1)
+        alive = ~self.invalid[episode]
+
+        broken = replayed & ~feasible & alive
+        if bool(broken.any()):
+            row = int(episode[broken.nonzero()[0, 0]])
+            raise NondeterministicEpisodeError(
+                f"replaying episode row {row}: at decision {int(slot[broken][0])} ({site}) the action "
+                "taken before now has probability zero (or the decision has fewer actions). The episode "
+                "does not behave the same way under replay: make it deterministic given its actions "
+                "(no dependence on global state, wall-clock time or earlier checks)."
+            )
+        chosen = torch.where(in_forced & feasible, forced_action, first)
+        chosen_prob = probs.gather(1, chosen[:, None]).squeeze(1)
+
+        if self.replay_probs is not None and bool(replayed.any()):
+            expected = self.replay_probs[episode, column]
+            seen = chosen_prob.detach()
+            differs = replayed & alive & ((seen - expected).abs() > _REPLAY_ATOL + _REPLAY_RTOL * expected.abs())
+            if bool(differs.any()):
+                index = differs.nonzero()[0, 0]
+                raise NondeterministicEpisodeError(
+                    f"replaying the same actions gave a different probability at decision {int(slot[index])} "
+                    f"({site}): {float(seen[index]):.17g} now, {float(expected[index]):.17g} before. "
+                    "The episode must be a deterministic function of its actions: reset any state it keeps "
+                    "between calls (recurrent state, environment, counters) at the start of the episode."
+                )
+
+        newly_invalid = in_forced & ~replayed & ~feasible & alive
+        if self.spawn:
+            self._record_spawns(probs, support, chosen, episode, slot, in_forced, replayed, alive, column)
+        if self.record_supports:
+            for index in range(total_rows):
+                if int(episode[index]) == 0:
+                    self._supports[int(slot[index])] = support[index].clone()
+        if bool(newly_invalid.any()):
+            self.invalid[episode[newly_invalid]] = True
+
+        dead = ~alive | newly_invalid
+        safe_prob = torch.where(dead, torch.ones_like(chosen_prob), chosen_prob)
+        per_episode = torch.log(safe_prob).reshape(self.rows, per_row).sum(dim=1)
+        self.log_prob = per_episode if self.log_prob is None else self.log_prob + per_episode
+        self._actions.append(chosen.reshape(self.rows, per_row))
+        self._probs.append(chosen_prob.detach().to(torch.float64).reshape(self.rows, per_row))
+        self._branching.append((support.sum(dim=1) > 1).reshape(self.rows, per_row))
+        self._sites.extend([site] * per_row)
+        return chosen
+
+    def _record_spawns(
+        self,
+        probs: torch.Tensor,
+        support: torch.Tensor,
+        chosen: torch.Tensor,
+        episode: torch.Tensor,
+        slot: torch.Tensor,
+        in_forced: torch.Tensor,
+        replayed: torch.Tensor,
+        alive: torch.Tensor,
+        column: torch.Tensor,
+    ) -> None:
+        num_actions = probs.shape[1]
+        actions = torch.arange(num_actions)
+        free = alive & ~in_forced
+        alternatives = support & free[:, None] & (actions[None, :] != chosen[:, None])
+        speculated = alive & in_forced & ~replayed
+        if bool(speculated.any()):
+            canonical = self.canonical[episode, column] & speculated
+            # A call covers few distinct slots (one per decision of an episode), so loop over those.
+            for slot_value in torch.unique(slot[canonical]).tolist():
+                guessed = torch.zeros(num_actions, dtype=torch.bool)
+                guess = self.guesses.get(int(slot_value))
+                if guess is not None:
+                    size = min(num_actions, guess.shape[0])
+                    guessed[:size] = guess[:size]
+                here = canonical & (slot == slot_value)
+                alternatives |= support & here[:, None] & ~guessed[None, :]
+        found = alternatives.nonzero()
+        if found.shape[0]:
+            rows, acts = found[:, 0], found[:, 1]
+            self._spawns.append(
+                torch.stack(
+                    [episode[rows].double(), slot[rows].double(), acts.double(), probs.detach()[rows, acts].double()],
+                    dim=1,
+                )
+            )
+
+    def finish(self) -> Pass:
+        """Close the pass and return what it produced.
+
+        Raises:
+            NondeterministicEpisodeError: a row stopped before replaying its whole prefix.
+        """
+        slots = self.cursor
+        short = (self.real_len > slots) & ~self.invalid
+        if bool(short.any()):
+            row = int(short.nonzero()[0, 0])
+            raise NondeterministicEpisodeError(
+                f"replaying episode row {row}: the episode made {slots} decisions, but the prefix being "
+                f"replayed has {int(self.real_len[row])}. The same actions led to a shorter episode, so the "
+                "episode is not a deterministic function of its actions."
+            )
+        if self._actions:
+            actions = torch.cat(self._actions, dim=1)
+            probs = torch.cat(self._probs, dim=1)
+            branching = torch.cat(self._branching, dim=1)
+        else:
+            actions = torch.zeros(self.rows, 0, dtype=torch.long)
+            probs = torch.zeros(self.rows, 0, dtype=torch.float64)
+            branching = torch.zeros(self.rows, 0, dtype=torch.bool)
+        spawns: list[tuple[int, int, int, float]] = []
+        for block in self._spawns:
+            spawns.extend((int(r), int(s), int(a), float(p)) for r, s, a, p in block.tolist())
+        log_prob = self.log_prob if self.log_prob is not None else torch.zeros(self.rows, dtype=torch.float64)
+        return Pass(
+            actions=actions,
+            probs=probs,
+            branching=branching,
+            log_prob=log_prob,
+            valid=~self.invalid,
+            sites=list(self._sites),
+            spawns=spawns,
+            supports=self._supports,
+        )

@@ -1,0 +1,217 @@
+"""Interception of torch's categorical samplers.
+
+While :func:`intercept_samplers` is active, every categorical draw a policy makes is routed to
+a *chooser* (see :mod:`reinforce_check.chooser`) that picks actions deterministically and records
+their probabilities with gradient. The entry points replaced are:
+
+* ``torch.multinomial`` and ``Tensor.multinomial`` (what ``Categorical.sample`` calls),
+* ``torch.bernoulli`` and ``Tensor.bernoulli``,
+* the ``sample`` method installed on :class:`torch.distributions.Categorical`,
+  :class:`~torch.distributions.OneHotCategorical` and :class:`~torch.distributions.Bernoulli`
+  *at the time the check starts*. A code base that replaced ``Categorical.sample`` with its own
+  wrapper keeps its wrapper: ours calls it, and the primitive it reaches is intercepted.
+
+Everything is restored when the block exits, exceptions included. Patching is process-global,
+so checks must not run concurrently in several threads; a nested check is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import torch
+from torch import distributions
+
+__all__ = ["Chooser", "intercept_samplers", "sampler_entry_points"]
+
+_MISSING = object()
+_LOCK = threading.Lock()
+
+
+class Chooser(Protocol):
+    """What the interception layer hands each categorical draw to."""
+
+    def choose(self, weights: torch.Tensor, num_samples: int, replacement: bool, site: str) -> torch.Tensor:
+        """Pick ``num_samples`` actions for every row of ``weights`` (shape ``(rows, K)``).
+
+        ``weights`` are unnormalized, non-negative and carry gradient. Returns a ``(rows,
+        num_samples)`` long tensor.
+        """
+        ...
+
+
+class _State(threading.local):
+    def __init__(self) -> None:
+        self.chooser: Chooser | None = None
+        # Distributions whose ``sample`` is running, innermost last: names the site in reports and
+        # lets ``torch.bernoulli`` recover probabilities that Bernoulli.sample detached.
+        self.distributions: list[tuple[distributions.Distribution, str]] = []
+
+
+_STATE = _State()
+
+
+def sampler_entry_points() -> list[str]:
+    """Names of the sampler entry points that a check intercepts.
+
+    >>> "torch.multinomial" in sampler_entry_points()
+    True
+    """
+    return [f"{_owner_name(owner)}.{name}" for owner, name in _targets()]
+
+
+def _owner_name(owner: Any) -> str:
+    return "torch" if owner is torch else owner.__name__
+
+
+def _targets() -> list[tuple[Any, str]]:
+    return [
+        (torch, "multinomial"),
+        (torch.Tensor, "multinomial"),
+        (torch, "bernoulli"),
+        (torch.Tensor, "bernoulli"),
+        (distributions.Categorical, "sample"),
+        (distributions.OneHotCategorical, "sample"),
+        (distributions.Bernoulli, "sample"),
+    ]
+
+
+def _site(default: str) -> str:
+    return _STATE.distributions[-1][1] if _STATE.distributions else default
+
+
+def _multinomial(original: Callable[..., torch.Tensor], site: str) -> Callable[..., torch.Tensor]:
+    @functools.wraps(original)
+    def multinomial(
+        input: torch.Tensor,
+        num_samples: int,
+        replacement: bool = False,
+        *,
+        generator: torch.Generator | None = None,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        chooser = _STATE.chooser
+        if chooser is None:  # called from another thread while a check runs
+            return original(input, num_samples, replacement, generator=generator, out=out)
+        weights = input if input.dim() == 2 else input.reshape(1, -1)
+        chosen = chooser.choose(weights, int(num_samples), bool(replacement), _site(site))
+        result = chosen if input.dim() == 2 else chosen.reshape(-1)
+        if out is not None:
+            return out.copy_(result)
+        return result
+
+    return multinomial
+
+
+def _tensor_multinomial(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def multinomial(
+        self: torch.Tensor,
+        num_samples: int,
+        replacement: bool = False,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        return function(self, num_samples, replacement, generator=generator)
+
+    return multinomial
+
+
+def _bernoulli(original: Callable[..., torch.Tensor], site: str) -> Callable[..., torch.Tensor]:
+    @functools.wraps(original)
+    def bernoulli(input: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        chooser = _STATE.chooser
+        if chooser is None:
+            return original(input, *args, **kwargs)
+        kwargs.pop("generator", None)
+        out = kwargs.pop("out", None)
+        p_arg = args[0] if args else kwargs.pop("p", None)
+        probs = input if p_arg is None else torch.full_like(input, float(p_arg))
+        if _STATE.distributions and isinstance(_STATE.distributions[-1][0], distributions.Bernoulli):
+            # Bernoulli.sample draws under no_grad; the probability we record must carry gradient.
+            with torch.enable_grad():
+                probs = _STATE.distributions[-1][0].probs.expand(input.shape)
+        flat = probs.reshape(-1, 1)
+        weights = torch.cat([1 - flat, flat], dim=1)
+        chosen = chooser.choose(weights, 1, True, _site(site))
+        result = chosen.reshape(input.shape).to(input.dtype)
+        if out is not None:
+            return out.copy_(result)
+        return result
+
+    return bernoulli
+
+
+def _tensor_bernoulli(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def bernoulli(self: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return function(self, *args, **kwargs)
+
+    return bernoulli
+
+
+def _distribution_sample(installed: Callable[..., Any], site: str) -> Callable[..., Any]:
+    @functools.wraps(installed)
+    def sample(self: distributions.Distribution, *args: Any, **kwargs: Any) -> Any:
+        if _STATE.chooser is None:
+            return installed(self, *args, **kwargs)
+        _STATE.distributions.append((self, site))
+        try:
+            return installed(self, *args, **kwargs)
+        finally:
+            _STATE.distributions.pop()
+
+    return sample
+
+
+@contextlib.contextmanager
+def intercept_samplers(chooser: Chooser) -> Iterator[None]:
+    """Route every categorical draw to ``chooser`` for the duration of the block.
+
+    >>> class First:
+    ...     def choose(self, weights, num_samples, replacement, site):
+    ...         return weights.argmax(-1, keepdim=True).expand(-1, num_samples)
+    >>> with intercept_samplers(First()):
+    ...     torch.distributions.Categorical(probs=torch.tensor([0.2, 0.8])).sample()
+    tensor(1)
+    """
+    if not _LOCK.acquire(blocking=False):
+        from .errors import CheckUsageError
+
+        raise CheckUsageError(
+            "a reinforce_check check is already running: checks cannot be nested or run in "
+            "parallel threads, because sampler interception is process-global. Run them one after another."
+        )
+    saved: list[tuple[Any, str, Any]] = []
+    try:
+        for owner, name in _targets():
+            saved.append((owner, name, vars(owner).get(name, _MISSING)))
+        torch_multinomial = _multinomial(torch.multinomial, "torch.multinomial")
+        tensor_multinomial = _multinomial(torch.Tensor.multinomial, "Tensor.multinomial")
+        torch_bernoulli = _bernoulli(torch.bernoulli, "torch.bernoulli")
+        tensor_bernoulli = _bernoulli(torch.Tensor.bernoulli, "Tensor.bernoulli")
+        replacements = {
+            (torch, "multinomial"): torch_multinomial,
+            (torch.Tensor, "multinomial"): _tensor_multinomial(tensor_multinomial),
+            (torch, "bernoulli"): torch_bernoulli,
+            (torch.Tensor, "bernoulli"): _tensor_bernoulli(tensor_bernoulli),
+        }
+        for cls in (distributions.Categorical, distributions.OneHotCategorical, distributions.Bernoulli):
+            replacements[(cls, "sample")] = _distribution_sample(cls.sample, f"{cls.__name__}.sample")
+        _STATE.chooser = chooser
+        _STATE.distributions = []
+        for (owner, name), function in replacements.items():
+            setattr(owner, name, function)
+        yield
+    finally:
+        _STATE.chooser = None
+        _STATE.distributions = []
+        for owner, name, previous in reversed(saved):
+            if previous is _MISSING:
+                if name in vars(owner):
+                    delattr(owner, name)
+            else:
+                setattr(owner, name, previous)
+        _LOCK.release()
