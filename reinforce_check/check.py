@@ -1,0 +1,266 @@
+"""``check_reinforce``: does a REINFORCE implementation compute the gradient it claims to?
+
+The data path reads straight through: the episode runs under intercepted samplers
+(:mod:`~reinforce_check.patching`, :mod:`~reinforce_check.chooser`) once per terminating action
+sequence (:mod:`~reinforce_check.enumeration`); exact quantities follow
+(:mod:`~reinforce_check.exact`); a report compares them (:mod:`~reinforce_check.report`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal, Union
+
+import torch
+
+from .enumeration import enumerate_sequences
+from .errors import ParameterError
+from . import exact as _exact
+from .report import CheckReport, ParameterReport, ReinforceCheckError, SequenceContribution, format_mismatch
+
+__all__ = ["check_reinforce"]
+
+Params = Union[Mapping[str, torch.Tensor], Iterable[torch.Tensor], torch.nn.Module, torch.Tensor]
+FiniteDifferences = Literal["tensor", "joint", "coordinate", "none"]
+_FD_MODES = ("tensor", "joint", "coordinate", "none")
+
+
+def _named_parameters(params: Params) -> list[tuple[str, torch.Tensor]]:
+    if isinstance(params, torch.nn.Module):
+        items = list(params.named_parameters())
+    elif isinstance(params, torch.Tensor):
+        items = [("param", params)]
+    elif isinstance(params, Mapping):
+        items = [(str(k), v) for k, v in params.items()]
+    else:
+        try:
+            items = [(f"param{i}", t) for i, t in enumerate(params)]
+        except TypeError:
+            raise ParameterError(
+                f"params is a {type(params).__name__}; pass a mapping name -> tensor (for example "
+                "dict(policy.named_parameters())), an iterable of tensors, or an nn.Module."
+            ) from None
+    if not items:
+        raise ParameterError("params is empty: pass the parameters whose gradient the check should verify.")
+    seen: dict[int, str] = {}
+    for name, tensor in items:
+        if not isinstance(tensor, torch.Tensor):
+            raise ParameterError(f"parameter {name!r} is a {type(tensor).__name__}, not a tensor.")
+        if id(tensor) in seen:
+            raise ParameterError(f"parameters {seen[id(tensor)]!r} and {name!r} are the same tensor; list it once.")
+        seen[id(tensor)] = name
+        if not tensor.requires_grad:
+            raise ParameterError(
+                f"parameter {name!r} does not require grad, so its gradient cannot be checked. "
+                "Call tensor.requires_grad_() or leave it out of params."
+            )
+        if not tensor.is_leaf:
+            raise ParameterError(
+                f"parameter {name!r} is not a leaf tensor (it was computed from other tensors); pass the leaf "
+                "tensors it is computed from, which the check can perturb for finite differences."
+            )
+        if tensor.dtype != torch.float64:
+            raise ParameterError(
+                f"parameter {name!r} is {tensor.dtype}; the check runs in float64, where exact sums and finite "
+                "differences are trustworthy. Convert the model first (model.double(), and "
+                "torch.set_default_dtype(torch.float64) for tensors the episode creates)."
+            )
+    return items
+
+
+def _compare(name: str, target: torch.Tensor, estimate: torch.Tensor, rtol: float, atol: float) -> ParameterReport:
+    difference = (estimate - target).abs()
+    allowed = atol + rtol * target.abs()
+    mismatched = difference > allowed
+    relative = torch.where(
+        difference == 0, torch.zeros_like(difference), difference / target.abs().clamp_min(torch.finfo(target.dtype).tiny)
+    )
+    shape = tuple(target.shape)
+
+    def worst(values: torch.Tensor) -> tuple[tuple[int, ...], float]:
+        if values.numel() == 0:
+            return tuple(0 for _ in shape), 0.0
+        flat = int(values.reshape(-1).argmax())
+        index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), shape)) if shape else ()
+        return index, float(values.reshape(-1)[flat])
+
+    abs_index, abs_error = worst(difference)
+    rel_index, rel_error = worst(relative)
+    return ParameterReport(
+        name=name,
+        shape=shape,
+        target=target,
+        estimate=estimate,
+        mismatches=int(mismatched.sum()),
+        max_abs_error=abs_error,
+        max_rel_error=rel_error,
+        worst_abs_index=abs_index,
+        worst_rel_index=rel_index,
+    )
+
+
+def check_reinforce(
+    episode: Callable[..., Any],
+    params: Params,
+    *,
+    rtol: float = 1e-6,
+    atol: float = 1e-9,
+    max_sequences: int = 10_000,
+    raise_exception: bool = True,
+    batched: bool = False,
+    finite_differences: FiniteDifferences = "tensor",
+    fd_step: float = 1e-6,
+    fd_rtol: float = 1e-5,
+    fd_atol: float = 1e-7,
+    variance: bool = False,
+    top_sequences: int = 5,
+    seed: int = 0,
+) -> CheckReport:
+    r"""Check that a REINFORCE implementation's expected gradient is the exact gradient.
+
+    The episode is run once for every terminating sequence of actions its samplers can produce. With
+    :math:`p(a)` the probability of sequence :math:`a`, the check computes the exact objective
+    :math:`J(\theta) = \sum_a p(a)\,\mathrm{objective}(a)` and passes when, for every checked
+    parameter,
+
+    .. math:: \sum_a p(a)\, \nabla_\theta \mathrm{loss}(a) = -\nabla_\theta J(\theta)
+
+    elementwise within ``atol + rtol * |grad J|``, and central differences of the exact :math:`J`
+    agree with both sides.
+
+    .. note::
+        Everything runs in float64: checked parameters must be float64 (a float32 model is refused
+        with a message saying how to convert it). Exact sums over thousands of sequences and finite
+        differences are only trustworthy in double precision; the default tolerances assume it.
+
+    Arguments:
+        episode: ``episode()`` runs one episode, sampling actions with torch as usual
+            (``torch.distributions.Categorical(...).sample()``, ``torch.multinomial``, ...), and returns
+            ``(objective, loss)``: two scalar tensors. ``objective`` is the per-episode quantity whose
+            expectation is maximized (it may depend on the parameters directly, e.g. a log-likelihood);
+            ``loss`` is what the implementation minimizes for that episode. With ``batched=True``,
+            ``episode(batch_size)`` runs that many independent episodes and returns per-row tensors of
+            shape ``(batch_size,)``; rows that have finished must not branch (give them a distribution with
+            one action of nonzero probability), and rows must not interact.
+        params: the parameters to check: a mapping name -> tensor (``dict(model.named_parameters())``),
+            an iterable of tensors, or an ``nn.Module``. Leaf float64 tensors that require grad.
+        rtol: relative tolerance of the elementwise comparison.
+        atol: absolute tolerance of the elementwise comparison.
+        max_sequences: stop with :class:`~reinforce_check.SequenceBudgetError` past this many sequences.
+        raise_exception: raise :class:`~reinforce_check.ReinforceCheckError` on a mismatch (default);
+            with ``False`` the report is returned and ``report.ok`` says whether the check passed.
+        batched: call ``episode(batch_size)`` and enumerate in as few batched calls as possible.
+        finite_differences: ``"tensor"`` (default): one random unit direction per parameter tensor, so
+            every tensor is verified numerically; ``"joint"``: one direction over all parameters, then
+            per-tensor directions only if it disagrees (2 evaluations of J instead of 2 per tensor);
+            ``"coordinate"``: every coordinate; ``"none"``: skip.
+        fd_step: step of the central differences.
+        fd_rtol: relative tolerance of the finite-difference comparison.
+        fd_atol: absolute tolerance of the finite-difference comparison.
+        variance: also compute the exact variance of the single-episode estimator ``grad loss(a)``
+            (replays each sequence alone, so it costs one more run per sequence).
+        top_sequences: how many sequences to list as the largest contributors when a bias is found.
+        seed: seed of the private generator that draws finite-difference directions.
+
+    Returns:
+        A :class:`~reinforce_check.CheckReport`; ``str(report)`` is a table.
+
+    Raises:
+        ReinforceCheckError: the gradients disagree (unless ``raise_exception=False``).
+        CheckUsageError: the check cannot be run as asked; the subclass and message say what to change.
+
+    >>> import torch
+    >>> logits = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    >>> def episode():
+    ...     dist = torch.distributions.Categorical(logits=logits)
+    ...     action = dist.sample()
+    ...     reward = torch.tensor([1.0, 0.0, 2.0], dtype=torch.float64)[action]
+    ...     return reward, -dist.log_prob(action) * reward
+    >>> check_reinforce(episode, {"logits": logits}).ok
+    True
+    """
+    if finite_differences not in _FD_MODES:
+        raise ValueError(f"finite_differences must be one of {_FD_MODES}, not {finite_differences!r}.")
+    for label, value in (("rtol", rtol), ("atol", atol), ("fd_rtol", fd_rtol), ("fd_atol", fd_atol)):
+        if not (value >= 0 and math.isfinite(value)):
+            raise ValueError(f"{label} must be a finite non-negative number, not {value!r}.")
+    if not fd_step > 0:
+        raise ValueError(f"fd_step must be positive, not {fd_step!r}.")
+    if not (isinstance(max_sequences, int) and max_sequences >= 1):
+        raise ValueError(f"max_sequences must be a positive integer, not {max_sequences!r}.")
+    named = _named_parameters(params)
+    names = [n for n, _ in named]
+    tensors = [t for _, t in named]
+    start = time.perf_counter()
+
+    found = enumerate_sequences(episode, batched=batched, max_sequences=max_sequences)
+    exact = _exact.exact_gradients(found, tensors)
+    parameters = [_compare(n, t, e, rtol, atol) for n, t, e in zip(names, exact.target, exact.estimate)]
+    biased = any(not p.ok for p in parameters)
+
+    contributions: list[SequenceContribution] = []
+    if variance or biased:
+        bias = [p.bias for p in parameters] if biased else None
+        stats = _exact.sequence_statistics(episode, found, tensors, bias, batched=batched)
+        if variance:
+            for p, v in zip(parameters, stats.variance):
+                p.variance = v
+        if biased:
+            probability = found.log_prob.detach().exp()
+            order = sorted(range(len(found)), key=lambda i: -stats.contribution[i])[:top_sequences]
+            contributions = [
+                SequenceContribution(
+                    choices=found.choices(i),
+                    probability=float(probability[i]),
+                    objective=float(found.objective[i].detach()),
+                    contribution=stats.contribution[i],
+                )
+                for i in order
+            ]
+
+    directional, numeric = _exact.finite_differences(
+        episode,
+        found,
+        names,
+        tensors,
+        exact,
+        mode=finite_differences,
+        step=fd_step,
+        rtol=fd_rtol,
+        atol=fd_atol,
+        seed=seed,
+        batched=batched,
+    )
+    if numeric is not None:
+        for p, n in zip(parameters, numeric):
+            p.numeric = n
+
+    report = CheckReport(
+        ok=False,
+        num_sequences=len(found),
+        total_probability=exact.total_probability,
+        objective=exact.objective,
+        max_abs_error=max(p.max_abs_error for p in parameters),
+        max_rel_error=max(p.max_rel_error for p in parameters),
+        parameters=parameters,
+        finite_differences=directional,
+        top_sequences=contributions,
+        rtol=rtol,
+        atol=atol,
+        fd_mode=finite_differences,
+        fd_rtol=fd_rtol,
+        fd_atol=fd_atol,
+        batched=batched,
+        passes=found.passes,
+        rows_run=found.rows_run,
+        seconds=0.0,
+        probability_tolerance=max(1e-12 * len(found), 1e-10),
+    )
+    report.ok = not biased and all(c.ok for c in directional) and report.probability_ok
+    report.seconds = time.perf_counter() - start
+    if not report.ok and raise_exception:
+        raise ReinforceCheckError(format_mismatch(report), report)
+    return report
+

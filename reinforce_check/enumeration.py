@@ -1,0 +1,369 @@
+"""Running an episode once for every terminating action sequence.
+
+Sequential mode (``episode()`` runs one episode) walks the tree of action sequences depth-first:
+each run replays a prefix, takes the first feasible action at every later decision and records the
+other feasible actions as new prefixes, so every run completes exactly one new sequence (as Pyro's
+sequential enumeration does, but driven by the intercepted samplers, with no annotations).
+
+Batched mode (``episode(batch_size)`` runs independent rows) runs in rounds. Round 0 is one free
+row; it reveals the support of every decision along its path. Each later round runs, as one batch,
+every pending prefix extended by the product of the supports seen so far (see
+:mod:`reinforce_check.chooser`), so a tree whose supports do not depend on the history takes two
+rounds; any other tree takes a few more. Every sequence still completes in exactly one row.
+
+Once the sequences are known, :func:`evaluate_objective` forces all of them in a single batch
+(the paper's "single minibatch whose size is #A†") to evaluate J at other parameter values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import randomness
+from .chooser import Pass, PrefixChooser
+from .errors import EpisodeOutputError, NoSamplerCallError, NondeterministicEpisodeError, SequenceBudgetError
+from .patching import intercept_samplers
+
+__all__ = ["Enumeration", "enumerate_sequences", "evaluate_objective", "replay_sequence"]
+
+Episode = Callable[..., Any]
+
+
+@dataclass
+class Enumeration:
+    """Every terminating action sequence of an episode, with what each one produced."""
+
+    actions: list[torch.Tensor]
+    """Action taken at every decision, one 1-D long tensor per sequence."""
+    probs: list[torch.Tensor]
+    """Probability of each of those actions (detached)."""
+    branching: list[torch.Tensor]
+    """Whether each decision offered more than one feasible action."""
+    sites: list[list[str]]
+    """Sampler entry point behind each decision."""
+    log_prob: torch.Tensor
+    """``(N,)`` log-probability of each sequence, differentiable in the parameters."""
+    objective: torch.Tensor
+    """``(N,)`` the episode's objective for each sequence (with its graph)."""
+    loss: torch.Tensor
+    """``(N,)`` the episode's loss for each sequence (with its graph)."""
+    passes: int = 0
+    """How many times the episode function was called."""
+    rows_run: int = 0
+    """Episode rows run in all, including rows whose speculated actions proved infeasible."""
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    def choices(self, index: int) -> list[tuple[str, int]]:
+        """The decisions of sequence ``index`` that had a choice, as ``(site, action)`` pairs."""
+        branching = self.branching[index].tolist()
+        actions = self.actions[index].tolist()
+        return [(site, action) for site, action, b in zip(self.sites[index], actions, branching) if b]
+
+
+def _run_pass(
+    episode: Episode, chooser: PrefixChooser, *, batched: bool, rows: int, first: bool = False
+) -> tuple[Pass, torch.Tensor, torch.Tensor]:
+    state = randomness.capture()
+    with intercept_samplers(chooser):
+        output = episode(rows) if batched else episode()
+    randomness.verify_unchanged(state)
+    if first and chooser.cursor == 0:
+        raise NoSamplerCallError(
+            "the episode made no call to an intercepted sampler, so there is nothing to enumerate. "
+            "Sample actions with torch.distributions.Categorical/OneHotCategorical/Bernoulli .sample(), "
+            "torch.multinomial or torch.bernoulli; a policy that picks actions with argmax, a Gumbel-max "
+            "trick or numpy cannot be checked."
+        )
+    objective, loss = _episode_outputs(output, rows=rows, batched=batched)
+    return chooser.finish(), objective, loss
+
+
+def _episode_outputs(output: Any, *, rows: int, batched: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(output, (tuple, list)) or len(output) != 2:
+        raise EpisodeOutputError(
+            f"the episode returned {type(output).__name__}; it must return a pair (objective, loss): "
+            "the quantity whose expectation is maximized, and the scalar the implementation minimizes."
+        )
+    converted = []
+    for name, value in zip(("objective", "loss"), output):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = torch.tensor(float(value), dtype=torch.float64)
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            raise EpisodeOutputError(
+                f"the episode's {name} is {type(value).__name__}"
+                + (f" of dtype {value.dtype}" if isinstance(value, torch.Tensor) else "")
+                + "; it must be a floating-point tensor."
+            )
+        if batched:
+            if value.shape != (rows,):
+                raise EpisodeOutputError(
+                    f"in batched mode episode({rows}) must return a {name} of shape ({rows},), one value "
+                    f"per row; it returned shape {tuple(value.shape)}."
+                )
+        else:
+            if value.numel() != 1:
+                raise EpisodeOutputError(
+                    f"the episode's {name} has shape {tuple(value.shape)}; it must be a scalar tensor. "
+                    "If the episode runs a batch of independent episodes, call check_reinforce(..., batched=True) "
+                    "and take the batch size as the episode's argument."
+                )
+            value = value.reshape(1)
+        if not bool(torch.isfinite(value.detach()).all()):
+            raise EpisodeOutputError(f"the episode's {name} is not finite ({value.detach().tolist()}).")
+        converted.append(value.to(torch.float64))
+    return converted[0], converted[1]
+
+
+class _Collector:
+    """Gathers completed sequences pass by pass."""
+
+    def __init__(self) -> None:
+        self.actions: list[torch.Tensor] = []
+        self.probs: list[torch.Tensor] = []
+        self.branching: list[torch.Tensor] = []
+        self.sites: list[list[str]] = []
+        self.log_prob: list[torch.Tensor] = []
+        self.objective: list[torch.Tensor] = []
+        self.loss: list[torch.Tensor] = []
+        self.passes = 0
+        self.rows_run = 0
+
+    def add(self, result: Pass, objective: torch.Tensor, loss: torch.Tensor) -> None:
+        self.passes += 1
+        self.rows_run += result.valid.shape[0]
+        keep = result.valid.nonzero().flatten()
+        for row in keep.tolist():
+            self.actions.append(result.actions[row])
+            self.probs.append(result.probs[row])
+            self.branching.append(result.branching[row])
+            self.sites.append(result.sites)
+        self.log_prob.append(result.log_prob[keep])
+        self.objective.append(objective[keep])
+        self.loss.append(loss[keep])
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    def build(self) -> Enumeration:
+        return Enumeration(
+            actions=self.actions,
+            probs=self.probs,
+            branching=self.branching,
+            sites=self.sites,
+            log_prob=torch.cat(self.log_prob),
+            objective=torch.cat(self.objective),
+            loss=torch.cat(self.loss),
+            passes=self.passes,
+            rows_run=self.rows_run,
+        )
+
+
+@dataclass
+class _Prefix:
+    actions: list[int]
+    probs: list[float]
+
+
+def _spawned(result: Pass) -> list[_Prefix]:
+    prefixes = []
+    for row, slot, action, prob in result.spawns:
+        prefixes.append(
+            _Prefix(result.actions[row, :slot].tolist() + [action], result.probs[row, :slot].tolist() + [prob])
+        )
+    return prefixes
+
+
+def _budget_error(found: int, pending: int, max_sequences: int) -> SequenceBudgetError:
+    return SequenceBudgetError(
+        f"the episode has more than max_sequences={max_sequences:,} action sequences ({found:,} completed "
+        f"and {pending:,} more prefixes pending when the enumeration stopped). Shrink the problem (fewer "
+        f"steps, fewer actions, a shorter horizon) or pass a larger max_sequences, for example "
+        f"max_sequences={max(10 * max_sequences, found + pending):,}. The check runs the episode once per sequence."
+    )
+
+
+def enumerate_sequences(episode: Episode, *, batched: bool, max_sequences: int) -> Enumeration:
+    """Run ``episode`` once for every terminating action sequence.
+
+    Arguments:
+        episode: ``episode()`` (sequential) or ``episode(batch_size)`` (batched) returning
+            ``(objective, loss)``.
+        batched: whether ``episode`` takes a batch size and returns per-row tensors.
+        max_sequences: stop with :class:`SequenceBudgetError` past this many sequences.
+
+    >>> def episode():
+    ...     coin = torch.distributions.Bernoulli(probs=torch.tensor(0.25)).sample()
+    ...     return coin, torch.zeros(())
+    >>> found = enumerate_sequences(episode, batched=False, max_sequences=10)
+    >>> len(found), found.log_prob.exp().tolist()
+    (2, [0.75, 0.25])
+    """
+    if batched:
+        return _enumerate_batched(episode, max_sequences)
+    return _enumerate_sequential(episode, max_sequences)
+
+
+def _enumerate_sequential(episode: Episode, max_sequences: int) -> Enumeration:
+    collector = _Collector()
+    stack = [_Prefix([], [])]
+    while stack:
+        prefix = stack.pop()
+        length = len(prefix.actions)
+        chooser = PrefixChooser(
+            1,
+            forced=torch.tensor([prefix.actions], dtype=torch.long).reshape(1, length),
+            forced_len=torch.tensor([length]),
+            real_len=torch.tensor([length]),
+            replay_probs=torch.tensor([prefix.probs], dtype=torch.float64).reshape(1, length),
+        )
+        result, objective, loss = _run_pass(episode, chooser, batched=False, rows=1, first=not collector.passes)
+        collector.add(result, objective, loss)
+        # Pushed in reverse so that sequences come out in lexicographic order.
+        stack.extend(reversed(_spawned(result)))
+        if len(collector) + len(stack) > max_sequences:
+            raise _budget_error(len(collector), len(stack), max_sequences)
+    return collector.build()
+
+
+def _speculate(pending: list[_Prefix], guesses: dict[int, torch.Tensor], cap: int) -> list[list[int]]:
+    """Choose how many slots past its prefix each pending prefix guesses, keeping the rows within ``cap``."""
+    options = {slot: mask.nonzero().flatten().tolist() for slot, mask in guesses.items()}
+    depth = [0] * len(pending)
+    sizes = [1] * len(pending)
+    total = len(pending)
+    grown = True
+    while grown:
+        grown = False
+        for index, prefix in enumerate(pending):
+            slot = len(prefix.actions) + depth[index]
+            width = len(options.get(slot, ()))
+            if width == 0:
+                continue
+            new_total = total + sizes[index] * (width - 1)
+            if new_total > cap:
+                continue
+            total = new_total
+            sizes[index] *= width
+            depth[index] += 1
+            grown = True
+    return [[len(options[len(p.actions) + k]) for k in range(d)] for p, d in zip(pending, depth)]
+
+
+def _speculated_rows(
+    pending: list[_Prefix], guesses: dict[int, torch.Tensor], cap: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    widths = _speculate(pending, guesses, cap)
+    options = {slot: mask.nonzero().flatten().tolist() for slot, mask in guesses.items()}
+    forced_rows: list[list[int]] = []
+    index_rows: list[list[int]] = []
+    real_len: list[int] = []
+    replay: list[list[float]] = []
+    for prefix, width in zip(pending, widths):
+        start = len(prefix.actions)
+        grid = torch.cartesian_prod(*[torch.arange(w) for w in width]) if width else torch.zeros(1, 0, dtype=torch.long)
+        grid = grid.reshape(-1, len(width))
+        for combo in grid.tolist():
+            guessed = [options[start + k][i] for k, i in enumerate(combo)]
+            forced_rows.append(prefix.actions + guessed)
+            index_rows.append([0] * start + combo)
+            real_len.append(start)
+            replay.append(prefix.probs)
+    rows = len(forced_rows)
+    width = max((len(r) for r in forced_rows), default=0)
+    forced = torch.full((rows, width), -1, dtype=torch.long)
+    speculation_index = torch.zeros(rows, width, dtype=torch.long)
+    replay_probs = torch.zeros(rows, width, dtype=torch.float64)
+    forced_len = torch.tensor([len(r) for r in forced_rows], dtype=torch.long)
+    for row, (path, combo, probs) in enumerate(zip(forced_rows, index_rows, replay)):
+        forced[row, : len(path)] = torch.tensor(path, dtype=torch.long)
+        speculation_index[row, : len(combo)] = torch.tensor(combo, dtype=torch.long)
+        replay_probs[row, : len(probs)] = torch.tensor(probs, dtype=torch.float64)
+    return forced, forced_len, torch.tensor(real_len, dtype=torch.long), replay_probs, speculation_index
+
+
+def _enumerate_batched(episode: Episode, max_sequences: int) -> Enumeration:
+    collector = _Collector()
+    chooser = PrefixChooser.free(1, record_supports=True)
+    result, objective, loss = _run_pass(episode, chooser, batched=True, rows=1, first=True)
+    collector.add(result, objective, loss)
+    guesses = dict(result.supports)
+    pending = _spawned(result)
+    while pending:
+        if len(collector) + len(pending) > max_sequences:
+            raise _budget_error(len(collector), len(pending), max_sequences)
+        cap = max(max_sequences - len(collector), len(pending))
+        forced, forced_len, real_len, replay_probs, speculation_index = _speculated_rows(pending, guesses, cap)
+        rows = forced.shape[0]
+        chooser = PrefixChooser(
+            rows,
+            forced=forced,
+            forced_len=forced_len,
+            real_len=real_len,
+            replay_probs=replay_probs,
+            guesses=guesses,
+            speculation_index=speculation_index,
+        )
+        result, objective, loss = _run_pass(episode, chooser, batched=True, rows=rows)
+        collector.add(result, objective, loss)
+        pending = _spawned(result)
+    return collector.build()
+
+
+def _forced_chooser(paths: Sequence[torch.Tensor]) -> PrefixChooser:
+    rows = len(paths)
+    width = max((int(p.shape[0]) for p in paths), default=0)
+    forced = torch.full((rows, width), -1, dtype=torch.long)
+    for row, path in enumerate(paths):
+        forced[row, : path.shape[0]] = path
+    lengths = torch.tensor([int(p.shape[0]) for p in paths], dtype=torch.long)
+    return PrefixChooser(rows, forced, lengths, lengths, replay_probs=None, spawn=False)
+
+
+def _check_complete(result: Pass, lengths: torch.Tensor) -> None:
+    past = torch.arange(result.branching.shape[1])[None, :] >= lengths[:, None]
+    if bool((result.branching & past).any()):
+        raise NondeterministicEpisodeError(
+            "forcing a known action sequence, the episode reached a decision with several feasible actions "
+            "after the end of that sequence. In batched mode, rows that have finished must not branch: give "
+            "them a distribution with a single action of nonzero probability (for example "
+            "logits.masked_fill(done[:, None] & (actions != 0), float('-inf'))), or stop sampling for them. "
+            "Otherwise the sequences of a row depend on the other rows of the batch."
+        )
+
+
+def evaluate_objective(episode: Episode, found: Enumeration, *, batched: bool) -> float:
+    """Exact J = sum_a p(a) objective(a) at the current parameters, forcing the known sequences.
+
+    Runs under ``no_grad``: one batch of all sequences in batched mode, one run per sequence otherwise.
+    """
+    total = torch.zeros((), dtype=torch.float64)
+    with torch.no_grad():
+        if batched:
+            chooser = _forced_chooser(found.actions)
+            result, objective, _ = _run_pass(episode, chooser, batched=True, rows=len(found.actions))
+            _check_complete(result, chooser.forced_len)
+            total = (result.log_prob.exp() * objective).sum()
+        else:
+            for path in found.actions:
+                chooser = _forced_chooser([path])
+                result, objective, _ = _run_pass(episode, chooser, batched=False, rows=1)
+                _check_complete(result, chooser.forced_len)
+                total = total + (result.log_prob.exp() * objective).sum()
+    return float(total)
+
+
+def replay_sequence(
+    episode: Episode, path: torch.Tensor, *, batched: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run one known sequence alone, with gradient: ``(log_prob, objective, loss)`` as scalars."""
+    chooser = _forced_chooser([path])
+    result, objective, loss = _run_pass(episode, chooser, batched=batched, rows=1)
+    _check_complete(result, chooser.forced_len)
+    return result.log_prob[0], objective[0], loss[0]

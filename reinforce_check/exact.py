@@ -1,0 +1,230 @@
+"""Exact quantities computed from an enumeration.
+
+With p(a) the probability of sequence a (a differentiable function of the parameters):
+
+* J = sum_a p(a) objective(a), and its gradient by autograd (score and pathwise terms alike);
+* the implementation's expected gradient E[grad loss] = sum_a p(a) grad loss(a), p(a) held constant;
+* central finite differences of the exact J, the ground truth that needs no autograd;
+* per-sequence statistics: the exact variance of the single-episode estimator grad loss(a), and each
+  sequence's contribution to the bias, c(a) = p(a) grad loss(a) + grad[p(a) objective(a)], whose sum
+  over a is E[grad loss] + grad J.
+
+Both gradients come from one graph: two :func:`torch.autograd.grad` calls, the first retaining it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .enumeration import Enumeration, Episode, evaluate_objective, replay_sequence
+from .report import DirectionalCheck
+
+__all__ = [
+    "ExactGradients",
+    "SequenceStatistics",
+    "exact_gradients",
+    "finite_differences",
+    "sequence_statistics",
+]
+
+
+@dataclass
+class ExactGradients:
+    """J, its gradient and the implementation's expected gradient, per parameter tensor."""
+
+    objective: float
+    total_probability: float
+    target: list[torch.Tensor]
+    """-grad J: what E[grad loss] must equal."""
+    estimate: list[torch.Tensor]
+    """E[grad loss] = sum_a p(a) grad loss(a)."""
+
+
+@dataclass
+class SequenceStatistics:
+    """Per-sequence quantities that need one gradient per sequence."""
+
+    variance: list[torch.Tensor]
+    """Exact variance of grad loss(a), a ~ p, elementwise per parameter tensor."""
+    contribution: list[float]
+    """Each sequence's contribution c(a) projected on the unit bias direction (0 when unbiased)."""
+
+
+def _grad(output: torch.Tensor, inputs: Sequence[torch.Tensor], *, retain_graph: bool = False) -> list[torch.Tensor]:
+    if not output.requires_grad:
+        return [torch.zeros_like(t) for t in inputs]
+    grads = torch.autograd.grad(output, list(inputs), retain_graph=retain_graph, allow_unused=True)
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs)]
+
+
+def exact_gradients(found: Enumeration, params: Sequence[torch.Tensor]) -> ExactGradients:
+    """Compute J, -grad J and E[grad loss] from the enumeration's graph (which is consumed)."""
+    probability = found.log_prob.exp()
+    objective = (probability * found.objective).sum()
+    surrogate = (probability.detach() * found.loss).sum()
+    grad_objective = _grad(objective, params, retain_graph=True)
+    estimate = _grad(surrogate, params)
+    return ExactGradients(
+        objective=float(objective.detach()),
+        total_probability=float(probability.detach().sum()),
+        target=[-g.detach() for g in grad_objective],
+        estimate=[g.detach() for g in estimate],
+    )
+
+
+def _shifted_objective(
+    episode: Episode,
+    found: Enumeration,
+    params: Sequence[torch.Tensor],
+    directions: Sequence[torch.Tensor | None],
+    step: float,
+    *,
+    batched: bool,
+) -> float:
+    saved = [p.detach().clone() for p in params]
+    try:
+        values = []
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                for p, original, direction in zip(params, saved, directions):
+                    p.copy_(original)
+                    if direction is not None:
+                        p.add_(direction, alpha=sign * step)
+            values.append(evaluate_objective(episode, found, batched=batched))
+    finally:
+        with torch.no_grad():
+            for p, original in zip(params, saved):
+                p.copy_(original)
+    # A decrease of J along v is an increase of the loss the implementation minimizes.
+    return -(values[0] - values[1]) / (2 * step)
+
+
+def _directional(
+    label: str,
+    numeric: float,
+    directions: Sequence[torch.Tensor | None],
+    exact: ExactGradients,
+    rtol: float,
+    atol: float,
+) -> DirectionalCheck:
+    autograd = sum(float((t * d).sum()) for t, d in zip(exact.target, directions) if d is not None)
+    estimate = sum(float((e * d).sum()) for e, d in zip(exact.estimate, directions) if d is not None)
+    ok = abs(numeric - autograd) <= atol + rtol * abs(autograd) and abs(numeric - estimate) <= atol + rtol * abs(
+        autograd
+    )
+    return DirectionalCheck(label, numeric, autograd, estimate, ok)
+
+
+def finite_differences(
+    episode: Episode,
+    found: Enumeration,
+    names: Sequence[str],
+    params: Sequence[torch.Tensor],
+    exact: ExactGradients,
+    *,
+    mode: str,
+    step: float,
+    rtol: float,
+    atol: float,
+    seed: int,
+    batched: bool,
+) -> tuple[list[DirectionalCheck], list[torch.Tensor] | None]:
+    """Check -grad J and E[grad loss] against central differences of the exact J.
+
+    ``mode`` is ``"tensor"`` (one random unit direction per parameter tensor), ``"joint"`` (one random
+    unit direction over all of them, followed by per-tensor directions if it disagrees, to say which
+    tensor), ``"coordinate"`` (every coordinate; also returns the numeric gradient) or ``"none"``.
+    Directions come from a private generator seeded with ``seed``, so the user's RNG is untouched.
+    """
+    if mode == "none":
+        return [], None
+    generator = torch.Generator().manual_seed(seed)
+
+    def random_unit(p: torch.Tensor) -> torch.Tensor:
+        v = torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p)
+        return v / v.norm().clamp_min(1e-300)
+
+    def per_tensor() -> list[DirectionalCheck]:
+        checks = []
+        for index, (name, p) in enumerate(zip(names, params)):
+            directions: list[torch.Tensor | None] = [None] * len(params)
+            directions[index] = random_unit(p)
+            numeric = _shifted_objective(episode, found, params, directions, step, batched=batched)
+            checks.append(_directional(name, numeric, directions, exact, rtol, atol))
+        return checks
+
+    if mode == "tensor":
+        return per_tensor(), None
+    if mode == "joint":
+        joint = [random_unit(p) for p in params]
+        norm = sum(float((v * v).sum()) for v in joint) ** 0.5
+        joint = [v / norm for v in joint]
+        numeric = _shifted_objective(episode, found, params, list(joint), step, batched=batched)
+        check = _directional("all parameters", numeric, list(joint), exact, rtol, atol)
+        return ([check] if check.ok else [check, *per_tensor()]), None
+    if mode == "coordinate":
+        checks = []
+        gradients = []
+        for index, (name, p) in enumerate(zip(names, params)):
+            numeric_grad = torch.zeros_like(p)
+            for flat in range(p.numel()):
+                unit = torch.zeros_like(p).reshape(-1)
+                unit[flat] = 1.0
+                directions: list[torch.Tensor | None] = [None] * len(params)
+                directions[index] = unit.reshape(p.shape)
+                numeric = _shifted_objective(episode, found, params, directions, step, batched=batched)
+                numeric_grad.reshape(-1)[flat] = numeric
+                check = _directional(f"{name}[{flat}]", numeric, directions, exact, rtol, atol)
+                if not check.ok:
+                    checks.append(check)
+            gradients.append(numeric_grad)
+            if not any(c.label.startswith(f"{name}[") for c in checks):
+                checks.append(
+                    DirectionalCheck(
+                        f"{name} (all {p.numel()} coordinates)",
+                        float(numeric_grad.abs().max()) if p.numel() else 0.0,
+                        float(exact.target[index].abs().max()) if p.numel() else 0.0,
+                        float(exact.estimate[index].abs().max()) if p.numel() else 0.0,
+                        True,
+                    )
+                )
+        return checks, gradients
+    raise ValueError(f"unknown finite-difference mode {mode!r}")
+
+
+def sequence_statistics(
+    episode: Episode,
+    found: Enumeration,
+    params: Sequence[torch.Tensor],
+    bias: Sequence[torch.Tensor] | None,
+    *,
+    batched: bool,
+) -> SequenceStatistics:
+    """Replay every sequence alone to get its own gradients: variance and bias contributions."""
+    mean = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    second = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    unit = None
+    if bias is not None:
+        norm = sum(float((b * b).sum()) for b in bias) ** 0.5
+        unit = [b / norm for b in bias] if norm > 0 else None
+    contributions = []
+    for path in found.actions:
+        log_prob, objective, loss = replay_sequence(episode, path, batched=batched)
+        probability = log_prob.exp()
+        weight = probability.detach()
+        grad_loss = _grad(loss, params, retain_graph=True)
+        for m, s, g in zip(mean, second, grad_loss):
+            m.add_(weight * g)
+            s.add_(weight * g * g)
+        if unit is not None:
+            grad_term = _grad(probability * objective, params)
+            contributions.append(
+                sum(float(((weight * g + t) * u).sum()) for g, t, u in zip(grad_loss, grad_term, unit))
+            )
+        else:
+            contributions.append(0.0)
+    variance = [(s - m * m).clamp_min(0) for m, s in zip(mean, second)]
+    return SequenceStatistics(variance=variance, contribution=contributions)

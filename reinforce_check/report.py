@@ -1,0 +1,274 @@
+"""What a check found, and the text that tells a person.
+
+:class:`CheckReport` holds every figure; :func:`format_report` builds its table (``str(report)``)
+and :func:`format_mismatch` the message of :class:`ReinforceCheckError`. No other code writes
+report text.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = [
+    "CheckReport",
+    "DirectionalCheck",
+    "ParameterReport",
+    "ReinforceCheckError",
+    "SequenceContribution",
+    "format_mismatch",
+    "format_report",
+]
+
+
+class ReinforceCheckError(AssertionError):
+    """The implementation's expected gradient does not equal the exact gradient.
+
+    An :class:`AssertionError`, so pytest shows it as an ordinary test failure. The report is
+    attached as ``error.report``.
+    """
+
+    def __init__(self, message: str, report: CheckReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class ParameterReport:
+    """The comparison for one checked parameter tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    target: torch.Tensor
+    """-grad J, the exact gradient the loss's expected gradient must equal."""
+    estimate: torch.Tensor
+    """E[grad loss] = sum_a p(a) grad loss(a)."""
+    mismatches: int
+    """Elements outside ``atol + rtol * |target|``."""
+    max_abs_error: float
+    max_rel_error: float
+    worst_abs_index: tuple[int, ...]
+    worst_rel_index: tuple[int, ...]
+    variance: torch.Tensor | None = None
+    """Exact variance of grad loss(a) under a ~ p, elementwise (when asked for)."""
+    numeric: torch.Tensor | None = None
+    """Finite-difference gradient of -J (coordinate mode only)."""
+
+    @property
+    def bias(self) -> torch.Tensor:
+        """E[grad loss] - (-grad J): zero for an unbiased implementation."""
+        return self.estimate - self.target
+
+    @property
+    def ok(self) -> bool:
+        return self.mismatches == 0
+
+
+@dataclass
+class DirectionalCheck:
+    """Central differences of the exact J along one direction against both gradients."""
+
+    label: str
+    numeric: float
+    autograd: float
+    estimate: float
+    ok: bool
+
+
+@dataclass
+class SequenceContribution:
+    """One action sequence and how much it contributes to the bias."""
+
+    choices: list[tuple[str, int]]
+    """The decisions that had a choice, as ``(sampler, action)``."""
+    probability: float
+    objective: float
+    contribution: float
+    """p(a) grad loss(a) + grad[p(a) objective(a)], projected on the unit bias direction."""
+
+
+@dataclass
+class CheckReport:
+    """Everything a check measured. ``str(report)`` is a readable table.
+
+    >>> import torch
+    >>> from reinforce_check import check_reinforce
+    >>> theta = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    >>> def episode():
+    ...     dist = torch.distributions.Categorical(logits=theta)
+    ...     action = dist.sample()
+    ...     reward = action.double()
+    ...     return reward, -dist.log_prob(action) * reward
+    >>> report = check_reinforce(episode, {"theta": theta})
+    >>> report.ok, report.num_sequences
+    (True, 2)
+    """
+
+    ok: bool
+    num_sequences: int
+    total_probability: float
+    objective: float
+    """The exact J(theta) = sum_a p(a) objective(a)."""
+    max_abs_error: float
+    max_rel_error: float
+    parameters: list[ParameterReport]
+    finite_differences: list[DirectionalCheck]
+    top_sequences: list[SequenceContribution]
+    """The sequences that contribute most to the bias (filled when the check finds one)."""
+    rtol: float
+    atol: float
+    fd_mode: str
+    fd_rtol: float
+    fd_atol: float
+    batched: bool
+    passes: int
+    rows_run: int
+    seconds: float
+    probability_tolerance: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def probability_ok(self) -> bool:
+        return abs(self.total_probability - 1.0) <= self.probability_tolerance
+
+    def __str__(self) -> str:
+        return format_report(self)
+
+
+def _index(index: tuple[int, ...]) -> str:
+    return "(" + ", ".join(str(i) for i in index) + ("," if len(index) == 1 else "") + ")"
+
+
+def _g(value: float) -> str:
+    return f"{value:.3g}" if math.isfinite(value) else str(value)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return out
+
+
+def _choices(choices: list[tuple[str, int]]) -> str:
+    if not choices:
+        return "(no choice)"
+    return " ".join(str(a) for _, a in choices)
+
+
+def format_report(report: CheckReport) -> str:
+    """Render a :class:`CheckReport` as a text table (what ``str(report)`` returns)."""
+    verdict = "PASSED" if report.ok else "FAILED"
+    mode = "batched" if report.batched else "sequential"
+    lines = [
+        f"reinforce_check {verdict}: {report.num_sequences:,} action sequences, "
+        f"total probability 1 {'-' if report.total_probability <= 1 else '+'} "
+        f"{abs(1 - report.total_probability):.1e}, J = {report.objective:.10g}",
+        f"{mode} enumeration in {report.passes} episode call(s) ({report.rows_run:,} rows), "
+        f"{report.seconds:.2f} s, float64; tolerance rtol={report.rtol:g}, atol={report.atol:g}",
+        "",
+    ]
+    with_variance = any(p.variance is not None for p in report.parameters)
+    header = ["parameter", "shape", "mismatched", "max abs err", "max rel err", "|bias| max"]
+    if with_variance:
+        header.append("variance sum")
+    rows = []
+    for p in report.parameters:
+        total = math.prod(p.shape)
+        row = [
+            p.name,
+            _index(p.shape) if p.shape else "()",
+            f"{p.mismatches}/{total}",
+            _g(p.max_abs_error),
+            _g(p.max_rel_error),
+            _g(float(p.bias.abs().max()) if total else 0.0),
+        ]
+        if with_variance:
+            row.append(_g(float(p.variance.sum())) if p.variance is not None else "-")
+        rows.append(row)
+    lines += _table(header, rows)
+    if report.finite_differences:
+        lines += ["", f"finite differences ({report.fd_mode}; rtol={report.fd_rtol:g}, atol={report.fd_atol:g}):"]
+        fd_rows = [
+            [c.label, f"{c.numeric:.10g}", f"{c.autograd:.10g}", f"{c.estimate:.10g}", "ok" if c.ok else "MISMATCH"]
+            for c in report.finite_differences
+        ]
+        lines += _table(["direction", "numeric -dJ", "autograd -dJ", "E[d loss]", ""], fd_rows)
+    if not report.probability_ok:
+        lines += [
+            "",
+            f"total probability {report.total_probability!r} differs from 1 by more than "
+            f"{report.probability_tolerance:g}: the enumeration did not cover the sequences exactly once.",
+        ]
+    if report.top_sequences:
+        lines += ["", "sequences contributing most to the bias (actions at each decision with a choice):"]
+        seq_rows = [
+            [_choices(s.choices), f"{s.probability:.4g}", f"{s.objective:.6g}", f"{s.contribution:.4g}"]
+            for s in report.top_sequences
+        ]
+        lines += _table(["actions", "p(a)", "objective", "contribution"], seq_rows)
+    lines += [f"note: {n}" for n in report.notes]
+    return "\n".join(lines)
+
+
+def format_mismatch(report: CheckReport) -> str:
+    """The message of :class:`ReinforceCheckError`: what disagrees, where, and by how much."""
+    bad = sorted((p for p in report.parameters if not p.ok), key=lambda p: -p.max_rel_error)
+    lines = []
+    if bad:
+        lines.append(
+            f"REINFORCE gradient mismatch: the expected gradient of the loss, sum_a p(a) grad loss(a), "
+            f"differs from -grad J for {len(bad)} of {len(report.parameters)} parameter tensors."
+        )
+        for p in bad:
+            total = math.prod(p.shape)
+            ai, ri = p.worst_abs_index, p.worst_rel_index
+            lines += [
+                "",
+                f"Parameter {p.name!r} (shape {_index(p.shape) if p.shape else '()'}):",
+                f"  Mismatched elements: {p.mismatches} / {total} ({100.0 * p.mismatches / max(total, 1):.1f}%)",
+                f"  Greatest absolute difference: {_g(p.max_abs_error)} at index {_index(ai)} "
+                f"(up to {report.atol:g} allowed)",
+                f"  Greatest relative difference: {_g(p.max_rel_error)} at index {_index(ri)} "
+                f"(up to {report.rtol:g} allowed)",
+                f"  At index {_index(ai)}: -dJ = {float(p.target[ai]):.10g}, "
+                f"E[d loss] = {float(p.estimate[ai]):.10g}",
+            ]
+    bad_fd = [c for c in report.finite_differences if not c.ok]
+    if bad_fd:
+        lines += [
+            "",
+            "Central differences of the exact J disagree with the gradients along "
+            f"{len(bad_fd)} direction(s) (rtol={report.fd_rtol:g}, atol={report.fd_atol:g}):",
+        ]
+        lines += [
+            f"  {c.label}: numeric -dJ = {c.numeric:.10g}, autograd -dJ = {c.autograd:.10g}, "
+            f"E[d loss] = {c.estimate:.10g}"
+            for c in bad_fd
+        ]
+        if not bad:
+            lines.append(
+                "  The loss matches autograd's gradient of J, but J itself changes differently: a probability "
+                "or objective term is detached from the parameters somewhere (for example actions sampled "
+                "from probs.detach()), so autograd cannot see part of the dependence."
+            )
+    if not report.probability_ok:
+        lines += [
+            "",
+            f"The enumerated sequences have total probability {report.total_probability!r}, not 1.",
+        ]
+    if report.top_sequences:
+        lines += ["", "Sequences contributing most to the bias (actions, p(a), contribution):"]
+        lines += [
+            f"  {_choices(s.choices)}  p={s.probability:.4g}  contribution={s.contribution:.4g}"
+            for s in report.top_sequences
+        ]
+    lines += [
+        "",
+        f"Enumerated {report.num_sequences:,} action sequences exactly (float64), total probability "
+        f"{report.total_probability:.17g}, J = {report.objective:.10g}.",
+    ]
+    return "\n".join(lines)
