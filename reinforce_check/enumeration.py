@@ -17,6 +17,7 @@ Once the sequences are known, :func:`evaluate_objective` forces all of them in a
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -267,9 +268,8 @@ def _speculated_rows(
     replay: list[list[float]] = []
     for prefix, width in zip(pending, widths):
         start = len(prefix.actions)
-        grid = torch.cartesian_prod(*[torch.arange(w) for w in width]) if width else torch.zeros(1, 0, dtype=torch.long)
-        grid = grid.reshape(-1, len(width))
-        for combo in grid.tolist():
+        for combo in itertools.product(*[range(w) for w in width]):
+            combo = list(combo)
             guessed = [options[start + k][i] for k, i in enumerate(combo)]
             forced_rows.append(prefix.actions + guessed)
             index_rows.append([0] * start + combo)
