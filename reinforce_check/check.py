@@ -110,7 +110,7 @@ def check_reinforce(
     max_sequences: int = 10_000,
     raise_exception: bool = True,
     batched: bool = False,
-    finite_differences: FiniteDifferences = "tensor",
+    finite_differences: FiniteDifferences = "joint",
     fd_step: float = 1e-6,
     fd_rtol: float = 1e-5,
     fd_atol: float = 1e-7,
@@ -152,10 +152,12 @@ def check_reinforce(
         raise_exception: raise :class:`~reinforce_check.ReinforceCheckError` on a mismatch (default);
             with ``False`` the report is returned and ``report.ok`` says whether the check passed.
         batched: call ``episode(batch_size)`` and enumerate in as few batched calls as possible.
-        finite_differences: ``"tensor"`` (default): one random unit direction per parameter tensor, so
-            every tensor is verified numerically; ``"joint"``: one direction over all parameters, then
-            per-tensor directions only if it disagrees (2 evaluations of J instead of 2 per tensor);
-            ``"coordinate"``: every coordinate; ``"none"``: skip.
+        finite_differences: ``"joint"`` (default): one random unit direction over all parameters, and
+            one per parameter tensor automatically when it disagrees, to name the tensor (2 evaluations
+            of J when the check passes); ``"tensor"``: one random unit direction per parameter tensor
+            always (2 evaluations per tensor); ``"coordinate"``: every coordinate; ``"none"``: skip.
+            Whatever the mode, the implementation's gradient is compared with autograd's exact -grad J
+            element by element; finite differences verify that -grad J itself is right.
         fd_step: step of the central differences.
         fd_rtol: relative tolerance of the finite-difference comparison.
         fd_atol: absolute tolerance of the finite-difference comparison.
