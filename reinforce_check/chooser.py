@@ -22,6 +22,7 @@ Together these rules make every terminating action sequence complete in exactly 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -33,6 +34,8 @@ __all__ = ["Pass", "PrefixChooser"]
 # Probabilities replayed in another batch composition may differ in the last bits (BLAS blocking).
 _REPLAY_RTOL = 1e-8
 _REPLAY_ATOL = 1e-12
+_SMALL_ROWS = 4
+_SMALL_DECISIONS = 64
 
 
 @dataclass
@@ -109,6 +112,21 @@ class PrefixChooser:
         self._sites: list[str] = []
         self._spawns: list[torch.Tensor] = []
         self._supports: dict[int, torch.Tensor] = {}
+        # Small passes (sequential mode) decide in plain Python: a handful of tiny tensor ops per
+        # decision would cost more than the user's own step.
+        self._small = rows <= _SMALL_ROWS
+        if self._small:
+            self._forced_list = forced.tolist()
+            self._forced_len_list = forced_len.tolist()
+            self._real_len_list = real_len.tolist()
+            self._replay_list = replay_probs.tolist() if replay_probs is not None else None
+            self._spec_list = speculation_index.tolist() if speculation_index is not None else None
+            self._guess_list = {slot: set(mask.nonzero().flatten().tolist()) for slot, mask in self.guesses.items()}
+            self._invalid_list = [False] * rows
+            self._spawn_list: list[tuple[int, int, int, float]] = []
+            self._small_actions: list[list[int]] = [[] for _ in range(rows)]
+            self._small_probs: list[list[float]] = [[] for _ in range(rows)]
+            self._small_branching: list[list[bool]] = [[] for _ in range(rows)]
         # canonical[r, s]: every speculated guess of row r after slot s is a first guess.
         if speculation_index is not None and speculation_index.shape[1] > 0:
             later = torch.cat(
@@ -141,6 +159,8 @@ class PrefixChooser:
         if not weights.is_floating_point():
             weights = weights.double()
         per_row = total_rows // self.rows
+        if self._small and total_rows <= _SMALL_DECISIONS:
+            return self._choose_small(weights, num_samples, replacement, site, per_row)
         available = weights
         chosen_columns = []
         for draw in range(num_samples):
@@ -200,13 +220,8 @@ class PrefixChooser:
 
         broken = replayed & ~feasible & alive
         if bool(broken.any()):
-            row = int(episode[broken.nonzero()[0, 0]])
-            raise NondeterministicEpisodeError(
-                f"replaying episode row {row}: at decision {int(slot[broken][0])} ({site}) the action "
-                "taken before now has probability zero (or the decision has fewer actions). The episode "
-                "does not behave the same way under replay: make it deterministic given its actions "
-                "(no dependence on global state, wall-clock time or earlier checks)."
-            )
+            index = int(broken.nonzero()[0, 0])
+            self._raise_replay_broken(int(episode[index]), int(slot[index]), site)
         chosen = torch.where(in_forced & feasible, forced_action, first)
         chosen_prob = probs.gather(1, chosen[:, None]).squeeze(1)
 
@@ -215,13 +230,8 @@ class PrefixChooser:
             seen = chosen_prob.detach()
             differs = replayed & alive & ((seen - expected).abs() > _REPLAY_ATOL + _REPLAY_RTOL * expected.abs())
             if bool(differs.any()):
-                index = differs.nonzero()[0, 0]
-                raise NondeterministicEpisodeError(
-                    f"replaying the same actions gave a different probability at decision {int(slot[index])} "
-                    f"({site}): {float(seen[index]):.17g} now, {float(expected[index]):.17g} before. "
-                    "The episode must be a deterministic function of its actions: reset any state it keeps "
-                    "between calls (recurrent state, environment, counters) at the start of the episode."
-                )
+                index = int(differs.nonzero()[0, 0])
+                self._raise_replay_changed(int(slot[index]), site, float(seen[index]), float(expected[index]))
 
         newly_invalid = in_forced & ~replayed & ~feasible & alive
         if self.spawn:
@@ -237,11 +247,133 @@ class PrefixChooser:
         safe_prob = torch.where(dead, torch.ones_like(chosen_prob), chosen_prob)
         per_episode = torch.log(safe_prob).reshape(self.rows, per_row).sum(dim=1)
         self.log_prob = per_episode if self.log_prob is None else self.log_prob + per_episode
-        self._actions.append(chosen.reshape(self.rows, per_row))
-        self._probs.append(chosen_prob.detach().to(torch.float64).reshape(self.rows, per_row))
-        self._branching.append((support.sum(dim=1) > 1).reshape(self.rows, per_row))
+        actions = chosen.reshape(self.rows, per_row)
+        chosen_probs = chosen_prob.detach().to(torch.float64).reshape(self.rows, per_row)
+        branching = (support.sum(dim=1) > 1).reshape(self.rows, per_row)
+        if self._small:
+            # Keep one record in call order when a small pass makes an occasional large call.
+            for episode in range(self.rows):
+                self._small_actions[episode].extend(actions[episode].tolist())
+                self._small_probs[episode].extend(chosen_probs[episode].tolist())
+                self._small_branching[episode].extend(branching[episode].tolist())
+            self._invalid_list = self.invalid.tolist()
+        else:
+            self._actions.append(actions)
+            self._probs.append(chosen_probs)
+            self._branching.append(branching)
         self._sites.extend([site] * per_row)
         return chosen
+
+    def _choose_small(
+        self, weights: torch.Tensor, num_samples: int, replacement: bool, site: str, per_row: int
+    ) -> torch.Tensor:
+        raw = weights.detach().tolist()
+        available = weights
+        columns = []
+        for draw in range(num_samples):
+            totals = []
+            for row in raw:
+                total = 0.0
+                for value in row:
+                    if not math.isfinite(value):
+                        self._normalize(weights, site, replacement)  # raises with the full message
+                    if value < 0:
+                        self._normalize(weights, site, replacement)
+                    total += value
+                if total <= 0:
+                    self._normalize(available, site, replacement)
+                totals.append(total)
+            chosen = self._decide_small(raw, totals, per_row, site)
+            chosen_tensor = torch.tensor(chosen, dtype=torch.long)
+            probs = available / available.sum(dim=1, keepdim=True)
+            self._accumulate(probs.gather(1, chosen_tensor[:, None]).squeeze(1), per_row)
+            columns.append(chosen_tensor)
+            if not replacement and draw + 1 < num_samples:
+                for row, action in zip(raw, chosen):
+                    row[action] = 0.0
+                taken = torch.nn.functional.one_hot(chosen_tensor, weights.shape[1]).bool()
+                available = available.masked_fill(taken, 0)
+        return torch.stack(columns, dim=1)
+
+    def _decide_small(self, raw: list[list[float]], totals: list[float], per_row: int, site: str) -> list[int]:
+        chosen: list[int] = []
+        probs: list[float] = []
+        branching: list[bool] = []
+        dead: list[bool] = []
+        for index, (row, total) in enumerate(zip(raw, totals)):
+            episode = index // per_row
+            slot = self.cursor + index % per_row
+            num_actions = len(row)
+            support = [k for k, value in enumerate(row) if value > 0]
+            in_forced = slot < self._forced_len_list[episode]
+            replayed = slot < self._real_len_list[episode]
+            forced_action = self._forced_list[episode][slot] if in_forced else -1
+            feasible = 0 <= forced_action < num_actions and row[forced_action] > 0
+            alive = not self._invalid_list[episode]
+            if replayed and not feasible and alive:
+                self._raise_replay_broken(episode, slot, site)
+            action = forced_action if in_forced and feasible else support[0]
+            prob = row[action] / total
+            if replayed and alive and self._replay_list is not None:
+                expected = self._replay_list[episode][slot]
+                if abs(prob - expected) > _REPLAY_ATOL + _REPLAY_RTOL * abs(expected):
+                    self._raise_replay_changed(slot, site, prob, expected)
+            newly_invalid = in_forced and not replayed and not feasible and alive
+            if self.spawn and alive:
+                if not in_forced:
+                    others = [k for k in support if k != action]
+                elif not replayed and self._is_canonical(episode, slot):
+                    guessed = self._guess_list.get(slot, set())
+                    others = [k for k in support if k not in guessed]
+                else:
+                    others = []
+                self._spawn_list.extend((episode, slot, k, row[k] / total) for k in others)
+            if self.record_supports and episode == 0:
+                self._supports[slot] = torch.tensor([value > 0 for value in row])
+            if newly_invalid:
+                self._invalid_list[episode] = True
+                self.invalid[episode] = True
+            chosen.append(action)
+            probs.append(prob)
+            branching.append(len(support) > 1)
+            dead.append(not alive or newly_invalid)
+        self.cursor += per_row
+        for episode in range(self.rows):
+            block = slice(episode * per_row, (episode + 1) * per_row)
+            self._small_actions[episode].extend(chosen[block])
+            self._small_probs[episode].extend(probs[block])
+            self._small_branching[episode].extend(branching[block])
+        self._sites.extend([site] * per_row)
+        self._dead = dead
+        return chosen
+
+    def _is_canonical(self, episode: int, slot: int) -> bool:
+        if self._spec_list is None:
+            return True
+        return not any(self._spec_list[episode][slot + 1 :])
+
+    def _accumulate(self, chosen_prob: torch.Tensor, per_row: int) -> None:
+        if any(self._dead):
+            dead = torch.tensor(self._dead)
+            chosen_prob = torch.where(dead, torch.ones_like(chosen_prob), chosen_prob)
+        per_episode = torch.log(chosen_prob).reshape(self.rows, per_row).sum(dim=1)
+        self.log_prob = per_episode if self.log_prob is None else self.log_prob + per_episode
+
+    def _raise_replay_broken(self, row: int, slot: int, site: str) -> None:
+        raise NondeterministicEpisodeError(
+            f"replaying episode row {row}: at decision {slot} ({site}) the action "
+            "taken before now has probability zero (or the decision has fewer actions). The episode "
+            "does not behave the same way under replay: make it deterministic given its actions "
+            "(no dependence on global state, wall-clock time or earlier checks)."
+        )
+
+    def _raise_replay_changed(self, slot: int, site: str, seen: float, expected: float) -> None:
+        raise NondeterministicEpisodeError(
+            f"replaying the same actions gave a different probability at decision {slot} "
+            f"({site}): {seen:.17g} now, {expected:.17g} before. "
+            "The episode must be a deterministic function of its actions: reset any state it keeps "
+            "between calls (recurrent state, environment, counters) at the start of the episode."
+        )
 
     def _record_spawns(
         self,
@@ -296,7 +428,11 @@ class PrefixChooser:
                 f"replayed has {int(self.real_len[row])}. The same actions led to a shorter episode, so the "
                 "episode is not a deterministic function of its actions."
             )
-        if self._actions:
+        if self._small:
+            actions = torch.tensor(self._small_actions, dtype=torch.long)
+            probs = torch.tensor(self._small_probs, dtype=torch.float64)
+            branching = torch.tensor(self._small_branching, dtype=torch.bool)
+        elif self._actions:
             actions = torch.cat(self._actions, dim=1)
             probs = torch.cat(self._probs, dim=1)
             branching = torch.cat(self._branching, dim=1)
@@ -304,7 +440,7 @@ class PrefixChooser:
             actions = torch.zeros(self.rows, 0, dtype=torch.long)
             probs = torch.zeros(self.rows, 0, dtype=torch.float64)
             branching = torch.zeros(self.rows, 0, dtype=torch.bool)
-        spawns: list[tuple[int, int, int, float]] = []
+        spawns: list[tuple[int, int, int, float]] = list(self._spawn_list) if self._small else []
         for block in self._spawns:
             spawns.extend((int(r), int(s), int(a), float(p)) for r, s, a, p in block.tolist())
         log_prob = self.log_prob if self.log_prob is not None else torch.zeros(self.rows, dtype=torch.float64)

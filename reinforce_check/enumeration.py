@@ -38,14 +38,14 @@ Episode = Callable[..., Any]
 class Enumeration:
     """Every terminating action sequence of an episode, with what each one produced."""
 
-    actions: list[torch.Tensor]
-    """Action taken at every decision, one 1-D long tensor per sequence."""
-    probs: list[torch.Tensor]
-    """Probability of each of those actions (detached)."""
-    branching: list[torch.Tensor]
-    """Whether each decision offered more than one feasible action."""
+    paths: torch.Tensor
+    """``(N, W)`` action taken at every decision of each sequence, padded with -1."""
+    lengths: torch.Tensor
+    """``(N,)`` number of decisions of each sequence."""
+    branching: torch.Tensor
+    """``(N, W)`` whether each decision offered more than one feasible action."""
     sites: list[list[str]]
-    """Sampler entry point behind each decision."""
+    """Sampler entry point behind each decision, per sequence."""
     log_prob: torch.Tensor
     """``(N,)`` log-probability of each sequence, differentiable in the parameters."""
     objective: torch.Tensor
@@ -56,25 +56,28 @@ class Enumeration:
     """How many times the episode function was called."""
     rows_run: int = 0
     """Episode rows run in all, including rows whose speculated actions proved infeasible."""
-    notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.actions)
+        return int(self.lengths.shape[0])
+
+    @property
+    def actions(self) -> list[torch.Tensor]:
+        """The action sequences, one 1-D long tensor each."""
+        return [path[:length] for path, length in zip(self.paths, self.lengths.tolist())]
 
     def choices(self, index: int) -> list[tuple[str, int]]:
         """The decisions of sequence ``index`` that had a choice, as ``(site, action)`` pairs."""
-        branching = self.branching[index].tolist()
-        actions = self.actions[index].tolist()
+        length = int(self.lengths[index])
+        branching = self.branching[index, :length].tolist()
+        actions = self.paths[index, :length].tolist()
         return [(site, action) for site, action, b in zip(self.sites[index], actions, branching) if b]
 
 
 def _run_pass(
     episode: Episode, chooser: PrefixChooser, *, batched: bool, rows: int, first: bool = False
 ) -> tuple[Pass, torch.Tensor, torch.Tensor]:
-    state = randomness.capture()
     with intercept_samplers(chooser):
         output = episode(rows) if batched else episode()
-    randomness.verify_unchanged(state)
     if first and chooser.cursor == 0:
         raise NoSamplerCallError(
             "the episode made no call to an intercepted sampler, so there is nothing to enumerate. "
@@ -126,38 +129,51 @@ class _Collector:
     """Gathers completed sequences pass by pass."""
 
     def __init__(self) -> None:
-        self.actions: list[torch.Tensor] = []
-        self.probs: list[torch.Tensor] = []
-        self.branching: list[torch.Tensor] = []
-        self.sites: list[list[str]] = []
+        self.blocks: list[tuple[torch.Tensor, torch.Tensor, list[str]]] = []
         self.log_prob: list[torch.Tensor] = []
         self.objective: list[torch.Tensor] = []
         self.loss: list[torch.Tensor] = []
+        self.count = 0
         self.passes = 0
         self.rows_run = 0
 
     def add(self, result: Pass, objective: torch.Tensor, loss: torch.Tensor) -> None:
         self.passes += 1
         self.rows_run += result.valid.shape[0]
-        keep = result.valid.nonzero().flatten()
-        for row in keep.tolist():
-            self.actions.append(result.actions[row])
-            self.probs.append(result.probs[row])
-            self.branching.append(result.branching[row])
-            self.sites.append(result.sites)
+        if bool(result.valid.all()):
+            keep = slice(None)
+            kept = result.valid.shape[0]
+        else:
+            keep = result.valid.nonzero().flatten()
+            kept = int(keep.shape[0])
+        self.blocks.append((result.actions[keep], result.branching[keep], result.sites))
         self.log_prob.append(result.log_prob[keep])
         self.objective.append(objective[keep])
         self.loss.append(loss[keep])
+        self.count += kept
 
     def __len__(self) -> int:
-        return len(self.actions)
+        return self.count
 
     def build(self) -> Enumeration:
+        width = max(block[0].shape[1] for block in self.blocks)
+        paths = torch.full((self.count, width), -1, dtype=torch.long)
+        branching = torch.zeros(self.count, width, dtype=torch.bool)
+        lengths = torch.empty(self.count, dtype=torch.long)
+        sites: list[list[str]] = []
+        row = 0
+        for actions, branches, names in self.blocks:
+            count, length = actions.shape
+            paths[row : row + count, :length] = actions
+            branching[row : row + count, :length] = branches
+            lengths[row : row + count] = length
+            sites.extend([names] * count)
+            row += count
         return Enumeration(
-            actions=self.actions,
-            probs=self.probs,
-            branching=self.branching,
-            sites=self.sites,
+            paths=paths,
+            lengths=lengths,
+            branching=branching,
+            sites=sites,
             log_prob=torch.cat(self.log_prob),
             objective=torch.cat(self.objective),
             loss=torch.cat(self.loss),
@@ -206,9 +222,10 @@ def enumerate_sequences(episode: Episode, *, batched: bool, max_sequences: int) 
     >>> len(found), found.log_prob.exp().tolist()
     (2, [0.75, 0.25])
     """
-    if batched:
-        return _enumerate_batched(episode, max_sequences)
-    return _enumerate_sequential(episode, max_sequences)
+    with randomness.watch():
+        if batched:
+            return _enumerate_batched(episode, max_sequences)
+        return _enumerate_sequential(episode, max_sequences)
 
 
 def _enumerate_sequential(episode: Episode, max_sequences: int) -> Enumeration:
@@ -260,32 +277,50 @@ def _speculate(pending: list[_Prefix], guesses: dict[int, torch.Tensor], cap: in
 def _speculated_rows(
     pending: list[_Prefix], guesses: dict[int, torch.Tensor], cap: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows for one batched round: each pending prefix followed by every combination of guesses.
+
+    Returns ``forced``, ``forced_len``, ``real_len``, ``replay_probs`` and ``speculation_index`` as
+    :class:`~reinforce_check.chooser.PrefixChooser` takes them.
+    """
     widths = _speculate(pending, guesses, cap)
-    options = {slot: mask.nonzero().flatten().tolist() for slot, mask in guesses.items()}
-    forced_rows: list[list[int]] = []
-    index_rows: list[list[int]] = []
-    real_len: list[int] = []
-    replay: list[list[float]] = []
+    options = {slot: mask.nonzero().flatten() for slot, mask in guesses.items()}
+    blocks = []
     for prefix, width in zip(pending, widths):
         start = len(prefix.actions)
-        for combo in itertools.product(*[range(w) for w in width]):
-            combo = list(combo)
-            guessed = [options[start + k][i] for k, i in enumerate(combo)]
-            forced_rows.append(prefix.actions + guessed)
-            index_rows.append([0] * start + combo)
-            real_len.append(start)
-            replay.append(prefix.probs)
-    rows = len(forced_rows)
-    width = max((len(r) for r in forced_rows), default=0)
+        count = 1
+        for w in width:
+            count *= w
+        # Mixed-radix digits of 0..count-1, the last guessed slot varying fastest.
+        remainder = torch.arange(count)
+        digits = []
+        for w in reversed(width):
+            digits.append(remainder % w)
+            remainder = remainder // w
+        digits.reverse()
+        index = torch.stack(digits, dim=1) if digits else torch.zeros(count, 0, dtype=torch.long)
+        guessed = [options[start + k][index[:, k]] for k in range(len(width))]
+        head = torch.tensor(prefix.actions, dtype=torch.long).reshape(1, start).expand(count, start)
+        forced = torch.cat([head, *[g[:, None] for g in guessed]], dim=1)
+        spec = torch.cat([torch.zeros(count, start, dtype=torch.long), index], dim=1)
+        probs = torch.tensor(prefix.probs, dtype=torch.float64).reshape(1, start).expand(count, start)
+        blocks.append((forced, spec, probs, start))
+    rows = sum(b[0].shape[0] for b in blocks)
+    width = max((b[0].shape[1] for b in blocks), default=0)
     forced = torch.full((rows, width), -1, dtype=torch.long)
     speculation_index = torch.zeros(rows, width, dtype=torch.long)
     replay_probs = torch.zeros(rows, width, dtype=torch.float64)
-    forced_len = torch.tensor([len(r) for r in forced_rows], dtype=torch.long)
-    for row, (path, combo, probs) in enumerate(zip(forced_rows, index_rows, replay)):
-        forced[row, : len(path)] = torch.tensor(path, dtype=torch.long)
-        speculation_index[row, : len(combo)] = torch.tensor(combo, dtype=torch.long)
-        replay_probs[row, : len(probs)] = torch.tensor(probs, dtype=torch.float64)
-    return forced, forced_len, torch.tensor(real_len, dtype=torch.long), replay_probs, speculation_index
+    forced_len = torch.empty(rows, dtype=torch.long)
+    real_len = torch.empty(rows, dtype=torch.long)
+    row = 0
+    for block_forced, block_spec, block_probs, start in blocks:
+        count, length = block_forced.shape
+        forced[row : row + count, :length] = block_forced
+        speculation_index[row : row + count, :length] = block_spec
+        replay_probs[row : row + count, :start] = block_probs
+        forced_len[row : row + count] = length
+        real_len[row : row + count] = start
+        row += count
+    return forced, forced_len, real_len, replay_probs, speculation_index
 
 
 def _enumerate_batched(episode: Episode, max_sequences: int) -> Enumeration:
@@ -316,14 +351,8 @@ def _enumerate_batched(episode: Episode, max_sequences: int) -> Enumeration:
     return collector.build()
 
 
-def _forced_chooser(paths: Sequence[torch.Tensor]) -> PrefixChooser:
-    rows = len(paths)
-    width = max((int(p.shape[0]) for p in paths), default=0)
-    forced = torch.full((rows, width), -1, dtype=torch.long)
-    for row, path in enumerate(paths):
-        forced[row, : path.shape[0]] = path
-    lengths = torch.tensor([int(p.shape[0]) for p in paths], dtype=torch.long)
-    return PrefixChooser(rows, forced, lengths, lengths, replay_probs=None, spawn=False)
+def _forced_chooser(paths: torch.Tensor, lengths: torch.Tensor) -> PrefixChooser:
+    return PrefixChooser(paths.shape[0], paths, lengths, lengths, replay_probs=None, spawn=False)
 
 
 def _check_complete(result: Pass, lengths: torch.Tensor) -> None:
@@ -344,15 +373,15 @@ def evaluate_objective(episode: Episode, found: Enumeration, *, batched: bool) -
     Runs under ``no_grad``: one batch of all sequences in batched mode, one run per sequence otherwise.
     """
     total = torch.zeros((), dtype=torch.float64)
-    with torch.no_grad():
+    with torch.no_grad(), randomness.watch():
         if batched:
-            chooser = _forced_chooser(found.actions)
-            result, objective, _ = _run_pass(episode, chooser, batched=True, rows=len(found.actions))
+            chooser = _forced_chooser(found.paths, found.lengths)
+            result, objective, _ = _run_pass(episode, chooser, batched=True, rows=len(found))
             _check_complete(result, chooser.forced_len)
             total = (result.log_prob.exp() * objective).sum()
         else:
-            for path in found.actions:
-                chooser = _forced_chooser([path])
+            for index in range(len(found)):
+                chooser = _forced_chooser(found.paths[index : index + 1], found.lengths[index : index + 1])
                 result, objective, _ = _run_pass(episode, chooser, batched=False, rows=1)
                 _check_complete(result, chooser.forced_len)
                 total = total + (result.log_prob.exp() * objective).sum()
@@ -360,10 +389,11 @@ def evaluate_objective(episode: Episode, found: Enumeration, *, batched: bool) -
 
 
 def replay_sequence(
-    episode: Episode, path: torch.Tensor, *, batched: bool
+    episode: Episode, found: Enumeration, index: int, *, batched: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run one known sequence alone, with gradient: ``(log_prob, objective, loss)`` as scalars."""
-    chooser = _forced_chooser([path])
-    result, objective, loss = _run_pass(episode, chooser, batched=batched, rows=1)
-    _check_complete(result, chooser.forced_len)
+    """Run sequence ``index`` alone, with gradient: ``(log_prob, objective, loss)`` as scalars."""
+    chooser = _forced_chooser(found.paths[index : index + 1], found.lengths[index : index + 1])
+    with randomness.watch():
+        result, objective, loss = _run_pass(episode, chooser, batched=batched, rows=1)
+        _check_complete(result, chooser.forced_len)
     return result.log_prob[0], objective[0], loss[0]

@@ -211,8 +211,8 @@ def sequence_statistics(
         norm = sum(float((b * b).sum()) for b in bias) ** 0.5
         unit = [b / norm for b in bias] if norm > 0 else None
     contributions = []
-    for path in found.actions:
-        log_prob, objective, loss = replay_sequence(episode, path, batched=batched)
+    for index in range(len(found)):
+        log_prob, objective, loss = replay_sequence(episode, found, index, batched=batched)
         probability = log_prob.exp()
         weight = probability.detach()
         grad_loss = _grad(loss, params, retain_graph=True)

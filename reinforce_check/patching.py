@@ -166,6 +166,30 @@ def _distribution_sample(installed: Callable[..., Any], site: str) -> Callable[.
     return sample
 
 
+_CACHE: dict[tuple[Any, str, Any], Callable[..., Any]] = {}
+
+
+def _replacement(owner: Any, name: str) -> Callable[..., Any]:
+    installed = getattr(owner, name)
+    key = (owner, name, installed)
+    # Built once per installed function: a check enters and leaves interception once per episode run.
+    if key not in _CACHE:
+        site = f"{_owner_name(owner)}.{name}"
+        if name == "sample":
+            _CACHE[key] = _distribution_sample(installed, site)
+        elif owner is torch:
+            _CACHE[key] = (_multinomial if name == "multinomial" else _bernoulli)(installed, site)
+        elif name == "multinomial":
+            _CACHE[key] = _tensor_multinomial(_multinomial(installed, site))
+        else:
+            _CACHE[key] = _tensor_bernoulli(_bernoulli(installed, site))
+    return _CACHE[key]
+
+
+def _replacements() -> list[tuple[tuple[Any, str], Callable[..., Any]]]:
+    return [((owner, name), _replacement(owner, name)) for owner, name in _targets()]
+
+
 @contextlib.contextmanager
 def intercept_samplers(chooser: Chooser) -> Iterator[None]:
     """Route every categorical draw to ``chooser`` for the duration of the block.
@@ -188,21 +212,10 @@ def intercept_samplers(chooser: Chooser) -> Iterator[None]:
     try:
         for owner, name in _targets():
             saved.append((owner, name, vars(owner).get(name, _MISSING)))
-        torch_multinomial = _multinomial(torch.multinomial, "torch.multinomial")
-        tensor_multinomial = _multinomial(torch.Tensor.multinomial, "Tensor.multinomial")
-        torch_bernoulli = _bernoulli(torch.bernoulli, "torch.bernoulli")
-        tensor_bernoulli = _bernoulli(torch.Tensor.bernoulli, "Tensor.bernoulli")
-        replacements = {
-            (torch, "multinomial"): torch_multinomial,
-            (torch.Tensor, "multinomial"): _tensor_multinomial(tensor_multinomial),
-            (torch, "bernoulli"): torch_bernoulli,
-            (torch.Tensor, "bernoulli"): _tensor_bernoulli(tensor_bernoulli),
-        }
-        for cls in (distributions.Categorical, distributions.OneHotCategorical, distributions.Bernoulli):
-            replacements[(cls, "sample")] = _distribution_sample(cls.sample, f"{cls.__name__}.sample")
+        replacements = _replacements()
         _STATE.chooser = chooser
         _STATE.distributions = []
-        for (owner, name), function in replacements.items():
+        for (owner, name), function in replacements:
             setattr(owner, name, function)
         yield
     finally:

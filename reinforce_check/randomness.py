@@ -12,16 +12,18 @@ inside the episode.
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from .errors import UninterceptedRandomnessError
+from .errors import NondeterministicEpisodeError, UninterceptedRandomnessError
 
-__all__ = ["RandomState", "capture", "verify_unchanged"]
+__all__ = ["RandomState", "capture", "verify_unchanged", "watch"]
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ def capture() -> RandomState:
     return RandomState(torch.get_rng_state(), cuda, random.getstate(), np.random.get_state())
 
 
-def verify_unchanged(before: RandomState) -> None:
+def verify_unchanged(before: RandomState, cause: BaseException | None = None) -> None:
     """Raise :class:`UninterceptedRandomnessError` if a global generator moved since ``before``."""
     after = capture()
     moved = []
@@ -69,8 +71,29 @@ def verify_unchanged(before: RandomState) -> None:
             "enumerated probabilities wrong. Sample actions through those entry points (not a Gumbel-max "
             "trick), switch off dropout (model.eval()), and give the environment a generator seeded inside "
             "the episode."
-        )
+        ) from cause
 
 
 def _numpy_equal(a: Any, b: Any) -> bool:
     return bool(a[0] == b[0] and np.array_equal(a[1], b[1]) and tuple(a[2:]) == tuple(b[2:]))
+
+
+@contextlib.contextmanager
+def watch() -> Iterator[None]:
+    """Raise :class:`UninterceptedRandomnessError` if the block draws from a global generator.
+
+    The state is compared once, when the block ends, rather than around every episode run: a
+    snapshot costs about as much as a small episode step. A :class:`NondeterministicEpisodeError`
+    raised inside is replaced by the randomness error when a generator moved, since that is the
+    likelier cause and the more useful message.
+
+    >>> with watch():
+    ...     pass
+    """
+    before = capture()
+    try:
+        yield
+    except NondeterministicEpisodeError as error:
+        verify_unchanged(before, cause=error)
+        raise
+    verify_unchanged(before)
