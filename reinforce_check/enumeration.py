@@ -8,8 +8,11 @@ sequential enumeration does, but driven by the intercepted samplers, with no ann
 Batched mode (``episode(batch_size)`` runs independent rows) runs in rounds. Round 0 is one free
 row; it reveals the support of every decision along its path. Each later round runs, as one batch,
 every pending prefix extended by the product of the supports seen so far (see
-:mod:`reinforce_check.chooser`), so a tree whose supports do not depend on the history takes two
-rounds; any other tree takes a few more. Every sequence still completes in exactly one row.
+:mod:`reinforce_check.chooser`): round 1 guesses one slot deep as a probe; if all its guesses were
+feasible, round 2 guesses as deep as the budget allows, so a tree whose supports do not depend on
+the history takes three rounds; a tree whose supports do (stop actions, masks) keeps guessing one
+slot deep and takes about as many rounds as its longest episode has decisions. Every sequence
+still completes in exactly one valid row.
 
 Once the sequences are known, :func:`evaluate_objective` forces all of them in a single batch
 (the paper's "single minibatch whose size is #A†") to evaluate J at other parameter values.
@@ -250,8 +253,11 @@ def _enumerate_sequential(episode: Episode, max_sequences: int) -> Enumeration:
     return collector.build()
 
 
-def _speculate(pending: list[_Prefix], guesses: dict[int, torch.Tensor], cap: int) -> list[list[int]]:
-    """Choose how many slots past its prefix each pending prefix guesses, keeping the rows within ``cap``."""
+def _speculate(
+    pending: list[_Prefix], guesses: dict[int, torch.Tensor], cap: int, max_depth: int
+) -> list[list[int]]:
+    """Choose how many slots past its prefix each pending prefix guesses (at most ``max_depth``),
+    keeping the rows within ``cap``."""
     options = {slot: mask.nonzero().flatten().tolist() for slot, mask in guesses.items()}
     depth = [0] * len(pending)
     sizes = [1] * len(pending)
@@ -262,7 +268,7 @@ def _speculate(pending: list[_Prefix], guesses: dict[int, torch.Tensor], cap: in
         for index, prefix in enumerate(pending):
             slot = len(prefix.actions) + depth[index]
             width = len(options.get(slot, ()))
-            if width == 0:
+            if width == 0 or depth[index] >= max_depth:
                 continue
             new_total = total + sizes[index] * (width - 1)
             if new_total > cap:
@@ -275,14 +281,14 @@ def _speculate(pending: list[_Prefix], guesses: dict[int, torch.Tensor], cap: in
 
 
 def _speculated_rows(
-    pending: list[_Prefix], guesses: dict[int, torch.Tensor], cap: int
+    pending: list[_Prefix], guesses: dict[int, torch.Tensor], cap: int, max_depth: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rows for one batched round: each pending prefix followed by every combination of guesses.
 
     Returns ``forced``, ``forced_len``, ``real_len``, ``replay_probs`` and ``speculation_index`` as
     :class:`~reinforce_check.chooser.PrefixChooser` takes them.
     """
-    widths = _speculate(pending, guesses, cap)
+    widths = _speculate(pending, guesses, cap, max_depth)
     options = {slot: mask.nonzero().flatten() for slot, mask in guesses.items()}
     blocks = []
     for prefix, width in zip(pending, widths):
@@ -330,11 +336,18 @@ def _enumerate_batched(episode: Episode, max_sequences: int) -> Enumeration:
     collector.add(result, objective, loss)
     guesses = dict(result.supports)
     pending = _spawned(result)
+    # Round 1 guesses one slot past each prefix, a cheap probe of whether round 0's supports hold
+    # elsewhere in the tree. If every guess was feasible, later rounds guess as deep as the budget
+    # allows (a fixed-support tree then finishes in one more round); once a guess fails (a stop
+    # action, masking), guessing stays one slot deep, so wasted rows stay few.
+    max_depth = 1
     while pending:
         if len(collector) + len(pending) > max_sequences:
             raise _budget_error(len(collector), len(pending), max_sequences)
         cap = max(max_sequences - len(collector), len(pending))
-        forced, forced_len, real_len, replay_probs, speculation_index = _speculated_rows(pending, guesses, cap)
+        forced, forced_len, real_len, replay_probs, speculation_index = _speculated_rows(
+            pending, guesses, cap, max_depth
+        )
         rows = forced.shape[0]
         chooser = PrefixChooser(
             rows,
@@ -348,6 +361,10 @@ def _enumerate_batched(episode: Episode, max_sequences: int) -> Enumeration:
         result, objective, loss = _run_pass(episode, chooser, batched=True, rows=rows)
         collector.add(result, objective, loss)
         pending = _spawned(result)
+        if bool(result.valid.all()) and max_depth == 1 and collector.passes == 2:
+            max_depth = max_sequences
+        elif not bool(result.valid.all()):
+            max_depth = 1
     return collector.build()
 
 

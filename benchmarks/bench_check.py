@@ -1,0 +1,185 @@
+"""How long a check takes, as a ratio to plain training passes over the same sequences.
+
+Every ratio divides two times measured in the same run (medians of several repeats):
+
+* batched mode: ``check_reinforce(..., batched=True)`` against one plain batched forward and backward
+  of the same policy over all its action sequences (the floor for any exact check);
+* sequential mode: ``check_reinforce(...)`` against running the same episodes plainly one by one,
+  forward and backward each.
+
+Cases: an LSTM policy with 3 actions over 7 steps (3**7 = 2,187 sequences) and a variable-length
+policy whose third action stops the episode (255 sequences over at most 7 steps). For each, the
+exact variance gives the number of Monte Carlo episodes a sampled estimate would need to reach the
+check's precision.
+
+Usage::
+
+    python benchmarks/bench_check.py            # prints the table, writes benchmarks/results.txt
+    python benchmarks/bench_check.py --quick    # fewer repeats
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from reinforce_check import check_reinforce
+
+ACTIONS = 3
+HIDDEN = 16
+STEPS = 7
+
+
+class LSTMPolicy(torch.nn.Module):
+    """A small recurrent policy: the previous action in, a categorical over ACTIONS out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell = torch.nn.LSTMCell(ACTIONS, HIDDEN)
+        self.head = torch.nn.Linear(HIDDEN, ACTIONS)
+
+
+def make_episode(policy: LSTMPolicy, *, stop_action: bool) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """REINFORCE with reward-to-go; reward 1 for matching a fixed target, optional stop action.
+
+    With ``stop_action`` the episode ends when action 2 is taken; rows that have ended are given a
+    distribution with a single feasible action, so they do not branch in batched mode.
+    """
+    target = torch.tensor([0, 1, 0, 1, 0, 1, 0])
+
+    def episode(batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = batch_size or 1
+        h = torch.zeros(rows, HIDDEN, dtype=torch.float64)
+        c = torch.zeros_like(h)
+        x = torch.zeros(rows, ACTIONS, dtype=torch.float64)
+        done = torch.zeros(rows, dtype=torch.bool)
+        log_probs, rewards = [], []
+        for t in range(STEPS):
+            h, c = policy.cell(x, (h, c))
+            logits = policy.head(h)
+            if stop_action:
+                forced = torch.full_like(logits, float("-inf"))
+                forced[:, 0] = 0.0
+                logits = torch.where(done[:, None], forced, logits)
+            dist = torch.distributions.Categorical(logits=logits)
+            action = dist.sample()
+            live = (~done).double()
+            log_probs.append(dist.log_prob(action) * live)
+            rewards.append((action == target[t]).double() * live)
+            if stop_action:
+                done = done | (action == 2)
+            x = torch.nn.functional.one_hot(action, ACTIONS).double()
+        log_prob = torch.stack(log_probs, 1)
+        reward = torch.stack(rewards, 1)
+        to_go = reward.flip(1).cumsum(1).flip(1)
+        objective = reward.sum(1)
+        loss = -(log_prob * to_go).sum(1)
+        if batch_size is None:
+            return objective[0], loss[0]
+        return objective, loss
+
+    return episode
+
+
+def median_time(function: Callable[[], object], repeats: int) -> float:
+    function()  # warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def monte_carlo_episodes(report, rtol: float, atol: float) -> tuple[float, float]:
+    """Episodes a sampled mean of grad loss needs for one standard error within the tolerance.
+
+    Returns the count for the check's own tolerance and for the 10% relative tolerance that sampled
+    unbiasedness tests use, both for the worst element of any parameter.
+    """
+    exact_tol, loose_tol = 0.0, 0.0
+    for p in report.parameters:
+        variance = p.variance.reshape(-1)
+        scale = p.target.abs().reshape(-1)
+        exact_tol = max(exact_tol, float((variance / (atol + rtol * scale) ** 2).max()))
+        significant = scale > 1e-3 * float(scale.max())
+        loose_tol = max(loose_tol, float((variance[significant] / (0.1 * scale[significant]) ** 2).max()))
+    return exact_tol, loose_tol
+
+
+def run_case(name: str, stop_action: bool, repeats: int) -> list[str]:
+    torch.manual_seed(0)
+    policy = LSTMPolicy().double()
+    params = dict(policy.named_parameters())
+    episode = make_episode(policy, stop_action=stop_action)
+    report = check_reinforce(episode, params, batched=True, variance=True)
+    count = report.num_sequences
+
+    def plain_batched() -> None:
+        # The same number of rows as the check enumerates: the floor for any exact check.
+        objective, loss = episode(count)
+        loss.sum().backward()
+
+    def plain_sequential() -> None:
+        for _ in range(count):
+            objective, loss = episode()
+            loss.backward()
+
+    rows = []
+    batched_plain = median_time(plain_batched, repeats)
+    for mode in ("joint", "tensor", "none"):
+        t = median_time(lambda: check_reinforce(episode, params, batched=True, finite_differences=mode), repeats)
+        rows.append((name, "batched", mode, t, batched_plain))
+    sequential_plain = median_time(plain_sequential, max(1, repeats // 3))
+    for mode in ("joint", "none"):
+        t = median_time(lambda: check_reinforce(episode, params, finite_differences=mode), max(1, repeats // 3))
+        rows.append((name, "sequential", mode, t, sequential_plain))
+    exact_tol, loose_tol = monte_carlo_episodes(report, report.rtol, report.atol)
+    lines = [
+        f"{name}: {count:,} sequences, {len(params)} parameter tensors; "
+        f"worst relative error of the check {report.max_rel_error:.1e}",
+    ]
+    for case, mode, fd, t, base in rows:
+        lines.append(
+            f"  {mode:<10} finite_differences={fd:<7} check {t * 1e3:8.1f} ms   plain {base * 1e3:8.1f} ms   "
+            f"ratio {t / base:5.2f}x"
+        )
+    lines.append(
+        f"  Monte Carlo episodes for one standard error within the check's tolerance "
+        f"(rtol={report.rtol:g}, atol={report.atol:g}): {exact_tol:.2e}; within 10% of each gradient "
+        f"element: {loose_tol:.2e}"
+    )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (noisier)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results.txt"))
+    args = parser.parse_args(argv)
+    repeats = 3 if args.quick else 9
+    header = [
+        "reinforce_check benchmark: time of a check / time of plain passes over the same sequences",
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+        f"python {platform.python_version()}; medians of {repeats} (batched) and {max(1, repeats // 3)} "
+        "(sequential) repeats",
+        "command: python benchmarks/bench_check.py",
+        "",
+    ]
+    lines = header
+    lines += run_case("LSTM, 3 actions x 7 steps", stop_action=False, repeats=repeats)
+    lines.append("")
+    lines += run_case("LSTM, variable length (action 2 stops)", stop_action=True, repeats=repeats)
+    text = "\n".join(lines)
+    print(text)
+    args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
