@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import NondeterministicEpisodeError, UninterceptedRandomnessError
+from .errors import CheckUsageError, UninterceptedRandomnessError
 
 __all__ = ["RandomState", "capture", "verify_unchanged", "watch"]
 
@@ -83,9 +83,9 @@ def watch() -> Iterator[None]:
     """Raise :class:`UninterceptedRandomnessError` if the block draws from a global generator.
 
     The state is compared once, when the block ends, rather than around every episode run: a
-    snapshot costs about as much as a small episode step. A :class:`NondeterministicEpisodeError`
-    raised inside is replaced by the randomness error when a generator moved, since that is the
-    likelier cause and the more useful message.
+    snapshot costs about as much as a small episode step. Another usage error raised inside (a replay
+    that differs, a runaway enumeration) is replaced by the randomness error when a generator moved,
+    since that is then the likelier cause and the more useful message.
 
     >>> with watch():
     ...     pass
@@ -93,7 +93,9 @@ def watch() -> Iterator[None]:
     before = capture()
     try:
         yield
-    except NondeterministicEpisodeError as error:
+    except UninterceptedRandomnessError:
+        raise
+    except CheckUsageError as error:
         verify_unchanged(before, cause=error)
         raise
     verify_unchanged(before)
