@@ -197,18 +197,18 @@ def check_reinforce(
     tensors = [t for _, t in named]
     start = time.perf_counter()
 
-    found = enumerate_sequences(episode, batched=batched, max_sequences=max_sequences)
-    exact = _exact.exact_gradients(found, tensors)
+    accumulator = _exact.GradientAccumulator(tensors)
+    found = enumerate_sequences(episode, batched=batched, max_sequences=max_sequences, on_pass=accumulator)
+    exact = accumulator.result()
     parameters = [_compare(n, t, e, rtol, atol) for n, t, e in zip(names, exact.target, exact.estimate)]
     biased = any(not p.ok for p in parameters)
 
     contributions: list[SequenceContribution] = []
-    if variance or biased:
+    variances = accumulator.variance() if variance else None
+    if (variance and variances is None) or biased:
         bias = [p.bias for p in parameters] if biased else None
         stats = _exact.sequence_statistics(episode, found, tensors, bias, batched=batched)
-        if variance:
-            for p, v in zip(parameters, stats.variance):
-                p.variance = v
+        variances = stats.variance if variance else None
         if biased:
             probability = found.log_prob.detach().exp()
             order = sorted(range(len(found)), key=lambda i: -stats.contribution[i])[:top_sequences]
@@ -221,6 +221,10 @@ def check_reinforce(
                 )
                 for i in order
             ]
+
+    if variances is not None:
+        for p, v in zip(parameters, variances):
+            p.variance = v
 
     directional, numeric = _exact.finite_differences(
         episode,

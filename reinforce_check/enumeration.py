@@ -50,11 +50,11 @@ class Enumeration:
     sites: list[list[str]]
     """Sampler entry point behind each decision, per sequence."""
     log_prob: torch.Tensor
-    """``(N,)`` log-probability of each sequence, differentiable in the parameters."""
+    """``(N,)`` log-probability of each sequence (detached)."""
     objective: torch.Tensor
-    """``(N,)`` the episode's objective for each sequence (with its graph)."""
+    """``(N,)`` the episode's objective for each sequence (detached)."""
     loss: torch.Tensor
-    """``(N,)`` the episode's loss for each sequence (with its graph)."""
+    """``(N,)`` the episode's loss for each sequence (detached)."""
     passes: int = 0
     """How many times the episode function was called."""
     rows_run: int = 0
@@ -128,10 +128,18 @@ def _episode_outputs(output: Any, *, rows: int, batched: bool) -> tuple[torch.Te
     return converted[0], converted[1]
 
 
-class _Collector:
-    """Gathers completed sequences pass by pass."""
+PassHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
 
-    def __init__(self) -> None:
+
+class _Collector:
+    """Gathers completed sequences pass by pass.
+
+    Each pass's differentiable ``(log_prob, objective, loss)`` rows go to ``on_pass`` as soon as the
+    pass ends, so that gradients are taken while the graph is small; only detached values are kept.
+    """
+
+    def __init__(self, on_pass: PassHook | None) -> None:
+        self.on_pass = on_pass
         self.blocks: list[tuple[torch.Tensor, torch.Tensor, list[str]]] = []
         self.log_prob: list[torch.Tensor] = []
         self.objective: list[torch.Tensor] = []
@@ -150,9 +158,12 @@ class _Collector:
             keep = result.valid.nonzero().flatten()
             kept = int(keep.shape[0])
         self.blocks.append((result.actions[keep], result.branching[keep], result.sites))
-        self.log_prob.append(result.log_prob[keep])
-        self.objective.append(objective[keep])
-        self.loss.append(loss[keep])
+        log_prob, objective, loss = result.log_prob[keep], objective[keep], loss[keep]
+        if self.on_pass is not None:
+            self.on_pass(log_prob, objective, loss)
+        self.log_prob.append(log_prob.detach())
+        self.objective.append(objective.detach())
+        self.loss.append(loss.detach())
         self.count += kept
 
     def __len__(self) -> int:
@@ -209,7 +220,9 @@ def _budget_error(found: int, pending: int, max_sequences: int) -> SequenceBudge
     )
 
 
-def enumerate_sequences(episode: Episode, *, batched: bool, max_sequences: int) -> Enumeration:
+def enumerate_sequences(
+    episode: Episode, *, batched: bool, max_sequences: int, on_pass: PassHook | None = None
+) -> Enumeration:
     """Run ``episode`` once for every terminating action sequence.
 
     Arguments:
@@ -217,6 +230,8 @@ def enumerate_sequences(episode: Episode, *, batched: bool, max_sequences: int) 
             ``(objective, loss)``.
         batched: whether ``episode`` takes a batch size and returns per-row tensors.
         max_sequences: stop with :class:`SequenceBudgetError` past this many sequences.
+        on_pass: called after every pass with the differentiable ``(log_prob, objective, loss)``
+            of its completed sequences (one row per sequence), before their graph is dropped.
 
     >>> def episode():
     ...     coin = torch.distributions.Bernoulli(probs=torch.tensor(0.25)).sample()
@@ -227,12 +242,11 @@ def enumerate_sequences(episode: Episode, *, batched: bool, max_sequences: int) 
     """
     with randomness.watch():
         if batched:
-            return _enumerate_batched(episode, max_sequences)
-        return _enumerate_sequential(episode, max_sequences)
+            return _enumerate_batched(episode, max_sequences, _Collector(on_pass))
+        return _enumerate_sequential(episode, max_sequences, _Collector(on_pass))
 
 
-def _enumerate_sequential(episode: Episode, max_sequences: int) -> Enumeration:
-    collector = _Collector()
+def _enumerate_sequential(episode: Episode, max_sequences: int, collector: _Collector) -> Enumeration:
     stack = [_Prefix([], [])]
     while stack:
         prefix = stack.pop()
@@ -329,8 +343,7 @@ def _speculated_rows(
     return forced, forced_len, real_len, replay_probs, speculation_index
 
 
-def _enumerate_batched(episode: Episode, max_sequences: int) -> Enumeration:
-    collector = _Collector()
+def _enumerate_batched(episode: Episode, max_sequences: int, collector: _Collector) -> Enumeration:
     chooser = PrefixChooser.free(1, record_supports=True)
     result, objective, loss = _run_pass(episode, chooser, batched=True, rows=1, first=True)
     collector.add(result, objective, loss)

@@ -9,7 +9,9 @@ With p(a) the probability of sequence a (a differentiable function of the parame
   sequence's contribution to the bias, c(a) = p(a) grad loss(a) + grad[p(a) objective(a)], whose sum
   over a is E[grad loss] + grad J.
 
-Both gradients come from one graph: two :func:`torch.autograd.grad` calls, the first retaining it.
+Gradients are taken pass by pass, as soon as each pass of the enumeration ends (two
+:func:`torch.autograd.grad` calls on its graph, the first retaining it), so the memory a check
+needs does not grow with the number of sequences.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from .report import DirectionalCheck
 __all__ = [
     "ExactGradients",
     "SequenceStatistics",
-    "exact_gradients",
+    "GradientAccumulator",
     "finite_differences",
     "sequence_statistics",
 ]
@@ -60,19 +62,55 @@ def _grad(output: torch.Tensor, inputs: Sequence[torch.Tensor], *, retain_graph:
     return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs)]
 
 
-def exact_gradients(found: Enumeration, params: Sequence[torch.Tensor]) -> ExactGradients:
-    """Compute J, -grad J and E[grad loss] from the enumeration's graph (which is consumed)."""
-    probability = found.log_prob.exp()
-    objective = (probability * found.objective).sum()
-    surrogate = (probability.detach() * found.loss).sum()
-    grad_objective = _grad(objective, params, retain_graph=True)
-    estimate = _grad(surrogate, params)
-    return ExactGradients(
-        objective=float(objective.detach()),
-        total_probability=float(probability.detach().sum()),
-        target=[-g.detach() for g in grad_objective],
-        estimate=[g.detach() for g in estimate],
-    )
+class GradientAccumulator:
+    """Accumulates J, -grad J and E[grad loss] pass by pass (the ``on_pass`` hook of an enumeration).
+
+    A pass that completed a single sequence (sequential mode) also adds p(a) grad loss(a)**2, so the
+    exact variance of the estimator comes at no extra cost; a batched pass adds only the sums.
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor]) -> None:
+        self.params = list(params)
+        self.objective = 0.0
+        self.total_probability = 0.0
+        self.grad_objective = [torch.zeros_like(p) for p in self.params]
+        self.estimate = [torch.zeros_like(p) for p in self.params]
+        self.second_moment: list[torch.Tensor] | None = [torch.zeros_like(p) for p in self.params]
+
+    def __call__(self, log_prob: torch.Tensor, objective: torch.Tensor, loss: torch.Tensor) -> None:
+        probability = log_prob.exp()
+        weighted = (probability * objective).sum()
+        grad_objective = _grad(weighted, self.params, retain_graph=True)
+        if probability.shape[0] == 1:
+            weight = probability.detach()[0]
+            grad_loss = _grad(loss.sum(), self.params)
+            estimate = [weight * g for g in grad_loss]
+            if self.second_moment is not None:
+                for s, g in zip(self.second_moment, grad_loss):
+                    s.add_(weight * g * g)
+        else:
+            estimate = _grad((probability.detach() * loss).sum(), self.params)
+            self.second_moment = None
+        for total, g in zip(self.grad_objective, grad_objective):
+            total.add_(g)
+        for total, g in zip(self.estimate, estimate):
+            total.add_(g)
+        self.objective += float(weighted.detach())
+        self.total_probability += float(probability.detach().sum())
+
+    def result(self) -> ExactGradients:
+        return ExactGradients(
+            objective=self.objective,
+            total_probability=self.total_probability,
+            target=[-g for g in self.grad_objective],
+            estimate=list(self.estimate),
+        )
+
+    def variance(self) -> list[torch.Tensor] | None:
+        """Exact variance of grad loss(a), if every pass completed one sequence; else None."""
+        if self.second_moment is None:
+            return None
+        return [(s - m * m).clamp_min(0) for s, m in zip(self.second_moment, self.estimate)]
 
 
 def _shifted_objective(
