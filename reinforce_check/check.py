@@ -74,9 +74,9 @@ def _compare(name: str, target: torch.Tensor, estimate: torch.Tensor, rtol: floa
     difference = (estimate - target).abs()
     allowed = atol + rtol * target.abs()
     mismatched = difference > allowed
-    relative = torch.where(
-        difference == 0, torch.zeros_like(difference), difference / target.abs().clamp_min(torch.finfo(target.dtype).tiny)
-    )
+    # Relative error is reported where it means something: elements whose exact gradient exceeds
+    # atol. Elsewhere (exact zeros included) the absolute error is the measure.
+    relative = torch.where(target.abs() > atol, difference / target.abs(), torch.zeros_like(difference))
     shape = tuple(target.shape)
 
     def worst(values: torch.Tensor) -> tuple[tuple[int, ...], float]:
@@ -264,6 +264,12 @@ def check_reinforce(
         seconds=0.0,
         probability_tolerance=max(1e-12 * len(found), 1e-10),
     )
+    if found.no_grad_calls:
+        report.notes.append(
+            f"{found.no_grad_calls} sampler call(s) ran under torch.no_grad(), so the probabilities they "
+            "recorded carry no gradient and -grad J misses their score terms; if they depend on the checked "
+            "parameters, finite differences disagree. Sample with gradient enabled inside the episode."
+        )
     report.ok = not biased and all(c.ok for c in directional) and report.probability_ok
     report.seconds = time.perf_counter() - start
     if not report.ok and raise_exception:

@@ -13,8 +13,8 @@ a *slot*, numbered in call order. For each row the chooser holds a *forced path*
 Whenever a decision offers actions that no row of the pass will take at that node, the chooser
 records them as new prefixes (*spawns*) to run later: at a free slot every nonzero action other
 than the one taken; at a speculated slot the nonzero actions outside the guessed set, and only from
-the one row (the *canonical* row) whose later guesses are all first choices, so that each node
-spawns once. A row whose guess turns out to have probability zero is *invalid*: it keeps running
+the one row (the *canonical* row) whose guesses from that slot on are all first choices, so that
+each node spawns once. A row whose guess turns out to have probability zero is *invalid*: it keeps running
 (taking first actions, so the user's code sees only feasible actions) but contributes nothing.
 
 Together these rules make every terminating action sequence complete in exactly one valid row.
@@ -58,6 +58,8 @@ class Pass:
     """New prefixes as ``(row, slot, action, probability)``: row's path up to ``slot``, then ``action``."""
     supports: dict[int, torch.Tensor] = field(default_factory=dict)
     """Support (nonzero mask) seen by row 0 at every slot, when asked for."""
+    no_grad_calls: int = 0
+    """Sampler calls made while gradient recording was off (their probabilities carry no gradient)."""
 
 
 class PrefixChooser:
@@ -104,6 +106,7 @@ class PrefixChooser:
         self.record_supports = record_supports
         self.spawn = spawn
         self.cursor = 0
+        self.no_grad_calls = 0
         self.invalid = torch.zeros(rows, dtype=torch.bool)
         self.log_prob: torch.Tensor | None = None
         self._actions: list[torch.Tensor] = []
@@ -127,12 +130,10 @@ class PrefixChooser:
             self._small_actions: list[list[int]] = [[] for _ in range(rows)]
             self._small_probs: list[list[float]] = [[] for _ in range(rows)]
             self._small_branching: list[list[bool]] = [[] for _ in range(rows)]
-        # canonical[r, s]: every speculated guess of row r after slot s is a first guess.
+        # canonical[r, s]: every speculated guess of row r from slot s on is a first guess. Rows that
+        # share the node at slot s differ only from s on, so exactly one of them is canonical there.
         if speculation_index is not None and speculation_index.shape[1] > 0:
-            later = torch.cat(
-                [speculation_index[:, 1:], torch.zeros(rows, 1, dtype=speculation_index.dtype)], dim=1
-            )
-            suffix_max = later.flip(1).cummax(1).values.flip(1)
+            suffix_max = speculation_index.flip(1).cummax(1).values.flip(1)
             self.canonical = suffix_max == 0
         else:
             self.canonical = torch.ones(rows, max(forced.shape[1], 1), dtype=torch.bool)
@@ -158,6 +159,8 @@ class PrefixChooser:
             )
         if not weights.is_floating_point():
             weights = weights.double()
+        if not torch.is_grad_enabled():
+            self.no_grad_calls += 1
         per_row = total_rows // self.rows
         if self._small and total_rows <= _SMALL_DECISIONS:
             return self._choose_small(weights, num_samples, replacement, site, per_row)
@@ -350,7 +353,7 @@ class PrefixChooser:
     def _is_canonical(self, episode: int, slot: int) -> bool:
         if self._spec_list is None:
             return True
-        return not any(self._spec_list[episode][slot + 1 :])
+        return not any(self._spec_list[episode][slot:])
 
     def _accumulate(self, chosen_prob: torch.Tensor, per_row: int) -> None:
         if any(self._dead):
@@ -453,4 +456,5 @@ class PrefixChooser:
             sites=list(self._sites),
             spawns=spawns,
             supports=self._supports,
+            no_grad_calls=self.no_grad_calls,
         )

@@ -59,6 +59,8 @@ class Enumeration:
     """How many times the episode function was called."""
     rows_run: int = 0
     """Episode rows run in all, including rows whose speculated actions proved infeasible."""
+    no_grad_calls: int = 0
+    """Sampler calls made under ``torch.no_grad()`` during the enumeration."""
 
     def __len__(self) -> int:
         return int(self.lengths.shape[0])
@@ -145,12 +147,14 @@ class _Collector:
         self.objective: list[torch.Tensor] = []
         self.loss: list[torch.Tensor] = []
         self.count = 0
+        self.no_grad_calls = 0
         self.passes = 0
         self.rows_run = 0
 
     def add(self, result: Pass, objective: torch.Tensor, loss: torch.Tensor) -> None:
         self.passes += 1
         self.rows_run += result.valid.shape[0]
+        self.no_grad_calls += result.no_grad_calls
         if bool(result.valid.all()):
             keep = slice(None)
             kept = result.valid.shape[0]
@@ -193,6 +197,7 @@ class _Collector:
             loss=torch.cat(self.loss),
             passes=self.passes,
             rows_run=self.rows_run,
+            no_grad_calls=self.no_grad_calls,
         )
 
 

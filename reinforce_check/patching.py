@@ -130,13 +130,16 @@ def _bernoulli(original: Callable[..., torch.Tensor], site: str) -> Callable[...
         out = kwargs.pop("out", None)
         p_arg = args[0] if args else kwargs.pop("p", None)
         probs = input if p_arg is None else torch.full_like(input, float(p_arg))
+        grad_mode = torch.is_grad_enabled()
         if _STATE.distributions and isinstance(_STATE.distributions[-1][0], distributions.Bernoulli):
             # Bernoulli.sample draws under no_grad; the probability we record must carry gradient.
-            with torch.enable_grad():
-                probs = _STATE.distributions[-1][0].probs.expand(input.shape)
-        flat = probs.reshape(-1, 1)
-        weights = torch.cat([1 - flat, flat], dim=1)
-        chosen = chooser.choose(weights, 1, True, _site(site))
+            # (torch computes a lazy ``probs`` with gradient enabled, whatever the caller's mode.)
+            grad_mode = True
+            probs = _STATE.distributions[-1][0].probs
+        with torch.set_grad_enabled(grad_mode):
+            flat = probs.expand(input.shape).reshape(-1, 1)
+            weights = torch.cat([1 - flat, flat], dim=1)
+            chosen = chooser.choose(weights, 1, True, _site(site))
         result = chosen.reshape(input.shape).to(input.dtype)
         if out is not None:
             return out.copy_(result)

@@ -48,7 +48,9 @@ class ParameterReport:
     mismatches: int
     """Elements outside ``atol + rtol * |target|``."""
     max_abs_error: float
+    """Largest ``|estimate - target|``."""
     max_rel_error: float
+    """Largest ``|estimate - target| / |target|`` over elements with ``|target| > atol``."""
     worst_abs_index: tuple[int, ...]
     worst_rel_index: tuple[int, ...]
     variance: torch.Tensor | None = None
@@ -58,7 +60,7 @@ class ParameterReport:
 
     @property
     def bias(self) -> torch.Tensor:
-        """E[grad loss] - (-grad J): zero for an unbiased implementation."""
+        """Zero for an unbiased implementation: ``estimate - target``, that is E[grad loss] + grad J."""
         return self.estimate - self.target
 
     @property
@@ -253,13 +255,14 @@ def format_mismatch(report: CheckReport) -> str:
             lines.append(
                 "  The loss matches autograd's gradient of J, but J itself changes differently: a probability "
                 "or objective term is detached from the parameters somewhere (for example actions sampled "
-                "from probs.detach()), so autograd cannot see part of the dependence."
+                "from probs.detach() or under torch.no_grad()), so autograd cannot see part of the dependence."
             )
     if not report.probability_ok:
         lines += [
             "",
             f"The enumerated sequences have total probability {report.total_probability!r}, not 1.",
         ]
+    lines += [f"Note: {n}" for n in report.notes]
     if report.top_sequences:
         lines += ["", "Sequences contributing most to the bias (actions, p(a), contribution):"]
         lines += [
