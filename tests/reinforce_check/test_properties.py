@@ -1,0 +1,138 @@
+"""Property tests over random small policies: exact enumeration and a passing check."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.distributions import Categorical
+
+from reinforce_check import ReinforceCheckError, check_reinforce
+
+
+@dataclass
+class Problem:
+    """A policy over ``K`` actions for ``T`` steps whose logits, support and reward depend on the step
+    and the previous action (index ``K`` at the first step)."""
+
+    K: int
+    T: int
+    logits: torch.Tensor  # (T, K + 1, K), requires grad
+    mask: torch.Tensor  # (T, K + 1, K) bool, at least one True per row
+    reward: torch.Tensor  # (T, K + 1, K)
+
+    def masked_logits(self) -> torch.Tensor:
+        return self.logits.masked_fill(~self.mask, float("-inf"))
+
+    def episode(self, *, batched: bool, sign: float = 1.0):
+        def run(rows: int):
+            previous = torch.full((rows,), self.K, dtype=torch.long)
+            logits = self.masked_logits()
+            log_probs, rewards = [], []
+            for t in range(self.T):
+                dist = Categorical(logits=logits[t, previous])
+                action = dist.sample()
+                log_probs.append(dist.log_prob(action))
+                rewards.append(self.reward[t, previous, action])
+                previous = action
+            reward = torch.stack(rewards, 1)
+            to_go = reward.flip(1).cumsum(1).flip(1)
+            loss = -sign * (torch.stack(log_probs, 1) * to_go.detach()).sum(1)
+            return reward.sum(1), loss
+
+        if batched:
+            return run
+
+        def sequential():
+            objective, loss = run(1)
+            return objective[0], loss[0]
+
+        return sequential
+
+    def brute_force(self) -> tuple[int, torch.Tensor]:
+        """Number of feasible sequences and the exact J, by summing over every sequence."""
+        log_policy = torch.log_softmax(self.masked_logits(), -1)
+        count, total = 0, torch.zeros((), dtype=torch.float64)
+        for sequence in itertools.product(range(self.K), repeat=self.T):
+            previous, log_prob, reward = self.K, 0.0, 0.0
+            feasible = True
+            for t, action in enumerate(sequence):
+                if not bool(self.mask[t, previous, action]):
+                    feasible = False
+                    break
+                log_prob = log_prob + log_policy[t, previous, action]
+                reward = reward + self.reward[t, previous, action]
+                previous = action
+            if feasible:
+                count += 1
+                total = total + torch.exp(log_prob) * reward
+        return count, total
+
+
+@st.composite
+def problems(draw) -> Problem:
+    K = draw(st.integers(1, 4))
+    T = draw(st.integers(1, 3))
+    cells = T * (K + 1) * K
+    finite = st.floats(-3.0, 3.0, allow_nan=False, allow_infinity=False)
+    logits = torch.tensor(draw(st.lists(finite, min_size=cells, max_size=cells)), dtype=torch.float64)
+    reward = torch.tensor(draw(st.lists(finite, min_size=cells, max_size=cells)), dtype=torch.float64)
+    mask = torch.tensor(draw(st.lists(st.booleans(), min_size=cells, max_size=cells))).reshape(T, K + 1, K)
+    keep = torch.tensor(draw(st.lists(st.integers(0, K - 1), min_size=T * (K + 1), max_size=T * (K + 1))))
+    mask = mask | torch.nn.functional.one_hot(keep, K).bool().reshape(T, K + 1, K)  # never all masked
+    return Problem(
+        K=K,
+        T=T,
+        logits=logits.reshape(T, K + 1, K).requires_grad_(),
+        mask=mask,
+        reward=reward.reshape(T, K + 1, K),
+    )
+
+
+MODES = pytest.mark.parametrize("batched", [False, True], ids=["sequential", "batched"])
+
+
+@MODES
+@settings(max_examples=25, deadline=None)
+@given(problem=problems())
+def test_total_probability_is_one(batched, problem):
+    report = check_reinforce(
+        problem.episode(batched=batched), {"logits": problem.logits}, batched=batched, rtol=1e-6, atol=1e-9,
+        raise_exception=False, finite_differences="none",
+    )
+    count, objective = problem.brute_force()
+    assert report.num_sequences == count
+    assert abs(report.total_probability - 1.0) <= 1e-12
+    assert report.objective == pytest.approx(float(objective.detach()), rel=1e-10, abs=1e-12)
+
+
+@MODES
+@settings(max_examples=25, deadline=None)
+@given(problem=problems())
+def test_correct_estimator_passes_for_random_policies(batched, problem):
+    report = check_reinforce(
+        problem.episode(batched=batched), {"logits": problem.logits}, batched=batched, rtol=1e-6, atol=1e-9
+    )
+    assert report.ok
+    _, objective = problem.brute_force()
+    (grad,) = torch.autograd.grad(objective, [problem.logits], allow_unused=True)
+    expected = torch.zeros_like(problem.logits) if grad is None else -grad
+    torch.testing.assert_close(report.parameters[0].target, expected, rtol=1e-9, atol=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(problem=problems())
+def test_sign_flipped_estimator_fails_whenever_the_gradient_is_not_zero(problem):
+    episode = problem.episode(batched=False, sign=-1.0)
+    report = check_reinforce(episode, {"logits": problem.logits}, rtol=1e-6, atol=1e-9, raise_exception=False)
+    gradient = report.parameters[0].target
+    if float(gradient.abs().max()) > 1e-8:
+        assert not report.ok
+        with pytest.raises(ReinforceCheckError):
+            check_reinforce(episode, {"logits": problem.logits}, rtol=1e-6, atol=1e-9)
+    else:
+        assert report.ok  # a zero gradient is its own negative
