@@ -27,6 +27,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "check_reinforce": "check",
+    "enumerate_actions": "handlers",
     "CheckReport": "report",
     "ParameterReport": "report",
     "DirectionalCheck": "report",
@@ -46,6 +47,7 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from .check import check_reinforce
+    from .handlers import enumerate_actions
     from .errors import (
         CheckUsageError,
         EpisodeOutputError,

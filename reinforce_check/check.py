@@ -264,6 +264,13 @@ def check_reinforce(
         seconds=0.0,
         probability_tolerance=max(1e-12 * len(found), 1e-10),
     )
+    if found.mode.scoped:
+        report.notes.append(
+            "the episode uses @enumerate_actions: only draws inside it were enumerated; "
+            f"{found.unscoped_calls} other sampler call(s) in {found.rows_run} episode run(s), and any other "
+            "random draws, sampled for real from the generator state the check started with, restored "
+            "before every run, so every sequence saw the same random numbers."
+        )
     if found.no_grad_calls:
         report.notes.append(
             f"{found.no_grad_calls} sampler call(s) ran under torch.no_grad(), so the probabilities they "

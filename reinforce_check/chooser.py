@@ -60,6 +60,8 @@ class Pass:
     """Support (nonzero mask) seen by row 0 at every slot, when asked for."""
     no_grad_calls: int = 0
     """Sampler calls made while gradient recording was off (their probabilities carry no gradient)."""
+    unscoped_calls: int = 0
+    """Sampler calls that sampled for real, outside @enumerate_actions code (scoped mode only)."""
 
 
 class PrefixChooser:

@@ -20,21 +20,37 @@ Once the sequences are known, :func:`evaluate_objective` forces all of them in a
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from . import randomness
 from .chooser import Pass, PrefixChooser
 from .errors import EpisodeOutputError, NoSamplerCallError, NondeterministicEpisodeError, SequenceBudgetError
-from .patching import intercept_samplers
+from . import patching
+from .patching import ScopeDetected, intercept_samplers
 
 __all__ = ["Enumeration", "enumerate_sequences", "evaluate_objective", "replay_sequence"]
 
 Episode = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class _Mode:
+    """How passes run: in scoped mode, from a fixed generator state (None otherwise)."""
+
+    replay_state: randomness.RandomState | None = None
+
+    @property
+    def scoped(self) -> bool:
+        return self.replay_state is not None
+
+
+_UNSCOPED = _Mode()
 
 
 @dataclass
@@ -61,6 +77,10 @@ class Enumeration:
     """Episode rows run in all, including rows whose speculated actions proved infeasible."""
     no_grad_calls: int = 0
     """Sampler calls made under ``torch.no_grad()`` during the enumeration."""
+    unscoped_calls: int = 0
+    """In scoped mode, sampler calls outside @enumerate_actions code (sampled, not enumerated)."""
+    mode: _Mode = field(default_factory=lambda: _UNSCOPED)
+    """Whether the passes ran in scoped mode, and from which generator state."""
 
     def __len__(self) -> int:
         return int(self.lengths.shape[0])
@@ -79,9 +99,18 @@ class Enumeration:
 
 
 def _run_pass(
-    episode: Episode, chooser: PrefixChooser, *, batched: bool, rows: int, first: bool = False
+    episode: Episode,
+    chooser: PrefixChooser,
+    *,
+    batched: bool,
+    rows: int,
+    mode: _Mode = _UNSCOPED,
+    first: bool = False,
 ) -> tuple[Pass, torch.Tensor, torch.Tensor]:
-    with intercept_samplers(chooser):
+    if mode.replay_state is not None:
+        # Every run sees the same random numbers outside the enumerated draws.
+        randomness.restore(mode.replay_state)
+    with intercept_samplers(chooser, scoped=mode.scoped):
         output = episode(rows) if batched else episode()
     if first and chooser.cursor == 0:
         raise NoSamplerCallError(
@@ -91,7 +120,9 @@ def _run_pass(
             "trick or numpy cannot be checked."
         )
     objective, loss = _episode_outputs(output, rows=rows, batched=batched)
-    return chooser.finish(), objective, loss
+    result = chooser.finish()
+    result.unscoped_calls = patching.unscoped_calls()
+    return result, objective, loss
 
 
 def _episode_outputs(output: Any, *, rows: int, batched: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,7 +161,12 @@ def _episode_outputs(output: Any, *, rows: int, batched: bool) -> tuple[torch.Te
     return converted[0], converted[1]
 
 
-PassHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+class PassHook(Protocol):
+    """Receives each pass's differentiable rows; ``reset`` forgets them if the enumeration restarts."""
+
+    def __call__(self, log_prob: torch.Tensor, objective: torch.Tensor, loss: torch.Tensor) -> None: ...
+
+    def reset(self) -> None: ...
 
 
 class _Collector:
@@ -140,14 +176,16 @@ class _Collector:
     pass ends, so that gradients are taken while the graph is small; only detached values are kept.
     """
 
-    def __init__(self, on_pass: PassHook | None) -> None:
+    def __init__(self, on_pass: PassHook | None, mode: _Mode) -> None:
         self.on_pass = on_pass
+        self.mode = mode
         self.blocks: list[tuple[torch.Tensor, torch.Tensor, list[str]]] = []
         self.log_prob: list[torch.Tensor] = []
         self.objective: list[torch.Tensor] = []
         self.loss: list[torch.Tensor] = []
         self.count = 0
         self.no_grad_calls = 0
+        self.unscoped_calls = 0
         self.passes = 0
         self.rows_run = 0
 
@@ -155,6 +193,7 @@ class _Collector:
         self.passes += 1
         self.rows_run += result.valid.shape[0]
         self.no_grad_calls += result.no_grad_calls
+        self.unscoped_calls += result.unscoped_calls
         if bool(result.valid.all()):
             keep = slice(None)
             kept = result.valid.shape[0]
@@ -198,6 +237,8 @@ class _Collector:
             passes=self.passes,
             rows_run=self.rows_run,
             no_grad_calls=self.no_grad_calls,
+            unscoped_calls=self.unscoped_calls,
+            mode=self.mode,
         )
 
 
@@ -245,10 +286,22 @@ def enumerate_sequences(
     >>> len(found), found.log_prob.exp().tolist()
     (2, [0.75, 0.25])
     """
-    with randomness.watch():
-        if batched:
-            return _enumerate_batched(episode, max_sequences, _Collector(on_pass))
-        return _enumerate_sequential(episode, max_sequences, _Collector(on_pass))
+    run = _enumerate_batched if batched else _enumerate_sequential
+    before = randomness.capture()
+    try:
+        with randomness.watch():
+            return run(episode, max_sequences, _Collector(on_pass, _UNSCOPED))
+    except ScopeDetected:
+        pass
+    # The episode uses @enumerate_actions: start again, enumerating only the draws inside it and
+    # replaying every other random draw from the generator state the check started with.
+    if on_pass is not None:
+        on_pass.reset()
+    mode = _Mode(before)
+    try:
+        return run(episode, max_sequences, _Collector(on_pass, mode))
+    finally:
+        randomness.restore(before)
 
 
 def _enumerate_sequential(episode: Episode, max_sequences: int, collector: _Collector) -> Enumeration:
@@ -263,7 +316,9 @@ def _enumerate_sequential(episode: Episode, max_sequences: int, collector: _Coll
             real_len=torch.tensor([length]),
             replay_probs=torch.tensor([prefix.probs], dtype=torch.float64).reshape(1, length),
         )
-        result, objective, loss = _run_pass(episode, chooser, batched=False, rows=1, first=not collector.passes)
+        result, objective, loss = _run_pass(
+            episode, chooser, batched=False, rows=1, mode=collector.mode, first=not collector.passes
+        )
         collector.add(result, objective, loss)
         # Pushed in reverse so that sequences come out in lexicographic order.
         stack.extend(reversed(_spawned(result)))
@@ -350,7 +405,7 @@ def _speculated_rows(
 
 def _enumerate_batched(episode: Episode, max_sequences: int, collector: _Collector) -> Enumeration:
     chooser = PrefixChooser.free(1, record_supports=True)
-    result, objective, loss = _run_pass(episode, chooser, batched=True, rows=1, first=True)
+    result, objective, loss = _run_pass(episode, chooser, batched=True, rows=1, mode=collector.mode, first=True)
     collector.add(result, objective, loss)
     guesses = dict(result.supports)
     pending = _spawned(result)
@@ -376,7 +431,7 @@ def _enumerate_batched(episode: Episode, max_sequences: int, collector: _Collect
             guesses=guesses,
             speculation_index=speculation_index,
         )
-        result, objective, loss = _run_pass(episode, chooser, batched=True, rows=rows)
+        result, objective, loss = _run_pass(episode, chooser, batched=True, rows=rows, mode=collector.mode)
         collector.add(result, objective, loss)
         pending = _spawned(result)
         if bool(result.valid.all()) and max_depth == 1 and collector.passes == 2:
@@ -408,19 +463,32 @@ def evaluate_objective(episode: Episode, found: Enumeration, *, batched: bool) -
     Runs under ``no_grad``: one batch of all sequences in batched mode, one run per sequence otherwise.
     """
     total = torch.zeros((), dtype=torch.float64)
-    with torch.no_grad(), randomness.watch():
+    with torch.no_grad(), _guard(found.mode):
         if batched:
             chooser = _forced_chooser(found.paths, found.lengths)
-            result, objective, _ = _run_pass(episode, chooser, batched=True, rows=len(found))
+            result, objective, _ = _run_pass(episode, chooser, batched=True, rows=len(found), mode=found.mode)
             _check_complete(result, chooser.forced_len)
             total = (result.log_prob.exp() * objective).sum()
         else:
             for index in range(len(found)):
                 chooser = _forced_chooser(found.paths[index : index + 1], found.lengths[index : index + 1])
-                result, objective, _ = _run_pass(episode, chooser, batched=False, rows=1)
+                result, objective, _ = _run_pass(episode, chooser, batched=False, rows=1, mode=found.mode)
                 _check_complete(result, chooser.forced_len)
                 total = total + (result.log_prob.exp() * objective).sum()
     return float(total)
+
+
+@contextlib.contextmanager
+def _guard(mode: _Mode) -> Iterator[None]:
+    """Watch the generators (unscoped mode), or leave them as the check found them (scoped mode)."""
+    if mode.replay_state is None:
+        with randomness.watch():
+            yield
+        return
+    try:
+        yield
+    finally:
+        randomness.restore(mode.replay_state)
 
 
 def replay_sequence(
@@ -428,7 +496,7 @@ def replay_sequence(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run sequence ``index`` alone, with gradient: ``(log_prob, objective, loss)`` as scalars."""
     chooser = _forced_chooser(found.paths[index : index + 1], found.lengths[index : index + 1])
-    with randomness.watch():
-        result, objective, loss = _run_pass(episode, chooser, batched=batched, rows=1)
+    with _guard(found.mode):
+        result, objective, loss = _run_pass(episode, chooser, batched=batched, rows=1, mode=found.mode)
         _check_complete(result, chooser.forced_len)
     return result.log_prob[0], objective[0], loss[0]

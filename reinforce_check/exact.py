@@ -71,6 +71,10 @@ class GradientAccumulator:
 
     def __init__(self, params: Sequence[torch.Tensor]) -> None:
         self.params = list(params)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything accumulated (the enumeration restarted)."""
         self.objective = 0.0
         self.total_probability = 0.0
         self.grad_objective = [torch.zeros_like(p) for p in self.params]

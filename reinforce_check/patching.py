@@ -26,7 +26,15 @@ from typing import Any, Protocol
 import torch
 from torch import distributions
 
-__all__ = ["Chooser", "intercept_samplers", "sampler_entry_points"]
+__all__ = [
+    "Chooser",
+    "ScopeDetected",
+    "enter_scope",
+    "exit_scope",
+    "intercept_samplers",
+    "sampler_entry_points",
+    "unscoped_calls",
+]
 
 _MISSING = object()
 _LOCK = threading.Lock()
@@ -50,9 +58,49 @@ class _State(threading.local):
         # Distributions whose ``sample`` is running, innermost last: names the site in reports and
         # lets ``torch.bernoulli`` recover probabilities that Bernoulli.sample detached.
         self.distributions: list[tuple[distributions.Distribution, str]] = []
+        # Scoped mode: only draws inside @enumerate_actions code go to the chooser; the others
+        # sample for real from the generator state the enumeration resets before every run.
+        self.scoped = False
+        self.scope_depth = 0
+        self.unscoped_calls = 0
 
 
 _STATE = _State()
+
+
+class ScopeDetected(BaseException):
+    """Raised when @enumerate_actions code runs during a check that enumerates every sampler.
+
+    A BaseException, so that an episode's own ``except Exception`` cannot swallow it: the
+    enumeration restarts in scoped mode.
+    """
+
+
+def enter_scope() -> None:
+    """Mark the start of code whose draws are enumerated (see :mod:`reinforce_check.handlers`)."""
+    if _STATE.chooser is not None and not _STATE.scoped:
+        raise ScopeDetected
+    _STATE.scope_depth += 1
+
+
+def exit_scope() -> None:
+    """Mark the end of code whose draws are enumerated."""
+    _STATE.scope_depth = max(_STATE.scope_depth - 1, 0)
+
+
+def unscoped_calls() -> int:
+    """Sampler calls that sampled for real (outside @enumerate_actions code) in the last check pass."""
+    return _STATE.unscoped_calls
+
+
+def _passthrough() -> bool:
+    """Whether a draw made now should sample for real instead of going to the chooser."""
+    if _STATE.chooser is None:  # no check running (or another thread's)
+        return True
+    if _STATE.scoped and _STATE.scope_depth == 0:
+        _STATE.unscoped_calls += 1
+        return True
+    return False
 
 
 def sampler_entry_points() -> list[str]:
@@ -95,8 +143,10 @@ def _multinomial(original: Callable[..., torch.Tensor], site: str) -> Callable[.
         out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         chooser = _STATE.chooser
-        if chooser is None:  # called from another thread while a check runs
-            return original(input, num_samples, replacement, generator=generator, out=out)
+        if chooser is None or _passthrough():
+            if out is not None:
+                return original(input, num_samples, replacement, generator=generator, out=out)
+            return original(input, num_samples, replacement, generator=generator)
         weights = input if input.dim() == 2 else input.reshape(1, -1)
         chosen = chooser.choose(weights, int(num_samples), bool(replacement), _site(site))
         result = chosen if input.dim() == 2 else chosen.reshape(-1)
@@ -124,23 +174,28 @@ def _bernoulli(original: Callable[..., torch.Tensor], site: str) -> Callable[...
     @functools.wraps(original)
     def bernoulli(input: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         chooser = _STATE.chooser
-        if chooser is None:
+        if chooser is None or _passthrough():
             return original(input, *args, **kwargs)
         kwargs.pop("generator", None)
         out = kwargs.pop("out", None)
         p_arg = args[0] if args else kwargs.pop("p", None)
         probs = input if p_arg is None else torch.full_like(input, float(p_arg))
-        grad_mode = torch.is_grad_enabled()
-        if _STATE.distributions and isinstance(_STATE.distributions[-1][0], distributions.Bernoulli):
-            # Bernoulli.sample draws under no_grad; the probability we record must carry gradient.
-            # (torch computes a lazy ``probs`` with gradient enabled, whatever the caller's mode.)
-            grad_mode = True
-            probs = _STATE.distributions[-1][0].probs
-        with torch.set_grad_enabled(grad_mode):
-            flat = probs.expand(input.shape).reshape(-1, 1)
+        owner = _STATE.distributions[-1][0] if _STATE.distributions else None
+        if isinstance(owner, distributions.Bernoulli) and input.shape[input.dim() - owner.probs.dim() :] == owner.probs.shape:
+            # Bernoulli.sample draws under no_grad; the probability we record must carry gradient
+            # (torch computes the lazy ``probs`` with gradient enabled). Its sample_shape comes
+            # first, so draw it as several samples of each batch row, as Categorical does.
+            samples = input.numel() // max(owner.probs.numel(), 1)
+            with torch.enable_grad():
+                flat = owner.probs.reshape(-1, 1)
+                weights = torch.cat([1 - flat, flat], dim=1)
+                chosen = chooser.choose(weights, samples, True, _site(site))
+            result = chosen.T.reshape(input.shape).to(input.dtype)
+        else:
+            flat = probs.reshape(-1, 1)
             weights = torch.cat([1 - flat, flat], dim=1)
             chosen = chooser.choose(weights, 1, True, _site(site))
-        result = chosen.reshape(input.shape).to(input.dtype)
+            result = chosen.reshape(input.shape).to(input.dtype)
         if out is not None:
             return out.copy_(result)
         return result
@@ -158,7 +213,7 @@ def _tensor_bernoulli(function: Callable[..., torch.Tensor]) -> Callable[..., to
 def _distribution_sample(installed: Callable[..., Any], site: str) -> Callable[..., Any]:
     @functools.wraps(installed)
     def sample(self: distributions.Distribution, *args: Any, **kwargs: Any) -> Any:
-        if _STATE.chooser is None:
+        if _STATE.chooser is None or (_STATE.scoped and _STATE.scope_depth == 0):
             return installed(self, *args, **kwargs)
         _STATE.distributions.append((self, site))
         try:
@@ -194,8 +249,11 @@ def _replacements() -> list[tuple[tuple[Any, str], Callable[..., Any]]]:
 
 
 @contextlib.contextmanager
-def intercept_samplers(chooser: Chooser) -> Iterator[None]:
+def intercept_samplers(chooser: Chooser, *, scoped: bool = False) -> Iterator[None]:
     """Route every categorical draw to ``chooser`` for the duration of the block.
+
+    With ``scoped=True`` only draws made inside :func:`~reinforce_check.enumerate_actions` code go
+    to the chooser; the others sample for real.
 
     >>> class First:
     ...     def choose(self, weights, num_samples, replacement, site):
@@ -218,12 +276,17 @@ def intercept_samplers(chooser: Chooser) -> Iterator[None]:
         replacements = _replacements()
         _STATE.chooser = chooser
         _STATE.distributions = []
+        _STATE.scoped = scoped
+        _STATE.scope_depth = 0
+        _STATE.unscoped_calls = 0
         for (owner, name), function in replacements:
             setattr(owner, name, function)
         yield
     finally:
         _STATE.chooser = None
         _STATE.distributions = []
+        _STATE.scoped = False
+        _STATE.scope_depth = 0
         for owner, name, previous in reversed(saved):
             if previous is _MISSING:
                 if name in vars(owner):

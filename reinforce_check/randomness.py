@@ -23,7 +23,7 @@ import torch
 
 from .errors import CheckUsageError, UninterceptedRandomnessError
 
-__all__ = ["RandomState", "capture", "verify_unchanged", "watch"]
+__all__ = ["RandomState", "capture", "restore", "verify_unchanged", "watch"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,22 @@ def capture() -> RandomState:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         cuda = tuple(torch.cuda.get_rng_state_all())
     return RandomState(torch.get_rng_state(), cuda, random.getstate(), np.random.get_state())
+
+
+def restore(state: RandomState) -> None:
+    """Put every global generator back to ``state``.
+
+    >>> state = capture()
+    >>> first = torch.rand(1)
+    >>> restore(state)
+    >>> bool(torch.rand(1) == first)
+    True
+    """
+    torch.set_rng_state(state.torch_cpu)
+    if state.torch_cuda:
+        torch.cuda.set_rng_state_all(list(state.torch_cuda))
+    random.setstate(state.python)
+    np.random.set_state(state.numpy)
 
 
 def verify_unchanged(before: RandomState, cause: BaseException | None = None) -> None:

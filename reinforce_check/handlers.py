@@ -1,0 +1,133 @@
+"""``enumerate_actions``: say which code's draws a check enumerates.
+
+By default a check enumerates every categorical draw an episode makes. When the episode runs code
+marked with :func:`enumerate_actions` (a decorated function, method, module or class, or a
+``with enumerate_actions():`` block), the check switches to *scoped mode*: only draws made inside
+marked code are enumerated. Every other draw, a sampler call or any other random number (an
+environment's own randomness, say), samples for real, from the generator state the check started
+with, restored before every run, so each action sequence sees the same random numbers and the
+episode stays a deterministic function of the enumerated actions. The report says so.
+
+Outside a check, marked code behaves exactly as before: the wrapper draws nothing and changes no
+generator state.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, TypeVar, overload
+
+import torch
+
+from . import patching
+
+__all__ = ["enumerate_actions"]
+
+T = TypeVar("T")
+
+
+class _Scope:
+    """Context manager and decorator marking code whose draws a check enumerates."""
+
+    def __enter__(self) -> _Scope:
+        patching.enter_scope()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is not patching.ScopeDetected:
+            patching.exit_scope()
+
+    def __call__(self, target: T) -> T:
+        return enumerate_actions(target)
+
+
+def _wrap_function(function: Callable[..., Any]) -> Callable[..., Any]:
+    if getattr(function, "__reinforce_check_scoped__", False):
+        return function
+
+    @functools.wraps(function)
+    def scoped(*args: Any, **kwargs: Any) -> Any:
+        with _Scope():
+            return function(*args, **kwargs)
+
+    scoped.__reinforce_check_scoped__ = True  # type: ignore[attr-defined]
+    return scoped
+
+
+def _wrap_class(cls: type) -> type:
+    for name, member in list(vars(cls).items()):
+        if name.startswith("__") and name != "__call__":
+            continue
+        if name.startswith("_") and name != "__call__":
+            continue
+        if isinstance(member, staticmethod):
+            setattr(cls, name, staticmethod(_wrap_function(member.__func__)))
+        elif isinstance(member, classmethod):
+            setattr(cls, name, classmethod(_wrap_function(member.__func__)))
+        elif inspect.isfunction(member):
+            setattr(cls, name, _wrap_function(member))
+    return cls
+
+
+@overload
+def enumerate_actions(target: None = None) -> _Scope: ...
+
+
+@overload
+def enumerate_actions(target: T) -> T: ...
+
+
+def enumerate_actions(target: Any = None) -> Any:
+    """Mark code whose categorical draws a check enumerates; every other draw is replayed.
+
+    Works on a function or method (returns a wrapper), on an ``nn.Module`` instance (wraps its
+    ``forward`` in place and returns the module), on a class (wraps its public methods, ``forward``
+    and ``__call__`` included) and, called with no argument, as a context manager. A third-party
+    policy needs no edit to its source: ``policy.act = enumerate_actions(policy.act)``.
+
+    Inside :func:`~reinforce_check.check_reinforce`, as soon as marked code runs, only draws made
+    inside marked code are enumerated. Other sampler calls and random draws sample for real from the
+    generator state the check started with, restored before every run, so that each enumerated
+    sequence sees the same random numbers; the report notes how many such draws there were. Outside
+    a check the marked code behaves exactly as before.
+
+    Arguments:
+        target: what to mark; ``None`` returns a context manager.
+
+    >>> import torch
+    >>> from reinforce_check import check_reinforce, enumerate_actions
+    >>> theta = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    >>> @enumerate_actions
+    ... def act():
+    ...     dist = torch.distributions.Categorical(logits=theta)
+    ...     action = dist.sample()
+    ...     return action, dist.log_prob(action)
+    >>> def episode():
+    ...     action, log_prob = act()
+    ...     noise = torch.rand(()).double()  # the environment's own randomness, replayed
+    ...     reward = action.double() + noise
+    ...     return reward, -log_prob * reward
+    >>> check_reinforce(episode, {"theta": theta}).num_sequences
+    2
+    """
+    if target is None:
+        return _Scope()
+    if isinstance(target, torch.nn.Module):
+        target.forward = _wrap_function(target.forward)  # type: ignore[method-assign]
+        return target
+    if inspect.isclass(target):
+        return _wrap_class(target)
+    if callable(target):
+        return _wrap_function(target)
+    raise TypeError(
+        f"enumerate_actions() takes a function, a method, an nn.Module, a class, or nothing (for a "
+        f"`with enumerate_actions():` block); got {type(target).__name__}."
+    )
