@@ -109,6 +109,10 @@ class PrefixChooser:
         self.spawn = spawn
         self.cursor = 0
         self.no_grad_calls = 0
+        # Passes that only replay known sequences (finite differences) take a short path.
+        self._replaying_all = not spawn and replay_probs is None and rows > _SMALL_ROWS
+        self._shortest = int(forced_len.min()) if rows else 0
+        self._last_site = ""
         self.invalid = torch.zeros(rows, dtype=torch.bool)
         self.log_prob: torch.Tensor | None = None
         self._actions: list[torch.Tensor] = []
@@ -161,6 +165,7 @@ class PrefixChooser:
             )
         if not weights.is_floating_point():
             weights = weights.double()
+        self._last_site = site
         if not torch.is_grad_enabled():
             self.no_grad_calls += 1
         per_row = total_rows // self.rows
@@ -204,6 +209,10 @@ class PrefixChooser:
         return weights / total
 
     def _decide(self, probs: torch.Tensor, per_row: int, site: str) -> torch.Tensor:
+        if self._replaying_all and per_row == 1 and self.cursor < self._shortest:
+            chosen = self._decide_forced(probs)
+            if chosen is not None:
+                return chosen
         total_rows, num_actions = probs.shape
         episode = torch.arange(total_rows) // per_row
         slot = self.cursor + torch.arange(total_rows) % per_row
@@ -267,6 +276,27 @@ class PrefixChooser:
             self._probs.append(chosen_probs)
             self._branching.append(branching)
         self._sites.extend([site] * per_row)
+        return chosen
+
+    def _decide_forced(self, probs: torch.Tensor) -> torch.Tensor | None:
+        """Every row replays a known sequence through this slot: take the forced actions.
+
+        Returns None (the general path then says what is wrong) if an action is infeasible.
+        """
+        chosen = self.forced[:, self.cursor]
+        if bool((chosen >= probs.shape[1]).any()):
+            return None
+        chosen_prob = probs.gather(1, chosen[:, None]).squeeze(1)
+        detached = chosen_prob.detach()
+        if not bool((detached > 0).all()):
+            return None
+        self.cursor += 1
+        self.log_prob = torch.log(chosen_prob) if self.log_prob is None else self.log_prob + torch.log(chosen_prob)
+        self._actions.append(chosen[:, None])
+        self._probs.append(detached.to(torch.float64)[:, None])
+        # Decisions inside a replayed path never spawn; only branching past a path's end matters.
+        self._branching.append(torch.zeros(self.rows, 1, dtype=torch.bool))
+        self._sites.append(self._last_site)
         return chosen
 
     def _choose_small(

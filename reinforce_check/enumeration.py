@@ -320,8 +320,9 @@ def _enumerate_sequential(episode: Episode, max_sequences: int, collector: _Coll
             episode, chooser, batched=False, rows=1, mode=collector.mode, first=not collector.passes
         )
         collector.add(result, objective, loss)
-        # Pushed in reverse so that sequences come out in lexicographic order.
-        stack.extend(reversed(_spawned(result)))
+        # Deepest slot on top, smaller actions above larger: sequences come out in lexicographic order.
+        spawned = _spawned(result)
+        stack.extend(sorted(spawned, key=lambda p: (len(p.actions), -p.actions[-1])))
         if len(collector) + len(stack) > max_sequences:
             raise _budget_error(len(collector), len(stack), max_sequences)
     return collector.build()
@@ -364,9 +365,12 @@ def _speculated_rows(
     """
     widths = _speculate(pending, guesses, cap, max_depth)
     options = {slot: mask.nonzero().flatten() for slot, mask in guesses.items()}
-    blocks = []
+    # Prefixes that start at the same slot and guess the same slots share one grid of guesses.
+    groups: dict[tuple[int, tuple[int, ...]], list[_Prefix]] = {}
     for prefix, width in zip(pending, widths):
-        start = len(prefix.actions)
+        groups.setdefault((len(prefix.actions), tuple(width)), []).append(prefix)
+    blocks = []
+    for (start, width), members in groups.items():
         count = 1
         for w in width:
             count *= w
@@ -378,12 +382,16 @@ def _speculated_rows(
             remainder = remainder // w
         digits.reverse()
         index = torch.stack(digits, dim=1) if digits else torch.zeros(count, 0, dtype=torch.long)
-        guessed = [options[start + k][index[:, k]] for k in range(len(width))]
-        head = torch.tensor(prefix.actions, dtype=torch.long).reshape(1, start).expand(count, start)
-        forced = torch.cat([head, *[g[:, None] for g in guessed]], dim=1)
-        spec = torch.cat([torch.zeros(count, start, dtype=torch.long), index], dim=1)
-        probs = torch.tensor(prefix.probs, dtype=torch.float64).reshape(1, start).expand(count, start)
-        blocks.append((forced, spec, probs, start))
+        guessed = torch.stack([options[start + k][index[:, k]] for k in range(len(width))], dim=1) if width else index
+        heads = torch.tensor([p.actions for p in members], dtype=torch.long).reshape(len(members), start)
+        probs = torch.tensor([p.probs for p in members], dtype=torch.float64).reshape(len(members), start)
+        forced = torch.cat(
+            [heads.repeat_interleave(count, dim=0), guessed.repeat(len(members), 1)], dim=1
+        )
+        spec = torch.cat(
+            [torch.zeros(len(members) * count, start, dtype=torch.long), index.repeat(len(members), 1)], dim=1
+        )
+        blocks.append((forced, spec, probs.repeat_interleave(count, dim=0), start))
     rows = sum(b[0].shape[0] for b in blocks)
     width = max((b[0].shape[1] for b in blocks), default=0)
     forced = torch.full((rows, width), -1, dtype=torch.long)
