@@ -8,7 +8,8 @@ report text.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 
@@ -137,6 +138,48 @@ class CheckReport:
 
     def __str__(self) -> str:
         return format_report(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every figure as plain Python values (tensors as nested lists), for JSON and tools.
+
+        >>> import json, torch
+        >>> from reinforce_check import check_reinforce
+        >>> theta = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+        >>> def episode():
+        ...     dist = torch.distributions.Categorical(logits=theta)
+        ...     action = dist.sample()
+        ...     return action.double(), -dist.log_prob(action) * action.double()
+        >>> data = check_reinforce(episode, {"theta": theta}).to_dict()
+        >>> data["ok"], data["num_sequences"], data["parameters"][0]["name"]
+        (True, 2, 'theta')
+        >>> _ = json.dumps(data)
+        """
+
+        def plain(value: Any) -> Any:
+            if isinstance(value, torch.Tensor):
+                return value.tolist()
+            if isinstance(value, float) and not math.isfinite(value):
+                return str(value)
+            if isinstance(value, tuple):
+                return list(value)
+            return value
+
+        data = {f.name: plain(getattr(self, f.name)) for f in fields(self) if f.name not in _NESTED}
+        data["parameters"] = [
+            {f.name: plain(getattr(p, f.name)) for f in fields(p)} | {"bias": plain(p.bias), "ok": p.ok}
+            for p in self.parameters
+        ]
+        data["finite_differences"] = [{f.name: plain(getattr(c, f.name)) for f in fields(c)} for c in self.finite_differences]
+        data["top_sequences"] = [
+            {"choices": [list(c) for c in s.choices], "probability": s.probability, "objective": s.objective,
+             "contribution": s.contribution}
+            for s in self.top_sequences
+        ]
+        data["probability_ok"] = self.probability_ok
+        return data
+
+
+_NESTED = {"parameters", "finite_differences", "top_sequences"}
 
 
 def _index(index: tuple[int, ...]) -> str:
