@@ -113,6 +113,7 @@ class PrefixChooser:
         self._replaying_all = not spawn and replay_probs is None and rows > _SMALL_ROWS
         self._shortest = int(forced_len.min()) if rows else 0
         self._last_site = ""
+        self._layout: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self.invalid = torch.zeros(rows, dtype=torch.bool)
         self.log_prob: torch.Tensor | None = None
         self._actions: list[torch.Tensor] = []
@@ -185,6 +186,10 @@ class PrefixChooser:
     @staticmethod
     def _normalize(weights: torch.Tensor, site: str, replacement: bool) -> torch.Tensor:
         detached = weights.detach()
+        total = weights.sum(dim=1, keepdim=True)
+        # One synchronizing test for the common case; the diagnosis below runs only on bad input.
+        if bool(((detached >= 0) & (detached < float("inf"))).all() & (total.detach() > 0).all()):
+            return weights / total
         if not bool(torch.isfinite(detached).all()):
             raise InvalidProbabilitiesError(
                 f"{site} received NaN or infinite probabilities. Check the logits that feed it "
@@ -195,7 +200,6 @@ class PrefixChooser:
                 f"{site} received negative probabilities (smallest {detached.min().item():.3g}). "
                 "Pass softmax outputs or non-negative weights."
             )
-        total = weights.sum(dim=1, keepdim=True)
         if bool((total.detach() <= 0).any()):
             detail = (
                 "no action left to draw without replacement"
@@ -214,8 +218,12 @@ class PrefixChooser:
             if chosen is not None:
                 return chosen
         total_rows, num_actions = probs.shape
-        episode = torch.arange(total_rows) // per_row
-        slot = self.cursor + torch.arange(total_rows) % per_row
+        key = (total_rows, per_row)
+        if key not in self._layout:
+            rows = torch.arange(total_rows)
+            self._layout[key] = (rows // per_row, rows % per_row)
+        episode, offset = self._layout[key]
+        slot = self.cursor + offset
         self.cursor += per_row
         detached = probs.detach()
         support = detached > 0
