@@ -28,6 +28,7 @@ _FD_MODES = ("tensor", "joint", "coordinate", "none")
 
 
 def _named_parameters(params: Params) -> list[tuple[str, torch.Tensor]]:
+    items: list[tuple[str, torch.Tensor]]
     if isinstance(params, torch.nn.Module):
         items = list(params.named_parameters())
     elif isinstance(params, torch.Tensor):

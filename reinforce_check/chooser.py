@@ -274,10 +274,10 @@ class PrefixChooser:
         branching = (support.sum(dim=1) > 1).reshape(self.rows, per_row)
         if self._small:
             # Keep one record in call order when a small pass makes an occasional large call.
-            for episode in range(self.rows):
-                self._small_actions[episode].extend(actions[episode].tolist())
-                self._small_probs[episode].extend(chosen_probs[episode].tolist())
-                self._small_branching[episode].extend(branching[episode].tolist())
+            for row in range(self.rows):
+                self._small_actions[row].extend(actions[row].tolist())
+                self._small_probs[row].extend(chosen_probs[row].tolist())
+                self._small_branching[row].extend(branching[row].tolist())
             self._invalid_list = self.invalid.tolist()
         else:
             self._actions.append(actions)

@@ -194,12 +194,8 @@ class _Collector:
         self.rows_run += result.valid.shape[0]
         self.no_grad_calls += result.no_grad_calls
         self.unscoped_calls += result.unscoped_calls
-        if bool(result.valid.all()):
-            keep = slice(None)
-            kept = result.valid.shape[0]
-        else:
-            keep = result.valid.nonzero().flatten()
-            kept = int(keep.shape[0])
+        keep = result.valid.nonzero().flatten()
+        kept = int(keep.shape[0])
         self.blocks.append((result.actions[keep], result.branching[keep], result.sites))
         log_prob, objective, loss = result.log_prob[keep], objective[keep], loss[keep]
         if self.on_pass is not None:
@@ -367,22 +363,26 @@ def _speculated_rows(
     options = {slot: mask.nonzero().flatten() for slot, mask in guesses.items()}
     # Prefixes that start at the same slot and guess the same slots share one grid of guesses.
     groups: dict[tuple[int, tuple[int, ...]], list[_Prefix]] = {}
-    for prefix, width in zip(pending, widths):
-        groups.setdefault((len(prefix.actions), tuple(width)), []).append(prefix)
+    for prefix, prefix_widths in zip(pending, widths):
+        groups.setdefault((len(prefix.actions), tuple(prefix_widths)), []).append(prefix)
     blocks = []
-    for (start, width), members in groups.items():
+    for (start, guessed_widths), members in groups.items():
         count = 1
-        for w in width:
+        for w in guessed_widths:
             count *= w
         # Mixed-radix digits of 0..count-1, the last guessed slot varying fastest.
         remainder = torch.arange(count)
         digits = []
-        for w in reversed(width):
+        for w in reversed(guessed_widths):
             digits.append(remainder % w)
             remainder = remainder // w
         digits.reverse()
         index = torch.stack(digits, dim=1) if digits else torch.zeros(count, 0, dtype=torch.long)
-        guessed = torch.stack([options[start + k][index[:, k]] for k in range(len(width))], dim=1) if width else index
+        guessed = (
+            torch.stack([options[start + k][index[:, k]] for k in range(len(guessed_widths))], dim=1)
+            if guessed_widths
+            else index
+        )
         heads = torch.tensor([p.actions for p in members], dtype=torch.long).reshape(len(members), start)
         probs = torch.tensor([p.probs for p in members], dtype=torch.float64).reshape(len(members), start)
         forced = torch.cat(
