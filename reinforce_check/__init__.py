@@ -35,6 +35,7 @@ _EXPORTS = {
     "ReinforceCheckError": "report",
     "CheckUsageError": "errors",
     "EpisodeOutputError": "errors",
+    "InvalidOptionError": "errors",
     "InvalidProbabilitiesError": "errors",
     "NoSamplerCallError": "errors",
     "NondeterministicEpisodeError": "errors",
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from .errors import (
         CheckUsageError,
         EpisodeOutputError,
+        InvalidOptionError,
         InvalidProbabilitiesError,
         NondeterministicEpisodeError,
         NoSamplerCallError,

@@ -16,7 +16,7 @@ from typing import Any, Literal, Union
 import torch
 
 from .enumeration import enumerate_sequences
-from .errors import ParameterError
+from .errors import InvalidOptionError, ParameterError
 from . import exact as _exact
 from .report import CheckReport, ParameterReport, ReinforceCheckError, SequenceContribution, format_mismatch
 
@@ -75,19 +75,29 @@ def _compare(name: str, target: torch.Tensor, estimate: torch.Tensor, rtol: floa
     difference = (estimate - target).abs()
     allowed = atol + rtol * target.abs()
     mismatched = difference > allowed
-    # Relative error is reported where it means something: elements whose exact gradient exceeds
-    # atol. Elsewhere (exact zeros included) the absolute error is the measure.
-    relative = torch.where(target.abs() > atol, difference / target.abs(), torch.zeros_like(difference))
     shape = tuple(target.shape)
+    if bool(mismatched.any()):
+        # As torch.testing does: the worst elements among those that fail, relative errors of
+        # elements whose exact value is zero being infinite.
+        relative = torch.where(target != 0, difference / target.abs(), torch.full_like(difference, math.inf))
+        relative = torch.where(mismatched, relative, torch.zeros_like(relative))
+        absolute = torch.where(mismatched, difference, torch.zeros_like(difference))
+    else:
+        # Relative error where it means something: elements whose exact gradient exceeds atol.
+        relative = torch.where(target.abs() > atol, difference / target.abs(), torch.zeros_like(difference))
+        absolute = difference
 
     def worst(values: torch.Tensor) -> tuple[tuple[int, ...], float]:
         if values.numel() == 0:
             return tuple(0 for _ in shape), 0.0
         flat = int(values.reshape(-1).argmax())
-        index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), shape)) if shape else ()
-        return index, float(values.reshape(-1)[flat])
+        index: tuple[int, ...] = ()
+        for size in reversed(shape):
+            flat, position = divmod(flat, size)
+            index = (position, *index)
+        return index, float(values[index] if shape else values)
 
-    abs_index, abs_error = worst(difference)
+    abs_index, abs_error = worst(absolute)
     rel_index, rel_error = worst(relative)
     return ParameterReport(
         name=name,
@@ -185,14 +195,14 @@ def check_reinforce(
     True
     """
     if finite_differences not in _FD_MODES:
-        raise ValueError(f"finite_differences must be one of {_FD_MODES}, not {finite_differences!r}.")
+        raise InvalidOptionError(f"finite_differences must be one of {_FD_MODES}, not {finite_differences!r}.")
     for label, value in (("rtol", rtol), ("atol", atol), ("fd_rtol", fd_rtol), ("fd_atol", fd_atol)):
         if not (value >= 0 and math.isfinite(value)):
-            raise ValueError(f"{label} must be a finite non-negative number, not {value!r}.")
+            raise InvalidOptionError(f"{label} must be a finite non-negative number, not {value!r}.")
     if not fd_step > 0:
-        raise ValueError(f"fd_step must be positive, not {fd_step!r}.")
+        raise InvalidOptionError(f"fd_step must be positive, not {fd_step!r}.")
     if not (isinstance(max_sequences, int) and max_sequences >= 1):
-        raise ValueError(f"max_sequences must be a positive integer, not {max_sequences!r}.")
+        raise InvalidOptionError(f"max_sequences must be a positive integer, not {max_sequences!r}.")
     named = _named_parameters(params)
     names = [n for n, _ in named]
     tensors = [t for _, t in named]

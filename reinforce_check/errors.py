@@ -12,6 +12,7 @@ from __future__ import annotations
 __all__ = [
     "CheckUsageError",
     "EpisodeOutputError",
+    "InvalidOptionError",
     "InvalidProbabilitiesError",
     "NoSamplerCallError",
     "NondeterministicEpisodeError",
@@ -59,3 +60,7 @@ class EpisodeOutputError(CheckUsageError):
 
 class ParameterError(CheckUsageError):
     """A checked parameter cannot be checked (no grad, wrong dtype, not a leaf, repeated)."""
+
+
+class InvalidOptionError(CheckUsageError, ValueError):
+    """An option of the check has an invalid value (a negative tolerance, an unknown mode)."""

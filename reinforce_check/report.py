@@ -49,9 +49,10 @@ class ParameterReport:
     mismatches: int
     """Elements outside ``atol + rtol * |target|``."""
     max_abs_error: float
-    """Largest ``|estimate - target|``."""
+    """Largest ``|estimate - target|``, over the mismatched elements when there are any."""
     max_rel_error: float
-    """Largest ``|estimate - target| / |target|`` over elements with ``|target| > atol``."""
+    """Largest ``|estimate - target| / |target|``: over the mismatched elements when there are any
+    (infinite where the exact value is zero), else over elements with ``|target| > atol``."""
     worst_abs_index: tuple[int, ...]
     worst_rel_index: tuple[int, ...]
     variance: torch.Tensor | None = None
@@ -157,11 +158,11 @@ class CheckReport:
 
         def plain(value: Any) -> Any:
             if isinstance(value, torch.Tensor):
-                return value.tolist()
+                return plain(value.tolist())
             if isinstance(value, float) and not math.isfinite(value):
-                return str(value)
-            if isinstance(value, tuple):
-                return list(value)
+                return str(value)  # JSON has no inf or nan
+            if isinstance(value, (list, tuple)):
+                return [plain(v) for v in value]
             return value
 
         data = {f.name: plain(getattr(self, f.name)) for f in fields(self) if f.name not in _NESTED}
@@ -193,8 +194,8 @@ def _g(value: float) -> str:
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    out = [line.rstrip(), "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     return out
 
 
