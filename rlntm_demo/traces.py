@@ -328,22 +328,23 @@ def render_figure(trace: Trace, path: str | Path, *, title: str | None = None) -
         [len(trace.target_symbols), 1] + [step.output_position + 1 for step in trace.steps if step.prediction is not None]
     )
 
-    panels: list[tuple[str, int]] = [("input", n_input)]
+    cell = 0.28  # inches a cell; the memory tape (30 cells in the paper) gets flatter rows
+    panels: list[tuple[str, int, float]] = [("input", n_input, cell)]
     if memory:
-        panels.append(("memory", n_memory))
-    panels.append(("output", n_output))
+        panels.append(("memory", n_memory, cell if n_memory <= 12 else 0.15))
+    panels.append(("output", n_output, cell))
 
-    cell = 0.28  # inches a cell
     width = max(5.0, cell * n_steps + 1.8)
-    height = sum(cell * rows + 0.45 for _, rows in panels) + (0.5 if title else 0.2) + 0.35
+    heights = [rows * row_height for _, rows, row_height in panels]
+    height = sum(heights) + 0.45 * len(panels) + (0.5 if title else 0.2) + 0.35
     figure = Figure(figsize=(width, height), dpi=120)
     FigureCanvasAgg(figure)
-    axes = figure.subplots(len(panels), 1, sharex=True, gridspec_kw={"height_ratios": [rows for _, rows in panels]})
+    axes = figure.subplots(len(panels), 1, sharex=True, gridspec_kw={"height_ratios": heights})
     if len(panels) == 1:  # pragma: no cover - there are always at least two panels
         axes = [axes]
     text_size = 8.5
 
-    for ax, (name, rows) in zip(axes, panels, strict=True):
+    for ax, (name, rows, _) in zip(axes, panels, strict=True):
         ax.set_xlim(-0.5, n_steps - 0.5)
         ax.set_ylim(rows - 0.5, -0.5)  # position 0 at the top, as a tape read downwards
         ax.set_xticks(range(n_steps), minor=True)
@@ -369,9 +370,11 @@ def render_figure(trace: Trace, path: str | Path, *, title: str | None = None) -
             memory_ax.set_yticks(
                 range(0, n_memory, 5), [str(cell_index) for cell_index in range(0, n_memory, 5)]
             )
-        for t, step in enumerate(trace.steps):
-            if step.memory_head is not None:
-                memory_ax.text(t, step.memory_head, "*", ha="center", va="center", fontsize=text_size + 3)
+        visits = [(t, step.memory_head) for t, step in enumerate(trace.steps) if step.memory_head is not None]
+        # the paper's ``*``, drawn as an asterisk marker so that it sits on the centre of its cell
+        memory_ax.scatter(
+            [t for t, _ in visits], [head for _, head in visits], marker=(6, 2, 0), s=40, color="black", linewidths=1
+        )
 
     output_ax = axes[-1]
     output_labels = [symbol_char(symbol) for symbol in trace.target_symbols]
