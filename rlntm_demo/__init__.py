@@ -1,0 +1,70 @@
+"""rlntm_demo: the Reinforcement Learning Neural Turing Machine in PyTorch, checked exactly.
+
+A readable reimplementation of Zaremba & Sutskever, "Reinforcement Learning Neural Turing
+Machines": a controller (LSTM, direct access or feed-forward) moves heads over an input tape and a
+memory tape and decides when to write to the output tape, with REINFORCE for the discrete moves
+and backpropagation for the predictions and memory writes. Its gradient is verified exactly by
+``reinforce_check`` (``python -m rlntm_demo check --task reverse --controller direct``).
+
+Modules, in the order data flows through them:
+
+* :mod:`~rlntm_demo.config`: the alphabet and the configuration dataclasses;
+* :mod:`~rlntm_demo.tasks`: the tasks and their batches, apart from the engine;
+* :mod:`~rlntm_demo.interfaces`: the input, memory and output tapes;
+* :mod:`~rlntm_demo.controllers`: the controller networks and the baseline LSTM;
+* :mod:`~rlntm_demo.model`: :class:`~rlntm_demo.model.RLNTM` and its batched rollout;
+* :mod:`~rlntm_demo.objective`: rewards-to-go, baselines and the surrogate loss;
+* :mod:`~rlntm_demo.check`: the exact gradient check of the whole model;
+* :mod:`~rlntm_demo.cli`: the command line.
+
+Importing the package imports nothing but this docstring's names on demand, and has no side
+effects (no seeding, no argument parsing).
+
+>>> from rlntm_demo import RLNTM, ModelConfig, make_task
+>>> task = make_task("copy", num_symbols=3)
+>>> model = RLNTM(ModelConfig(controller="lstm", interfaces=task.interfaces))
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Batch": "tasks",
+    "CheckReport": "check",
+    "InterfaceSpec": "config",
+    "ModelConfig": "config",
+    "ObjectiveConfig": "config",
+    "RLNTM": "model",
+    "Rollout": "model",
+    "TASKS": "tasks",
+    "Task": "tasks",
+    "check_model": "check",
+    "episode_losses": "objective",
+    "make_task": "tasks",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .check import CheckReport, check_model
+    from .config import InterfaceSpec, ModelConfig, ObjectiveConfig
+    from .model import RLNTM, Rollout
+    from .objective import episode_losses
+    from .tasks import TASKS, Batch, Task, make_task
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rlntm_demo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
