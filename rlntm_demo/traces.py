@@ -6,7 +6,8 @@ prediction made at that step (``None`` when the model made none). :func:`render_
 trace in a terminal, one line a step; :func:`render_figure` draws it the way Figure 7 of the
 paper does and saves a PNG (matplotlib is imported only there).
 
-Symbols are ints. Each renders as one plain ASCII character, in text and in pictures:
+Symbols are ints, those of :mod:`rlntm_demo.config`. Each renders as one plain ASCII character, in
+text and in pictures:
 
 =========  ===========  =========
 symbol     meaning      character
@@ -37,6 +38,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import BLANK, EOS, FIRST_DATA_SYMBOL, PLUS, REPEAT_2, REPEAT_3
+
 __all__ = [
     "BLANK_CHAR",
     "EOS_CHAR",
@@ -58,17 +61,18 @@ EOS_CHAR = "$"
 NO_PREDICTION_CHAR = "#"
 """How a step without a prediction is shown, as in Figure 7 of the paper."""
 
-_DATA_CHARS = "abcdefghijklmnopqrstuvwxyzABCD"  # symbols 2..31, in order
+_DATA_CHARS = "abcdefghijklmnopqrstuvwxyzABCD"  # the NUM_DATA_SYMBOLS data symbols, in order
 
 SYMBOL_CHARS: dict[int, str] = {
-    0: BLANK_CHAR,
-    1: EOS_CHAR,
-    **{2 + i: char for i, char in enumerate(_DATA_CHARS)},
-    32: "+",
-    33: "2",
-    34: "3",
+    BLANK: BLANK_CHAR,
+    EOS: EOS_CHAR,
+    **{FIRST_DATA_SYMBOL + i: char for i, char in enumerate(_DATA_CHARS)},
+    PLUS: "+",
+    REPEAT_2: "2",
+    REPEAT_3: "3",
 }
-"""The character of each symbol of the vocabulary (35 symbols, 0..34)."""
+"""The character of each symbol of the vocabulary (:data:`~rlntm_demo.config.NUM_SYMBOLS` = 35
+symbols, 0..34, named in :mod:`rlntm_demo.config`)."""
 
 _CHAR_SYMBOLS: dict[str, int] = {char: symbol for symbol, char in SYMBOL_CHARS.items()}
 
@@ -397,6 +401,7 @@ def render_figure(trace: Trace, path: str | Path, *, title: str | None = None) -
         output_ax.set_xticks(range(n_steps))
     output_ax.tick_params(axis="x", labelsize=text_size)
     output_ax.set_xlabel("time step")
+    output_ax.set_title("green: correct, red: wrong, #: no prediction", loc="right", fontsize=text_size - 1, color="0.4")
     if title:
         figure.suptitle(title)
     figure.align_ylabels(axes)

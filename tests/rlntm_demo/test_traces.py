@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from rlntm_demo.config import BLANK, EOS, FIRST_DATA_SYMBOL, NUM_DATA_SYMBOLS, NUM_SYMBOLS, PLUS, REPEAT_2, REPEAT_3
 from rlntm_demo.traces import (
     NO_PREDICTION_CHAR,
     SYMBOL_CHARS,
@@ -44,7 +45,10 @@ def forward_reverse(text: str) -> Trace:
 
 
 def test_every_symbol_has_its_own_single_character() -> None:
-    assert sorted(SYMBOL_CHARS) == list(range(35))
+    assert sorted(SYMBOL_CHARS) == list(range(NUM_SYMBOLS))
+    assert [SYMBOL_CHARS[s] for s in (BLANK, EOS, PLUS, REPEAT_2, REPEAT_3)] == [".", "$", "+", "2", "3"]
+    data = range(FIRST_DATA_SYMBOL, FIRST_DATA_SYMBOL + NUM_DATA_SYMBOLS)
+    assert all(SYMBOL_CHARS[s].isalpha() for s in data)
     chars = list(SYMBOL_CHARS.values())
     assert all(len(char) == 1 and char.isascii() and char.isprintable() for char in chars)
     assert len(set(chars)) == len(chars)
@@ -159,3 +163,25 @@ def test_render_figure_leaves_pyplot_alone(tmp_path: Path) -> None:
     backend = matplotlib.get_backend()
     render_figure(perfect_copy("ab$"), tmp_path / "copy.png")
     assert matplotlib.get_backend() == backend
+
+
+@pytest.mark.parametrize("task_name", ["copy", "forward-reverse"])
+def test_a_model_trace_renders(task_name: str, tmp_path: Path) -> None:
+    """The model's own traces (untrained, so anything may happen) render as text and as a PNG."""
+    pytest.importorskip("matplotlib")
+    torch = pytest.importorskip("torch")
+    model_module = pytest.importorskip("rlntm_demo.model")
+    from rlntm_demo.config import ModelConfig
+    from rlntm_demo.tasks import make_task
+
+    task = make_task(task_name, num_symbols=5)
+    batch = task.sample(complexity=4, batch_size=1, generator=torch.Generator().manual_seed(0))
+    config = ModelConfig(controller="direct", interfaces=task.interfaces)
+    model = model_module.RLNTM(config, generator=torch.Generator().manual_seed(0))
+    trace = model.trace(batch, greedy=False)
+    assert len(trace.steps) >= len(trace.target_symbols)
+    assert trace.has_memory() == task.interfaces.memory
+    assert len(trace.predictions()) == len(trace.target_symbols)  # every target is emitted
+    lines = render_text(trace).splitlines()
+    assert len(lines) == 3 + len(trace.steps)
+    assert render_figure(trace, tmp_path / "model.png").read_bytes().startswith(PNG_SIGNATURE)
