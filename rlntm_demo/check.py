@@ -1,0 +1,216 @@
+"""The exact gradient check of the whole RL-NTM, with ``reinforce_check``.
+
+Section 5 of the paper: shrink the task until the action sequences can be listed, run the model
+once on each of them, and compare the expected gradient of the loss with the exact gradient of
+the expected objective. :func:`check_model` builds such a tiny float64 instance of a task with
+every component switched on (memory, where the task has it; read windows of three cells; both
+baselines, with a nonzero moving average; reward-to-go; the chosen controller) and runs two checks
+in batched mode:
+
+(a) **the policy**: parameters = the controller's, objective = ``sum_t r_t``, loss = the total
+    loss of :func:`~rlntm_demo.objective.episode_losses`. Passing means REINFORCE, reward-to-go,
+    both baselines and the pathwise term together give exactly ``-grad J``.
+(b) **the baseline LSTM**: parameters = the baseline's, objective = ``-sum_t (R_t - b_t)^2``,
+    loss = the same total loss. Passing means the baseline is trained on exactly the gradient of
+    its expected squared error, and nothing else (no REINFORCE term leaks into it).
+
+The tiny instance: ``num_symbols`` data symbols (2), complexity 1 or 2, the step bound set to
+the number of targets plus ``slack`` (1 or 2, see :data:`CHECK_SIZES`), so the output decision is free at some steps (without that
+freedom, a reward-to-go that leaves out the step's own reward would go unnoticed), 3 memory
+cells, 3 hidden units. Weights are drawn N(0, 1) and the inverse temperature is 1, so that the
+policy is far from uniform and every term of the gradient is large; RepeatCopy variants use m = 2.
+Every instance has at most a few thousand action sequences.
+
+**Deliberate bugs** (``bug=``), to show what the check catches:
+
+=================================  ==========================================================
+``reward-to-go-off-by-one``        R_{t+1} in place of R_t: biased (policy check fails)
+``missing-pathwise-term``          no backpropagation into predictions and writes: biased
+``baseline-leaks-into-controller`` the baseline reads the controller's inputs undetached, so
+                                   its regression loss trains the controller: policy check fails
+``baseline-sees-current-action``   the baseline is fed the step's own actions: biased
+``baseline-not-detached``          ``R_t - b_t`` not detached in the surrogate, so REINFORCE
+                                   trains the baseline: baseline check fails
+``total-return-with-baseline``     the whole return R_1 at every step, with the baselines:
+                                   **unbiased** (the check passes), only noisier, because the
+                                   rewards before step t do not depend on the actions of step
+                                   t, and the baseline does not either
+=================================  ==========================================================
+
+>>> reports = check_model("copy", "lstm")
+>>> [report.ok for report in reports]
+[True, True]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import torch
+
+from reinforce_check import CheckReport, check_reinforce
+
+from .config import CONTROLLERS, MODEL_BUGS, OBJECTIVE_BUGS, ModelConfig, ObjectiveConfig
+from .model import RLNTM
+from .objective import episode_losses
+from .tasks import TASKS, Batch, make_task
+
+__all__ = ["BUGS", "CHECK_SIZES", "CheckReport", "check_model", "tiny_instance", "tiny_model"]
+
+BUGS = ("reward-to-go-off-by-one", "missing-pathwise-term", "baseline-leaks-into-controller",
+        "baseline-sees-current-action", "baseline-not-detached", "total-return-with-baseline")
+"""The deliberate bugs :func:`check_model` can switch on."""
+
+
+CHECK_SIZES: dict[str, tuple[int, int]] = {
+    "copy": (2, 1),
+    "duplicated-input": (2, 1),
+    "reverse": (2, 1),
+    "repeat-copy": (1, 2),
+    "forward-reverse": (2, 1),
+    "sort": (1, 2),
+    "addition": (1, 1),
+    "repeat-copy-forward": (1, 1),
+}
+"""Default ``(complexity, slack)`` of each task's check instance: as large as keeps the check to
+about a second (from about 100 action sequences for copy to about 8,600 for addition)."""
+
+
+def tiny_instance(
+    task_name: str, *, seed: int = 0, complexity: int | None = None, num_symbols: int = 2, slack: int | None = None
+) -> Batch:
+    """One small instance of a task, as a batch of one row, with step bound ``len(target) + slack``.
+
+    ``complexity`` and ``slack`` default to the task's entry in :data:`CHECK_SIZES`.
+
+    Raises:
+        ValueError: unknown task name (the message lists the valid ones).
+    """
+    if task_name not in TASKS:
+        raise ValueError(f"unknown task {task_name!r}; choose one of: {', '.join(TASKS)}")
+    default_complexity, default_slack = CHECK_SIZES[task_name]
+    complexity = default_complexity if complexity is None else complexity
+    slack = default_slack if slack is None else slack
+    options: dict[str, object] = {"num_symbols": num_symbols}
+    if task_name in ("repeat-copy", "repeat-copy-forward"):
+        options["repeats"] = (2,)
+    task = make_task(task_name, **options)
+    batch = task.sample(complexity, 1, torch.Generator().manual_seed(seed))
+    return batch.with_steps(int(batch.target_len[0]) + slack)
+
+
+def tiny_model(
+    task_name: str, controller: str, *, seed: int = 0, baseline: str = "both", bug: str | None = None
+) -> RLNTM:
+    """A float64 RL-NTM for :func:`tiny_instance`, every component on, weights N(0, 1).
+
+    The moving-average baseline holds N(0, 1) values, so that it is exercised.
+    """
+    if task_name not in TASKS:
+        raise ValueError(f"unknown task {task_name!r}; choose one of: {', '.join(TASKS)}")
+    config = ModelConfig(
+        controller=controller,
+        hidden_size=3,
+        embedding_size=2,
+        interfaces=TASKS[task_name].interfaces,
+        memory_cells=3,
+        read_window=1,
+        inverse_temperature=1.0,
+        init_std=1.0,
+        baseline=baseline,
+        baseline_hidden_size=3,
+        max_steps=16,
+        bug=bug if bug in MODEL_BUGS else None,
+    )
+    generator = torch.Generator().manual_seed(seed)
+    model = RLNTM(config, generator=generator).double()
+    with torch.no_grad():
+        model.online_baseline.copy_(torch.randn(config.max_steps, generator=generator, dtype=torch.float64))
+    return model
+
+
+def check_model(
+    task_name: str,
+    controller: str,
+    *,
+    seed: int = 0,
+    complexity: int | None = None,
+    num_symbols: int = 2,
+    slack: int | None = None,
+    baseline: str = "both",
+    bug: str | None = None,
+    variance: bool = False,
+    rtol: float = 1e-6,
+    atol: float = 1e-9,
+    max_sequences: int = 20_000,
+) -> list[CheckReport]:
+    """Check the RL-NTM's gradient exactly on a tiny instance of a task.
+
+    Arguments:
+        task_name: a name of :data:`~rlntm_demo.tasks.TASKS`.
+        controller: ``"lstm"``, ``"direct"`` or ``"feedforward"``.
+        seed: draws the instance, the weights and the moving-average baseline.
+        complexity: the instance's complexity (default: from :data:`CHECK_SIZES`; keep it at 1 or 2).
+        num_symbols: data symbols the instance draws from (the base, for addition).
+        slack: steps beyond the number of targets (default: from :data:`CHECK_SIZES`; at least 1,
+            or the output decisions are all forced).
+        baseline: ``"both"`` (default), ``"online"``, ``"offline"`` or ``"none"``; without the
+            baseline LSTM only the policy is checked.
+        bug: one of :data:`BUGS`, to see what the check says about it.
+        variance: also compute the exact variance of the single-episode gradient estimate.
+        rtol, atol: tolerances of the comparison.
+        max_sequences: give up past this many action sequences.
+
+    Returns:
+        :class:`reinforce_check.CheckReport` (a) of the policy and (b) of the baseline LSTM (when
+        there is one); each has ``ok``, and ``str(report)`` is a table. A note in each says which
+        check it is.
+
+    Raises:
+        ValueError: unknown task, controller or bug (the message lists the valid names).
+    """
+    if controller not in CONTROLLERS:
+        raise ValueError(f"unknown controller {controller!r}; choose one of: {', '.join(CONTROLLERS)}")
+    if bug is not None and bug not in BUGS:
+        raise ValueError(f"unknown bug {bug!r}; choose one of: {', '.join(BUGS)}")
+    instance = tiny_instance(task_name, seed=seed, complexity=complexity, num_symbols=num_symbols, slack=slack)
+    model = tiny_model(task_name, controller, seed=seed, baseline=baseline, bug=bug)
+    objective_config = ObjectiveConfig(
+        returns="total" if bug == "total-return-with-baseline" else "reward-to-go",
+        bug=bug if bug in OBJECTIVE_BUGS else None,
+    )
+
+    def make_episode(policy_check: bool) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
+        def episode(batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+            rollout = model.run_episode(instance.select([0] * batch_size), all_steps=True)
+            losses = episode_losses(rollout, objective_config)
+            objective = losses.objective if policy_check else -losses.baseline
+            return objective, losses.total
+
+        return episode
+
+    described = (
+        f"task {task_name}, controller {controller}, input {instance.input[0].tolist()}, "
+        f"target {instance.target[0].tolist()}, {int(instance.steps[0])} steps" + (f", deliberate bug {bug!r}" if bug else "")
+    )
+    checks = [(True, model.policy_parameters(), "(a) policy: objective sum_t r_t, loss = total loss")]
+    if model.baseline is not None:
+        checks.append(
+            (False, model.baseline_parameters(), "(b) baseline LSTM: objective -sum_t (R_t - b_t)^2, loss = total loss")
+        )
+    reports = []
+    for policy_check, params, what in checks:
+        report = check_reinforce(
+            make_episode(policy_check),
+            params,
+            rtol=rtol,
+            atol=atol,
+            max_sequences=max_sequences,
+            batched=True,
+            raise_exception=False,
+            variance=variance,
+            seed=seed,
+        )
+        report.notes.append(f"rlntm_demo check {what}; {described}")
+        reports.append(report)
+    return reports
+

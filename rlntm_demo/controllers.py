@@ -1,0 +1,269 @@
+"""The controller networks of the RL-NTM, and the baseline LSTM of Appendix A.
+
+**What a controller reads** at every step (Table 1 of the paper): the symbol under the input
+head (a learned embedding; one per cell of the read window), the value of the current memory cell
+(the raw real vector; one per cell of the window) and learned embeddings of the three actions of
+the previous step. At the first step the previous actions are a dedicated ``START`` index.
+:meth:`Controller.encode` concatenates them into one vector ``x_t``.
+
+**What it produces** from its state ``h_t``:
+
+* the logits of the three decisions (input move, memory move, output), from **one** linear layer
+  split in three, multiplied by the inverse temperature (0.01 in the paper);
+* the prediction logits over the ``NUM_SYMBOLS`` symbols;
+* the new value of the current memory cell: ``sigmoid(W_k h) * old + tanh(W_v h)``, a gated
+  overwrite, as the authors' code did (the paper only says the controller outputs the new value).
+
+**The three controllers.**
+
+* :class:`LSTMController`: one LSTM layer; initial state zero (the paper).
+* :class:`FeedForwardController`: one tanh layer, no recurrent state: it only sees the current
+  reads and the previous actions.
+* :class:`DirectAccessController` (Section 8.1): the LSTM plus additive shortcuts, each modulated
+  by its own scalar sigmoid gate computed from ``h_t``: the one-hot current input symbol is added
+  to the memory write and to the prediction logits, the (new) current memory cell is added to the
+  prediction logits, and the two adjacent memory cells are added to the memory write. The paper
+  says "the memory [is added] to the adjacent memories" without saying how; adding the neighbours'
+  contents into the cell being written is the reading chosen here (the authors' code has no such
+  path), so content can travel along the tape as the head moves. Adding a one-hot symbol to a
+  memory cell is why a memory cell is ``NUM_SYMBOLS`` = 35 wide.
+
+**The baseline LSTM** (:class:`OfflineBaseline`, Appendix A, "offline baseline prediction") first
+reads the whole input tape, then runs in tandem with the controller on the very inputs ``x_t`` the
+controller received, with the gradient into them blocked, and outputs a baseline ``b_t`` for each
+step before that step's actions are chosen. It never influences the controller, so running it
+after the episode over the recorded inputs, as :class:`~rlntm_demo.model.RLNTM` does, computes
+exactly what running it alongside would.
+
+>>> import torch
+>>> from rlntm_demo.config import ModelConfig
+>>> controller = make_controller(ModelConfig(controller="lstm", hidden_size=4, embedding_size=3))
+>>> controller.input_size  # 3 (symbol) + 35 (memory cell) + 3 * 3 (previous actions)
+47
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import NUM_SYMBOLS, ModelConfig
+
+__all__ = [
+    "Controller",
+    "DirectAccessController",
+    "FeedForwardController",
+    "LSTMController",
+    "OfflineBaseline",
+    "START",
+    "make_controller",
+]
+
+START = 3
+"""The "previous action" index fed at the first step (the actions themselves are 0..2)."""
+
+
+class Controller(nn.Module):
+    """The parts every controller shares: input encoding and the output heads.
+
+    Subclasses implement :meth:`initial_state` and :meth:`step`, and may add to
+    :meth:`memory_write` and :meth:`prediction_logits`.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.memory = config.interfaces.memory
+        window = 2 * config.read_window + 1
+        e = config.embedding_size
+        self.symbol_embedding = nn.Embedding(NUM_SYMBOLS, e)
+        self.input_move_embedding = nn.Embedding(4, e)
+        self.output_embedding = nn.Embedding(4, e)
+        self.input_size = window * e + 2 * e
+        if self.memory:
+            self.memory_move_embedding = nn.Embedding(4, e)
+            self.input_size += window * config.memory_width + e
+        self.action_sizes = (3, 3, 2) if self.memory else (3, 2)
+        self.action_head = nn.Linear(config.hidden_size, sum(self.action_sizes))
+        self.prediction_head = nn.Linear(config.hidden_size, NUM_SYMBOLS)
+        if self.memory:
+            self.keep_head = nn.Linear(config.hidden_size, config.memory_width)
+            self.value_head = nn.Linear(config.hidden_size, config.memory_width)
+
+    def encode(self, input_window: torch.Tensor, memory_window: torch.Tensor | None, previous: torch.Tensor) -> torch.Tensor:
+        """The controller's input x_t.
+
+        Arguments:
+            input_window: (B, 2k+1) long, the symbols under the input read window.
+            memory_window: (B, 2k+1, width), the memory cells under the read window (``None``
+                without memory).
+            previous: (B, 3) long, the previous input move, memory move and output decision
+                (``START`` at the first step).
+
+        Returns:
+            (B, input_size).
+        """
+        parts = [self.symbol_embedding(input_window).flatten(1)]
+        if self.memory:
+            assert memory_window is not None
+            parts.append(memory_window.flatten(1))
+        parts.append(self.input_move_embedding(previous[:, 0]))
+        if self.memory:
+            parts.append(self.memory_move_embedding(previous[:, 1]))
+        parts.append(self.output_embedding(previous[:, 2]))
+        return torch.cat(parts, dim=1)
+
+    def initial_state(self, batch_size: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """The state before the first step."""
+        raise NotImplementedError
+
+    def step(self, x: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """One step: ``(h_t, new state)`` from x_t and the previous state."""
+        raise NotImplementedError
+
+    def action_logits(self, h: torch.Tensor) -> list[torch.Tensor | None]:
+        """Logits of the input move (B, 3), memory move (B, 3) or ``None``, and output (B, 2).
+
+        One linear layer, split in three, times the inverse temperature.
+        """
+        logits = self.action_head(h) * self.config.inverse_temperature
+        parts: list[torch.Tensor | None] = list(torch.split(logits, self.action_sizes, dim=1))
+        if not self.memory:
+            parts.insert(1, None)
+        return parts
+
+    def memory_write(self, h: torch.Tensor, old: torch.Tensor, symbol: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """The new value of the current memory cell: ``sigmoid(W_k h) * old + tanh(W_v h)``.
+
+        Arguments:
+            h: (B, hidden), the controller's output.
+            old: (B, width), the current cell before the write.
+            symbol: (B,) long, the symbol under the input head.
+            left, right: (B, width), the two adjacent cells.
+        """
+        return torch.sigmoid(self.keep_head(h)) * old + torch.tanh(self.value_head(h))
+
+    def prediction_logits(self, h: torch.Tensor, symbol: torch.Tensor, cell: torch.Tensor | None) -> torch.Tensor:
+        """Logits (B, NUM_SYMBOLS) of the prediction for the next target.
+
+        Arguments:
+            h: (B, hidden).
+            symbol: (B,) long, the symbol under the input head.
+            cell: (B, width), the current memory cell after this step's write (``None`` without memory).
+        """
+        return self.prediction_head(h)
+
+
+class LSTMController(Controller):
+    """A one-layer LSTM controller (Fig. 5 of the paper)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.cell = nn.LSTMCell(self.input_size, config.hidden_size)
+
+    def initial_state(self, batch_size: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """Zero hidden and cell states (the paper; the authors' code started at 0.1)."""
+        zeros = torch.zeros(batch_size, self.config.hidden_size, dtype=dtype)
+        return zeros, zeros
+
+    def step(self, x: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        h, c = self.cell(x, (state[0], state[1]))
+        return h, (h, c)
+
+
+class FeedForwardController(Controller):
+    """A one-hidden-layer tanh network: no state, it sees only the current reads and previous actions."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.layer = nn.Linear(self.input_size, config.hidden_size)
+
+    def initial_state(self, batch_size: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """No state."""
+        return ()
+
+    def step(self, x: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        return torch.tanh(self.layer(x)), ()
+
+
+class DirectAccessController(LSTMController):
+    """The direct-access controller of Section 8.1: the LSTM plus gated shortcuts (Fig. 6).
+
+    Gates, each ``sigmoid(w . h + b)``, one scalar per row: input to memory, left neighbour to
+    memory, right neighbour to memory (only with memory); input to output; memory to output (only
+    with memory).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.gate_head = nn.Linear(config.hidden_size, 5 if self.memory else 1)
+
+    def _gates(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.gate_head(h))
+
+    def memory_write(self, h: torch.Tensor, old: torch.Tensor, symbol: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """The LSTM's write plus the gated one-hot input symbol and the gated adjacent cells."""
+        gates = self._gates(h)
+        onehot = nn.functional.one_hot(symbol, NUM_SYMBOLS).to(h.dtype)
+        return (
+            super().memory_write(h, old, symbol, left, right)
+            + gates[:, 0:1] * onehot
+            + gates[:, 1:2] * left
+            + gates[:, 2:3] * right
+        )
+
+    def prediction_logits(self, h: torch.Tensor, symbol: torch.Tensor, cell: torch.Tensor | None) -> torch.Tensor:
+        """The LSTM's logits plus the gated one-hot input symbol and the gated current memory cell."""
+        gates = self._gates(h)
+        onehot = nn.functional.one_hot(symbol, NUM_SYMBOLS).to(h.dtype)
+        logits = super().prediction_logits(h, symbol, cell)
+        if not self.memory:
+            return logits + gates[:, 0:1] * onehot
+        assert cell is not None
+        return logits + gates[:, 3:4] * onehot + gates[:, 4:5] * cell
+
+
+def make_controller(config: ModelConfig) -> Controller:
+    """The controller named by ``config.controller``."""
+    classes: dict[str, type[Controller]] = {
+        "lstm": LSTMController,
+        "direct": DirectAccessController,
+        "feedforward": FeedForwardController,
+    }
+    return classes[config.controller](config)
+
+
+class OfflineBaseline(nn.Module):
+    """The baseline LSTM of Appendix A: reads the input tape, then follows the controller's inputs.
+
+    Arguments:
+        input_size: the size of the controller's input x_t.
+        hidden_size: the baseline LSTM's units.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.pre_reader = nn.LSTM(NUM_SYMBOLS, hidden_size, batch_first=True)
+        self.tandem = nn.LSTM(input_size, hidden_size, batch_first=True)
+        self.head = nn.Linear(hidden_size, 1)
+
+    def forward(self, tape: torch.Tensor, tape_len: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """Baselines b_t for every step.
+
+        The pre-reader runs over each row's whole input tape (one-hot symbols); its final state
+        starts the tandem LSTM, which reads x_1 .. x_T, and b_t is a linear function of its state
+        after reading x_t (so b_t depends on the input and on the actions before step t only).
+
+        Arguments:
+            tape: (B, L) long, the input tapes.
+            tape_len: (B,) long, their lengths.
+            inputs: (B, T, input_size), the controller's inputs (detach them first).
+
+        Returns:
+            (B, T) baselines.
+        """
+        onehot = nn.functional.one_hot(tape, NUM_SYMBOLS).to(inputs.dtype)
+        packed = nn.utils.rnn.pack_padded_sequence(onehot, tape_len.cpu(), batch_first=True, enforce_sorted=False)
+        _, summary = self.pre_reader(packed)
+        states, _ = self.tandem(inputs, summary)
+        return self.head(states).squeeze(-1)

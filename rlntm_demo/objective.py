@@ -1,0 +1,226 @@
+r"""From an episode's rewards to the loss whose gradient trains the RL-NTM.
+
+The objective (Section 2) is the expected log-probability of the targets,
+
+.. math:: J(\theta) = \mathbb{E}_{a \sim p_\theta}\Big[\sum_t r_t\Big],
+   \qquad r_t = [\text{the step predicts}]\,\log p_\theta(y_{\text{pos}_t} \mid \ldots),
+
+and its gradient has two parts. The discrete decisions are trained by **REINFORCE** (score
+function); the predictions and the memory writes, which ``r_t`` depends on directly, by
+**backpropagation** (the pathwise part):
+
+.. math:: \nabla J = \mathbb{E}\Big[\sum_t \nabla \log p_\theta(a_t \mid a_{<t})\,(R_t - b_t)
+   + \sum_t \nabla r_t\Big], \qquad R_t = \sum_{s \ge t} r_s.
+
+The functions here are pure: tensors in, tensors out, each one documented with what it computes.
+:func:`episode_losses` puts them together, per row:
+
+``total = policy + pathwise + baseline``, where
+
+* ``policy = -sum_t log p(a_t) * (R_t - b_t)``, with ``R_t - b_t`` a constant (detached), and
+  ``log p(a_t)`` the sum of the three decisions' log-probabilities;
+* ``pathwise = -sum_t r_t``, differentiated through the predictions and memory writes;
+* ``baseline = sum_t (R_t - b_t)^2`` with ``R_t`` detached: it trains the baseline LSTM only
+  (the moving average is a buffer; the LSTM reads the controller's inputs detached).
+
+Variance reduction (Appendix A), each one a named option:
+
+1. **Reward-to-go** (``ObjectiveConfig.returns = "reward-to-go"``): the actions of step t are
+   reinforced by ``R_t``, not by the whole episode's return, since they cannot change earlier
+   rewards. ``"total"`` is plain REINFORCE (Section 4).
+2. **Online baseline** (``ModelConfig.baseline = "online"``): ``b_t`` is a per-step exponential
+   moving average of ``R_t`` over past batches, the "single scalar ... estimated as
+   E R(a_{t:T})" that Appendix A ends on. It is updated between batches
+   (:meth:`~rlntm_demo.model.RLNTM.update_online_baseline`), never from the batch it is applied
+   to, so it is a constant for every episode and leaves the gradient unbiased. The authors' code
+   had no such average; the paper lists it as one of the three techniques.
+3. **Offline baseline** (``"offline"``): the baseline LSTM that first reads the whole input,
+   then runs in tandem with the controller, trained on ``sum_t (R_t - b_t)^2``. The paper calls
+   the resulting estimator biased; since ``b_t`` depends only on the input and on the actions
+   before step t, the expectation of ``grad log p(a_t) * b_t`` is zero, and the exact check
+   (:mod:`rlntm_demo.check`) confirms that the policy gradient stays exactly unbiased.
+
+``"both"`` adds the two; the LSTM then learns what the moving average misses.
+
+>>> import torch
+>>> rewards = torch.tensor([[-1.0, 0.0, -2.0, 0.0]])
+>>> mask = torch.tensor([[True, True, True, False]])
+>>> reward_to_go(rewards, mask).tolist()
+[[-3.0, -2.0, -2.0, 0.0]]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from .config import ObjectiveConfig
+
+if TYPE_CHECKING:
+    from .model import Rollout
+
+__all__ = [
+    "Losses",
+    "baseline_loss",
+    "episode_losses",
+    "episode_objective",
+    "pathwise_loss",
+    "policy_surrogate",
+    "returns",
+    "reward_to_go",
+    "total_return",
+]
+
+
+def _check_shapes(*tensors: torch.Tensor) -> None:
+    shape = tensors[0].shape
+    for tensor in tensors[1:]:
+        if tensor.shape != shape:
+            raise ValueError(f"shape mismatch: {tuple(shape)} and {tuple(tensor.shape)}")
+
+
+def reward_to_go(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The reward-to-go ``R_t = sum_{s >= t} r_s`` of every step, row by row (undiscounted).
+
+    Arguments:
+        rewards: (B, T) per-step rewards.
+        mask: (B, T) bool, the steps that belong to the episode.
+
+    Returns:
+        (B, T), 0 at masked steps.
+
+    >>> reward_to_go(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[True, True, True]])).tolist()
+    [[6.0, 5.0, 3.0]]
+    """
+    _check_shapes(rewards, mask)
+    masked = rewards * mask
+    return masked.flip(1).cumsum(1).flip(1) * mask
+
+
+def total_return(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The episode's whole return ``R_1 = sum_s r_s``, repeated at every step of the episode.
+
+    Returns:
+        (B, T), 0 at masked steps.
+
+    >>> total_return(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[True, True, False]])).tolist()
+    [[3.0, 3.0, 0.0]]
+    """
+    _check_shapes(rewards, mask)
+    return (rewards * mask).sum(1, keepdim=True) * mask
+
+
+def returns(rewards: torch.Tensor, mask: torch.Tensor, config: ObjectiveConfig) -> torch.Tensor:
+    """The returns that reinforce each step's actions, as ``config.returns`` says.
+
+    With the deliberate bug ``"reward-to-go-off-by-one"``, ``R_{t+1}`` instead of ``R_t``: the
+    reward of the step itself is left out, although that step's output decision caused it.
+    """
+    if config.returns == "total":
+        return total_return(rewards, mask)
+    to_go = reward_to_go(rewards, mask)
+    if config.bug == "reward-to-go-off-by-one":
+        return torch.cat([to_go[:, 1:], torch.zeros_like(to_go[:, :1])], 1) * mask
+    return to_go
+
+
+def policy_surrogate(log_probs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The REINFORCE surrogate ``-sum_t log p(a_t) * A_t`` of each row.
+
+    Its gradient is the score-function estimate of ``-grad J`` when ``A_t`` is a constant
+    (detached) return minus a baseline that does not depend on ``a_t``.
+
+    Arguments:
+        log_probs: (B, T, K) log-probabilities of the K decisions of each step.
+        advantages: (B, T) ``R_t - b_t``, detached by the caller.
+        mask: (B, T) bool.
+
+    Returns:
+        (B,).
+    """
+    _check_shapes(log_probs[..., 0], advantages, mask)
+    return -(log_probs.sum(-1) * advantages * mask).sum(1)
+
+
+def pathwise_loss(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``-sum_t r_t`` per row: backpropagated, it trains the predictions and the memory writes.
+
+    Returns:
+        (B,).
+    """
+    _check_shapes(rewards, mask)
+    return -(rewards * mask).sum(1)
+
+
+def baseline_loss(returns: torch.Tensor, baselines: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The baseline's regression loss ``sum_t (R_t - b_t)^2`` per row, with ``R_t`` detached.
+
+    Returns:
+        (B,).
+    """
+    _check_shapes(returns, baselines, mask)
+    return ((returns.detach() - baselines) ** 2 * mask).sum(1)
+
+
+def episode_objective(rollout: Rollout) -> torch.Tensor:
+    """``sum_t r_t`` per row: the log-likelihood of the targets along the episode, whose
+    expectation over action sequences is the RL-NTM's objective J.
+
+    Returns:
+        (B,).
+    """
+    return (rollout.rewards * rollout.mask).sum(1)
+
+
+@dataclass
+class Losses:
+    """The per-row parts of the loss of a batch of episodes, each of shape (B,)."""
+
+    objective: torch.Tensor
+    """``sum_t r_t``: what the model maximizes in expectation (not a loss; for logging and checks)."""
+    policy: torch.Tensor
+    """The REINFORCE surrogate ``-sum_t log p(a_t) (R_t - b_t)``."""
+    pathwise: torch.Tensor
+    """``-sum_t r_t``, for backpropagation into the predictions and memory writes."""
+    baseline: torch.Tensor
+    """``sum_t (R_t - b_t)^2``, which trains the baseline LSTM."""
+    returns: torch.Tensor
+    """(B, T) the returns used (for :meth:`~rlntm_demo.model.RLNTM.update_online_baseline`)."""
+
+    @property
+    def total(self) -> torch.Tensor:
+        """``policy + pathwise + baseline``: the loss to minimize, per row (B,)."""
+        return self.policy + self.pathwise + self.baseline
+
+
+def episode_losses(rollout: Rollout, config: ObjectiveConfig | None = None) -> Losses:
+    """Every part of the loss of a batch of episodes.
+
+    Arguments:
+        rollout: what :meth:`~rlntm_demo.model.RLNTM.run_episode` returned.
+        config: returns and (for the tests of the exact check) a deliberate bug.
+
+    Returns:
+        :class:`Losses`; average ``losses.total`` over the rows to train (the paper normalizes
+        by the batch size, not by the sequence length).
+    """
+    config = config or ObjectiveConfig()
+    mask = rollout.mask
+    r = returns(rollout.rewards, mask, config)
+    baselines = rollout.baselines
+    if config.bug == "baseline-not-detached":
+        advantages = r.detach() - baselines  # deliberately wrong: the surrogate trains the baseline
+    else:
+        advantages = (r - baselines).detach()
+    pathwise = pathwise_loss(rollout.rewards, mask)
+    if config.bug == "missing-pathwise-term":
+        pathwise = torch.zeros_like(pathwise)  # deliberately wrong: predictions get no gradient
+    return Losses(
+        objective=episode_objective(rollout),
+        policy=policy_surrogate(rollout.log_probs, advantages, mask),
+        pathwise=pathwise,
+        baseline=baseline_loss(r, baselines, mask),
+        returns=r.detach(),
+    )
