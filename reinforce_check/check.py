@@ -15,7 +15,7 @@ from typing import Any, Literal, Union
 
 import torch
 
-from .enumeration import enumerate_sequences
+from .enumeration import enumerate_sequences, verify_replay
 from .errors import InvalidOptionError, ParameterError
 from . import exact as _exact
 from .report import CheckReport, ParameterReport, ReinforceCheckError, SequenceContribution, format_mismatch
@@ -210,28 +210,37 @@ def check_reinforce(
 
     accumulator = _exact.GradientAccumulator(tensors)
     found = enumerate_sequences(episode, batched=batched, max_sequences=max_sequences, on_pass=accumulator)
+    # One more run of the first sequence: state kept between runs would change what it returns.
+    verify_replay(episode, found, batched=batched)
     exact = accumulator.result()
     parameters = [_compare(n, t, e, rtol, atol) for n, t, e in zip(names, exact.target, exact.estimate)]
     biased = any(not p.ok for p in parameters)
 
     contributions: list[SequenceContribution] = []
     variances = accumulator.variance() if variance else None
-    if (variance and variances is None) or biased:
-        bias = [p.bias for p in parameters] if biased else None
+    attribute = biased and top_sequences > 0
+    scores: list[float] | None = None
+    if attribute and batched:
+        scores = _exact.batched_contributions(episode, found, tensors, [p.bias for p in parameters])
+    if (variance and variances is None) or (attribute and scores is None):
+        bias = [p.bias for p in parameters] if attribute else None
         stats = _exact.sequence_statistics(episode, found, tensors, bias, batched=batched)
         variances = stats.variance if variance else None
-        if biased:
-            probability = found.log_prob.detach().exp()
-            order = sorted(range(len(found)), key=lambda i: -stats.contribution[i])[:top_sequences]
-            contributions = [
-                SequenceContribution(
-                    choices=found.choices(i),
-                    probability=float(probability[i]),
-                    objective=float(found.objective[i].detach()),
-                    contribution=stats.contribution[i],
-                )
-                for i in order
-            ]
+        if attribute:
+            scores = stats.contribution
+    if attribute and scores is not None:
+        ranked = scores
+        probability = found.log_prob.detach().exp()
+        order = sorted(range(len(found)), key=lambda i: -ranked[i])[:top_sequences]
+        contributions = [
+            SequenceContribution(
+                choices=found.choices(i),
+                probability=float(probability[i]),
+                objective=float(found.objective[i].detach()),
+                contribution=ranked[i],
+            )
+            for i in order
+        ]
 
     if variances is not None:
         for p, v in zip(parameters, variances):

@@ -30,11 +30,24 @@ import torch
 
 from . import randomness
 from .chooser import Pass, PrefixChooser
-from .errors import EpisodeOutputError, NoSamplerCallError, NondeterministicEpisodeError, SequenceBudgetError
+from .errors import (
+    EpisodeOutputError,
+    NondeterministicEpisodeError,
+    NoSamplerCallError,
+    SequenceBudgetError,
+    UninterceptedRandomnessError,
+)
 from . import patching
 from .patching import ScopeDetected, intercept_samplers
 
-__all__ = ["Enumeration", "enumerate_sequences", "evaluate_objective", "replay_sequence"]
+__all__ = [
+    "Enumeration",
+    "enumerate_sequences",
+    "evaluate_objective",
+    "replay_all",
+    "replay_sequence",
+    "verify_replay",
+]
 
 Episode = Callable[..., Any]
 
@@ -119,10 +132,30 @@ def _run_pass(
             "torch.multinomial or torch.bernoulli; a policy that picks actions with argmax, a Gumbel-max "
             "trick or numpy cannot be checked."
         )
+    if mode.replay_state is not None:
+        _check_scoped_pass(mode.replay_state, batched=batched)
     objective, loss = _episode_outputs(output, rows=rows, batched=batched)
     result = chooser.finish()
-    result.unscoped_calls = patching.unscoped_calls()
+    result.unscoped_calls = patching.unscoped_calls()[0]
     return result, objective, loss
+
+
+def _check_scoped_pass(replay_state: randomness.RandomState, *, batched: bool) -> None:
+    calls, with_grad = patching.unscoped_calls()
+    if with_grad:
+        raise UninterceptedRandomnessError(
+            f"{with_grad} sampler call(s) outside @enumerate_actions code drew from probabilities that "
+            "depend on the checked parameters (they require grad). Such draws are sampled, not enumerated, "
+            "so J and its gradient would silently ignore them. Mark the code that makes them with "
+            "@enumerate_actions too, or leave those parameters out of params."
+        )
+    if batched and randomness.moved_since(replay_state):
+        raise UninterceptedRandomnessError(
+            "in batched mode, random numbers were drawn outside @enumerate_actions code: which row gets "
+            "which number depends on the batch's size and order, so the rows are not the same episodes from "
+            "one run to the next. Check this episode in sequential mode (batched=False), where every run "
+            "replays the same random numbers."
+        )
 
 
 def _episode_outputs(output: Any, *, rows: int, batched: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -298,6 +331,21 @@ def enumerate_sequences(
         return run(episode, max_sequences, _Collector(on_pass, mode))
     finally:
         randomness.restore(before)
+
+
+def verify_replay(episode: Episode, found: Enumeration, *, batched: bool) -> None:
+    """Replay the first sequence and compare: catches state kept between runs that the chooser
+    cannot see (a private generator or a counter created outside the episode)."""
+    with torch.no_grad():
+        log_prob, objective, loss = replay_sequence(episode, found, 0, batched=batched)
+    for name, now, before in (("objective", objective, found.objective[0]), ("loss", loss, found.loss[0])):
+        if not torch.allclose(now.detach(), before, rtol=1e-9, atol=1e-12):
+            raise NondeterministicEpisodeError(
+                f"replaying the first action sequence gave {name} {float(now):.17g}; its first run gave "
+                f"{float(before):.17g}. The episode keeps state between runs that changes what it returns "
+                "(a generator or a counter created outside the episode, a cache): create such state inside "
+                "the episode, or seed it there."
+            )
 
 
 def _enumerate_sequential(episode: Episode, max_sequences: int, collector: _Collector) -> Enumeration:
@@ -497,6 +545,15 @@ def _guard(mode: _Mode) -> Iterator[None]:
         yield
     finally:
         randomness.restore(mode.replay_state)
+
+
+def replay_all(episode: Episode, found: Enumeration) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run every known sequence in one batch (batched mode), with gradient: ``(log_prob, objective, loss)``."""
+    chooser = _forced_chooser(found.paths, found.lengths)
+    with _guard(found.mode):
+        result, objective, loss = _run_pass(episode, chooser, batched=True, rows=len(found), mode=found.mode)
+        _check_complete(result, chooser.forced_len)
+    return result.log_prob, objective, loss
 
 
 def replay_sequence(

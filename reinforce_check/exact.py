@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .enumeration import Enumeration, Episode, evaluate_objective, replay_sequence
+from .enumeration import Enumeration, Episode, evaluate_objective, replay_all, replay_sequence
 from .report import DirectionalCheck
 
 __all__ = [
@@ -237,6 +237,41 @@ def finite_differences(
     raise ValueError(f"unknown finite-difference mode {mode!r}")
 
 
+def _unit(bias: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
+    norm = sum(float((b * b).sum()) for b in bias) ** 0.5
+    return [b / norm for b in bias] if norm > 0 else None
+
+
+def batched_contributions(
+    episode: Episode, found: Enumeration, params: Sequence[torch.Tensor], bias: Sequence[torch.Tensor]
+) -> list[float] | None:
+    """Each sequence's contribution to the bias from one batched replay (batched mode).
+
+    The projection <c(a), u> of every row's gradient on the unit bias direction u is a
+    Jacobian-vector product; it comes from two backward passes (a vector-Jacobian product taken
+    with ``create_graph``, then its gradient with respect to the row weights), however many rows
+    there are. Returns None when an operation of the episode has no double backward.
+    """
+    unit = _unit(bias)
+    if unit is None:
+        return [0.0] * len(found)
+    log_prob, objective, loss = replay_all(episode, found)
+    probability = log_prob.exp()
+    per_row = probability.detach() * loss + probability * objective
+    if not per_row.requires_grad:
+        return [0.0] * len(found)
+    weights = torch.zeros_like(per_row, requires_grad=True)
+    try:
+        grads = torch.autograd.grad(per_row, list(params), grad_outputs=weights, create_graph=True, allow_unused=True)
+        projected = sum(((g * u).sum() for g, u in zip(grads, unit) if g is not None), torch.zeros((), dtype=per_row.dtype))
+        if not projected.requires_grad:
+            return [0.0] * len(found)
+        (contribution,) = torch.autograd.grad(projected, weights)
+    except RuntimeError:
+        return None
+    return contribution.tolist()
+
+
 def sequence_statistics(
     episode: Episode,
     found: Enumeration,
@@ -248,10 +283,7 @@ def sequence_statistics(
     """Replay every sequence alone to get its own gradients: variance and bias contributions."""
     mean = [torch.zeros_like(p, dtype=torch.float64) for p in params]
     second = [torch.zeros_like(p, dtype=torch.float64) for p in params]
-    unit = None
-    if bias is not None:
-        norm = sum(float((b * b).sum()) for b in bias) ** 0.5
-        unit = [b / norm for b in bias] if norm > 0 else None
+    unit = _unit(bias) if bias is not None else None
     contributions = []
     for index in range(len(found)):
         log_prob, objective, loss = replay_sequence(episode, found, index, batched=batched)

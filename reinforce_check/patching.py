@@ -63,6 +63,8 @@ class _State(threading.local):
         self.scoped = False
         self.scope_depth = 0
         self.unscoped_calls = 0
+        # Unmarked draws whose probabilities depend on parameters: J would depend on them too.
+        self.unscoped_with_grad = 0
 
 
 _STATE = _State()
@@ -88,17 +90,20 @@ def exit_scope() -> None:
     _STATE.scope_depth = max(_STATE.scope_depth - 1, 0)
 
 
-def unscoped_calls() -> int:
-    """Sampler calls that sampled for real (outside @enumerate_actions code) in the last check pass."""
-    return _STATE.unscoped_calls
+def unscoped_calls() -> tuple[int, int]:
+    """Sampler calls of the last check pass that sampled for real (outside @enumerate_actions code),
+    and how many of them had probabilities that require grad."""
+    return _STATE.unscoped_calls, _STATE.unscoped_with_grad
 
 
-def _passthrough() -> bool:
+def _passthrough(probs: torch.Tensor | None = None) -> bool:
     """Whether a draw made now should sample for real instead of going to the chooser."""
     if _STATE.chooser is None:  # no check running (or another thread's)
         return True
     if _STATE.scoped and _STATE.scope_depth == 0:
         _STATE.unscoped_calls += 1
+        if probs is not None and probs.requires_grad:
+            _STATE.unscoped_with_grad += 1
         return True
     return False
 
@@ -143,7 +148,7 @@ def _multinomial(original: Callable[..., torch.Tensor], site: str) -> Callable[.
         out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         chooser = _STATE.chooser
-        if chooser is None or _passthrough():
+        if chooser is None or _passthrough(input):
             if out is not None:
                 return original(input, num_samples, replacement, generator=generator, out=out)
             return original(input, num_samples, replacement, generator=generator)
@@ -174,7 +179,7 @@ def _bernoulli(original: Callable[..., torch.Tensor], site: str) -> Callable[...
     @functools.wraps(original)
     def bernoulli(input: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         chooser = _STATE.chooser
-        if chooser is None or _passthrough():
+        if chooser is None or _passthrough(input):
             return original(input, *args, **kwargs)
         kwargs.pop("generator", None)
         out = kwargs.pop("out", None)
@@ -214,6 +219,9 @@ def _distribution_sample(installed: Callable[..., Any], site: str) -> Callable[.
     @functools.wraps(installed)
     def sample(self: distributions.Distribution, *args: Any, **kwargs: Any) -> Any:
         if _STATE.chooser is None or (_STATE.scoped and _STATE.scope_depth == 0):
+            if _STATE.chooser is not None and isinstance(self, distributions.Bernoulli) and self.probs.requires_grad:
+                # torch draws Bernoulli samples under no_grad, where the primitive cannot see this.
+                _STATE.unscoped_with_grad += 1
             return installed(self, *args, **kwargs)
         _STATE.distributions.append((self, site))
         try:
@@ -279,6 +287,7 @@ def intercept_samplers(chooser: Chooser, *, scoped: bool = False) -> Iterator[No
         _STATE.scoped = scoped
         _STATE.scope_depth = 0
         _STATE.unscoped_calls = 0
+        _STATE.unscoped_with_grad = 0
         for (owner, name), function in replacements:
             setattr(owner, name, function)
         yield

@@ -23,7 +23,7 @@ import torch
 
 from .errors import CheckUsageError, UninterceptedRandomnessError
 
-__all__ = ["RandomState", "capture", "restore", "verify_unchanged", "watch"]
+__all__ = ["RandomState", "capture", "moved_since", "restore", "verify_unchanged", "watch"]
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,13 @@ def restore(state: RandomState) -> None:
     np.random.set_state(state.numpy)
 
 
-def verify_unchanged(before: RandomState, cause: BaseException | None = None) -> None:
-    """Raise :class:`UninterceptedRandomnessError` if a global generator moved since ``before``."""
+def moved_since(before: RandomState) -> list[str]:
+    """The global generators whose state changed since ``before``, described for a message.
+
+    >>> state = capture()
+    >>> moved_since(state)
+    []
+    """
     after = capture()
     moved = []
     if not torch.equal(before.torch_cpu, after.torch_cpu):
@@ -78,6 +83,12 @@ def verify_unchanged(before: RandomState, cause: BaseException | None = None) ->
         moved.append("Python's random module")
     if not _numpy_equal(before.numpy, after.numpy):
         moved.append("numpy's global generator (np.random.*)")
+    return moved
+
+
+def verify_unchanged(before: RandomState, cause: BaseException | None = None) -> None:
+    """Raise :class:`UninterceptedRandomnessError` if a global generator moved since ``before``."""
+    moved = moved_since(before)
     if moved:
         raise UninterceptedRandomnessError(
             "random numbers were drawn during the episode outside the intercepted samplers, from "

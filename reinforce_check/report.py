@@ -318,4 +318,4 @@ def format_mismatch(report: CheckReport) -> str:
         f"Enumerated {report.num_sequences:,} action sequences exactly (float64), total probability "
         f"{report.total_probability:.17g}, J = {report.objective:.10g}.",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines).lstrip("\n")

@@ -151,3 +151,35 @@ def test_decorating_twice_wraps_once():
 
     once = enumerate_actions(act)
     assert enumerate_actions(once) is once
+
+
+def test_an_unmarked_draw_whose_probabilities_depend_on_a_parameter_is_refused():
+    policy = Policy(seed=7)
+    phi = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
+    act = enumerate_actions(policy.act)
+
+    def episode():
+        action, log_prob = act()
+        reward = REWARD[action] + Categorical(logits=phi).sample().double()
+        return reward, -log_prob * reward
+
+    with pytest.raises(UninterceptedRandomnessError, match="depend on the checked parameters"):
+        check_reinforce(episode, {**dict(policy.named_parameters()), "phi": phi})
+
+
+def test_batched_scoped_mode_refuses_unmarked_random_numbers():
+    theta = make_theta(seed=8)
+
+    @enumerate_actions
+    def act(rows):
+        dist = Categorical(logits=theta.expand(rows, 3))
+        action = dist.sample()
+        return action, dist.log_prob(action)
+
+    def episode(rows):
+        action, log_prob = act(rows)
+        reward = REWARD[action] + torch.rand(rows, dtype=torch.float64)
+        return reward, -log_prob * reward
+
+    with pytest.raises(UninterceptedRandomnessError, match="sequential mode"):
+        check_reinforce(episode, {"theta": theta}, batched=True)

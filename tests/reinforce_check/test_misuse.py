@@ -548,3 +548,21 @@ def test_sampler_entry_points_lists_every_intercepted_sampler():
         "OneHotCategorical.sample",
         "Bernoulli.sample",
     }
+
+
+def test_state_kept_between_runs_is_reported_as_nondeterminism():
+    import numpy as np
+
+    from reinforce_check import NondeterministicEpisodeError
+
+    theta = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    private = np.random.default_rng(0)  # created outside the episode: advances from run to run
+
+    def episode():
+        dist = torch.distributions.Categorical(logits=theta)
+        action = dist.sample()
+        reward = action.double() + float(private.random())
+        return reward, -dist.log_prob(action) * reward
+
+    with pytest.raises(NondeterministicEpisodeError, match="keeps state between runs"):
+        check_reinforce(episode, {"theta": theta})
