@@ -1,0 +1,92 @@
+"""The exact check of the whole RL-NTM: every task with every controller passes; bugs are caught."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlntm_demo.check import BUGS, CHECK_SIZES, check_model, tiny_instance
+from rlntm_demo.config import CONTROLLERS
+from rlntm_demo.tasks import TASKS
+
+
+@pytest.mark.parametrize("controller", CONTROLLERS)
+@pytest.mark.parametrize("task_name", list(TASKS))
+def test_every_task_and_controller_passes(task_name: str, controller: str) -> None:
+    policy, baseline = check_model(task_name, controller)
+    for report in (policy, baseline):
+        assert report.ok, str(report)
+        assert report.max_rel_error < 1e-8
+        assert abs(report.total_probability - 1.0) < 1e-10
+        assert 10 <= report.num_sequences <= 10_000
+    assert all(name.startswith("controller.") for name in (p.name for p in policy.parameters))
+    assert all(name.startswith("baseline.") for name in (p.name for p in baseline.parameters))
+    if TASKS[task_name].interfaces.memory:
+        assert any("value_head" in p.name for p in policy.parameters)
+
+
+def test_check_sizes_cover_every_task() -> None:
+    assert set(CHECK_SIZES) == set(TASKS)
+    instance = tiny_instance("copy")
+    assert instance.batch_size == 1 and int(instance.steps[0]) == int(instance.target_len[0]) + 1
+
+
+# Which check each biased bug makes fail: (a) the policy, (b) the baseline LSTM.
+BIASED = {
+    "reward-to-go-off-by-one": (False, True),
+    "missing-pathwise-term": (False, True),
+    "baseline-leaks-into-controller": (False, True),
+    "baseline-sees-current-action": (False, True),
+    "baseline-not-detached": (True, False),
+}
+
+
+@pytest.mark.parametrize("bug", list(BIASED))
+def test_biased_bugs_are_caught(bug: str) -> None:
+    policy, baseline = check_model("reverse", "lstm", bug=bug)
+    assert (policy.ok, baseline.ok) == BIASED[bug]
+    failed = policy if not policy.ok else baseline
+    assert failed.max_rel_error > 1e-3
+    assert failed.top_sequences  # the sequences behind the bias are named
+
+
+@pytest.mark.parametrize("bug", ["baseline-leaks-into-controller", "reward-to-go-off-by-one"])
+def test_bugs_are_caught_with_memory(bug: str) -> None:
+    policy, _ = check_model("forward-reverse", "direct", complexity=1, slack=1, bug=bug)
+    assert not policy.ok
+    # The leak reaches the memory writes too (the memory is part of the baseline's input).
+    if bug == "baseline-leaks-into-controller":
+        assert any(not p.ok for p in policy.parameters if "value_head" in p.name)
+
+
+def test_total_return_with_baseline_is_unbiased_but_noisier() -> None:
+    """Not a bug: rewards before step t do not depend on the actions of step t, nor does b_t.
+
+    So the whole return in place of the reward-to-go leaves the expected gradient exactly right;
+    only the variance of the estimate grows.
+    """
+    to_go, _ = check_model("reverse", "lstm", variance=True)
+    total, total_baseline = check_model("reverse", "lstm", bug="total-return-with-baseline", variance=True)
+    assert total.ok and total_baseline.ok
+    variance = {
+        name: sum(float(p.variance.sum()) for p in report.parameters if p.variance is not None)
+        for name, report in (("to_go", to_go), ("total", total))
+    }
+    assert variance["total"] > 1.2 * variance["to_go"] > 0
+
+
+@pytest.mark.parametrize("baseline", ["offline", "online", "none"])
+def test_each_baseline_alone_is_unbiased(baseline: str) -> None:
+    """The paper calls the offline baseline biased; exactly, it is not (b_t sees no action of step t)."""
+    reports = check_model("repeat-copy", "direct", baseline=baseline)
+    assert len(reports) == (2 if baseline == "offline" else 1)
+    assert all(report.ok for report in reports)
+
+
+def test_misuse() -> None:
+    with pytest.raises(ValueError, match="unknown controller 'gru'; choose one of: lstm, direct, feedforward"):
+        check_model("copy", "gru")
+    with pytest.raises(ValueError, match="unknown task 'nope'; choose one of: copy"):
+        check_model("nope", "lstm")
+    with pytest.raises(ValueError, match="unknown bug"):
+        check_model("copy", "lstm", bug="typo")
+    assert set(BUGS) == set(BIASED) | {"total-return-with-baseline"}

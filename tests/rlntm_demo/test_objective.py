@@ -1,0 +1,111 @@
+"""Returns, surrogate and losses, with numbers worked out by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlntm_demo.config import ObjectiveConfig
+from rlntm_demo.model import Rollout
+from rlntm_demo.objective import (
+    baseline_loss,
+    episode_losses,
+    episode_objective,
+    pathwise_loss,
+    policy_surrogate,
+    returns,
+    reward_to_go,
+    total_return,
+)
+
+REWARDS = torch.tensor([[-1.0, 0.0, -2.0, -0.5], [-3.0, -1.0, 0.0, 0.0]])
+MASK = torch.tensor([[True, True, True, True], [True, True, False, False]])
+
+
+def test_reward_to_go_by_hand() -> None:
+    assert reward_to_go(REWARDS, MASK).tolist() == [[-3.5, -2.5, -2.5, -0.5], [-4.0, -1.0, 0.0, 0.0]]
+
+
+def test_reward_to_go_ignores_masked_rewards() -> None:
+    rewards = torch.tensor([[1.0, 2.0, 100.0]])
+    assert reward_to_go(rewards, torch.tensor([[True, True, False]])).tolist() == [[3.0, 2.0, 0.0]]
+
+
+def test_total_return_and_off_by_one() -> None:
+    assert total_return(REWARDS, MASK).tolist() == [[-3.5] * 4, [-4.0, -4.0, 0.0, 0.0]]
+    assert returns(REWARDS, MASK, ObjectiveConfig(returns="total")).tolist() == total_return(REWARDS, MASK).tolist()
+    shifted = returns(REWARDS, MASK, ObjectiveConfig(bug="reward-to-go-off-by-one"))
+    assert shifted.tolist() == [[-2.5, -2.5, -0.5, 0.0], [-1.0, 0.0, 0.0, 0.0]]
+
+
+def test_policy_surrogate_by_hand() -> None:
+    log_probs = torch.tensor([[[-1.0, 0.0, -0.5], [0.0, -2.0, 0.0]]], requires_grad=True)
+    advantages = torch.tensor([[2.0, -1.0]])
+    mask = torch.tensor([[True, True]])
+    surrogate = policy_surrogate(log_probs, advantages, mask)
+    # -( (-1.5) * 2 + (-2) * (-1) ) = -(-3 + 2) = 1
+    assert surrogate.tolist() == [1.0]
+    surrogate.sum().backward()
+    assert log_probs.grad is not None
+    assert log_probs.grad.tolist() == [[[-2.0, -2.0, -2.0], [1.0, 1.0, 1.0]]]
+    assert policy_surrogate(log_probs, advantages, torch.tensor([[True, False]])).tolist() == [3.0]
+
+
+def test_pathwise_and_baseline_losses() -> None:
+    assert pathwise_loss(REWARDS, MASK).tolist() == [3.5, 4.0]
+    to_go = reward_to_go(REWARDS, MASK).requires_grad_()
+    baselines = torch.full_like(to_go, -1.0, requires_grad=True)
+    loss = baseline_loss(to_go, baselines, MASK)
+    # Row 0: (-2.5)^2 + (-1.5)^2 + (-1.5)^2 + 0.5^2 = 6.25 + 2.25 + 2.25 + 0.25; row 1: 9 + 0.
+    assert loss.tolist() == [11.0, 9.0]
+    loss.sum().backward()
+    assert to_go.grad is None  # the returns are regression targets, not trained
+    assert baselines.grad is not None and baselines.grad[1].tolist() == [6.0, 0.0, 0.0, 0.0]
+
+
+def test_shape_mismatch_raises() -> None:
+    with pytest.raises(ValueError, match="shape mismatch"):
+        baseline_loss(REWARDS, REWARDS[:, :2], MASK)
+
+
+def hand_rollout(baselines: torch.Tensor) -> Rollout:
+    log_probs = torch.full((2, 4, 3), -0.5).requires_grad_()
+    size, steps = MASK.shape
+    return Rollout(
+        actions=torch.zeros(size, steps, 3, dtype=torch.long),
+        log_probs=log_probs,
+        rewards=REWARDS.clone().requires_grad_(),
+        mask=MASK,
+        baselines=baselines,
+        input_heads=torch.zeros(size, steps, dtype=torch.long),
+        memory_heads=None,
+        output_positions=torch.zeros(size, steps, dtype=torch.long),
+        predictions=torch.zeros(size, steps, dtype=torch.long),
+    )
+
+
+def test_episode_losses_by_hand() -> None:
+    baselines = (torch.full((2, 4), -1.0) * MASK).requires_grad_()
+    rollout = hand_rollout(baselines)
+    losses = episode_losses(rollout)
+    assert losses.objective.tolist() == episode_objective(rollout).tolist() == [-3.5, -4.0]
+    # Advantages R_t - b_t: row 0 (-2.5, -1.5, -1.5, 0.5), row 1 (-3, 0); each step's log p is -1.5.
+    assert losses.policy.tolist() == [-(1.5 * 5.0), -(1.5 * 3.0)]
+    assert losses.pathwise.tolist() == [3.5, 4.0]
+    assert losses.baseline.tolist() == [11.0, 9.0]
+    torch.testing.assert_close(losses.total, losses.policy + losses.pathwise + losses.baseline)
+    losses.policy.sum().backward()
+    assert baselines.grad is None  # the surrogate does not train the baseline
+
+
+def test_episode_losses_deliberate_bugs() -> None:
+    baselines = (torch.full((2, 4), -1.0) * MASK).requires_grad_()
+    losses = episode_losses(hand_rollout(baselines), ObjectiveConfig(bug="baseline-not-detached"))
+    losses.policy.sum().backward()
+    assert baselines.grad is not None  # the bug: REINFORCE trains the baseline
+    missing = episode_losses(hand_rollout(baselines.detach()), ObjectiveConfig(bug="missing-pathwise-term"))
+    assert missing.pathwise.tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="unknown objective bug"):
+        ObjectiveConfig(bug="typo")
+    with pytest.raises(ValueError, match="unknown returns"):
+        ObjectiveConfig(returns="discounted")
