@@ -127,7 +127,7 @@ class Controller(nn.Module):
         One linear layer, split in three, times the inverse temperature.
         """
         logits = self.action_head(h) * self.config.inverse_temperature
-        parts: list[torch.Tensor | None] = list(torch.split(logits, self.action_sizes, dim=1))
+        parts: list[torch.Tensor | None] = list(torch.split(logits, list(self.action_sizes), dim=1))
         if not self.memory:
             parts.insert(1, None)
         return parts
