@@ -497,11 +497,21 @@ def _enumerate_batched(episode: Episode, max_sequences: int, collector: _Collect
     return collector.build()
 
 
-def _forced_chooser(paths: torch.Tensor, lengths: torch.Tensor) -> PrefixChooser:
-    return PrefixChooser(paths.shape[0], paths, lengths, lengths, replay_probs=None, spawn=False)
+def _forced_chooser(found: Enumeration, rows: slice) -> PrefixChooser:
+    """Force known sequences. Only decisions up to a sequence's last choice must be replayed: forced
+    decisions recorded after it (a finished row in a batch that ran on) may be absent in another batch."""
+    paths, branching, lengths = found.paths[rows], found.branching[rows], found.lengths[rows]
+    positions = torch.arange(1, paths.shape[1] + 1)
+    required = (branching.long() * positions).max(dim=1).values if paths.shape[1] else lengths
+    return PrefixChooser(paths.shape[0], paths, lengths, required, replay_probs=None, spawn=False)
 
 
 def _check_complete(result: Pass, lengths: torch.Tensor) -> None:
+    if not bool(result.valid.all()):
+        raise NondeterministicEpisodeError(
+            "forcing a known action sequence, the episode offered no probability to one of its actions: "
+            "the episode does not behave the same way when its sequences are replayed."
+        )
     past = torch.arange(result.branching.shape[1])[None, :] >= lengths[:, None]
     if bool((result.branching & past).any()):
         raise NondeterministicEpisodeError(
@@ -521,13 +531,13 @@ def evaluate_objective(episode: Episode, found: Enumeration, *, batched: bool) -
     total = torch.zeros((), dtype=torch.float64)
     with torch.no_grad(), _guard(found.mode):
         if batched:
-            chooser = _forced_chooser(found.paths, found.lengths)
+            chooser = _forced_chooser(found, slice(None))
             result, objective, _ = _run_pass(episode, chooser, batched=True, rows=len(found), mode=found.mode)
             _check_complete(result, chooser.forced_len)
             total = (result.log_prob.exp() * objective).sum()
         else:
             for index in range(len(found)):
-                chooser = _forced_chooser(found.paths[index : index + 1], found.lengths[index : index + 1])
+                chooser = _forced_chooser(found, slice(index, index + 1))
                 result, objective, _ = _run_pass(episode, chooser, batched=False, rows=1, mode=found.mode)
                 _check_complete(result, chooser.forced_len)
                 total = total + (result.log_prob.exp() * objective).sum()
@@ -549,7 +559,7 @@ def _guard(mode: _Mode) -> Iterator[None]:
 
 def replay_all(episode: Episode, found: Enumeration) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run every known sequence in one batch (batched mode), with gradient: ``(log_prob, objective, loss)``."""
-    chooser = _forced_chooser(found.paths, found.lengths)
+    chooser = _forced_chooser(found, slice(None))
     with _guard(found.mode):
         result, objective, loss = _run_pass(episode, chooser, batched=True, rows=len(found), mode=found.mode)
         _check_complete(result, chooser.forced_len)
@@ -560,7 +570,7 @@ def replay_sequence(
     episode: Episode, found: Enumeration, index: int, *, batched: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run sequence ``index`` alone, with gradient: ``(log_prob, objective, loss)`` as scalars."""
-    chooser = _forced_chooser(found.paths[index : index + 1], found.lengths[index : index + 1])
+    chooser = _forced_chooser(found, slice(index, index + 1))
     with _guard(found.mode):
         result, objective, loss = _run_pass(episode, chooser, batched=batched, rows=1, mode=found.mode)
         _check_complete(result, chooser.forced_len)

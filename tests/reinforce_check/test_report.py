@@ -367,3 +367,33 @@ def test_seed_chooses_the_finite_difference_direction(params):
 
     assert run(0) == run(0)
     assert run(0) != run(1)
+
+
+def test_batched_variance_with_an_episode_that_stops_when_every_row_is_done():
+    # The batch loop runs until its longest row ends, so a sequence recorded in a long batch carries
+    # forced decisions that a lone replay of it does not make.
+    theta = torch.tensor([0.2, -0.1, 0.4], dtype=torch.float64, requires_grad=True)
+    reward = torch.tensor([1.0, 0.5, -1.0], dtype=torch.float64)
+
+    def episode(rows):
+        done = torch.zeros(rows, dtype=torch.bool)
+        log_prob = torch.zeros(rows, dtype=torch.float64)
+        total = torch.zeros(rows, dtype=torch.float64)
+        step = 0
+        while not bool(done.all()) and step < 3:
+            logits = theta.expand(rows, 3).masked_fill(done[:, None] & (torch.arange(3) != 0), float("-inf"))
+            dist = torch.distributions.Categorical(logits=logits)
+            action = dist.sample()
+            live = (~done).double()
+            log_prob = log_prob + dist.log_prob(action) * live
+            total = total + reward[action] * live
+            done = done | (action == 2)
+            step += 1
+        return total, -log_prob * total
+
+    report = check_reinforce(episode, {"theta": theta}, batched=True, variance=True, rtol=1e-9, atol=1e-12)
+    sequential = check_reinforce(
+        lambda: tuple(v[0] for v in episode(1)), {"theta": theta}, variance=True, rtol=1e-9, atol=1e-12
+    )
+    assert report.num_sequences == sequential.num_sequences == 1 + 2 + 4 * 3
+    torch.testing.assert_close(report.parameters[0].variance, sequential.parameters[0].variance, rtol=1e-9, atol=1e-12)
