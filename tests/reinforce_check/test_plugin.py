@@ -149,7 +149,8 @@ def test_invalid_option_value_is_rejected(pytester: pytest.Pytester, option: str
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("reinforce_check_rtol = loose", "ini option reinforce_check_rtol: could not convert string to float: 'loose'"),
+        # pytest >= 9.2 converts typed ini values itself and reports this one in its own words.
+        ("reinforce_check_rtol = loose", "could not convert string to float: 'loose'"),
         ("reinforce_check_atol = -1e-9", "ini option reinforce_check_atol: expected a finite number >= 0, got -1e-09"),
         ("reinforce_check_max_sequences = 0", "ini option reinforce_check_max_sequences: expected an integer >= 1, got 0"),
     ],
