@@ -173,7 +173,7 @@ def check_reinforce(
         fd_rtol: relative tolerance of the finite-difference comparison.
         fd_atol: absolute tolerance of the finite-difference comparison.
         variance: also compute the exact variance of the single-episode estimator ``grad loss(a)``
-            (replays each sequence alone, so it costs one more run per sequence).
+            (free in sequential mode; in batched mode it replays each sequence alone).
         top_sequences: how many sequences to list as the largest contributors when a bias is found.
         seed: seed of the private generator that draws finite-difference directions.
 
@@ -201,6 +201,8 @@ def check_reinforce(
             raise InvalidOptionError(f"{label} must be a finite non-negative number, not {value!r}.")
     if not fd_step > 0:
         raise InvalidOptionError(f"fd_step must be positive, not {fd_step!r}.")
+    if not (isinstance(top_sequences, int) and top_sequences >= 0):
+        raise InvalidOptionError(f"top_sequences must be a non-negative integer, not {top_sequences!r}.")
     if not (isinstance(max_sequences, int) and max_sequences >= 1):
         raise InvalidOptionError(f"max_sequences must be a positive integer, not {max_sequences!r}.")
     named = _named_parameters(params)
