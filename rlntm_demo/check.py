@@ -90,6 +90,11 @@ def tiny_instance(
     default_complexity, default_slack = CHECK_SIZES[task_name]
     complexity = default_complexity if complexity is None else complexity
     slack = default_slack if slack is None else slack
+    if slack < 1:
+        raise ValueError(
+            f"slack must be at least 1, not {slack}: with no spare step every output decision is forced, "
+            "so the output policy would not be checked at all."
+        )
     options: dict[str, object] = {"num_symbols": num_symbols}
     if task_name in ("repeat-copy", "repeat-copy-forward"):
         options["repeats"] = (2,)

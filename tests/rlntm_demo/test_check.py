@@ -18,6 +18,9 @@ def test_every_task_and_controller_passes(task_name: str, controller: str) -> No
         assert report.max_rel_error < 1e-8
         assert abs(report.total_probability - 1.0) < 1e-10
         assert 10 <= report.num_sequences <= 10_000
+        # A component cut out of the model would pass vacuously: every tensor must matter to J.
+        unused = [p.name for p in report.parameters if float(p.target.abs().max()) == 0]
+        assert not unused, f"no exact gradient reaches {unused}"
     assert all(name.startswith("controller.") for name in (p.name for p in policy.parameters))
     assert all(name.startswith("baseline.") for name in (p.name for p in baseline.parameters))
     if TASKS[task_name].interfaces.memory:
@@ -122,3 +125,14 @@ def test_fitted_offline_baseline_stays_unbiased_and_cuts_the_variance() -> None:
             loss.backward()
             optimizer.step()
     assert variance() < 0.5 * before  # check_reinforce raised if the estimate were biased
+
+
+def test_every_direct_access_gate_reaches_the_objective() -> None:
+    policy, _ = check_model("forward-reverse", "direct")
+    gates = next(p for p in policy.parameters if p.name.endswith("gate_head.weight"))
+    assert bool((gates.target.abs().amax(dim=1) > 0).all()), gates.target
+
+
+def test_an_instance_without_a_spare_step_is_refused() -> None:
+    with pytest.raises(ValueError, match="slack must be at least 1"):
+        check_model("copy", "lstm", slack=0)

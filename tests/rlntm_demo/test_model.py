@@ -143,7 +143,10 @@ def test_baseline_options(baseline: str, seeded: None) -> None:
     model.online_baseline.fill_(-0.5)
     rollout = model.run_episode(batch)
     assert (model.baseline is None) == (baseline in ("none", "online"))
-    assert model.baseline_parameters() == {} if model.baseline is None else model.baseline_parameters()
+    if model.baseline is None:
+        assert model.baseline_parameters() == {}
+    else:
+        assert model.baseline_parameters()
     if baseline == "none":
         assert bool((rollout.baselines == 0).all())
     if baseline == "online":
