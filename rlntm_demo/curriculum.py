@@ -1,0 +1,232 @@
+"""The curriculum of Section 7: which complexities to train on, and when to make them harder.
+
+The complexity of an instance is the length of the sequence to process (see
+:mod:`rlntm_demo.tasks`). Training keeps a *level* C, 1 <= C <= ``max_level``, and draws the
+complexity d of each example from the distribution of Table 3 of the paper:
+
+===========  ==============================================
+probability  complexity d
+===========  ==============================================
+10%          uniform over all complexities 1 .. max_level
+25%          uniform over 1 .. min(C + e, max_level)
+65%          min(C + e, max_level)
+===========  ==============================================
+
+where e is geometric with success probability 1/2: P(e = k) = 2^-(k+1) for k = 0, 1, 2, ...
+(the paper's table writes "d = D + e", a typo for C + e). Each example draws its own branch and
+its own e. The first branch keeps some mass on the hardest complexities at every level, which the
+paper found critical.
+
+C goes up by one whenever the average zero-one loss normalized by target length falls below a
+threshold (0.2), with a refractory period of at least 100 parameter updates between increases,
+until C reaches ``max_level``.
+
+The authors' code draws the branches one after the other (1/10 uniform over all, then 1/4 of the
+rest uniform, the remainder C + e), that is 10 / 22.5 / 67.5%; pass
+``probabilities=(0.1, 0.225, 0.675)`` to reproduce it.
+
+>>> curriculum = Curriculum(CurriculumConfig(max_level=3))
+>>> [round(p, 4) for p in curriculum.distribution().tolist()]
+[0.5354, 0.2479, 0.2167]
+>>> curriculum.sample(4, torch.Generator().manual_seed(0)).tolist()
+[3, 2, 1, 3]
+>>> curriculum.update(0.1), curriculum.level  # a low error, but the refractory period runs
+(False, 1)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["Curriculum", "CurriculumConfig"]
+
+
+@dataclass
+class CurriculumConfig:
+    """The curriculum of Section 7 and Table 3 of the paper.
+
+    >>> CurriculumConfig(max_level=10, probabilities=(0.5, 0.25, 0.5))
+    Traceback (most recent call last):
+    ...
+    ValueError: probabilities must sum to 1, not 1.25
+    """
+
+    max_level: int
+    """The largest complexity, and the level at which C stops growing."""
+    start_level: int = 1
+    """The level C at the start of training, between 1 and ``max_level``."""
+    threshold: float = 0.2
+    """C goes up when the average zero-one error normalized by target length falls strictly below
+    this value, in (0, 1] (the paper: 0.2; the authors' ForwardReverse run used 0.25)."""
+    min_updates_between: int = 100
+    """Refractory period: at least this many parameter updates separate two increases of C (the
+    paper: 100). The count starts at construction, so the first increase waits as long."""
+    probabilities: tuple[float, float, float] = (0.10, 0.25, 0.65)
+    """Probabilities of the three branches of Table 3: uniform over all complexities, uniform over
+    1 .. C + e, exactly C + e. Non-negative, summing to 1."""
+
+    def __post_init__(self) -> None:
+        if self.max_level < 1:
+            raise ValueError(f"max_level must be at least 1, not {self.max_level}")
+        if not 1 <= self.start_level <= self.max_level:
+            raise ValueError(f"start_level must be in [1, max_level = {self.max_level}], not {self.start_level}")
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], not {self.threshold}")
+        if self.min_updates_between < 0:
+            raise ValueError(f"min_updates_between must be at least 0, not {self.min_updates_between}")
+        probabilities = tuple(float(p) for p in self.probabilities)
+        if len(probabilities) != 3:
+            raise ValueError(f"probabilities must have 3 entries (one per branch), not {len(probabilities)}")
+        if any(not p >= 0.0 for p in probabilities):
+            raise ValueError(f"probabilities must be non-negative, not {probabilities}")
+        if not math.isclose(sum(probabilities), 1.0, rel_tol=0.0, abs_tol=1e-9):
+            raise ValueError(f"probabilities must sum to 1, not {sum(probabilities):g}")
+        self.probabilities = probabilities  # type: ignore[assignment]
+
+
+class Curriculum:
+    """The level C, the distribution over complexities it indexes, and the rule that raises it.
+
+    Args:
+        config: The curriculum's settings.
+
+    >>> curriculum = Curriculum(CurriculumConfig(max_level=5, min_updates_between=2))
+    >>> [curriculum.update(0.1) for _ in range(5)], curriculum.level
+    ([False, True, False, True, False], 3)
+    """
+
+    def __init__(self, config: CurriculumConfig) -> None:
+        self.config = config
+        self._level = config.start_level
+        self._updates_since_increase = 0
+
+    @property
+    def level(self) -> int:
+        """The current level C."""
+        return self._level
+
+    def _capped_target_probabilities(self) -> torch.Tensor:
+        """P(min(C + e, max_level) = j) for j = 1 .. max_level, in float64."""
+        max_level, level = self.config.max_level, self._level
+        probs = torch.zeros(max_level, dtype=torch.float64)
+        for j in range(level, max_level):
+            probs[j - 1] = 0.5 ** (j - level + 1)
+        probs[max_level - 1] = 0.5 ** (max_level - level)  # the whole tail e >= max_level - C
+        return probs
+
+    def distribution(self) -> torch.Tensor:
+        """The exact probability of each complexity 1 .. max_level under the current level.
+
+        Returns:
+            A float64 tensor of shape ``(max_level,)`` whose entry ``d - 1`` is P(complexity = d);
+            it sums to 1.
+
+        >>> Curriculum(CurriculumConfig(max_level=2, start_level=2)).distribution().tolist()
+        [0.175, 0.825]
+        """
+        p_all, p_below, p_exact = self.config.probabilities
+        max_level = self.config.max_level
+        target = self._capped_target_probabilities()
+        ranks = torch.arange(1, max_level + 1, dtype=torch.float64)
+        # Uniform over 1 .. j puts target[j] / j on each d <= j: a reversed cumulative sum.
+        below = (target / ranks).flip(0).cumsum(0).flip(0)
+        return p_all / max_level + p_below * below + p_exact * target
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """Draws the complexities of a batch from the distribution of Table 3.
+
+        Only ``generator`` is used, never torch's global random state, so the draws are a function
+        of the generator's seed.
+
+        Args:
+            batch_size: How many complexities to draw.
+            generator: The (CPU) source of randomness.
+
+        Returns:
+            A long tensor of shape ``(batch_size,)`` with entries in 1 .. max_level.
+
+        >>> Curriculum(CurriculumConfig(max_level=1)).sample(3, torch.Generator().manual_seed(1)).tolist()
+        [1, 1, 1]
+        """
+        max_level, level = self.config.max_level, self._level
+        p_all, p_below, _ = self.config.probabilities
+        # e = floor(-log2 u) with u uniform in (0, 1] is geometric: P(e = k) = 2^-(k+1).
+        u = 1.0 - torch.rand(batch_size, generator=generator, dtype=torch.float64)
+        e = torch.floor(-torch.log2(u)).clamp(max=max_level - level)
+        target = level + e.long()
+        branch = torch.rand(batch_size, generator=generator, dtype=torch.float64)
+        spread = torch.rand(batch_size, generator=generator, dtype=torch.float64)
+        uniform_all = 1 + torch.floor(spread * max_level).long().clamp(max=max_level - 1)
+        uniform_below = 1 + torch.minimum(torch.floor(spread * target).long(), target - 1)
+        return torch.where(branch < p_all, uniform_all, torch.where(branch < p_all + p_below, uniform_below, target))
+
+    def update(self, error_rate: float) -> bool:
+        """Counts one parameter update and raises C by one if the paper's rule allows it.
+
+        C increases when ``error_rate`` is strictly below ``config.threshold``, at least
+        ``config.min_updates_between`` updates (this one included) have been counted since the last
+        increase (or since construction), and C is below ``max_level``.
+
+        Args:
+            error_rate: This update's average zero-one error normalized by target length, averaged
+                over *all* the examples of its batch, as in the paper. (The authors' code instead
+                counted only the examples of the third branch, d = C + e, as total errors over
+                total target symbols, and smoothed that with an exponential moving average of
+                decay 0.8, reset to 1 after each increase; a caller wanting that rule can pass
+                such a smoothed value here.)
+
+        Returns:
+            Whether C increased.
+
+        Raises:
+            ValueError: If ``error_rate`` is not a number in [0, 1].
+        """
+        if not 0.0 <= error_rate <= 1.0:
+            raise ValueError(f"error_rate must be in [0, 1], not {error_rate}")
+        self._updates_since_increase += 1
+        if (
+            error_rate < self.config.threshold
+            and self._updates_since_increase >= self.config.min_updates_between
+            and self._level < self.config.max_level
+        ):
+            self._level += 1
+            self._updates_since_increase = 0
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        """The mutable state, as plain ints (loadable with ``torch.load(weights_only=True)``).
+
+        >>> Curriculum(CurriculumConfig(max_level=4, start_level=2)).state_dict()
+        {'level': 2, 'updates_since_increase': 0, 'max_level': 4}
+        """
+        return {
+            "level": int(self._level),
+            "updates_since_increase": int(self._updates_since_increase),
+            "max_level": int(self.config.max_level),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores the state saved by :meth:`state_dict`.
+
+        Args:
+            state: A dict from :meth:`state_dict`.
+
+        Raises:
+            ValueError: If the state was saved under another ``max_level`` or is out of range.
+        """
+        if int(state["max_level"]) != self.config.max_level:
+            raise ValueError(
+                f"state was saved with max_level = {state['max_level']}, but this curriculum has "
+                f"max_level = {self.config.max_level}"
+            )
+        level, updates = int(state["level"]), int(state["updates_since_increase"])
+        if not 1 <= level <= self.config.max_level:
+            raise ValueError(f"level must be in [1, {self.config.max_level}], not {level}")
+        if updates < 0:
+            raise ValueError(f"updates_since_increase must be at least 0, not {updates}")
+        self._level, self._updates_since_increase = level, updates
