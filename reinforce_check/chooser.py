@@ -314,18 +314,9 @@ class PrefixChooser:
         available = weights
         columns = []
         for draw in range(num_samples):
-            totals = []
-            for row in raw:
-                total = 0.0
-                for value in row:
-                    if not math.isfinite(value):
-                        self._normalize(weights, site, replacement)  # raises with the full message
-                    if value < 0:
-                        self._normalize(weights, site, replacement)
-                    total += value
-                if total <= 0:
-                    self._normalize(available, site, replacement)
-                totals.append(total)
+            totals = [sum(row) for row in raw]
+            if any(not (total > 0 and math.isfinite(total)) or min(row) < 0 for row, total in zip(raw, totals)):
+                self._normalize(available, site, replacement)  # raises, saying what is wrong
             chosen = self._decide_small(raw, totals, per_row, site)
             chosen_tensor = torch.tensor(chosen, dtype=torch.long)
             probs = available / available.sum(dim=1, keepdim=True)
