@@ -404,18 +404,6 @@ def _check_options(namespace: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(namespace, name) for name in _DEFAULTS if getattr(namespace, name) is not None}
 
 
-def _json_safe(value: Any) -> Any:
-    # Non-finite floats inside tensor lists become strings, as CheckReport.to_dict does for scalars,
-    # so that the output is strict JSON.
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _run(namespace: argparse.Namespace, command: str, stdout: TextIO) -> int:
     kwargs: dict[str, Any] = {}
     for key, value in namespace.args:
@@ -450,7 +438,7 @@ def _check(namespace: argparse.Namespace, kwargs: dict[str, Any], command: str, 
 
     if namespace.json:
         data = report.to_dict() | {"command": command, "message": message}
-        stdout.write(json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n")
+        stdout.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
     else:
         if message is not None:
             stdout.write(message + "\n\n")

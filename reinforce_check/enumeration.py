@@ -373,11 +373,10 @@ def _enumerate_sequential(episode: Episode, max_sequences: int, collector: _Coll
 
 
 def _speculate(
-    pending: list[_Prefix], guesses: dict[int, torch.Tensor], cap: int, max_depth: int
+    pending: list[_Prefix], options: dict[int, torch.Tensor], cap: int, max_depth: int
 ) -> list[list[int]]:
     """Choose how many slots past its prefix each pending prefix guesses (at most ``max_depth``),
-    keeping the rows within ``cap``."""
-    options = {slot: mask.nonzero().flatten().tolist() for slot, mask in guesses.items()}
+    keeping the rows within ``cap``; ``options`` holds the actions guessed at each slot."""
     depth = [0] * len(pending)
     sizes = [1] * len(pending)
     total = len(pending)
@@ -386,7 +385,7 @@ def _speculate(
         grown = False
         for index, prefix in enumerate(pending):
             slot = len(prefix.actions) + depth[index]
-            width = len(options.get(slot, ()))
+            width = len(options[slot]) if slot in options else 0
             if width == 0 or depth[index] >= max_depth:
                 continue
             new_total = total + sizes[index] * (width - 1)
@@ -407,8 +406,8 @@ def _speculated_rows(
     Returns ``forced``, ``forced_len``, ``real_len``, ``replay_probs`` and ``speculation_index`` as
     :class:`~reinforce_check.chooser.PrefixChooser` takes them.
     """
-    widths = _speculate(pending, guesses, cap, max_depth)
     options = {slot: mask.nonzero().flatten() for slot, mask in guesses.items()}
+    widths = _speculate(pending, options, cap, max_depth)
     # Prefixes that start at the same slot and guess the same slots share one grid of guesses.
     groups: dict[tuple[int, tuple[int, ...]], list[_Prefix]] = {}
     for prefix, prefix_widths in zip(pending, widths):

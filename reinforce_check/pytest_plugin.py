@@ -379,18 +379,6 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     return [f"reinforce_check: {resolve_settings(config).describe()}"]
 
 
-def _probability(value: float) -> str:
-    return f"1 {'-' if value <= 1 else '+'} {abs(1 - value):.1e}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    return lines
-
-
 def format_summary(records: list[CheckRecord]) -> list[str]:
     """The lines of the end-of-run table: one row per check.
 
@@ -400,6 +388,9 @@ def format_summary(records: list[CheckRecord]) -> list[str]:
     ------------------------------  ---------  -----------------  -------------  -------  ------
     test_policy.py::test_reinforce  3          1 - 0.0e+00        2.5e-16        0.01     passed
     """
+    # Only called once checks have run, so the library (and torch) are loaded already.
+    from .report import _probability, _table
+
     rows = [
         [
             r.nodeid,

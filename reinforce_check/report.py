@@ -191,6 +191,11 @@ def _g(value: float) -> str:
     return f"{value:.3g}" if math.isfinite(value) else str(value)
 
 
+def _probability(value: float) -> str:
+    """A total probability as its distance from one, e.g. ``1 - 2.2e-16``."""
+    return f"1 {'-' if value <= 1 else '+'} {abs(1 - value):.1e}"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
@@ -211,8 +216,7 @@ def format_report(report: CheckReport) -> str:
     mode = "batched" if report.batched else "sequential"
     lines = [
         f"reinforce_check {verdict}: {report.num_sequences:,} action sequences, "
-        f"total probability 1 {'-' if report.total_probability <= 1 else '+'} "
-        f"{abs(1 - report.total_probability):.1e}, J = {report.objective:.10g}",
+        f"total probability {_probability(report.total_probability)}, J = {report.objective:.10g}",
         f"{mode} enumeration in {report.passes} episode call(s) ({report.rows_run:,} rows), "
         f"{report.seconds:.2f} s, float64; tolerance rtol={report.rtol:g}, atol={report.atol:g}",
         "",
