@@ -147,6 +147,7 @@ def check_model(
     rtol: float = 1e-6,
     atol: float = 1e-9,
     max_sequences: int = 20_000,
+    rollouts: int = 1,
 ) -> list[CheckReport]:
     """Check the RL-NTM's gradient exactly on a tiny instance of a task.
 
@@ -164,6 +165,11 @@ def check_model(
         variance: also compute the exact variance of the single-episode gradient estimate.
         rtol, atol: tolerances of the comparison.
         max_sequences: give up past this many action sequences.
+        rollouts: rollouts of the instance per episode; with 2 or more, the loss adds the
+            leave-one-out baseline of the ``fast`` preset (:func:`~rlntm_demo.objective.leave_one_out`)
+            and the check runs in sequential mode on all the rollouts' decisions together (keep
+            ``complexity`` at 1: the number of sequences is the single-rollout count to the power
+            ``rollouts``).
 
     Returns:
         :class:`reinforce_check.CheckReport` (a) of the policy and (b) of the baseline LSTM (when
@@ -177,6 +183,8 @@ def check_model(
         raise ValueError(f"unknown controller {controller!r}; choose one of: {', '.join(CONTROLLERS)}")
     if bug is not None and bug not in BUGS:
         raise ValueError(f"unknown bug {bug!r}; choose one of: {', '.join(BUGS)}")
+    if rollouts < 1:
+        raise ValueError(f"rollouts must be at least 1, not {rollouts}")
     instance = tiny_instance(task_name, seed=seed, complexity=complexity, num_symbols=num_symbols, slack=slack)
     model = tiny_model(task_name, controller, seed=seed, baseline=baseline, bug=bug)
     objective_config = ObjectiveConfig(
@@ -184,18 +192,28 @@ def check_model(
         bug=bug if bug in OBJECTIVE_BUGS else None,
     )
 
-    def make_episode(policy_check: bool) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
+    def make_episode(policy_check: bool) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
         def episode(batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
             rollout = model.run_episode(instance.select([0] * batch_size), all_steps=True)
             losses = episode_losses(rollout, objective_config)
             objective = losses.objective if policy_check else -losses.baseline
             return objective, losses.total
 
-        return episode
+        def group_episode() -> tuple[torch.Tensor, torch.Tensor]:
+            # One episode of the check = `rollouts` rollouts of the instance; the estimate of the
+            # gradient of the mean objective is the mean of their losses.
+            rollout = model.run_episode(instance.select([0] * rollouts), all_steps=True)
+            losses = episode_losses(rollout, objective_config, group_size=rollouts)
+            objective = losses.objective if policy_check else -losses.baseline
+            return objective.mean(), losses.total.mean()
+
+        return episode if rollouts == 1 else group_episode
 
     described = (
         f"task {task_name}, controller {controller}, input {instance.input[0].tolist()}, "
-        f"target {instance.target[0].tolist()}, {int(instance.steps[0])} steps" + (f", deliberate bug {bug!r}" if bug else "")
+        f"target {instance.target[0].tolist()}, {int(instance.steps[0])} steps"
+        + (f", {rollouts} rollouts with a leave-one-out baseline" if rollouts > 1 else "")
+        + (f", deliberate bug {bug!r}" if bug else "")
     )
     checks = [(True, model.policy_parameters(), "(a) policy: objective sum_t r_t, loss = total loss")]
     if model.baseline is not None:
@@ -210,7 +228,7 @@ def check_model(
             rtol=rtol,
             atol=atol,
             max_sequences=max_sequences,
-            batched=True,
+            batched=rollouts == 1,
             raise_exception=False,
             variance=variance,
             seed=seed,

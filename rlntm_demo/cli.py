@@ -5,13 +5,26 @@ Commands:
 ``check --task TASK --controller {lstm,direct,feedforward}``
     Check the RL-NTM's gradient exactly on a tiny instance of the task (see
     :mod:`rlntm_demo.check`) and print the two reports: (a) the policy, (b) the baseline LSTM.
+``train --task TASK --controller CTL --preset {paper,authors,fast} --seed N --out DIR``
+    Train (see :mod:`rlntm_demo.training`), with a progress bar; writes ``DIR/metrics.csv``,
+    ``DIR/checkpoint.pt`` and ``DIR/summary.json``. ``--resume`` continues ``DIR``'s run.
+``eval RUN``
+    Greedy accuracy of a trained run at multiples of its training length.
+``trace RUN``
+    What a trained run does on one fresh instance, as text and as a Figure 7-style PNG.
+``plot RUN [RUN ...] --out PNG``
+    Learning curves from the runs' ``metrics.csv``.
+``bench``
+    Seconds per update against a bare LSTM measured in the same run (see :mod:`rlntm_demo.bench`).
 
-Exit status: ``0`` every check passed, ``1`` a gradient disagrees, ``2`` the command could not be
-run (an unknown task, controller or option, or a check too large to enumerate); the reason goes to
-stderr and names the valid choices.
+Exit status: ``0`` success (every check passed; a training run that finished, solved or not);
+``1`` a gradient disagrees, or training diverged; ``2`` the command could not be run (an unknown
+task, controller, preset, setting or option, a missing run, a check too large to enumerate); the
+reason goes to stderr and names the valid choices; ``130`` training was interrupted with Ctrl-C
+(after saving its checkpoint).
 
 :func:`make_parser` builds the parser and :func:`main` runs a command line; importing this
-module does neither. Further commands (train, eval, trace, plot, bench) add a subparser each.
+module does neither: the commands import what they need when they run.
 
 >>> make_parser().parse_args(["check", "--task", "copy", "--controller", "lstm"]).command
 'check'
@@ -26,7 +39,7 @@ from collections.abc import Sequence
 
 from .config import BASELINES, CONTROLLERS
 
-__all__ = ["EXIT_MISMATCH", "EXIT_OK", "EXIT_USAGE", "PROG", "main", "make_parser"]
+__all__ = ["EXIT_INTERRUPTED", "EXIT_MISMATCH", "EXIT_OK", "EXIT_USAGE", "PROG", "main", "make_parser"]
 
 PROG = "rlntm-demo"
 EXIT_OK = 0
@@ -35,6 +48,10 @@ EXIT_MISMATCH = 1
 """A gradient differs from the exact one."""
 EXIT_USAGE = 2
 """The command could not be run: stderr says what to change."""
+EXIT_INTERRUPTED = 130
+"""Training was interrupted (Ctrl-C) after saving its checkpoint; ``--resume`` continues it."""
+PRESET_NAMES = ("paper", "authors", "fast")
+"""The presets of :mod:`rlntm_demo.presets` (listed here so that parsing imports no torch)."""
 
 
 def _task_names() -> list[str]:
@@ -82,7 +99,69 @@ def make_parser() -> argparse.ArgumentParser:
     check.add_argument("--variance", action="store_true", help="also compute the exact variance of the estimator")
     check.add_argument("--max-sequences", type=int, default=20_000,
                        help="give up past this many action sequences (default: 20000)")
+    check.add_argument("--rollouts", type=int, default=1,
+                       help="rollouts per episode; 2 or more checks the fast preset's leave-one-out baseline "
+                            "(sequential mode; keep --complexity 1)")
     check.add_argument("--json", action="store_true", help="print the reports as JSON")
+
+    train = commands.add_parser(
+        "train",
+        help="train the RL-NTM on a task with the curriculum",
+        description=(
+            "Train on TASK with the curriculum of the paper, showing a progress bar, and write OUT/metrics.csv, "
+            "OUT/checkpoint.pt and OUT/summary.json. Settings: the preset, then --config FILE, then each --set, "
+            "then the flags. --resume continues the run in OUT exactly where its checkpoint left it."
+        ),
+    )
+    train.add_argument("--task", choices=_task_names(), metavar="TASK",
+                       help="one of: %s (required unless --resume)" % ", ".join(_task_names()))
+    train.add_argument("--controller", choices=CONTROLLERS, help="the controller (required unless --resume)")
+    train.add_argument("--preset", choices=PRESET_NAMES, default="paper", help="settings to start from (default: paper)")
+    train.add_argument("--seed", type=int, default=0, help="seeds weights, instances and actions (default: 0)")
+    train.add_argument("--max-updates", type=int, default=None, help="update budget (default: 20000)")
+    train.add_argument("--out", required=True, help="the run's output folder")
+    train.add_argument("--config", default=None, metavar="FILE", help="a JSON or TOML file of settings")
+    train.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", dest="overrides",
+                       help="change one setting, e.g. --set optimizer.learning_rate=0.01 (repeatable)")
+    train.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    train.add_argument("--tensorboard", action="store_true", help="also log to OUT/tensorboard (needs tensorboard)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+
+    evaluate = commands.add_parser("eval", help="greedy accuracy of a trained run at longer lengths",
+                                   description="Run the greedy policy of RUN's checkpoint on fresh instances at "
+                                               "multiples of its training length.")
+    evaluate.add_argument("run", metavar="RUN", help="the run's folder (or its checkpoint.pt)")
+    evaluate.add_argument("--multipliers", type=int, nargs="+", default=None, metavar="M",
+                          help="test lengths as multiples of the training length (default: 1 2 5 10)")
+    evaluate.add_argument("--instances", type=int, default=None, help="fresh instances per length (default: 1000)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seeds the instances (default: 0)")
+    evaluate.add_argument("--json", action="store_true", help="print JSON")
+
+    trace = commands.add_parser("trace", help="what a trained run does on one instance (text and PNG)",
+                                description="Run RUN's model on one fresh instance and print the trace; "
+                                            "also draw it the way Figure 7 of the paper does.")
+    trace.add_argument("run", metavar="RUN", help="the run's folder (or its checkpoint.pt)")
+    trace.add_argument("--complexity", type=int, default=None, help="the instance's complexity (default: 10, or less)")
+    trace.add_argument("--seed", type=int, default=0, help="draws the instance (default: 0)")
+    trace.add_argument("--sampled", action="store_true", help="sample the actions instead of taking the most probable")
+    trace.add_argument("--out", default=None, metavar="PNG", help="the figure (default: RUN/trace.png)")
+
+    plot = commands.add_parser("plot", help="learning curves of runs",
+                               description="Draw the curriculum level and the sampled error against updates.")
+    plot.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
+    plot.add_argument("--out", required=True, metavar="PNG", help="the figure")
+    plot.add_argument("--title", default=None, help="a title")
+
+    bench = commands.add_parser("bench", help="seconds per update against a bare LSTM, same run",
+                                description="Time one training update (batch 200, ForwardReverse at its top "
+                                            "complexity, direct access by default) and a bare LSTM of the same size "
+                                            "unrolled over as many steps, forward and backward, in the same process.")
+    bench.add_argument("--task", choices=_task_names(), default="forward-reverse", metavar="TASK", help="the task")
+    bench.add_argument("--controller", choices=CONTROLLERS, default="direct", help="the controller")
+    bench.add_argument("--batch-size", type=int, default=200, help="episodes per update (default: 200)")
+    bench.add_argument("--repeats", type=int, default=None, help="timed repeats of each")
+    bench.add_argument("--json", action="store_true", help="print one JSON line")
     return parser
 
 
@@ -103,6 +182,7 @@ def _run_check(args: argparse.Namespace) -> int:
             bug=args.bug,
             variance=args.variance,
             max_sequences=args.max_sequences,
+            rollouts=args.rollouts,
         )
     except (CheckUsageError, ValueError) as error:
         sys.stderr.write(f"{PROG}: error: {error}\n")
@@ -120,6 +200,138 @@ def _run_check(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r.ok for r in reports) else EXIT_MISMATCH
 
 
+def _fail(message: object) -> int:
+    sys.stderr.write(f"{PROG}: error: {message}\n")
+    return EXIT_USAGE
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .checkpoints import CheckpointError
+    from .presets import make_config
+    from .training import RunExistsError, resume, train
+
+    try:
+        if args.resume:
+            if args.task or args.controller or args.config:
+                return _fail("--resume takes the task, controller and settings from the checkpoint; "
+                             "leave out --task, --controller and --config (use --set to change a setting)")
+            summary = resume(args.out, overrides=args.overrides, max_updates=args.max_updates, progress=not args.no_progress)
+        else:
+            if args.task is None or args.controller is None:
+                return _fail("train needs --task and --controller (or --resume to continue the run in --out)")
+            overrides = list(args.overrides) + (["tensorboard=true"] if args.tensorboard else [])
+            config = make_config(args.task, args.controller, args.preset, seed=args.seed,
+                                 max_updates=args.max_updates, file=args.config, overrides=overrides)
+            if args.print_config:
+                print(json.dumps(config.to_dict(), indent=2))
+                return EXIT_OK
+            summary = train(config, args.out, progress=not args.no_progress)
+    except (CheckpointError, RunExistsError, ValueError, ImportError) as error:
+        return _fail(error)
+    accuracy = ", ".join(f"{m}x {a:.1%}" for m, a in summary["greedy_exact_accuracy"].items()) or "not evaluated"
+    print(
+        f"{summary['task']} / {summary['controller']} ({summary['preset']}, seed {summary['seed']}): {summary['status']} "
+        f"after {summary['updates']} updates, level {summary['level']}/{summary['training_complexity']}, "
+        f"solved: {summary['solved']} (at update {summary['updates_to_solve']}); greedy exact accuracy: {accuracy}; "
+        f"{summary['seconds']:.0f} s ({summary['seconds_per_update'] * 1000:.0f} ms/update). Wrote {args.out}/summary.json"
+    )
+    if summary["status"] == "diverged":
+        sys.stderr.write(f"{PROG}: {summary['message']}\n")
+        return EXIT_MISMATCH
+    return EXIT_INTERRUPTED if summary["status"] == "interrupted" else EXIT_OK
+
+
+def _load_trainer(run: str):  # type: ignore[no-untyped-def]
+    from .checkpoints import load_checkpoint
+    from .training import Trainer
+
+    return Trainer.from_checkpoint(load_checkpoint(run))
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from .checkpoints import CheckpointError
+
+    try:
+        trainer = _load_trainer(args.run)
+        results = trainer.evaluate(multipliers=args.multipliers, instances=args.instances, seed=args.seed)
+    except (CheckpointError, ValueError) as error:
+        return _fail(error)
+    if args.json:
+        print(json.dumps({"update": trainer.update, "level": trainer.curriculum.level,
+                          "results": [r.to_dict() for r in results.values()]}))
+        return EXIT_OK
+    config = trainer.config
+    print(f"{config.task} / {config.controller}, update {trainer.update}, level {trainer.curriculum.level}/"
+          f"{config.curriculum.max_level}; greedy decoding on fresh instances")
+    print(f"{'length':>8} {'complexity':>10} {'instances':>9} {'exact':>8} {'per symbol':>10}")
+    for r in results.values():
+        print(f"{str(r.multiplier) + 'x':>8} {r.complexity:>10} {r.instances:>9} {r.exact:>8.1%} {r.per_symbol:>10.1%}")
+    return EXIT_OK
+
+
+def _run_trace(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from .checkpoints import CheckpointError
+    from .traces import render_figure, render_text
+
+    try:
+        trainer = _load_trainer(args.run)
+        config = trainer.config
+        complexity = args.complexity or min(10, config.curriculum.max_level)
+        if complexity < 1:
+            raise ValueError(f"--complexity must be at least 1, not {complexity}")
+        batch = trainer.task.sample(complexity, 1, torch.Generator().manual_seed(args.seed))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(args.seed)
+            trace = trainer.model.trace(batch, greedy=not args.sampled)
+        run = Path(args.run)
+        out = Path(args.out) if args.out else (run if run.is_dir() else run.parent) / "trace.png"
+        title = f"{config.task} / {config.controller}, update {trainer.update}, complexity {complexity}"
+        render_figure(trace, out, title=title)
+    except (CheckpointError, ValueError) as error:
+        return _fail(error)
+    print(render_text(trace))
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+def _run_plot(args: argparse.Namespace) -> int:
+    from .plots import plot_learning_curves
+
+    try:
+        path = plot_learning_curves(args.runs, args.out, title=args.title)
+    except ValueError as error:
+        return _fail(error)
+    print(f"wrote {path}")
+    return EXIT_OK
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from .bench import run_benchmark
+
+    options = {"task": args.task, "controller": args.controller, "batch_size": args.batch_size}
+    if args.repeats is not None:
+        options["repeats"] = args.repeats
+    try:
+        result = run_benchmark(**options)
+    except ValueError as error:
+        return _fail(error)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['task']} / {result['controller']}, batch {result['batch_size']}, {result['steps']} steps: "
+              f"{result['seconds_per_update'] * 1000:.1f} ms per update, bare LSTM {result['bare_lstm_seconds'] * 1000:.1f} ms, "
+              f"ratio {result['ratio']:.2f}")
+    return EXIT_OK
+
+
+_COMMANDS = {"check": _run_check, "train": _run_train, "eval": _run_eval, "trace": _run_trace,
+             "plot": _run_plot, "bench": _run_bench}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``rlntm-demo`` command line and return its exit status.
 
@@ -127,8 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments after the program name; ``None`` reads ``sys.argv[1:]``.
 
     Returns:
-        0 when every check passes, 1 when a gradient disagrees, 2 when the command cannot be run
-        (argparse's own usage errors included); ``--help`` returns 0.
+        The exit status (see the module docstring); argparse's own usage errors give 2 and
+        ``--help`` gives 0.
 
     >>> main(["check", "--task", "multiply", "--controller", "lstm"])  # the message goes to stderr
     2
@@ -138,7 +350,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as exit_:  # --help, or a usage error argparse has already reported
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
-    if args.command == "check":
-        return _run_check(args)
-    parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse refuses first
-    return EXIT_USAGE  # pragma: no cover
+    return _COMMANDS[args.command](args)

@@ -68,6 +68,10 @@ class CurriculumConfig:
     probabilities: tuple[float, float, float] = (0.10, 0.25, 0.65)
     """Probabilities of the three branches of Table 3: uniform over all complexities, uniform over
     1 .. C + e, exactly C + e. Non-negative, summing to 1."""
+    smoothing: float = 0.0
+    """Decay s in [0, 1) of an exponential moving average of the error, which the rule then
+    compares with the threshold: ``e <- s * e + (1 - s) * error``, reset to 1 after every
+    increase. 0 (the paper) uses each update's error as it is; the authors' code used 0.8."""
 
     def __post_init__(self) -> None:
         if self.max_level < 1:
@@ -86,6 +90,8 @@ class CurriculumConfig:
         if not math.isclose(sum(probabilities), 1.0, rel_tol=0.0, abs_tol=1e-9):
             raise ValueError(f"probabilities must sum to 1, not {sum(probabilities):g}")
         self.probabilities = probabilities  # type: ignore[assignment]
+        if not 0.0 <= self.smoothing < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1), not {self.smoothing}")
 
 
 class Curriculum:
@@ -103,11 +109,22 @@ class Curriculum:
         self.config = config
         self._level = config.start_level
         self._updates_since_increase = 0
+        self._smoothed_error = 1.0
 
     @property
     def level(self) -> int:
         """The current level C."""
         return self._level
+
+    @property
+    def smoothed_error(self) -> float:
+        """The error the rule compared with the threshold at the last update (1 before any)."""
+        return self._smoothed_error
+
+    @property
+    def at_top(self) -> bool:
+        """Whether C has reached ``max_level``."""
+        return self._level == self.config.max_level
 
     def _capped_target_probabilities(self) -> torch.Tensor:
         """P(min(C + e, max_level) = j) for j = 1 .. max_level, in float64."""
@@ -188,13 +205,16 @@ class Curriculum:
         if not 0.0 <= error_rate <= 1.0:
             raise ValueError(f"error_rate must be in [0, 1], not {error_rate}")
         self._updates_since_increase += 1
+        s = self.config.smoothing
+        self._smoothed_error = s * self._smoothed_error + (1.0 - s) * float(error_rate)
         if (
-            error_rate < self.config.threshold
+            self._smoothed_error < self.config.threshold
             and self._updates_since_increase >= self.config.min_updates_between
             and self._level < self.config.max_level
         ):
             self._level += 1
             self._updates_since_increase = 0
+            self._smoothed_error = 1.0
             return True
         return False
 
@@ -202,12 +222,13 @@ class Curriculum:
         """The mutable state, as plain ints (loadable with ``torch.load(weights_only=True)``).
 
         >>> Curriculum(CurriculumConfig(max_level=4, start_level=2)).state_dict()
-        {'level': 2, 'updates_since_increase': 0, 'max_level': 4}
+        {'level': 2, 'updates_since_increase': 0, 'max_level': 4, 'smoothed_error': 1.0}
         """
         return {
             "level": int(self._level),
             "updates_since_increase": int(self._updates_since_increase),
             "max_level": int(self.config.max_level),
+            "smoothed_error": float(self._smoothed_error),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -229,4 +250,7 @@ class Curriculum:
             raise ValueError(f"level must be in [1, {self.config.max_level}], not {level}")
         if updates < 0:
             raise ValueError(f"updates_since_increase must be at least 0, not {updates}")
-        self._level, self._updates_since_increase = level, updates
+        smoothed = float(state.get("smoothed_error", 1.0))
+        if not 0.0 <= smoothed <= 1.0:
+            raise ValueError(f"smoothed_error must be in [0, 1], not {smoothed}")
+        self._level, self._updates_since_increase, self._smoothed_error = level, updates, smoothed

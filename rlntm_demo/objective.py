@@ -66,6 +66,7 @@ __all__ = [
     "baseline_loss",
     "episode_losses",
     "episode_objective",
+    "leave_one_out",
     "pathwise_loss",
     "policy_surrogate",
     "returns",
@@ -124,6 +125,43 @@ def returns(rewards: torch.Tensor, mask: torch.Tensor, config: ObjectiveConfig) 
     if config.bug == "reward-to-go-off-by-one":
         return torch.cat([to_go[:, 1:], torch.zeros_like(to_go[:, :1])], 1) * mask
     return to_go
+
+
+def leave_one_out(values: torch.Tensor, mask: torch.Tensor, group_size: int) -> torch.Tensor:
+    """For each row, the mean of ``values`` over the *other* rows of its group, step by step.
+
+    Rows come in consecutive groups of ``group_size`` rollouts of one input
+    (:meth:`~rlntm_demo.tasks.Batch.repeat`). At step t, row i gets the average of ``values[j, t]``
+    over the rows j != i of its group whose episode reached step t (0 if none did). It depends on
+    the other rollouts only, which are independent of row i's actions, so subtracting it from
+    row i's returns leaves the policy gradient unbiased: the leave-one-out baseline (RLOO; Kool et
+    al., 2019), applied per step to the reward-to-go.
+
+    Arguments:
+        values: (B, T), B a multiple of ``group_size``.
+        mask: (B, T) bool.
+        group_size: rollouts per input, at least 2.
+
+    Returns:
+        (B, T), 0 at masked steps.
+
+    >>> values = torch.tensor([[1.0, 2.0], [3.0, 0.0], [5.0, 6.0]])
+    >>> mask = torch.tensor([[True, True], [True, False], [True, True]])
+    >>> leave_one_out(values, mask, 3).tolist()
+    [[4.0, 6.0], [3.0, 0.0], [2.0, 2.0]]
+    """
+    _check_shapes(values, mask)
+    if group_size < 2:
+        raise ValueError(f"a leave-one-out baseline needs at least 2 rollouts per input, not {group_size}")
+    rows, steps = values.shape
+    if rows % group_size:
+        raise ValueError(f"{rows} rows do not split into groups of {group_size} rollouts")
+    live = mask.to(values.dtype)
+    masked = (values * live).view(-1, group_size, steps)
+    counts = live.view(-1, group_size, steps)
+    others = (masked.sum(1, keepdim=True) - masked).view(rows, steps)
+    others_count = (counts.sum(1, keepdim=True) - counts).view(rows, steps)
+    return others / others_count.clamp(min=1) * mask
 
 
 def policy_surrogate(log_probs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -195,12 +233,15 @@ class Losses:
         return self.policy + self.pathwise + self.baseline
 
 
-def episode_losses(rollout: Rollout, config: ObjectiveConfig | None = None) -> Losses:
+def episode_losses(rollout: Rollout, config: ObjectiveConfig | None = None, *, group_size: int = 1) -> Losses:
     """Every part of the loss of a batch of episodes.
 
     Arguments:
         rollout: what :meth:`~rlntm_demo.model.RLNTM.run_episode` returned.
         config: returns and (for the tests of the exact check) a deliberate bug.
+        group_size: with more than 1, the rows are groups of this many rollouts of one input, and
+            each row's advantage ``R_t - b_t`` is further reduced by the :func:`leave_one_out`
+            mean of the others' ``R_t - b_t``.
 
     Returns:
         :class:`Losses`; average ``losses.total`` over the rows to train (the paper normalizes
@@ -214,6 +255,8 @@ def episode_losses(rollout: Rollout, config: ObjectiveConfig | None = None) -> L
         advantages = r.detach() - baselines  # deliberately wrong: the surrogate trains the baseline
     else:
         advantages = (r - baselines).detach()
+    if group_size > 1:
+        advantages = advantages - leave_one_out(advantages, mask, group_size)
     pathwise = pathwise_loss(rollout.rewards, mask)
     if config.bug == "missing-pathwise-term":
         pathwise = torch.zeros_like(pathwise)  # deliberately wrong: predictions get no gradient

@@ -144,6 +144,18 @@ class Batch:
             steps=self.steps[index],
         )
 
+    def repeat(self, times: int) -> Batch:
+        """Every row ``times`` times in a row: row i becomes rows ``i * times .. i * times + times - 1``.
+
+        Several rollouts of one input (a leave-one-out baseline needs them) are consecutive rows.
+
+        >>> Batch.from_lists([[2, EOS], [3, EOS]], [[2, EOS], [3, EOS]], [5, 5]).repeat(2).input[:, 0].tolist()
+        [2, 2, 3, 3]
+        """
+        if times < 1:
+            raise ValueError(f"times must be at least 1, not {times}")
+        return self.select(torch.arange(self.batch_size).repeat_interleave(times))
+
     def with_steps(self, steps: int) -> Batch:
         """The same instances with the step bound ``steps`` for every row.
 
@@ -179,6 +191,9 @@ class Task:
     """The interfaces the controller gets for this task (Table 2)."""
     target_passes: ClassVar[int] = 1
     """The step bound is ``len(input) + target_passes * len(target) + slack``."""
+    training_complexity: ClassVar[int] = 20
+    """The top of the curriculum: the complexity a model is trained up to and judged at (an
+    output of 20 symbols for most tasks, as in the paper's experiments; see each task)."""
 
     def __init__(self, num_symbols: int = NUM_DATA_SYMBOLS, slack: int = 2) -> None:
         if not 1 <= num_symbols <= NUM_DATA_SYMBOLS:
@@ -214,7 +229,28 @@ class Task:
             raise ValueError(f"complexity must be at least 1, not {complexity}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-        inputs, targets = zip(*(self.example(complexity, generator) for _ in range(batch_size)))
+        return self.sample_mixed([complexity] * batch_size, generator)
+
+    def sample_mixed(self, complexities: Sequence[int] | torch.Tensor, generator: torch.Generator) -> Batch:
+        """Draw one instance per entry of ``complexities`` (what a curriculum asks for).
+
+        Arguments:
+            complexities: the complexity of each row, each at least 1.
+            generator: the only source of randomness.
+
+        Returns:
+            A :class:`Batch` with one row per complexity, in order.
+
+        >>> batch = make_task("copy").sample_mixed([1, 3], torch.Generator().manual_seed(0))
+        >>> batch.target_len.tolist()
+        [2, 4]
+        """
+        values = [int(c) for c in (complexities.tolist() if isinstance(complexities, torch.Tensor) else complexities)]
+        if not values:
+            raise ValueError("complexities must not be empty")
+        if min(values) < 1:
+            raise ValueError(f"complexity must be at least 1, not {min(values)}")
+        inputs, targets = zip(*(self.example(c, generator) for c in values))
         steps = [self.step_bound(len(x), len(y)) for x, y in zip(inputs, targets)]
         return Batch.from_lists(inputs, targets, steps)
 
@@ -267,6 +303,8 @@ class RepeatCopy(Task):
     name = "repeat-copy"
     interfaces = FREE_INPUT
     target_passes = 2
+    training_complexity = 8
+    """Phrases of up to 8 symbols, copied up to 3 times (the authors' runs: at most 8 symbols and '.')."""
 
     def __init__(self, num_symbols: int = NUM_DATA_SYMBOLS, slack: int = 2, repeats: Sequence[int] = (2, 3)) -> None:
         super().__init__(num_symbols, slack)
@@ -285,6 +323,8 @@ class ForwardReverse(Reverse):
 
     name = "forward-reverse"
     interfaces = FORWARD_INPUT_AND_MEMORY
+    training_complexity = 15
+    """Up to 15 symbols, as in the authors' runs."""
 
 
 class Sort(Task):
@@ -293,6 +333,7 @@ class Sort(Task):
     name = "sort"
     interfaces = INPUT_AND_MEMORY
     target_passes = 2
+    training_complexity = 10
 
     def example(self, complexity: int, generator: torch.Generator) -> tuple[list[int], list[int]]:
         x = self._symbols(complexity, generator)
@@ -311,6 +352,8 @@ class Addition(Task):
 
     name = "addition"
     interfaces = INPUT_AND_MEMORY
+    training_complexity = 10
+    """Two 10-digit numbers: an 11-digit sum."""
 
     def __init__(self, num_symbols: int = 3, slack: int = 2) -> None:
         if num_symbols < 2:
@@ -338,6 +381,7 @@ class RepeatCopyForward(RepeatCopy):
 
     name = "repeat-copy-forward"
     interfaces = FORWARD_INPUT_AND_MEMORY
+    training_complexity = 8
 
 
 TASKS: dict[str, type[Task]] = {

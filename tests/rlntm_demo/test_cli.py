@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rlntm_demo.cli import EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, main, make_parser
+from rlntm_demo.cli import EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, main, make_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,7 +42,7 @@ def test_json(capsys: pytest.CaptureFixture[str]) -> None:
         (["check", "--task", "copy", "--controller", "lstm", "--bug", "typo"], "invalid choice: 'typo'"),
         (["check", "--controller", "lstm"], "the following arguments are required: --task"),
         ([], "the following arguments are required: COMMAND"),
-        (["train"], "invalid choice: 'train'"),
+        (["train"], "the following arguments are required: --out"),
     ],
 )
 def test_misuse(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -70,3 +70,83 @@ def test_python_dash_m() -> None:
     )
     assert result.returncode == EXIT_USAGE
     assert "--controller" in result.stderr
+
+
+TINY = ["--set", "batch_size=16", "--set", "rollouts_per_input=4", "--set", "evaluation.instances=10",
+        "--set", "evaluation.multipliers=[1,2]", "--no-progress"]
+
+
+def test_train_eval_trace_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    argv = ["train", "--task", "copy", "--controller", "direct", "--preset", "fast", "--seed", "1",
+            "--max-updates", "3", "--out", str(run), *TINY]
+    assert main(argv) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "copy / direct (fast, seed 1): max-updates after 3 updates" in out
+    assert {p.name for p in run.iterdir()} >= {"metrics.csv", "checkpoint.pt", "summary.json"}
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["updates"] == 3 and summary["solved"] is False and summary["updates_to_solve"] is None
+
+    assert main(["train", "--resume", "--out", str(run), "--max-updates", "4", "--no-progress"]) == EXIT_OK
+    assert json.loads((run / "summary.json").read_text())["updates"] == 4
+    capsys.readouterr()
+
+    assert main(["eval", str(run), "--multipliers", "1", "3", "--instances", "5", "--json"]) == EXIT_OK
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert [r["multiplier"] for r in results] == [1, 3] and results[1]["complexity"] == 60
+
+    assert main(["trace", str(run), "--complexity", "3"]) == EXIT_OK
+    assert (run / "trace.png").read_bytes()[:4] == b"\x89PNG"
+    assert "wrote" in capsys.readouterr().out
+
+    assert main(["plot", str(run), "--out", str(tmp_path / "curves.png")]) == EXIT_OK
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--task", "copy", "--controller", "direct", "--preset", "slow", "--out", "x"], "invalid choice: 'slow'"),
+        (["train", "--task", "copy", "--controller", "direct", "--out", "OUT", "--set", "model.colour=red"],
+         "unknown setting 'model.colour'"),
+        (["train", "--controller", "direct", "--out", "OUT"], "train needs --task and --controller"),
+        (["train", "--resume", "--out", "OUT"], "no checkpoint at"),
+        (["train", "--resume", "--task", "copy", "--out", "OUT"], "--resume takes the task, controller and settings"),
+        (["eval", "OUT"], "no checkpoint at"),
+        (["plot", "OUT", "--out", "x.png"], "no metrics at"),
+    ],
+)
+def test_train_refuses_bad_input_before_any_work(argv: list[str], message: str, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]
+    assert main(argv) == EXIT_USAGE
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_print_config_shows_the_resolved_settings(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    argv = ["train", "--task", "reverse", "--controller", "lstm", "--preset", "authors", "--out", str(tmp_path / "r"),
+            "--set", "optimizer.learning_rate=0.1", "--print-config"]
+    assert main(argv) == EXIT_OK
+    config = json.loads(capsys.readouterr().out)
+    assert config["optimizer"]["learning_rate"] == 0.1 and config["batch_size"] == 300
+    assert not (tmp_path / "r").exists()
+
+
+def test_interrupted_training_exits_130(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+
+    from rlntm_demo.training import Trainer
+
+    step = Trainer.step
+
+    def interrupt(self: Trainer) -> dict:
+        metrics = step(self)
+        os.kill(os.getpid(), signal.SIGINT)
+        return metrics
+
+    monkeypatch.setattr(Trainer, "step", interrupt)
+    argv = ["train", "--task", "copy", "--controller", "direct", "--preset", "fast", "--out", str(tmp_path), *TINY]
+    assert main(argv) == EXIT_INTERRUPTED
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "interrupted"

@@ -1,0 +1,154 @@
+"""Training: reproducible, resumable exactly, safe on Ctrl-C and NaN, and it learns."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlntm_demo import training
+from rlntm_demo.checkpoints import load_checkpoint
+from rlntm_demo.metrics import FIELDS, read_metrics
+from rlntm_demo.presets import make_config
+from rlntm_demo.training import RunExistsError, Trainer, resume, train
+
+SMALL = ["batch_size=16", "rollouts_per_input=4", "curriculum.min_updates_between=2", "checkpoint_every=3",
+         "evaluation.instances=20", "evaluation.check_instances=10", "evaluation.multipliers=[1,2]"]
+"""Tiny runs: 4 inputs x 4 rollouts, levels every 2 updates, checkpoints every 3."""
+
+
+def small_config(max_updates: int = 8, preset: str = "fast", task: str = "copy", **extra: str):
+    overrides = SMALL + [f"{k}={v}" for k, v in extra.items()]
+    return make_config(task, "direct", preset, seed=5, max_updates=max_updates, overrides=overrides)
+
+
+def state_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_step_updates_the_weights_and_reports_every_metric() -> None:
+    trainer = Trainer(small_config())
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    metrics = trainer.step()
+    assert set(metrics) == set(FIELDS)
+    assert metrics["update"] == 1 and metrics["episodes"] == 16
+    assert not state_equal(before, trainer.model.state_dict())
+    assert 0.0 <= metrics["error"] <= 1.0 and metrics["grad_norm_controller"] > 0
+
+
+def test_training_leaves_torchs_global_random_state_alone() -> None:
+    trainer = Trainer(small_config())
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    trainer.step()
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("preset", ["paper", "authors", "fast"])
+def test_equal_seeds_give_equal_runs(preset: str) -> None:
+    overrides = ["batch_size=12", "rollouts_per_input=1"] if preset != "fast" else []
+    a = Trainer(small_config(preset=preset, **dict(o.split("=") for o in overrides)))
+    b = Trainer(small_config(preset=preset, **dict(o.split("=") for o in overrides)))
+    for _ in range(3):
+        a.step(), b.step()
+    assert state_equal(a.model.state_dict(), b.model.state_dict())
+    c = Trainer(make_config("copy", "direct", preset, seed=6, overrides=SMALL + overrides))
+    c.step()
+    assert not torch.equal(c.model.controller.action_head.weight, a.model.controller.action_head.weight)
+
+
+def _rows_without_time(path: Path) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in read_metrics(path)]
+
+
+def test_a_resumed_run_matches_an_uninterrupted_one(tmp_path: Path) -> None:
+    whole = train(small_config(max_updates=10), tmp_path / "whole", progress=False)
+    first = train(small_config(max_updates=4), tmp_path / "split", progress=False)
+    assert first["updates"] == 4 and first["status"] == "max-updates"
+    # The first run stopped at its budget; resuming with a larger one must continue seamlessly.
+    second = resume(tmp_path / "split", max_updates=10, progress=False)
+    assert second["updates"] == whole["updates"] == 10
+    a, b = load_checkpoint(tmp_path / "whole"), load_checkpoint(tmp_path / "split")
+    assert state_equal(a["model"], b["model"])
+    assert torch.equal(a["action_rng"], b["action_rng"]) and torch.equal(a["data_rng"], b["data_rng"])
+    assert a["curriculum"] == b["curriculum"]
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for key, entry in a["optimizer"]["state"].items():
+        assert all(torch.equal(entry[name], b["optimizer"]["state"][key][name]) for name in entry)
+    assert _rows_without_time(tmp_path / "whole" / "metrics.csv") == _rows_without_time(tmp_path / "split" / "metrics.csv")
+    assert whole["greedy_exact_accuracy"] == second["greedy_exact_accuracy"]
+
+
+def test_resuming_drops_metrics_written_after_the_checkpoint(tmp_path: Path) -> None:
+    train(small_config(max_updates=5), tmp_path / "run", progress=False)  # checkpoint at 3, then at 5 (the end)
+    state = load_checkpoint(tmp_path / "run")
+    state_at_3 = Trainer(small_config(max_updates=3))
+    for _ in range(3):
+        state_at_3.step()
+    torch.save(state_at_3.state_dict(), tmp_path / "run" / "checkpoint.pt")  # as if the run died after update 5's rows
+    assert state["update"] == 5 and len(read_metrics(tmp_path / "run")) == 5
+    resume(tmp_path / "run", max_updates=4, progress=False)
+    assert [row["update"] for row in read_metrics(tmp_path / "run")] == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_the_checkpoint_is_a_plain_dict(tmp_path: Path) -> None:
+    train(small_config(max_updates=2), tmp_path, progress=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["update"] == 2 and state["config"]["task"] == "copy"
+    assert {"model", "optimizer", "curriculum", "action_rng", "data_rng"} <= set(state)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert {"solved", "updates_to_solve", "top_level_reached", "greedy_exact_accuracy"} <= set(summary)
+    assert isinstance(summary["solved"], bool) and set(summary["greedy_exact_accuracy"]) == {"1", "2"}
+
+
+def test_an_existing_run_is_not_overwritten(tmp_path: Path) -> None:
+    train(small_config(max_updates=1), tmp_path, progress=False)
+    with pytest.raises(RunExistsError, match="already holds a run; continue it with --resume"):
+        train(small_config(max_updates=1), tmp_path, progress=False)
+
+
+def test_ctrl_c_finishes_the_update_saves_and_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    step = Trainer.step
+
+    def step_then_interrupt(self: Trainer) -> dict:
+        metrics = step(self)
+        if self.update == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends
+        return metrics
+
+    monkeypatch.setattr(Trainer, "step", step_then_interrupt)
+    summary = train(small_config(max_updates=8), tmp_path, progress=False)
+    assert summary["status"] == "interrupted" and summary["updates"] == 2
+    assert load_checkpoint(tmp_path)["update"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    losses = training.episode_losses
+
+    def poisoned(rollout, config=None, *, group_size=1):  # type: ignore[no-untyped-def]
+        result = losses(rollout, config, group_size=group_size)
+        poisoned.calls += 1
+        if poisoned.calls == 5:
+            result.pathwise = result.pathwise * float("nan")
+        return result
+
+    poisoned.calls = 0
+    monkeypatch.setattr(training, "episode_losses", poisoned)
+    summary = train(small_config(max_updates=8), tmp_path, progress=False)
+    assert summary["status"] == "diverged" and summary["updates"] == 4
+    assert "the loss became nan at update 5" in summary["message"] and "learning_rate" in summary["message"]
+    assert load_checkpoint(tmp_path)["update"] == 3  # the periodic checkpoint before the NaN
+
+
+def test_fast_preset_solves_copy_with_direct_access(tmp_path: Path) -> None:
+    """Learning, end to end: from scratch to solved (top level, greedy exact accuracy >= 99%)."""
+    config = make_config("copy", "direct", "fast", seed=0, max_updates=600)
+    summary = train(config, tmp_path, progress=False)
+    assert summary["solved"] is True and summary["top_level_reached"] is True
+    assert summary["updates_to_solve"] is not None and summary["updates_to_solve"] <= 600
+    assert summary["greedy_exact_accuracy"]["1"] >= 0.99
