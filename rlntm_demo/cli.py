@@ -16,9 +16,19 @@ Commands:
     Learning curves from the runs' ``metrics.csv``.
 ``bench``
     Seconds per update against a bare LSTM measured in the same run (see :mod:`rlntm_demo.bench`).
+``sweep --tasks T [T ...] --controllers C [C ...] --presets P [P ...] --seeds N [N ...] --out ROOT``
+    Train every combination as Ray tasks (see :mod:`rlntm_demo.sweep`), one folder per run,
+    ``ROOT/{task}__{controller}__{preset}__seed{seed}``; finished runs are skipped and unfinished
+    ones resumed, so the same command continues a stopped sweep. Needs ``pip install
+    "reinforce-check[sweep]"``.
+``results ROOT [ROOT ...] --out DIR``
+    One row per run (``DIR/table4.csv``), a summary per task, controller and preset
+    (``DIR/summary.csv`` and the RST table ``DIR/summary.rst``), and learning curves per task and
+    preset (``DIR/curves_{task}_{preset}.png``); see :mod:`rlntm_demo.results`.
 
-Exit status: ``0`` success (every check passed; a training run that finished, solved or not);
-``1`` a gradient disagrees, or training diverged; ``2`` the command could not be run (an unknown
+Exit status: ``0`` success (every check passed; a training run, or every run of a sweep, that
+finished, solved or not); ``1`` a gradient disagrees, or training diverged (a sweep: some run
+diverged or failed); ``2`` the command could not be run (an unknown
 task, controller, preset, setting or option, a missing run, a check too large to enumerate); the
 reason goes to stderr and names the valid choices; ``130`` training was interrupted with Ctrl-C
 (after saving its checkpoint).
@@ -162,6 +172,47 @@ def make_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=int, default=200, help="episodes per update (default: 200)")
     bench.add_argument("--repeats", type=int, default=None, help="timed repeats of each")
     bench.add_argument("--json", action="store_true", help="print one JSON line")
+
+    sweep = commands.add_parser(
+        "sweep", help="train task x controller x preset x seed as Ray tasks",
+        description=(
+            "Train every combination of the tasks, controllers, presets and seeds as Ray tasks, each in "
+            "ROOT/{task}__{controller}__{preset}__seed{seed}. A run that already finished is skipped, one with "
+            "a checkpoint is resumed, so running the same command again continues the sweep. Starts a local Ray "
+            "(and stops it at the end) unless --address names a cluster. Needs Ray: "
+            'pip install "reinforce-check[sweep]". Exit status 0: every run finished, solved or not; 1: some run '
+            "failed or diverged; 2: the sweep could not be run."
+        ),
+    )
+    sweep.add_argument("--tasks", nargs="+", required=True, choices=_task_names(), metavar="TASK",
+                       help="one or more of: %s" % ", ".join(_task_names()))
+    sweep.add_argument("--controllers", nargs="+", required=True, choices=CONTROLLERS, metavar="CONTROLLER",
+                       help="one or more of: %s" % ", ".join(CONTROLLERS))
+    sweep.add_argument("--presets", nargs="+", choices=PRESET_NAMES, default=["paper"], metavar="PRESET",
+                       help="one or more of: %s (default: paper)" % ", ".join(PRESET_NAMES))
+    sweep.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="N", help="seeds (default: 0)")
+    sweep.add_argument("--max-updates", type=int, default=None, help="update budget of each run (default: 20000)")
+    sweep.add_argument("--out", required=True, metavar="ROOT", help="the folder of the run folders")
+    sweep.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", dest="overrides",
+                       help="change one setting of every run, e.g. --set evaluation.instances=200 (repeatable)")
+    sweep.add_argument("--address", default=None,
+                       help="an existing Ray cluster (e.g. auto, or ray://HOST:10001; default: start a local one)")
+    sweep.add_argument("--num-cpus", type=int, default=None,
+                       help="CPUs of the local Ray (default: all of this machine's)")
+    sweep.add_argument("--threads-per-run", type=int, default=1,
+                       help="torch threads, and CPUs reserved, per run (default: 1)")
+
+    results = commands.add_parser(
+        "results", help="tables and learning curves of a sweep's runs",
+        description=(
+            "Collect the runs under each ROOT and write OUT/table4.csv (one row per run), OUT/summary.csv and "
+            "OUT/summary.rst (per task, controller and preset: success rate, median updates to solve over the "
+            "solved runs, median greedy exact accuracy at 1x, 2x, 5x and 10x the training length), and "
+            "OUT/curves_{task}_{preset}.png; print the summary."
+        ),
+    )
+    results.add_argument("roots", nargs="+", metavar="ROOT", help="folders of run folders (or run folders)")
+    results.add_argument("--out", required=True, metavar="DIR", help="where to write the tables and figures")
     return parser
 
 
@@ -328,8 +379,43 @@ def _run_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_sweep(args: argparse.Namespace) -> int:
+    from .sweep import SweepConfig, run_sweep
+
+    try:
+        config = SweepConfig(tasks=args.tasks, controllers=args.controllers, presets=args.presets, seeds=args.seeds,
+                             max_updates=args.max_updates, root=args.out, overrides=args.overrides,
+                             num_cpus=args.num_cpus, address=args.address, threads_per_run=args.threads_per_run)
+        outcomes = run_sweep(config)
+    except (ValueError, ImportError, ConnectionError) as error:
+        return _fail(error)
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+    print(f"sweep: {len(outcomes)} runs in {args.out}: " + ", ".join(f"{n} {status}" for status, n in counts.items()))
+    for outcome in outcomes:
+        if outcome.status in ("failed", "diverged"):
+            sys.stderr.write(f"{PROG}: {outcome.name} {outcome.status} ({outcome.folder}): {outcome.message}\n")
+    if any(outcome.status in ("failed", "diverged") for outcome in outcomes):
+        return EXIT_MISMATCH
+    return EXIT_INTERRUPTED if any(outcome.status == "interrupted" for outcome in outcomes) else EXIT_OK
+
+
+def _run_results(args: argparse.Namespace) -> int:
+    from .results import format_summary, write_results
+
+    try:
+        written = write_results(args.roots, args.out)
+    except ValueError as error:
+        return _fail(error)
+    print(format_summary(written["summary"]))
+    print(f"{len(written['rows'])} runs; median updates to solve is over the solved runs only")
+    print("wrote " + ", ".join(str(path) for path in written["files"]))
+    return EXIT_OK
+
+
 _COMMANDS = {"check": _run_check, "train": _run_train, "eval": _run_eval, "trace": _run_trace,
-             "plot": _run_plot, "bench": _run_bench}
+             "plot": _run_plot, "bench": _run_bench, "sweep": _run_sweep, "results": _run_results}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
