@@ -125,12 +125,15 @@ def test_variance_table_baselines_reduce_variance() -> None:
     assert rows["RLOO, 2 episodes"]["variance"] < rows["mean of 2, no baseline"]["variance"]
 
 
-def test_showcase(capsys: pytest.CaptureFixture[str]) -> None:
+def test_showcase(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     module = load("showcase")
     if not hasattr(module, "main"):
         pytest.fail("examples/showcase.py has no main()")
-    module.main()  # exits with status 1 if the bias goes undetected
-    assert "The check found the bias" in capsys.readouterr().out
+    module.main(tmp_path)  # exits with status 1 if the bias goes undetected or Copy is not solved
+    out = capsys.readouterr().out
+    assert "The check found the bias" in out
+    assert out.count("PASSED over") == 2 and "solved: True" in out
+    assert (tmp_path / "copy-direct-fast" / "trace.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def python_blocks(path: Path) -> list[str]:

@@ -136,3 +136,36 @@ def test_every_direct_access_gate_reaches_the_objective() -> None:
 def test_an_instance_without_a_spare_step_is_refused() -> None:
     with pytest.raises(ValueError, match="slack must be at least 1"):
         check_model("copy", "lstm", slack=0)
+
+
+def test_the_fast_presets_leave_one_out_objective_is_exact() -> None:
+    """Two rollouts of one input, each baselined by the other's returns: unbiased, checked exactly
+    (tolerance rtol 1e-6, atol 1e-9), for the policy and the baseline LSTM alike."""
+    reports = check_model("reverse", "direct", complexity=1, rollouts=2)
+    for report in reports:
+        assert report.ok, str(report)
+        assert report.num_sequences == 20**2  # the single-rollout tree, squared
+    assert "2 rollouts with a leave-one-out baseline" in reports[0].notes[-1]
+
+
+def test_a_group_mean_that_includes_the_rollout_itself_is_caught() -> None:
+    """Centring each rollout's returns on the mean of the whole group (its own return included)
+    makes the advantage depend on the rollout's actions: the check must fail (rtol 1e-6)."""
+    import torch
+
+    from reinforce_check import check_reinforce
+    from rlntm_demo.check import tiny_model
+    from rlntm_demo.objective import policy_surrogate, reward_to_go
+
+    instance = tiny_instance("reverse", complexity=1)
+    model = tiny_model("reverse", "direct", baseline="none")
+
+    def episode() -> tuple[torch.Tensor, torch.Tensor]:
+        rollout = model.run_episode(instance.select([0, 0]), all_steps=True)
+        returns = reward_to_go(rollout.rewards, rollout.mask)
+        advantages = (returns - returns.mean(0, keepdim=True)).detach()
+        loss = policy_surrogate(rollout.log_probs, advantages, rollout.mask) - (rollout.rewards * rollout.mask).sum(1)
+        return (rollout.rewards * rollout.mask).sum(1).mean(), loss.mean()
+
+    report = check_reinforce(episode, model.policy_parameters(), rtol=1e-6, atol=1e-9, raise_exception=False)
+    assert not report.ok
