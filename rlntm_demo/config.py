@@ -26,6 +26,7 @@ REPEAT_3   34     "copy three times"
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -138,7 +139,11 @@ class ModelConfig:
     online_decay: float = 0.9
     """Decay of the per-step moving average: b_t <- decay * b_t + (1 - decay) * mean R_t."""
     max_steps: int = 512
-    """Longest episode the per-step moving average has a slot for."""
+    """Longest training episode the per-step moving average has a slot for. Greedy episodes
+    (evaluation) may run longer: past ``max_steps`` they reuse the last slot's value."""
+    initial_state: float = 0.0
+    """The value every entry of the controller's initial hidden and cell state (and the baseline
+    LSTM's) starts at. The paper: zero; the authors' code: 0.1."""
     bug: str | None = None
     """A deliberate bug, only for the tests of the exact check (see ``MODEL_BUGS``). Never set it."""
 
@@ -159,6 +164,8 @@ class ModelConfig:
                 f"direct access adds one-hot symbols to memory cells, so memory_width must be "
                 f"NUM_SYMBOLS = {NUM_SYMBOLS}, not {self.memory_width}"
             )
+        if not math.isfinite(self.initial_state):
+            raise ValueError(f"initial_state must be finite, not {self.initial_state}")
         if not 0.0 <= self.online_decay < 1.0:
             raise ValueError(f"online_decay must be in [0, 1), not {self.online_decay}")
 

@@ -16,7 +16,8 @@ the previous step. At the first step the previous actions are a dedicated ``STAR
 
 **The three controllers.**
 
-* :class:`LSTMController`: one LSTM layer; initial state zero (the paper).
+* :class:`LSTMController`: one LSTM layer; its initial hidden and cell state are filled with
+  ``ModelConfig.initial_state`` (the paper: zero).
 * :class:`FeedForwardController`: one tanh layer, no recurrent state: it only sees the current
   reads and the previous actions.
 * :class:`DirectAccessController` (Section 8.1): the LSTM plus additive shortcuts, each modulated
@@ -147,9 +148,10 @@ class Controller(nn.Module):
         """Logits (B, NUM_SYMBOLS) of the prediction for the next target.
 
         Arguments:
-            h: (B, hidden).
-            symbol: (B,) long, the symbol under the input head.
-            cell: (B, width), the current memory cell after this step's write (``None`` without memory).
+            h: (B, hidden), or (B, T, hidden) for all steps at once.
+            symbol: (B,) long, the symbol under the input head (or (B, T)).
+            cell: (B, width), the current memory cell after this step's write (``None`` without
+                memory), or (B, T, width).
         """
         return self.prediction_head(h)
 
@@ -162,9 +164,10 @@ class LSTMController(Controller):
         self.cell = nn.LSTMCell(self.input_size, config.hidden_size)
 
     def initial_state(self, batch_size: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-        """Zero hidden and cell states (the paper; the authors' code started at 0.1)."""
-        zeros = torch.zeros(batch_size, self.config.hidden_size, dtype=dtype)
-        return zeros, zeros
+        """Hidden and cell states filled with ``config.initial_state`` (the paper: zero; the
+        authors' code: 0.1)."""
+        start = torch.full((batch_size, self.config.hidden_size), self.config.initial_state, dtype=dtype)
+        return start, start
 
     def step(self, x: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         h, c = self.cell(x, (state[0], state[1]))
@@ -207,9 +210,9 @@ class DirectAccessController(LSTMController):
         onehot = nn.functional.one_hot(symbol, NUM_SYMBOLS).to(h.dtype)
         return (
             super().memory_write(h, old, symbol, left, right)
-            + gates[:, 0:1] * onehot
-            + gates[:, 1:2] * left
-            + gates[:, 2:3] * right
+            + gates[..., 0:1] * onehot
+            + gates[..., 1:2] * left
+            + gates[..., 2:3] * right
         )
 
     def prediction_logits(self, h: torch.Tensor, symbol: torch.Tensor, cell: torch.Tensor | None) -> torch.Tensor:
@@ -218,9 +221,9 @@ class DirectAccessController(LSTMController):
         onehot = nn.functional.one_hot(symbol, NUM_SYMBOLS).to(h.dtype)
         logits = super().prediction_logits(h, symbol, cell)
         if not self.memory:
-            return logits + gates[:, 0:1] * onehot
+            return logits + gates[..., 0:1] * onehot
         assert cell is not None
-        return logits + gates[:, 3:4] * onehot + gates[:, 4:5] * cell
+        return logits + gates[..., 3:4] * onehot + gates[..., 4:5] * cell
 
 
 def make_controller(config: ModelConfig) -> Controller:
@@ -241,11 +244,24 @@ class OfflineBaseline(nn.Module):
         hidden_size: the baseline LSTM's units.
     """
 
-    def __init__(self, input_size: int, hidden_size: int) -> None:
+    def __init__(self, input_size: int, hidden_size: int, *, initial_state: float = 0.0) -> None:
         super().__init__()
         self.pre_reader = nn.LSTM(NUM_SYMBOLS, hidden_size, batch_first=True)
         self.tandem = nn.LSTM(input_size, hidden_size, batch_first=True)
         self.head = nn.Linear(hidden_size, 1)
+        self.initial_state = initial_state
+
+    def read_tape(self, tape: torch.Tensor, tape_len: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pre-reader's final ``(h, c)``, each (B, hidden), after each row's whole input tape.
+
+        It starts from ``initial_state`` in every entry and reads one-hot symbols.
+        """
+        size, hidden = tape.shape[0], self.pre_reader.hidden_size
+        onehot = nn.functional.one_hot(tape, NUM_SYMBOLS).to(dtype)
+        packed = nn.utils.rnn.pack_padded_sequence(onehot, tape_len.cpu(), batch_first=True, enforce_sorted=False)
+        start = torch.full((1, size, hidden), self.initial_state, dtype=dtype)
+        _, (h, c) = self.pre_reader(packed, (start, start))
+        return h[0], c[0]
 
     def forward(self, tape: torch.Tensor, tape_len: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """Baselines b_t for every step.
@@ -253,6 +269,8 @@ class OfflineBaseline(nn.Module):
         The pre-reader runs over each row's whole input tape (one-hot symbols); its final state
         starts the tandem LSTM, which reads x_1 .. x_T, and b_t is a linear function of its state
         after reading x_t (so b_t depends on the input and on the actions before step t only).
+        :class:`~rlntm_demo.model.RLNTM` computes the same tandem inside its step loop instead;
+        this is the reference.
 
         Arguments:
             tape: (B, L) long, the input tapes.
@@ -262,8 +280,6 @@ class OfflineBaseline(nn.Module):
         Returns:
             (B, T) baselines.
         """
-        onehot = nn.functional.one_hot(tape, NUM_SYMBOLS).to(inputs.dtype)
-        packed = nn.utils.rnn.pack_padded_sequence(onehot, tape_len.cpu(), batch_first=True, enforce_sorted=False)
-        _, summary = self.pre_reader(packed)
-        states, _ = self.tandem(inputs, summary)
+        h, c = self.read_tape(tape, tape_len, inputs.dtype)
+        states, _ = self.tandem(inputs, (h[None], c[None]))
         return self.head(states).squeeze(-1)

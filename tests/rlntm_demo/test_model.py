@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from rlntm_demo.config import InterfaceSpec, ModelConfig
-from rlntm_demo.interfaces import MOVE_LEFT, OUTPUT_PREDICT, OUTPUT_STAY, STAY
+from rlntm_demo.controllers import START
+from rlntm_demo.interfaces import MOVE_LEFT, OUTPUT_PREDICT, OUTPUT_STAY, STAY, InputTape, MemoryTape, OutputTape
 from rlntm_demo.model import RLNTM
 from rlntm_demo.objective import episode_losses
 from rlntm_demo.tasks import Batch, make_task
@@ -64,13 +65,13 @@ def test_finished_rows_are_masked_and_forced(monkeypatch: pytest.MonkeyPatch, se
     """After its last target a row has one feasible choice per decision: it can never branch."""
     model, batch = build("forward-reverse")
     seen: list[torch.Tensor] = []
-    original = torch.distributions.Categorical.sample
+    original = torch.multinomial
 
-    def recording(self: torch.distributions.Categorical, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
-        seen.append(self.probs.detach())
-        return original(self, sample_shape)
+    def recording(probs: torch.Tensor, num_samples: int, *args: object, **kwargs: object) -> torch.Tensor:
+        seen.append(probs.detach())
+        return original(probs, num_samples, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(torch.distributions.Categorical, "sample", recording)
+    monkeypatch.setattr(torch, "multinomial", recording)
     rollout = model.run_episode(batch, all_steps=True)
     steps = rollout.mask.shape[1]
     assert steps == int(batch.steps.max()) and len(seen) == 3 * steps
@@ -102,6 +103,7 @@ def test_greedy_is_deterministic_and_samples_nothing(monkeypatch: pytest.MonkeyP
         raise AssertionError("greedy mode sampled")
 
     monkeypatch.setattr(torch.distributions.Categorical, "sample", refuse)
+    monkeypatch.setattr(torch, "multinomial", refuse)
     first = model.run_episode(batch, greedy=True)
     second = model.run_episode(batch, greedy=True)
     assert torch.equal(first.actions, second.actions) and torch.equal(first.rewards, second.rewards)
@@ -196,3 +198,112 @@ def test_trace_of_one_row() -> None:
     assert all(step.memory_head is not None for step in trace.steps)
     trace.validate()
     assert model.trace(batch, row=2) == trace  # greedy: the same every time
+
+
+def reference_replay(model: RLNTM, batch: Batch, actions: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The rollout of given actions, computed the straightforward way: the controller's per-step
+    API (encode, step, action_logits, memory_write, prediction_logits), the plain tapes, and the
+    baseline LSTM run afterwards over the recorded inputs."""
+    config, controller = model.config, model.controller
+    dtype = controller.action_head.weight.dtype
+    size, steps = actions.shape[:2]
+    tape = InputTape(batch.input, batch.input_len, forward_only=config.interfaces.forward_only_input, window=config.read_window)
+    memory = None
+    if config.interfaces.memory:
+        memory = MemoryTape(size, config.memory_cells, config.memory_width, window=config.read_window, dtype=dtype)
+    output = OutputTape(batch.target, batch.target_len, batch.steps)
+    state = controller.initial_state(size, dtype)
+    previous = torch.full((size, 3), START, dtype=torch.long)
+    log_probs, rewards, inputs, masks = [], [], [], []
+    for t in range(steps):
+        live = ~output.finished
+        input_window = tape.read()
+        memory_window = memory.read() if memory is not None else None
+        x = controller.encode(input_window, memory_window, previous)
+        h, state = controller.step(x, state)
+        chosen = actions[:, t]
+        feasible = [tape.allowed_moves(), memory.allowed_moves() if memory is not None else None, output.allowed_moves()]
+        step_log_probs = []
+        for k, (logits, allowed, stay) in enumerate(zip(controller.action_logits(h), feasible, [STAY, STAY, OUTPUT_STAY])):
+            if logits is None or allowed is None:
+                step_log_probs.append(torch.zeros(size, dtype=dtype))
+                continue
+            only_stay = torch.nn.functional.one_hot(torch.tensor(stay), allowed.shape[1]).bool()
+            allowed = torch.where(live[:, None], allowed, only_stay)
+            masked = logits.masked_fill(~allowed, float("-inf")).log_softmax(-1)
+            step_log_probs.append(masked.gather(1, chosen[:, k : k + 1])[:, 0])
+        symbol = input_window[:, config.read_window]
+        cell = None
+        if memory is not None:
+            new = controller.memory_write(h, memory.cell(0), symbol, memory.cell(-1), memory.cell(1))
+            memory.write(new, rows=live)
+            cell = memory.cell(0)
+        target = controller.prediction_logits(h, symbol, cell).log_softmax(-1).gather(1, output.current_target()[:, None])[:, 0]
+        rewards.append(torch.where(chosen[:, 2] == OUTPUT_PREDICT, target, torch.zeros_like(target)))
+        log_probs.append(torch.stack(step_log_probs, 1))
+        inputs.append(x)
+        masks.append(live)
+        tape.move(chosen[:, 0])
+        if memory is not None:
+            memory.move(chosen[:, 1])
+        output.move(chosen[:, 2])
+        previous = chosen
+    mask = torch.stack(masks, 1)
+    baselines = torch.zeros(size, steps, dtype=dtype)
+    if config.online_baseline:
+        baselines = baselines + model.online_baseline[:steps]
+    if model.baseline is not None:
+        baselines = baselines + model.baseline(batch.input, batch.input_len, torch.stack(inputs, 1).detach())
+    return {"log_probs": torch.stack(log_probs, 1), "rewards": torch.stack(rewards, 1), "baselines": baselines * mask, "mask": mask}
+
+
+@pytest.mark.parametrize("controller", ["lstm", "direct", "feedforward"])
+@pytest.mark.parametrize("task_name,window,baseline,baseline_size", [
+    ("forward-reverse", 0, "both", 8), ("forward-reverse", 0, "both", 5), ("copy", 1, "both", 8),
+    ("addition", 0, "offline", 5), ("repeat-copy", 1, "none", 8), ("sort", 1, "online", 8)])
+def test_rollout_equals_reference_replay(
+    task_name: str, window: int, baseline: str, baseline_size: int, controller: str, seeded: None
+) -> None:
+    """The fast step loop computes what the straightforward one does: values and gradients
+    (baseline LSTM as wide as the controller's, paired, or not)."""
+    model, batch = build(task_name, controller, read_window=window, baseline=baseline, initial_state=0.1,
+                         baseline_hidden_size=baseline_size)
+    model = model.double()
+    model.online_baseline.normal_()
+    rollout = model.run_episode(batch, all_steps=True)
+    reference = reference_replay(model, batch, rollout.actions)
+    assert torch.equal(reference["mask"], rollout.mask)
+    for name in ("log_probs", "rewards", "baselines"):
+        torch.testing.assert_close(getattr(rollout, name), reference[name], rtol=1e-10, atol=1e-12, msg=name)
+
+    def gradients(values: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        weights = torch.linspace(0.5, 1.5, values["rewards"].numel(), dtype=torch.float64).view_as(values["rewards"])
+        total = (values["rewards"] * weights).sum() + values["log_probs"].sum() + (values["baselines"] ** 2).sum()
+        grads = torch.autograd.grad(total, list(model.parameters()), allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, model.parameters())]
+
+    fast = gradients({"rewards": rollout.rewards, "log_probs": rollout.log_probs, "baselines": rollout.baselines})
+    for (name, _), a, b in zip(model.named_parameters(), fast, gradients(reference)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_initial_state_is_used() -> None:
+    model, batch = build("copy", "lstm", initial_state=0.25)
+    h, c = model.controller.initial_state(3, torch.float32)
+    assert bool((h == 0.25).all()) and bool((c == 0.25).all())
+    assert model.baseline is not None and model.baseline.initial_state == 0.25
+    zero, _ = build("copy", "lstm")
+    assert not torch.equal(model.run_episode(batch, greedy=True).baselines, zero.run_episode(batch, greedy=True).baselines)
+    with pytest.raises(ValueError, match="initial_state must be finite"):
+        ModelConfig(initial_state=float("nan"))
+
+
+def test_greedy_episodes_may_outrun_max_steps(seeded: None) -> None:
+    """Evaluation at lengths far beyond training: greedy episodes run past max_steps."""
+    model, _ = build("copy", max_steps=8)
+    batch = make_task("copy", num_symbols=4).sample(complexity=20, batch_size=3, generator=torch.Generator().manual_seed(1))
+    model.online_baseline.fill_(-1.0)
+    rollout = model.run_episode(batch, greedy=True)
+    assert rollout.mask.shape[1] > 8 and torch.equal(rollout.emitted, batch.target_len)
+    with pytest.raises(ValueError, match="max_steps"):
+        model.run_episode(batch)
