@@ -152,3 +152,15 @@ def test_fast_preset_solves_copy_with_direct_access(tmp_path: Path) -> None:
     assert summary["solved"] is True and summary["top_level_reached"] is True
     assert summary["updates_to_solve"] is not None and summary["updates_to_solve"] <= 600
     assert summary["greedy_exact_accuracy"]["1"] >= 0.99
+
+
+def test_tensorboard_logging_writes_events_or_says_how_to_install_it(tmp_path: Path) -> None:
+    config = small_config(max_updates=1, tensorboard="true")
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install tensorboard"):
+            train(config, tmp_path, progress=False)
+    else:
+        train(config, tmp_path, progress=False)
+        assert any((tmp_path / "tensorboard").iterdir())
