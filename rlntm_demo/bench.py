@@ -37,19 +37,7 @@ from .model import RLNTM
 from .objective import episode_losses
 from .tasks import make_task
 
-__all__ = ["TOP_COMPLEXITY", "run_benchmark"]
-
-TOP_COMPLEXITY: dict[str, int] = {
-    "copy": 30,
-    "duplicated-input": 30,
-    "reverse": 30,
-    "repeat-copy": 7,
-    "forward-reverse": 15,
-    "sort": 15,
-    "addition": 15,
-    "repeat-copy-forward": 7,
-}
-"""The complexity a task's benchmark runs at by default: the top of its range."""
+__all__ = ["run_benchmark"]
 
 
 def run_benchmark(
@@ -69,8 +57,8 @@ def run_benchmark(
         task: a task name.
         controller: ``"lstm"``, ``"direct"`` or ``"feedforward"``.
         batch_size: rows of the batch.
-        complexity: the task's complexity; ``None`` for the top of its range
-            (:data:`TOP_COMPLEXITY`).
+        complexity: the task's complexity; ``None`` for the top of its curriculum
+            (:attr:`~rlntm_demo.tasks.Task.training_complexity`: 15 for forward-reverse).
         repeats: timed runs of each; the figures are medians.
         warmup: untimed runs of each first.
         seed: draws the batch, the weights and the sampled actions.
@@ -89,7 +77,7 @@ def run_benchmark(
     if repeats < 1 or warmup < 0 or batch_size < 1:
         raise ValueError(f"need repeats >= 1, warmup >= 0 and batch_size >= 1, not {repeats}, {warmup}, {batch_size}")
     if complexity is None:
-        complexity = TOP_COMPLEXITY.get(task, 15)
+        complexity = make_task(task).training_complexity  # refuses an unknown task by name
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)

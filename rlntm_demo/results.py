@@ -364,8 +364,33 @@ def write_results(roots: Iterable[str | Path], out: str | Path) -> dict[str, Any
     out = Path(out)
     rows = collect(roots)
     summary = summarize(rows)
+    curves = plot_curves(rows, out)
     files = [write_csv(rows, out / "table4.csv"),
              write_csv(summary, out / "summary.csv", SUMMARY_COLUMNS),
              write_rst(summary, out / "summary.rst"),
-             *plot_curves(rows, out)]
+             write_curves_rst(curves, out / "curves.rst"),
+             *curves]
     return {"rows": rows, "summary": summary, "files": files}
+
+
+def write_curves_rst(images: Iterable[str | Path], path: str | Path) -> Path:
+    """An RST fragment showing each curve image (by file name, relative to ``path``'s folder).
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     print(write_curves_rst([Path(tmp) / "curves_copy_fast.png"], Path(tmp) / "curves.rst").read_text())
+    **copy, fast preset**
+    <BLANKLINE>
+    .. image:: curves_copy_fast.png
+       :alt: learning curves of copy with the fast preset
+    <BLANKLINE>
+    <BLANKLINE>
+    """
+    path = Path(path)
+    blocks = []
+    for image in images:
+        task, _, preset = Path(image).stem.removeprefix("curves_").rpartition("_")
+        blocks.append(f"**{task}, {preset} preset**\n\n.. image:: {Path(image).name}\n"
+                      f"   :alt: learning curves of {task} with the {preset} preset\n\n")
+    path.write_text("".join(blocks))
+    return path

@@ -77,7 +77,7 @@ def test_summary_rate_and_medians(roots: list[Path]) -> None:
 def test_write_results(roots: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "results"
     written = write_results(roots, out)
-    assert [p.name for p in written["files"]] == ["table4.csv", "summary.csv", "summary.rst",
+    assert [p.name for p in written["files"]] == ["table4.csv", "summary.csv", "summary.rst", "curves.rst",
                                                   "curves_copy_fast.png", "curves_reverse_fast.png"]
     with (out / "table4.csv").open(newline="") as file:
         table = list(csv.DictReader(file))
@@ -127,7 +127,7 @@ def test_cli_results(roots: list[Path], tmp_path: Path, capsys: pytest.CaptureFi
     assert any(line.split() == ["copy", "direct", "fast", "4", "2/3", "(+1", "unfinished)", "66.7%", "20",
                                 "100.0%", "100.0%", "90.0%", "50.0%"] for line in printed.splitlines()), printed
     assert "5 runs; median updates to solve is over the solved runs only" in printed
-    assert {p.name for p in out.iterdir()} == {"table4.csv", "summary.csv", "summary.rst",
+    assert {p.name for p in out.iterdir()} == {"table4.csv", "summary.csv", "summary.rst", "curves.rst",
                                                "curves_copy_fast.png", "curves_reverse_fast.png"}
     assert main(["results", str(tmp_path / "missing"), "--out", str(out)]) == EXIT_USAGE
     assert "is not a folder" in capsys.readouterr().err
