@@ -394,7 +394,8 @@ def _summary(trainer: Trainer, status: str, message: str | None, *, final_evalua
         "status": status,
         "message": message,
         "solved": solved,
-        "updates_to_solve": trainer.solved_at if solved else None,
+        # A run can pass the final evaluation without a periodic one having passed first.
+        "updates_to_solve": (trainer.update if trainer.solved_at is None else trainer.solved_at) if solved else None,
         "top_level_reached": top,
         "greedy_exact_accuracy": exact,
         "greedy_per_symbol_accuracy": per_symbol,
