@@ -15,6 +15,14 @@ Modules, in the order data flows through them:
 * :mod:`~rlntm_demo.model`: :class:`~rlntm_demo.model.RLNTM` and its batched rollout;
 * :mod:`~rlntm_demo.objective`: rewards-to-go, baselines and the surrogate loss;
 * :mod:`~rlntm_demo.check`: the exact gradient check of the whole model;
+* :mod:`~rlntm_demo.curriculum`: the curriculum of Section 7;
+* :mod:`~rlntm_demo.presets`: the training configuration and the ``paper``, ``authors`` and ``fast`` presets;
+* :mod:`~rlntm_demo.training`: the trainer, with checkpoints (:mod:`~rlntm_demo.checkpoints`)
+  and metrics (:mod:`~rlntm_demo.metrics`);
+* :mod:`~rlntm_demo.evaluation`: greedy evaluation at longer lengths;
+* :mod:`~rlntm_demo.plots`, :mod:`~rlntm_demo.traces`: learning curves and Figure 7-style traces;
+* :mod:`~rlntm_demo.sweep`, :mod:`~rlntm_demo.results`: many runs on Ray, and their tables;
+* :mod:`~rlntm_demo.bench`: the speed benchmark;
 * :mod:`~rlntm_demo.cli`: the command line.
 
 Importing the package imports nothing but this docstring's names on demand, and has no side
@@ -38,6 +46,10 @@ _EXPORTS = {
     "InterfaceSpec": "config",
     "ModelConfig": "config",
     "ObjectiveConfig": "config",
+    "TrainConfig": "presets",
+    "Trainer": "training",
+    "make_config": "presets",
+    "train": "training",
     "RLNTM": "model",
     "Rollout": "model",
     "TASKS": "tasks",
@@ -54,6 +66,8 @@ if TYPE_CHECKING:
     from .config import InterfaceSpec, ModelConfig, ObjectiveConfig
     from .model import RLNTM, Rollout
     from .objective import episode_losses
+    from .presets import TrainConfig, make_config
+    from .training import Trainer, train
     from .tasks import TASKS, Batch, Task, make_task
 
 
