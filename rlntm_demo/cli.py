@@ -46,8 +46,12 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .config import BASELINES, CONTROLLERS
+
+if TYPE_CHECKING:
+    from .training import Trainer
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_MISMATCH", "EXIT_OK", "EXIT_USAGE", "PROG", "main", "make_parser"]
 
@@ -292,7 +296,7 @@ def _run_train(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if summary["status"] == "interrupted" else EXIT_OK
 
 
-def _load_trainer(run: str):  # type: ignore[no-untyped-def]
+def _load_trainer(run: str) -> Trainer:
     from .checkpoints import load_checkpoint
     from .training import Trainer
 
