@@ -167,5 +167,8 @@ def test_a_group_mean_that_includes_the_rollout_itself_is_caught() -> None:
         loss = policy_surrogate(rollout.log_probs, advantages, rollout.mask) - (rollout.rewards * rollout.mask).sum(1)
         return (rollout.rewards * rollout.mask).sum(1).mean(), loss.mean()
 
-    report = check_reinforce(episode, model.policy_parameters(), rtol=1e-6, atol=1e-9, raise_exception=False)
+    # The bias shows in the comparison with autograd's exact gradient; finite differences of J would
+    # only confirm that gradient, at the price of many more runs once the check fails.
+    report = check_reinforce(episode, model.policy_parameters(), rtol=1e-6, atol=1e-9, raise_exception=False,
+                             finite_differences="none")
     assert not report.ok

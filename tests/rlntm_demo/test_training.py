@@ -121,10 +121,11 @@ def test_ctrl_c_finishes_the_update_saves_and_stops(tmp_path: Path, monkeypatch:
         return metrics
 
     monkeypatch.setattr(Trainer, "step", step_then_interrupt)
+    handler = signal.getsignal(signal.SIGINT)  # SIG_IGN when the tests run in the background
     summary = train(small_config(max_updates=8), tmp_path, progress=False)
     assert summary["status"] == "interrupted" and summary["updates"] == 2
     assert load_checkpoint(tmp_path)["update"] == 2
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
