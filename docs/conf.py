@@ -29,7 +29,7 @@ extensions = [
     "sphinx.ext.mathjax",
 ]
 
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "results/*.rst"]  # fragments that results.rst includes
 
 # autodoc
 autodoc_typehints = "description"

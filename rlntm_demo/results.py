@@ -374,14 +374,20 @@ def write_results(roots: Iterable[str | Path], out: str | Path) -> dict[str, Any
 
 
 def write_curves_rst(images: Iterable[str | Path], path: str | Path) -> Path:
-    """An RST fragment showing each curve image (by file name, relative to ``path``'s folder).
+    """An RST fragment showing each curve image, for a page in the folder above ``path``'s.
+
+    reStructuredText resolves an included file's image paths from the page that includes it, so
+    each image is named ``{folder}/{file}``: ``docs/results.rst`` includes
+    ``docs/results/curves.rst``, which shows ``results/curves_copy_fast.png``.
 
     >>> import tempfile
     >>> with tempfile.TemporaryDirectory() as tmp:
-    ...     print(write_curves_rst([Path(tmp) / "curves_copy_fast.png"], Path(tmp) / "curves.rst").read_text())
+    ...     out = Path(tmp) / "results"
+    ...     out.mkdir()
+    ...     print(write_curves_rst([out / "curves_copy_fast.png"], out / "curves.rst").read_text())
     **copy, fast preset**
     <BLANKLINE>
-    .. image:: curves_copy_fast.png
+    .. image:: results/curves_copy_fast.png
        :alt: learning curves of copy with the fast preset
     <BLANKLINE>
     <BLANKLINE>
@@ -390,7 +396,7 @@ def write_curves_rst(images: Iterable[str | Path], path: str | Path) -> Path:
     blocks = []
     for image in images:
         task, _, preset = Path(image).stem.removeprefix("curves_").rpartition("_")
-        blocks.append(f"**{task}, {preset} preset**\n\n.. image:: {Path(image).name}\n"
+        blocks.append(f"**{task}, {preset} preset**\n\n.. image:: {path.parent.name}/{Path(image).name}\n"
                       f"   :alt: learning curves of {task} with the {preset} preset\n\n")
     path.write_text("".join(blocks))
     return path
