@@ -112,9 +112,8 @@ class Trainer:
         batch = self.task.sample_mixed(complexities, self.data_generator)
         if config.rollouts_per_input > 1:
             batch = batch.repeat(config.rollouts_per_input)
-        with _action_stream(self) as stream:
+        with _action_stream(self):
             rollout = self.model.run_episode(batch)
-            stream.keep()
         losses = episode_losses(rollout, config.objective, group_size=config.rollouts_per_input)
         loss = losses.total.mean()  # normalized by the number of episodes, not by their length
         if not torch.isfinite(loss):
@@ -133,10 +132,10 @@ class Trainer:
             self.model.update_online_baseline(losses.returns, rollout.mask)
 
         error = float((row_errors(rollout, batch).to(loss.dtype) / batch.target_len).clamp(max=1.0).mean())
-        self.curriculum.update(error)
+        increased = self.curriculum.update(error)
         self.update += 1
         self.episodes += batch.batch_size
-        greedy = self._maybe_evaluate()
+        greedy = self._maybe_evaluate(increased)
         elapsed = time.perf_counter() - started
         self.seconds += elapsed
         return {
@@ -154,12 +153,13 @@ class Trainer:
             "greedy_exact": greedy,
         }
 
-    def _maybe_evaluate(self) -> float | None:
-        """The greedy check at the training length, when the curriculum is at its top and it is due."""
+    def _maybe_evaluate(self, just_reached: bool) -> float | None:
+        """The greedy check at the training length, when the curriculum is at its top and it is due
+        (every ``evaluation.every`` updates, and at the update that reached the top)."""
         evaluation = self.config.evaluation
         if not self.curriculum.at_top or self.solved_at is not None:
             return None
-        if self.update % evaluation.every and self.curriculum.state_dict()["updates_since_increase"] != 0:
+        if self.update % evaluation.every and not just_reached:
             return None
         result = self.evaluate(multipliers=(1,), instances=evaluation.check_instances, seed=self.update)[1]
         self.last_greedy_exact = result.exact
@@ -254,26 +254,16 @@ def _clip(params: list[torch.Tensor], limit: float | None) -> float:
     return float(norm)
 
 
-class _ActionStream:
-    def __init__(self) -> None:
-        self.kept = False
-
-    def keep(self) -> None:
-        self.kept = True
-
-
 @contextlib.contextmanager
-def _action_stream(trainer: Trainer) -> Iterator[_ActionStream]:
+def _action_stream(trainer: Trainer) -> Iterator[None]:
     """Run the block on the trainer's action stream, leaving torch's global state as it was.
 
-    The stream advances only if the block calls ``keep()``: an interrupted rollout is replayed.
+    The stream advances only if the block completes: an interrupted rollout is replayed.
     """
-    stream = _ActionStream()
     with torch.random.fork_rng(devices=[]):
         torch.set_rng_state(trainer.action_rng)
-        yield stream
-        if stream.kept:
-            trainer.action_rng = torch.get_rng_state()
+        yield
+        trainer.action_rng = torch.get_rng_state()  # not reached when the block raised
 
 
 # --- whole runs ---------------------------------------------------------------------------------
