@@ -148,6 +148,7 @@ def check_model(
     atol: float = 1e-9,
     max_sequences: int = 20_000,
     rollouts: int = 1,
+    entropy_bonus: float = 0.0,
 ) -> list[CheckReport]:
     """Check the RL-NTM's gradient exactly on a tiny instance of a task.
 
@@ -170,6 +171,8 @@ def check_model(
             and the check runs in sequential mode on all the rollouts' decisions together (keep
             ``complexity`` at 1: the number of sequences is the single-rollout count to the power
             ``rollouts``).
+        entropy_bonus: beta of :attr:`~rlntm_demo.config.ObjectiveConfig.entropy_bonus`; the
+            policy check's objective is then ``sum_t r_t - beta sum_t log p(a_t)``.
 
     Returns:
         :class:`reinforce_check.CheckReport` (a) of the policy and (b) of the baseline LSTM (when
@@ -190,13 +193,14 @@ def check_model(
     objective_config = ObjectiveConfig(
         returns="total" if bug == "total-return-with-baseline" else "reward-to-go",
         bug=bug if bug in OBJECTIVE_BUGS else None,
+        entropy_bonus=entropy_bonus,
     )
 
     def make_episode(policy_check: bool) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
         def episode(batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
             rollout = model.run_episode(instance.select([0] * batch_size), all_steps=True)
             losses = episode_losses(rollout, objective_config)
-            objective = losses.objective if policy_check else -losses.baseline
+            objective = losses.objective + losses.entropy if policy_check else -losses.baseline
             return objective, losses.total
 
         def group_episode() -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,7 +208,7 @@ def check_model(
             # gradient of the mean objective is the mean of their losses.
             rollout = model.run_episode(instance.select([0] * rollouts), all_steps=True)
             losses = episode_losses(rollout, objective_config, group_size=rollouts)
-            objective = losses.objective if policy_check else -losses.baseline
+            objective = losses.objective + losses.entropy if policy_check else -losses.baseline
             return objective.mean(), losses.total.mean()
 
         return episode if rollouts == 1 else group_episode
@@ -213,9 +217,11 @@ def check_model(
         f"task {task_name}, controller {controller}, input {instance.input[0].tolist()}, "
         f"target {instance.target[0].tolist()}, {int(instance.steps[0])} steps"
         + (f", {rollouts} rollouts with a leave-one-out baseline" if rollouts > 1 else "")
+        + (f", entropy bonus {entropy_bonus:g}" if entropy_bonus else "")
         + (f", deliberate bug {bug!r}" if bug else "")
     )
-    checks = [(True, model.policy_parameters(), "(a) policy: objective sum_t r_t, loss = total loss")]
+    policy_objective = "sum_t r_t - beta sum_t log p(a_t)" if entropy_bonus else "sum_t r_t"
+    checks = [(True, model.policy_parameters(), f"(a) policy: objective {policy_objective}, loss = total loss")]
     if model.baseline is not None:
         checks.append(
             (False, model.baseline_parameters(), "(b) baseline LSTM: objective -sum_t (R_t - b_t)^2, loss = total loss")

@@ -196,10 +196,18 @@ class ObjectiveConfig:
     """``"reward-to-go"`` (Appendix A, "causality of actions"): the actions of step t are
     reinforced by R_t = sum_{s>=t} r_s; ``"total"``: by the whole episode's return R_1 (plain
     REINFORCE, Section 4), which is also unbiased but noisier."""
+    entropy_bonus: float = 0.0
+    """beta >= 0: every step's reward gets ``-beta log p(a_t)``, the surprise of its sampled
+    decisions, so the expected return becomes ``J + beta H``, with H the entropy of the whole
+    action sequence given the input. It keeps the policy exploring instead of locking into the
+    first habit that pays (reading and writing at once, on Reverse). 0, the paper's objective,
+    leaves J unchanged. The exact check covers it: ``rlntm-demo check --entropy-bonus``."""
     bug: str | None = None
     """A deliberate bug, only for the tests of the exact check (see ``OBJECTIVE_BUGS``). Never set it."""
 
     def __post_init__(self) -> None:
+        if not self.entropy_bonus >= 0:
+            raise ValueError(f"entropy_bonus must be a number >= 0, not {self.entropy_bonus}")
         if self.returns not in RETURNS:
             raise ValueError(f"unknown returns {self.returns!r}; choose one of: {', '.join(RETURNS)}")
         if self.bug is not None and self.bug not in OBJECTIVE_BUGS:

@@ -64,6 +64,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Losses",
     "baseline_loss",
+    "entropy_rewards",
     "episode_losses",
     "episode_objective",
     "leave_one_out",
@@ -202,6 +203,29 @@ def baseline_loss(returns: torch.Tensor, baselines: torch.Tensor, mask: torch.Te
     return ((returns.detach() - baselines) ** 2 * mask).sum(1)
 
 
+def entropy_rewards(log_probs: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
+    """The entropy bonus of every step: ``-beta log p(a_t)``, the sum over its three decisions.
+
+    Its expectation over the action sequences is ``beta`` times the entropy of the sequence given
+    the input, so adding it to the rewards maximizes ``J + beta H``. Forced decisions have
+    ``log p = 0`` and earn nothing.
+
+    Arguments:
+        log_probs: (B, T, K) log-probabilities of the K decisions of each step.
+        mask: (B, T) bool.
+        beta: the weight, >= 0.
+
+    Returns:
+        (B, T), differentiable, 0 at masked steps.
+
+    >>> log_probs = torch.log(torch.tensor([[[0.5, 1.0, 0.25]]]))
+    >>> entropy_rewards(log_probs, torch.tensor([[True]]), 0.1)
+    tensor([[0.2079]])
+    """
+    _check_shapes(log_probs[..., 0], mask)
+    return -beta * log_probs.sum(-1) * mask
+
+
 def episode_objective(rollout: Rollout) -> torch.Tensor:
     """``sum_t r_t`` per row: the log-likelihood of the targets along the episode, whose
     expectation over action sequences is the RL-NTM's objective J.
@@ -218,6 +242,9 @@ class Losses:
 
     objective: torch.Tensor
     """``sum_t r_t``: what the model maximizes in expectation (not a loss; for logging and checks)."""
+    entropy: torch.Tensor
+    """``-beta sum_t log p(a_t)``, differentiable: the entropy bonus the episode earned (0 without
+    one). The regularized objective ``objective + entropy`` is what the loss is the gradient of."""
     policy: torch.Tensor
     """The REINFORCE surrogate ``-sum_t log p(a_t) (R_t - b_t)``."""
     pathwise: torch.Tensor
@@ -249,7 +276,10 @@ def episode_losses(rollout: Rollout, config: ObjectiveConfig | None = None, *, g
     """
     config = config or ObjectiveConfig()
     mask = rollout.mask
-    r = returns(rollout.rewards, mask, config)
+    bonus = entropy_rewards(rollout.log_probs, mask, config.entropy_bonus)
+    # The bonus is reinforced like any reward; its own pathwise gradient, -beta grad log p(a_t),
+    # has expectation zero given the step's past, so it is left out (the exact check agrees).
+    r = returns(rollout.rewards + bonus.detach(), mask, config)
     baselines = rollout.baselines
     if config.bug == "baseline-not-detached":
         advantages = r.detach() - baselines  # deliberately wrong: the surrogate trains the baseline
@@ -262,6 +292,7 @@ def episode_losses(rollout: Rollout, config: ObjectiveConfig | None = None, *, g
         pathwise = torch.zeros_like(pathwise)  # deliberately wrong: predictions get no gradient
     return Losses(
         objective=episode_objective(rollout),
+        entropy=bonus.sum(1),
         policy=policy_surrogate(rollout.log_probs, advantages, mask),
         pathwise=pathwise,
         baseline=baseline_loss(r, baselines, mask),

@@ -9,6 +9,7 @@ from rlntm_demo.config import ObjectiveConfig
 from rlntm_demo.model import Rollout
 from rlntm_demo.objective import (
     baseline_loss,
+    entropy_rewards,
     episode_losses,
     episode_objective,
     pathwise_loss,
@@ -109,3 +110,19 @@ def test_episode_losses_deliberate_bugs() -> None:
         ObjectiveConfig(bug="typo")
     with pytest.raises(ValueError, match="unknown returns"):
         ObjectiveConfig(returns="discounted")
+
+
+def test_entropy_bonus_is_reinforced_like_a_reward() -> None:
+    # Each step's three decisions have log p = -0.5, so a live step earns 0.2 * 1.5 = 0.3.
+    baselines = torch.zeros(2, 4)
+    plain = episode_losses(hand_rollout(baselines))
+    regularized = episode_losses(hand_rollout(baselines), ObjectiveConfig(entropy_bonus=0.2))
+    assert plain.entropy.tolist() == [0.0, 0.0]
+    assert regularized.entropy.tolist() == pytest.approx([1.2, 0.6])
+    torch.testing.assert_close(regularized.returns, reward_to_go(REWARDS + 0.3, MASK))
+    # Only the returns change: the bonus's own pathwise gradient has expectation zero.
+    assert regularized.pathwise.tolist() == plain.pathwise.tolist()
+    assert regularized.objective.tolist() == plain.objective.tolist()
+    assert entropy_rewards(torch.zeros(2, 4, 3), MASK, 0.2).tolist() == [[0.0] * 4] * 2  # forced: no bonus
+    with pytest.raises(ValueError, match="entropy_bonus must be a number >= 0"):
+        ObjectiveConfig(entropy_bonus=-0.1)
