@@ -104,7 +104,8 @@ def tiny_instance(
 
 
 def tiny_model(
-    task_name: str, controller: str, *, seed: int = 0, baseline: str = "both", bug: str | None = None
+    task_name: str, controller: str, *, seed: int = 0, baseline: str = "both", bug: str | None = None,
+    circular_input: bool = False,
 ) -> RLNTM:
     """A float64 RL-NTM for :func:`tiny_instance`, every component on, weights N(0, 1).
 
@@ -125,6 +126,7 @@ def tiny_model(
         baseline_hidden_size=3,
         max_steps=16,
         bug=bug if bug in MODEL_BUGS else None,
+        circular_input=circular_input,
     )
     generator = torch.Generator().manual_seed(seed)
     model = RLNTM(config, generator=generator).double()
@@ -149,6 +151,7 @@ def check_model(
     max_sequences: int = 20_000,
     rollouts: int = 1,
     entropy_bonus: float = 0.0,
+    circular_input: bool = False,
 ) -> list[CheckReport]:
     """Check the RL-NTM's gradient exactly on a tiny instance of a task.
 
@@ -173,6 +176,7 @@ def check_model(
             ``rollouts``).
         entropy_bonus: beta of :attr:`~rlntm_demo.config.ObjectiveConfig.entropy_bonus`; the
             policy check's objective is then ``sum_t r_t - beta sum_t log p(a_t)``.
+        circular_input: the input head wraps around (:attr:`~rlntm_demo.config.ModelConfig.circular_input`).
 
     Returns:
         :class:`reinforce_check.CheckReport` (a) of the policy and (b) of the baseline LSTM (when
@@ -189,7 +193,7 @@ def check_model(
     if rollouts < 1:
         raise ValueError(f"rollouts must be at least 1, not {rollouts}")
     instance = tiny_instance(task_name, seed=seed, complexity=complexity, num_symbols=num_symbols, slack=slack)
-    model = tiny_model(task_name, controller, seed=seed, baseline=baseline, bug=bug)
+    model = tiny_model(task_name, controller, seed=seed, baseline=baseline, bug=bug, circular_input=circular_input)
     objective_config = ObjectiveConfig(
         returns="total" if bug == "total-return-with-baseline" else "reward-to-go",
         bug=bug if bug in OBJECTIVE_BUGS else None,
@@ -217,6 +221,7 @@ def check_model(
         f"task {task_name}, controller {controller}, input {instance.input[0].tolist()}, "
         f"target {instance.target[0].tolist()}, {int(instance.steps[0])} steps"
         + (f", {rollouts} rollouts with a leave-one-out baseline" if rollouts > 1 else "")
+        + (", circular input" if circular_input else "")
         + (f", entropy bonus {entropy_bonus:g}" if entropy_bonus else "")
         + (f", deliberate bug {bug!r}" if bug else "")
     )

@@ -116,6 +116,8 @@ def make_parser() -> argparse.ArgumentParser:
     check.add_argument("--rollouts", type=int, default=1,
                        help="rollouts per episode; 2 or more checks the fast preset's leave-one-out baseline "
                             "(sequential mode; keep --complexity 1)")
+    check.add_argument("--circular-input", action="store_true",
+                       help="the input head wraps around, as model.circular_input does (the fast and authors presets)")
     check.add_argument("--entropy-bonus", type=float, default=0.0, metavar="BETA",
                        help="add the entropy bonus -BETA log p(a_t) to every step's reward, as objective.entropy_bonus "
                             "does in training (default: 0)")
@@ -242,6 +244,7 @@ def _run_check(args: argparse.Namespace) -> int:
             max_sequences=args.max_sequences,
             rollouts=args.rollouts,
             entropy_bonus=args.entropy_bonus,
+            circular_input=args.circular_input,
         )
     except (CheckUsageError, ValueError) as error:
         sys.stderr.write(f"{PROG}: error: {error}\n")

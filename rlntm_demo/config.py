@@ -121,6 +121,11 @@ class ModelConfig:
     memory_width: int = NUM_SYMBOLS
     """Real values per memory cell: 35 in the paper ("the memory consists of 35 real values").
     Direct access needs it equal to ``NUM_SYMBOLS``."""
+    circular_input: bool = False
+    """The input head wraps around the input ``x1 .. xC EOS``, as every tape of the authors' code
+    did: moving left from ``x1`` reads ``EOS``, moving right from ``EOS`` reads ``x1``. False (the
+    paper says nothing): a move off either end is infeasible. A forward-only input never wraps,
+    or it could read its input twice."""
     read_window: int = 0
     """The controller reads cells ``head - k .. head + k`` of the input and memory tapes. 0 (the
     paper): only the current cell; the authors' code read k = 2."""

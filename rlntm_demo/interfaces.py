@@ -10,10 +10,12 @@ reads, asks which moves are feasible, and moves. Every decision is one categoric
 logits of infeasible choices to ``-inf``, so they have probability exactly 0: they are never
 sampled, and an exact check neither branches on them nor spends rows on them.
 
-**Edges.** The input tape does not wrap: a move off either end of a row's input is infeasible, so
-the input head stays on the input; cells read outside it (by a read window wider than one cell)
-read ``BLANK``. With a forward-only input (ForwardReverse) only "stay" and "+1" exist. The memory
-tape wraps around, as in the authors' code, so every memory move is always feasible.
+**Edges.** By default the input tape does not wrap: a move off either end of a row's input is
+infeasible, so the input head stays on the input; cells read outside it (by a read window wider
+than one cell) read ``BLANK``. With ``circular=True`` (``ModelConfig.circular_input``, as the
+authors' tapes) it wraps around the input: left of ``x1`` is ``EOS``. With a forward-only input
+(ForwardReverse) only "stay" and "+1" exist, and it never wraps. The memory tape wraps around, as
+in the authors' code, so every memory move is always feasible.
 
 **Read window.** By default a head reads its current cell only, as in the paper; with
 ``window=k`` it reads cells ``head - k .. head + k`` (the authors' code read k = 2).
@@ -74,29 +76,39 @@ class InputTape:
         lengths: (B,) long, the length of each row's input (at least 1).
         forward_only: the head may only stay or move right.
         window: read cells ``head - window .. head + window``.
+        circular: the head wraps around each row's input (ignored when ``forward_only``).
     """
 
     num_moves = 3
 
-    def __init__(self, symbols: torch.Tensor, lengths: torch.Tensor, *, forward_only: bool = False, window: int = 0) -> None:
+    def __init__(
+        self, symbols: torch.Tensor, lengths: torch.Tensor, *, forward_only: bool = False, window: int = 0, circular: bool = False
+    ) -> None:
         if bool((lengths < 1).any()):
             raise ValueError("every input must have at least one cell")
         self.symbols = symbols
         self.lengths = lengths
         self.forward_only = forward_only
         self.window = window
+        self.circular = circular and not forward_only
         self.head = torch.zeros_like(lengths)
 
     def read(self) -> torch.Tensor:
-        """The symbols under the read window: (B, 2 window + 1) long, ``BLANK`` outside the input."""
+        """The symbols under the read window: (B, 2 window + 1) long, ``BLANK`` outside the input
+        (or, circular, the cells modulo the input's length)."""
         offsets = torch.arange(-self.window, self.window + 1)
         positions = self.head[:, None] + offsets
+        if self.circular:
+            return self.symbols.gather(1, positions % self.lengths[:, None])
         inside = (positions >= 0) & (positions < self.lengths[:, None])
         clamped = positions.clamp(0, self.symbols.shape[1] - 1)
         return torch.where(inside, self.symbols.gather(1, clamped), torch.full_like(clamped, BLANK))
 
     def allowed_moves(self) -> torch.Tensor:
-        """(B, 3) bool: -1 unless at the first cell (or forward-only), 0 always, +1 unless at the last cell."""
+        """(B, 3) bool: -1 unless at the first cell (or forward-only), 0 always, +1 unless at the last
+        cell; all three when circular."""
+        if self.circular:
+            return torch.ones(self.head.shape[0], 3, dtype=torch.bool)
         left = (self.head > 0) & (not self.forward_only)
         right = self.head < self.lengths - 1
         return torch.stack([left, torch.ones_like(left), right], dim=1)
@@ -110,6 +122,8 @@ class InputTape:
         if not bool(self.allowed_moves().gather(1, action[:, None].long()).all()):
             raise ValueError("an input head was asked to make an infeasible move")
         self.head = self.head + _displacement(action)
+        if self.circular:
+            self.head = self.head.remainder(self.lengths)
 
 
 class MemoryTape:

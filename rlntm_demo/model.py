@@ -201,6 +201,9 @@ class RLNTM(nn.Module):
         padded = torch.full((size, tape_width + 2 * window), BLANK, dtype=torch.long)
         padded[:, window : window + tape_width] = torch.where(inside, batch.input, BLANK)
         last_cell = batch.input_len - 1
+        wraps = config.circular_input and not spec.forward_only_input
+        if wraps:  # the same layout, each cell index taken modulo the row's input length
+            padded = batch.input.gather(1, torch.arange(-window, tape_width + window)[None, :] % batch.input_len[:, None])
         window_offsets = torch.arange(2 * window + 1)
         # The rule "predict when the targets left equal the steps left", as: stay is feasible
         # at step t iff position > t + (target_len - steps).
@@ -243,8 +246,11 @@ class RLNTM(nn.Module):
             heads = plan.heads(hidden).split(plan.head_sizes, 1)
 
             # Feasible choices, as an additive mask: 0 or -inf. Finished rows may only stay.
-            left = false if spec.forward_only_input else (input_head > 0) & live
-            right = (input_head < last_cell) & live
+            if wraps:
+                left = right = live
+            else:
+                left = false if spec.forward_only_input else (input_head > 0) & live
+                right = (input_head < last_cell) & live
             stay = (position > forced_after + t) | ~live
             columns = [left, true, right] + ([live, true, live] if memory is not None else []) + [stay, live, false]
             mask = torch.where(torch.stack(columns, 1).view(size, num_decisions, 3), zero, minus_inf)
@@ -274,6 +280,8 @@ class RLNTM(nn.Module):
             if baseline_hidden is not None:
                 record["baseline_hidden"].append(baseline_hidden)
             input_head = input_head + actions[:, 0] - 1
+            if wraps:
+                input_head = input_head.remainder(batch.input_len)
             position = position + actions[:, -1]
             previous = actions
 

@@ -15,6 +15,8 @@ baseline               moving average + LSTM          LSTM                      
 inverse temperature    0.01                           0.01 (0.03 RepeatCopy)          1
 initial state          0                              0.1                             0
 read window            current cell                   2 cells each side               current cell
+input tape             ends are walls                 circular                        ends are walls
+entropy bonus          none                           none                            0.3 (``-0.3 log p(a_t)`` per step)
 curriculum             10/25/65%, threshold 0.2,      10/22.5/67.5%, EMA 0.8 of the   10/25/65%, threshold 0.2,
                        100 updates between levels     error, threshold 0.2 (0.25      10 updates between levels
                                                       ForwardReverse), 100 updates
@@ -325,7 +327,7 @@ def _authors(task: str, controller: str) -> dict[str, Any]:
     return {
         "batch_size": 300,
         "model": {"init_std": 0.1, "inverse_temperature": 0.03 if task.startswith("repeat-copy") else 0.01,
-                  "initial_state": 0.1, "baseline": "offline", "read_window": 2},
+                  "initial_state": 0.1, "baseline": "offline", "read_window": 2, "circular_input": True},
         "optimizer": {"name": "sgd", "learning_rate": 0.05, "momentum": 0.9, "clip_controller": 2.0, "clip_baseline": 5.0},
         "curriculum": {"threshold": 0.25 if task == "forward-reverse" else 0.2, "min_updates_between": 100,
                        "probabilities": [0.10, 0.225, 0.675], "smoothing": 0.8},
@@ -337,6 +339,7 @@ def _fast(task: str, controller: str) -> dict[str, Any]:
         "batch_size": 200,
         "rollouts_per_input": 8,
         "model": {"init_std": 0.1, "inverse_temperature": 1.0, "initial_state": 0.0, "baseline": "none", "read_window": 0},
+        "objective": {"entropy_bonus": 0.3},
         "optimizer": {"name": "adam", "learning_rate": 0.005, "clip_controller": 5.0, "clip_baseline": 2.0},
         "curriculum": {"threshold": 0.2, "min_updates_between": 10, "probabilities": [0.10, 0.25, 0.65]},
     }

@@ -56,6 +56,8 @@ __all__ = ["CHECKPOINT_FORMAT", "RunExistsError", "Trainer", "TrainingDiverged",
 
 CHECKPOINT_FORMAT = 1
 """Version of the checkpoint layout."""
+FINAL_EVALUATION_SEED = 10**9
+"""Seeds the instances of the final evaluation, which also confirms a passing periodic check."""
 _DATA_SEED_OFFSET = 7919
 """The instances' stream is seeded with ``seed + _DATA_SEED_OFFSET``, apart from the weights'."""
 
@@ -164,7 +166,11 @@ class Trainer:
         result = self.evaluate(multipliers=(1,), instances=evaluation.check_instances, seed=self.update)[1]
         self.last_greedy_exact = result.exact
         if result.exact >= evaluation.solved_accuracy:
-            self.solved_at = self.update
+            # Confirmed on the final evaluation's own instances before the run may stop: a lucky
+            # small sample must not end a run that the summary would then call unsolved.
+            confirmed = self.evaluate(multipliers=(1,), seed=FINAL_EVALUATION_SEED)[1]
+            if confirmed.exact >= evaluation.solved_accuracy:
+                self.solved_at = self.update
         return result.exact
 
     def evaluate(self, *, multipliers: Iterable[int] | None = None, instances: int | None = None, seed: int = 0) -> dict[int, LengthResult]:
@@ -371,7 +377,7 @@ def _summary(trainer: Trainer, status: str, message: str | None, *, final_evalua
     exact: dict[str, float] = {}
     per_symbol: dict[str, float] = {}
     if final_evaluation:
-        for multiplier, result in trainer.evaluate(seed=10**9).items():
+        for multiplier, result in trainer.evaluate(seed=FINAL_EVALUATION_SEED).items():
             exact[str(multiplier)] = result.exact
             per_symbol[str(multiplier)] = result.per_symbol
     top = trainer.curriculum.at_top

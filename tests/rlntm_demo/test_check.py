@@ -174,6 +174,15 @@ def test_a_group_mean_that_includes_the_rollout_itself_is_caught() -> None:
     assert not report.ok
 
 
+@pytest.mark.parametrize("task_name", ["reverse", "repeat-copy"])
+def test_a_circular_input_is_exact(task_name: str) -> None:
+    """The wrapping input head of the ``fast`` and ``authors`` presets (rtol 1e-6, atol 1e-9)."""
+    reports = check_model(task_name, "direct", circular_input=True)
+    for report in reports:
+        assert report.ok, str(report)
+    assert "circular input" in reports[0].notes[-1]
+
+
 def test_the_entropy_bonus_is_exact() -> None:
     """The bonus -beta log p(a_t) reinforced through the returns, its own pathwise term left out:
     exactly the gradient of J + beta H (rtol 1e-6, atol 1e-9), alone and with the leave-one-out

@@ -33,6 +33,17 @@ def test_input_tape_edges_do_not_wrap() -> None:
     assert tape.head.tolist() == [0, 1]
 
 
+def test_circular_input_tape_wraps_around_each_rows_input() -> None:
+    tape = InputTape(torch.tensor([[5, 6, 1], [7, 1, 0]]), torch.tensor([3, 2]), window=1, circular=True)
+    assert tape.allowed_moves().all()
+    assert tape.read().tolist() == [[1, 5, 6], [1, 7, 1]]  # left of x1 is EOS
+    tape.move(torch.tensor([MOVE_LEFT, MOVE_LEFT]))
+    assert tape.head.tolist() == [2, 1]
+    tape.move(torch.tensor([MOVE_RIGHT, MOVE_RIGHT]))
+    assert tape.head.tolist() == [0, 0]
+    assert not InputTape(torch.tensor([[5, 1]]), torch.tensor([2]), forward_only=True, circular=True).circular
+
+
 def test_input_tape_forward_only_and_window() -> None:
     tape = InputTape(torch.tensor([[5, 6, 1]]), torch.tensor([3]), forward_only=True, window=1)
     assert tape.read().tolist() == [[BLANK, 5, 6]]

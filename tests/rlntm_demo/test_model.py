@@ -207,7 +207,8 @@ def reference_replay(model: RLNTM, batch: Batch, actions: torch.Tensor) -> dict[
     config, controller = model.config, model.controller
     dtype = controller.action_head.weight.dtype
     size, steps = actions.shape[:2]
-    tape = InputTape(batch.input, batch.input_len, forward_only=config.interfaces.forward_only_input, window=config.read_window)
+    tape = InputTape(batch.input, batch.input_len, forward_only=config.interfaces.forward_only_input, window=config.read_window,
+                     circular=config.circular_input)
     memory = None
     if config.interfaces.memory:
         memory = MemoryTape(size, config.memory_cells, config.memory_width, window=config.read_window, dtype=dtype)
@@ -258,16 +259,17 @@ def reference_replay(model: RLNTM, batch: Batch, actions: torch.Tensor) -> dict[
 
 
 @pytest.mark.parametrize("controller", ["lstm", "direct", "feedforward"])
-@pytest.mark.parametrize("task_name,window,baseline,baseline_size", [
-    ("forward-reverse", 0, "both", 8), ("forward-reverse", 0, "both", 5), ("copy", 1, "both", 8),
-    ("addition", 0, "offline", 5), ("repeat-copy", 1, "none", 8), ("sort", 1, "online", 8)])
+@pytest.mark.parametrize("task_name,window,baseline,baseline_size,circular", [
+    ("forward-reverse", 0, "both", 8, False), ("forward-reverse", 0, "both", 5, False), ("copy", 1, "both", 8, False),
+    ("addition", 0, "offline", 5, False), ("repeat-copy", 1, "none", 8, False), ("sort", 1, "online", 8, False),
+    ("reverse", 1, "both", 8, True), ("repeat-copy", 0, "none", 8, True), ("forward-reverse", 1, "none", 8, True)])
 def test_rollout_equals_reference_replay(
-    task_name: str, window: int, baseline: str, baseline_size: int, controller: str, seeded: None
+    task_name: str, window: int, baseline: str, baseline_size: int, circular: bool, controller: str, seeded: None
 ) -> None:
     """The fast step loop computes what the straightforward one does: values and gradients
-    (baseline LSTM as wide as the controller's, paired, or not)."""
+    (baseline LSTM as wide as the controller's, paired, or not; circular input or not)."""
     model, batch = build(task_name, controller, read_window=window, baseline=baseline, initial_state=0.1,
-                         baseline_hidden_size=baseline_size)
+                         baseline_hidden_size=baseline_size, circular_input=circular)
     model = model.double()
     model.online_baseline.normal_()
     rollout = model.run_episode(batch, all_steps=True)
@@ -307,3 +309,23 @@ def test_greedy_episodes_may_outrun_max_steps(seeded: None) -> None:
     assert rollout.mask.shape[1] > 8 and torch.equal(rollout.emitted, batch.target_len)
     with pytest.raises(ValueError, match="max_steps"):
         model.run_episode(batch)
+
+
+def test_circular_input_wraps_but_a_forward_only_input_does_not(seeded: None) -> None:
+    """Sampled rollouts with a circular input reach past both ends (the head wraps); ForwardReverse
+    keeps its forward-only head on the input even with ``circular_input``."""
+    model, batch = build("reverse", circular_input=True)
+    heads, lengths = [], batch.input_len[:, None]
+    for _ in range(20):
+        rollout = model.run_episode(batch)
+        moves = rollout.actions[..., 0] - 1
+        heads.append((rollout.input_heads, moves, rollout.mask))
+    wrapped_left = any(bool(((h == 0) & (m == -1) & k).any()) for h, m, k in heads)
+    wrapped_right = any(bool(((h == lengths - 1) & (m == 1) & k).any()) for h, m, k in heads)
+    assert wrapped_left and wrapped_right
+    assert all(bool(((h >= 0) & (h < lengths)).all()) for h, _, _ in heads)
+    forward, forward_batch = build("forward-reverse", circular_input=True)
+    for _ in range(20):
+        rollout = forward.run_episode(forward_batch)
+        assert bool((rollout.input_heads < forward_batch.input_len[:, None]).all())
+        assert bool((rollout.actions[..., 0][rollout.mask] != MOVE_LEFT).all())

@@ -146,6 +146,27 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path: P
     assert load_checkpoint(tmp_path)["update"] == 3  # the periodic checkpoint before the NaN
 
 
+def test_a_passing_periodic_check_stops_the_run_only_once_confirmed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The periodic greedy check's small sample can pass by luck; the run is solved only when the
+    final evaluation's instances agree, so a stopped run is never summarized as unsolved."""
+    from rlntm_demo.evaluation import LengthResult
+
+    trainer = Trainer(small_config(**{"curriculum.start_level": "20"}))
+    assert trainer.curriculum.at_top
+    confirmation = {"exact": 0.5}
+
+    def fake_evaluate(*, multipliers=None, instances=None, seed=0):
+        exact = 1.0 if instances == trainer.config.evaluation.check_instances else confirmation["exact"]
+        return {1: LengthResult(multiplier=1, complexity=20, instances=instances or 0, exact=exact, per_symbol=exact)}
+
+    monkeypatch.setattr(trainer, "evaluate", fake_evaluate)
+    assert trainer._maybe_evaluate(just_reached=True) == 1.0
+    assert trainer.solved_at is None  # the confirmation failed: training goes on
+    confirmation["exact"] = 0.995
+    trainer._maybe_evaluate(just_reached=True)
+    assert trainer.solved_at == trainer.update
+
+
 def test_fast_preset_solves_copy_with_direct_access(tmp_path: Path) -> None:
     """Learning, end to end: from scratch to solved (top level, greedy exact accuracy >= 99%)."""
     config = make_config("copy", "direct", "fast", seed=0, max_updates=600)
