@@ -42,6 +42,11 @@ Variance reduction (Appendix A), each one a named option:
 
 ``"both"`` adds the two; the LSTM then learns what the moving average misses.
 
+Not in the paper: an **entropy bonus** (``ObjectiveConfig.entropy_bonus = beta``, used by the
+``fast`` preset). Each step's reward gets :func:`entropy_rewards`, ``-beta log p(a_t)``, inside the
+returns only, so the loss is an unbiased estimate of ``-grad (J + beta H)``, H the entropy of the
+action sequence; :attr:`Losses.entropy` is that term, for the exact check's objective.
+
 >>> import torch
 >>> rewards = torch.tensor([[-1.0, 0.0, -2.0, 0.0]])
 >>> mask = torch.tensor([[True, True, True, False]])
