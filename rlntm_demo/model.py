@@ -194,16 +194,18 @@ class RLNTM(nn.Module):
         plan = _StepPlan(controller, self.baseline if fuse_baseline else None, config)
         num_decisions = 3 if spec.memory else 2
 
-        # Input tape, with ``window`` blank cells on each side and blanks past each row's end, so
-        # that the read window is one gather.
+        # Input tape, with ``window`` blank cells on each side and blanks past each row's end (or,
+        # circular, each cell index taken modulo the row's input length), so that the read window
+        # is one gather.
         tape_width = batch.input.shape[1]
-        inside = torch.arange(tape_width)[None, :] < batch.input_len[:, None]
-        padded = torch.full((size, tape_width + 2 * window), BLANK, dtype=torch.long)
-        padded[:, window : window + tape_width] = torch.where(inside, batch.input, BLANK)
-        last_cell = batch.input_len - 1
         wraps = config.circular_input and not spec.forward_only_input
-        if wraps:  # the same layout, each cell index taken modulo the row's input length
+        if wraps:
             padded = batch.input.gather(1, torch.arange(-window, tape_width + window)[None, :] % batch.input_len[:, None])
+        else:
+            inside = torch.arange(tape_width)[None, :] < batch.input_len[:, None]
+            padded = torch.full((size, tape_width + 2 * window), BLANK, dtype=torch.long)
+            padded[:, window : window + tape_width] = torch.where(inside, batch.input, BLANK)
+        last_cell = batch.input_len - 1
         window_offsets = torch.arange(2 * window + 1)
         # The rule "predict when the targets left equal the steps left", as: stay is feasible
         # at step t iff position > t + (target_len - steps).
