@@ -207,12 +207,18 @@ class ObjectiveConfig:
     action sequence given the input. It keeps the policy exploring instead of locking into the
     first habit that pays (reading and writing at once, on Reverse). 0, the paper's objective,
     leaves J unchanged. The exact check covers it: ``rlntm-demo check --entropy-bonus``."""
+    entropy_bonus_at_top: float | None = None
+    """The entropy bonus once the curriculum is at its top level (``None``: ``entropy_bonus``
+    throughout). The ``fast`` preset sets 0: the bonus explores while the instances grow, then
+    the policy may sharpen, which is what greedy decoding needs."""
     bug: str | None = None
     """A deliberate bug, only for the tests of the exact check (see ``OBJECTIVE_BUGS``). Never set it."""
 
     def __post_init__(self) -> None:
-        if not self.entropy_bonus >= 0:
+        if not (isinstance(self.entropy_bonus, (int, float)) and self.entropy_bonus >= 0):
             raise ValueError(f"entropy_bonus must be a number >= 0, not {self.entropy_bonus}")
+        if self.entropy_bonus_at_top is not None and not self.entropy_bonus_at_top >= 0:
+            raise ValueError(f"entropy_bonus_at_top must be a number >= 0 or null, not {self.entropy_bonus_at_top}")
         if self.returns not in RETURNS:
             raise ValueError(f"unknown returns {self.returns!r}; choose one of: {', '.join(RETURNS)}")
         if self.bug is not None and self.bug not in OBJECTIVE_BUGS:

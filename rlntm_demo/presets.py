@@ -16,7 +16,8 @@ inverse temperature    0.01                           0.01 (0.03 RepeatCopy)    
 initial state          0                              0.1                             0
 read window            current cell                   2 cells each side               current cell
 input tape             ends are walls                 circular                        ends are walls
-entropy bonus          none                           none                            0.3 (``-0.3 log p(a_t)`` per step)
+entropy bonus          none                           none                            0.3 (``-0.3 log p(a_t)`` per step),
+                                                                                      0 at the top level
 curriculum             10/25/65%, threshold 0.2,      10/22.5/67.5%, EMA 0.8 of the   10/25/65%, threshold 0.2,
                        100 updates between levels     error, threshold 0.2 (0.25      10 updates between levels
                                                       ForwardReverse), 100 updates
@@ -339,7 +340,7 @@ def _fast(task: str, controller: str) -> dict[str, Any]:
         "batch_size": 200,
         "rollouts_per_input": 8,
         "model": {"init_std": 0.1, "inverse_temperature": 1.0, "initial_state": 0.0, "baseline": "none", "read_window": 0},
-        "objective": {"entropy_bonus": 0.3},
+        "objective": {"entropy_bonus": 0.3, "entropy_bonus_at_top": 0.0},
         "optimizer": {"name": "adam", "learning_rate": 0.005, "clip_controller": 5.0, "clip_baseline": 2.0},
         "curriculum": {"threshold": 0.2, "min_updates_between": 10, "probabilities": [0.10, 0.25, 0.65]},
     }

@@ -33,6 +33,7 @@ bad update is applied, keeps the last checkpoint, and says what to change.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import signal
@@ -116,7 +117,10 @@ class Trainer:
             batch = batch.repeat(config.rollouts_per_input)
         with _action_stream(self):
             rollout = self.model.run_episode(batch)
-        losses = episode_losses(rollout, config.objective, group_size=config.rollouts_per_input)
+        objective = config.objective
+        if objective.entropy_bonus_at_top is not None and self.curriculum.at_top:
+            objective = dataclasses.replace(objective, entropy_bonus=objective.entropy_bonus_at_top)
+        losses = episode_losses(rollout, objective, group_size=config.rollouts_per_input)
         loss = losses.total.mean()  # normalized by the number of episodes, not by their length
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"the loss became {float(loss.detach())} at update {self.update + 1}")

@@ -126,3 +126,5 @@ def test_entropy_bonus_is_reinforced_like_a_reward() -> None:
     assert entropy_rewards(torch.zeros(2, 4, 3), MASK, 0.2).tolist() == [[0.0] * 4] * 2  # forced: no bonus
     with pytest.raises(ValueError, match="entropy_bonus must be a number >= 0"):
         ObjectiveConfig(entropy_bonus=-0.1)
+    with pytest.raises(ValueError, match="entropy_bonus_at_top must be a number >= 0 or null"):
+        ObjectiveConfig(entropy_bonus_at_top=-0.1)

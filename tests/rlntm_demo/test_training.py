@@ -167,6 +167,21 @@ def test_a_passing_periodic_check_stops_the_run_only_once_confirmed(monkeypatch:
     assert trainer.solved_at == trainer.update
 
 
+def test_the_entropy_bonus_switches_to_its_top_level_value_at_the_top() -> None:
+    """At the top level, ``entropy_bonus_at_top`` replaces ``entropy_bonus``: a run started there
+    with 0.3 / 0 makes the very updates of a run without a bonus; below the top it does not."""
+    def first_step(level: int, bonus: float, at_top: str) -> dict:
+        config = small_config(**{"curriculum.start_level": str(level), "objective.entropy_bonus": str(bonus),
+                                 "objective.entropy_bonus_at_top": at_top})
+        trainer = Trainer(config)
+        trainer.step()
+        return trainer.model.state_dict()
+
+    assert state_equal(first_step(20, 0.3, "0"), first_step(20, 0.0, "null"))
+    assert not state_equal(first_step(20, 0.3, "null"), first_step(20, 0.0, "null"))
+    assert not state_equal(first_step(19, 0.3, "0"), first_step(19, 0.0, "null"))
+
+
 def test_fast_preset_solves_copy_with_direct_access(tmp_path: Path) -> None:
     """Learning, end to end: from scratch to solved (top level, greedy exact accuracy >= 99%)."""
     config = make_config("copy", "direct", "fast", seed=0, max_updates=600)
