@@ -94,6 +94,8 @@ class Enumeration:
     """In scoped mode, sampler calls outside @enumerate_actions code (sampled, not enumerated)."""
     mode: _Mode = field(default_factory=lambda: _UNSCOPED)
     """Whether the passes ran in scoped mode, and from which generator state."""
+    replay_verified: bool = False
+    """Whether the first sequence was already run twice, in two episode calls, with equal outputs."""
 
     def __len__(self) -> int:
         return int(self.lengths.shape[0])
@@ -207,11 +209,16 @@ class _Collector:
 
     Each pass's differentiable ``(log_prob, objective, loss)`` rows go to ``on_pass`` as soon as the
     pass ends, so that gradients are taken while the graph is small; only detached values are kept.
+    With ``defer`` (batched mode, a few passes) they go to ``on_pass`` once, concatenated, when the
+    enumeration ends: one set of backward passes over all rounds instead of one per round.
     """
 
-    def __init__(self, on_pass: PassHook | None, mode: _Mode) -> None:
+    def __init__(self, on_pass: PassHook | None, mode: _Mode, *, defer: bool = False) -> None:
         self.on_pass = on_pass
         self.mode = mode
+        self.deferred: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = [] if defer else None
+        # Rows of the deferred graphs, wasted guesses included: what a backward pass over them costs.
+        self.graph_rows = 0
         self.blocks: list[tuple[torch.Tensor, torch.Tensor, list[str]]] = []
         self.log_prob: list[torch.Tensor] = []
         self.objective: list[torch.Tensor] = []
@@ -231,15 +238,33 @@ class _Collector:
         kept = int(keep.shape[0])
         self.blocks.append((result.actions[keep], result.branching[keep], result.sites))
         log_prob, objective, loss = result.log_prob[keep], objective[keep], loss[keep]
-        if self.on_pass is not None:
+        if self.deferred is not None:
+            self.deferred.append((log_prob, objective, loss))
+            self.graph_rows += result.valid.shape[0]
+        elif self.on_pass is not None:
             self.on_pass(log_prob, objective, loss)
         self.log_prob.append(log_prob.detach())
         self.objective.append(objective.detach())
         self.loss.append(loss.detach())
         self.count += kept
 
+    def add_discovery(self, result: Pass) -> None:
+        """Count a pass run only to discover the tree (its sequences are run again later)."""
+        self.passes += 1
+        self.rows_run += result.valid.shape[0]
+        self.unscoped_calls += result.unscoped_calls
+
     def __len__(self) -> int:
         return self.count
+
+    def flush(self) -> None:
+        """Hand the deferred rows to ``on_pass`` (deferred mode) and let their graphs go."""
+        if self.deferred and self.on_pass is not None:
+            if len(self.deferred) == 1:
+                self.on_pass(*self.deferred[0])
+            else:
+                self.on_pass(*(torch.cat(parts) for parts in zip(*self.deferred)))
+        self.deferred = None
 
     def build(self) -> Enumeration:
         width = max(block[0].shape[1] for block in self.blocks)
@@ -319,7 +344,7 @@ def enumerate_sequences(
     before = randomness.capture()
     try:
         with randomness.watch():
-            return run(episode, max_sequences, _Collector(on_pass, _UNSCOPED))
+            return run(episode, max_sequences, _Collector(on_pass, _UNSCOPED, defer=batched))
     except ScopeDetected:
         pass
     # The episode uses @enumerate_actions: start again, enumerating only the draws inside it and
@@ -328,21 +353,38 @@ def enumerate_sequences(
         on_pass.reset()
     mode = _Mode(before)
     try:
-        return run(episode, max_sequences, _Collector(on_pass, mode))
+        return run(episode, max_sequences, _Collector(on_pass, mode, defer=batched))
     finally:
         randomness.restore(before)
 
 
 def verify_replay(episode: Episode, found: Enumeration, *, batched: bool) -> None:
     """Replay the first sequence and compare: catches state kept between runs that the chooser
-    cannot see (a private generator or a counter created outside the episode)."""
+    cannot see (a private generator or a counter created outside the episode).
+
+    A batched enumeration has done this already (``found.replay_verified``); nothing is run then.
+    """
+    if found.replay_verified:
+        return
     with torch.no_grad():
         log_prob, objective, loss = replay_sequence(episode, found, 0, batched=batched)
-    for name, now, before in (("objective", objective, found.objective[0]), ("loss", loss, found.loss[0])):
-        if not torch.allclose(now.detach(), before, rtol=1e-9, atol=1e-12):
+    _verify_same(objective, loss, found.objective[0], found.loss[0])
+
+
+def _verify_same(
+    objective: torch.Tensor, loss: torch.Tensor, objective_before: torch.Tensor, loss_before: torch.Tensor
+) -> None:
+    """Raise if a replay's outputs differ from the first run's (tensors of the same shape, one value
+    per sequence, sequence 0 first)."""
+    for name, now, before in (("objective", objective, objective_before), ("loss", loss, loss_before)):
+        now, before = now.detach().reshape(-1), before.detach().reshape(-1)
+        close = torch.isclose(now, before, rtol=1e-9, atol=1e-12)
+        if not bool(close.all()):
+            index = int((~close).nonzero()[0, 0])
+            which = "the first action sequence" if index == 0 else f"action sequence {index}"
             raise NondeterministicEpisodeError(
-                f"replaying the first action sequence gave {name} {float(now):.17g}; its first run gave "
-                f"{float(before):.17g}. The episode keeps state between runs that changes what it returns "
+                f"replaying {which} gave {name} {float(now[index]):.17g}; its first run gave "
+                f"{float(before[index]):.17g}. The episode keeps state between runs that changes what it returns "
                 "(a generator or a counter created outside the episode, a cache): create such state inside "
                 "the episode, or seed it there."
             )
@@ -459,17 +501,27 @@ def _speculated_rows(
 
 
 def _enumerate_batched(episode: Episode, max_sequences: int, collector: _Collector) -> Enumeration:
+    # Round 0 only discovers: one free row, run without gradient. Its sequence is run again, with
+    # gradient, as the first row of round 1, which therefore also replays it in another episode call
+    # (what verify_replay does in sequential mode) at the cost of one row instead of one more call.
     chooser = PrefixChooser.free(1, record_supports=True)
-    result, objective, loss = _run_pass(episode, chooser, batched=True, rows=1, mode=collector.mode, first=True)
-    collector.add(result, objective, loss)
+    with torch.no_grad():
+        result, first_objective, first_loss = _run_pass(
+            episode, chooser, batched=True, rows=1, mode=collector.mode, first=True
+        )
+    collector.add_discovery(result)
     guesses = dict(result.supports)
-    pending = _spawned(result)
-    # Round 1 guesses one slot past each prefix, a cheap probe of whether round 0's supports hold
-    # elsewhere in the tree. If every guess was feasible, later rounds guess as deep as the budget
-    # allows (a fixed-support tree then finishes in one more round); once a guess fails (a stop
-    # action, masking), guessing stays one slot deep, so wasted rows stay few.
-    max_depth = 1
+    pending = [_Prefix(result.actions[0].tolist(), result.probs[0].tolist()), *_spawned(result)]
+    # How deep each round guesses past its prefixes. A tree small enough to guess whole is guessed
+    # whole at once: a round costs about as much as hundreds of rows, so a few wasted rows are
+    # cheaper than a probe. A larger tree is probed one slot deep first, which tests whether round
+    # 0's supports hold elsewhere: if every guess was feasible, the next round guesses as deep as the
+    # budget allows; once a guess fails (a stop action, masking), guessing stays one slot deep, so
+    # wasted rows stay few.
+    max_depth = max_sequences if _full_guess_rows(pending, guesses) <= _EAGER_ROWS else 1
+    round_index = 0
     while pending:
+        round_index += 1
         if len(collector) + len(pending) > max_sequences:
             raise _budget_error(len(collector), len(pending), max_sequences)
         cap = max(max_sequences - len(collector), len(pending))
@@ -487,13 +539,55 @@ def _enumerate_batched(episode: Episode, max_sequences: int, collector: _Collect
             speculation_index=speculation_index,
         )
         result, objective, loss = _run_pass(episode, chooser, batched=True, rows=rows, mode=collector.mode)
+        if round_index == 1:
+            # Row 0 replayed round 0's whole sequence (its group comes first in _speculated_rows).
+            _verify_same(objective[0], loss[0], first_objective[0], first_loss[0])
         collector.add(result, objective, loss)
         pending = _spawned(result)
-        if bool(result.valid.all()) and max_depth == 1 and collector.passes == 2:
+        all_valid = bool(result.valid.all())
+        if all_valid and max_depth == 1 and round_index == 1:
             max_depth = max_sequences
-        elif not bool(result.valid.all()):
+        elif not all_valid:
             max_depth = 1
-    return collector.build()
+    found = collector.build()
+    found.replay_verified = True
+    if collector.on_pass is not None and collector.graph_rows > _WASTE * len(found):
+        # Most rows were guesses that proved infeasible (stop actions, masks): a backward pass over
+        # them would cost more than running the sequences again, with gradient, in one batch.
+        collector.deferred = None
+        log_prob, objective, loss = replay_all(episode, found)
+        _verify_same(objective, loss, found.objective, found.loss)
+        found.passes += 1
+        found.rows_run += len(found)
+        collector.on_pass(log_prob, objective, loss)
+    else:
+        collector.flush()
+    return found
+
+
+# Above this many graph rows per sequence, the gradients come from a replay of the sequences alone.
+_WASTE = 2
+
+
+# A batched round costs about as much as several hundred rows (the episode's per-call overhead),
+# so a tree whose full guess needs at most this many rows is guessed whole in round 1.
+_EAGER_ROWS = 4096
+
+
+def _full_guess_rows(pending: list[_Prefix], guesses: dict[int, torch.Tensor]) -> int:
+    """Rows that guessing every slot past every pending prefix would take (round 0's supports)."""
+    widths = {slot: int(mask.sum()) for slot, mask in guesses.items()}
+    total = 0
+    for prefix in pending:
+        rows = 1
+        slot = len(prefix.actions)
+        while slot in widths and rows <= _EAGER_ROWS:
+            rows *= max(widths[slot], 1)
+            slot += 1
+        total += rows
+        if total > _EAGER_ROWS:
+            break
+    return total
 
 
 def _forced_chooser(found: Enumeration, rows: slice) -> PrefixChooser:
