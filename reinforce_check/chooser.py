@@ -112,6 +112,7 @@ class PrefixChooser:
         # Passes that only replay known sequences (finite differences) take a short path.
         self._replaying_all = not spawn and replay_probs is None and rows > _SMALL_ROWS
         self._shortest = int(forced_len.min()) if rows else 0
+        self._some_invalid = False
         self._last_site = ""
         self._layout: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self.invalid = torch.zeros(rows, dtype=torch.bool)
@@ -137,6 +138,11 @@ class PrefixChooser:
             self._small_actions: list[list[int]] = [[] for _ in range(rows)]
             self._small_probs: list[list[float]] = [[] for _ in range(rows)]
             self._small_branching: list[list[bool]] = [[] for _ in range(rows)]
+        if not self._small and rows:
+            # Which kinds of rows exist at each slot, decided once per pass, so that a decision
+            # runs only the tensor operations its rows need.
+            self._bounds = (self._shortest, int(forced_len.max()), int(real_len.min()), int(real_len.max()))
+            self._column_max = forced.max(dim=0).values.tolist() if forced.shape[1] else []
         # canonical[r, s]: every speculated guess of row r from slot s on is a first guess. Rows that
         # share the node at slot s differ only from s on, so exactly one of them is canonical there.
         if speculation_index is not None and speculation_index.shape[1] > 0:
@@ -181,14 +187,21 @@ class PrefixChooser:
             if not replacement and draw + 1 < num_samples:
                 taken = torch.nn.functional.one_hot(chosen, probs.shape[1]).bool()
                 available = available.masked_fill(taken, 0)
+        if num_samples == 1:
+            return chosen_columns[0][:, None]
         return torch.stack(chosen_columns, dim=1)
 
     @staticmethod
     def _normalize(weights: torch.Tensor, site: str, replacement: bool) -> torch.Tensor:
         detached = weights.detach()
-        total = weights.sum(dim=1, keepdim=True)
-        # One synchronizing test for the common case; the diagnosis below runs only on bad input.
-        if bool(((detached >= 0) & (detached < float("inf"))).all() & (total.detach() > 0).all()):
+        # A product with a column of ones is a row sum several times faster than sum(dim=1) for
+        # the few actions of a decision (and as exact: the same few additions).
+        ones = torch.ones(weights.shape[1], 1, dtype=weights.dtype, device=weights.device)
+        total = weights @ ones
+        checked = total.detach()
+        # One synchronizing test for the common case (NaN fails every comparison, an infinite
+        # weight makes its total infinite); the diagnosis below runs only on bad input.
+        if bool((detached.amin() >= 0) & (checked.amin() > 0) & (checked.amax() < float("inf"))):
             return weights / total
         if not bool(torch.isfinite(detached).all()):
             raise InvalidProbabilitiesError(
@@ -200,7 +213,7 @@ class PrefixChooser:
                 f"{site} received negative probabilities (smallest {detached.min().item():.3g}). "
                 "Pass softmax outputs or non-negative weights."
             )
-        if bool((total.detach() <= 0).any()):
+        if not bool((checked > 0).all()):
             detail = (
                 "no action left to draw without replacement"
                 if not replacement
@@ -217,6 +230,8 @@ class PrefixChooser:
             chosen = self._decide_forced(probs)
             if chosen is not None:
                 return chosen
+        if per_row == 1 and not self._small and not self.record_supports:
+            return self._decide_single(probs, site)
         total_rows, num_actions = probs.shape
         key = (total_rows, per_row)
         if key not in self._layout:
@@ -264,6 +279,7 @@ class PrefixChooser:
                     self._supports[int(slot[index])] = support[index].clone()
         if bool(newly_invalid.any()):
             self.invalid[episode[newly_invalid]] = True
+            self._some_invalid = True
 
         dead = ~alive | newly_invalid
         safe_prob = torch.where(dead, torch.ones_like(chosen_prob), chosen_prob)
@@ -286,17 +302,142 @@ class PrefixChooser:
         self._sites.extend([site] * per_row)
         return chosen
 
+    def _decide_single(self, probs: torch.Tensor, site: str) -> torch.Tensor:
+        """:meth:`_decide` for a call with one decision per row, the common case of a batched pass.
+
+        Every row is then at the same slot, so the forced paths are read one column at a time
+        instead of gathered row by row, and which kinds of rows (forced, replayed, speculated,
+        free, invalid) exist at the slot is known in Python: the tensor operations of a kind that
+        is absent are skipped.
+        """
+        slot = self.cursor
+        self.cursor += 1
+        num_actions = probs.shape[1]
+        detached = probs.detach()
+        support = detached > 0
+        alive = ~self.invalid if self._some_invalid else None
+        shortest, longest, min_real, max_real = self._bounds
+        newly_invalid: torch.Tensor | None = None
+        if slot >= longest:
+            # Past every forced path: every live row takes its first action and spawns the others.
+            chosen = support.to(torch.int8).argmax(dim=1)
+            chosen_prob = probs.gather(1, chosen[:, None]).squeeze(1)
+            if self.spawn:
+                alternatives = support.scatter(1, chosen[:, None], False)
+                if alive is not None:
+                    alternatives &= alive[:, None]
+                self._spawn_from(alternatives, probs, slot)
+        else:
+            all_forced = slot < shortest
+            in_forced = None if all_forced else slot < self.forced_len
+            forced_action = self.forced[:, slot]
+            if all_forced and 0 <= self._column_max[slot] < num_actions:
+                # Forced actions are never -1 inside a path, so only the upper bound needed checking.
+                feasible = support.gather(1, forced_action[:, None]).squeeze(1)
+            else:
+                if in_forced is not None:
+                    forced_action = forced_action.masked_fill(~in_forced, -1)
+                in_range = (forced_action >= 0) & (forced_action < num_actions)
+                safe_action = forced_action.clamp(0, num_actions - 1)
+                feasible = in_range & support.gather(1, safe_action[:, None]).squeeze(1)
+            all_feasible = all_forced and bool(feasible.all())
+            if slot < min_real:
+                replayed: torch.Tensor | None = torch.ones_like(feasible)
+            elif slot < max_real:
+                replayed = slot < self.real_len
+            else:
+                replayed = None
+            if replayed is not None and not all_feasible:
+                broken = replayed & ~feasible
+                if alive is not None:
+                    broken &= alive
+                if bool(broken.any()):
+                    self._raise_replay_broken(int(broken.nonzero()[0, 0]), slot, site)
+            if all_feasible:
+                chosen = forced_action
+            else:
+                take = feasible if in_forced is None else in_forced & feasible
+                chosen = torch.where(take, forced_action, support.to(torch.int8).argmax(dim=1))
+            chosen_prob = probs.gather(1, chosen[:, None]).squeeze(1)
+            if self.replay_probs is not None and replayed is not None:
+                expected = self.replay_probs[:, slot]
+                seen = chosen_prob.detach()
+                differs = replayed & ((seen - expected).abs() > _REPLAY_ATOL + _REPLAY_RTOL * expected.abs())
+                if alive is not None:
+                    differs &= alive
+                if bool(differs.any()):
+                    index = int(differs.nonzero()[0, 0])
+                    self._raise_replay_changed(slot, site, float(seen[index]), float(expected[index]))
+            # Speculated rows: forced past their known prefix, alive.
+            speculated = None
+            if slot >= min_real:
+                speculated = torch.ones_like(feasible) if in_forced is None else in_forced.clone()
+                if replayed is not None:
+                    speculated &= ~replayed
+                if alive is not None:
+                    speculated &= alive
+            if speculated is not None and not all_feasible:
+                newly_invalid = speculated & ~feasible
+            if self.spawn:
+                alternatives = None
+                if in_forced is not None:
+                    # Free rows spawn every feasible action but the one they take.
+                    free = ~in_forced if alive is None else alive & ~in_forced
+                    alternatives = (support & free[:, None]).scatter(1, chosen[:, None], False)
+                guess = self.guesses.get(slot)
+                covered = guess is not None and guess.shape[0] >= num_actions and bool(guess[:num_actions].all())
+                if speculated is not None and not covered:
+                    # At a speculated slot only the canonical row of each node spawns: the feasible
+                    # actions outside the guessed set (the guessed ones have rows of their own).
+                    guessed = torch.zeros(num_actions, dtype=torch.bool)
+                    if guess is not None:
+                        size = min(num_actions, guess.shape[0])
+                        guessed[:size] = guess[:size]
+                    canonical = self.canonical[:, slot] & speculated
+                    extra = support & canonical[:, None] & ~guessed[None, :]
+                    alternatives = extra if alternatives is None else alternatives | extra
+                if alternatives is not None:
+                    self._spawn_from(alternatives, probs, slot)
+            if newly_invalid is not None and bool(newly_invalid.any()):
+                self.invalid |= newly_invalid
+                self._some_invalid = True
+            else:
+                newly_invalid = None
+        if alive is not None or newly_invalid is not None:
+            dead = ~alive if alive is not None else newly_invalid
+            if alive is not None and newly_invalid is not None:
+                dead = dead | newly_invalid
+            chosen_prob = chosen_prob.masked_fill(dead, 1.0)
+        log_prob = torch.log(chosen_prob)
+        self.log_prob = log_prob if self.log_prob is None else self.log_prob + log_prob
+        self._actions.append(chosen[:, None])
+        self._probs.append(chosen_prob.detach().to(torch.float64)[:, None])
+        self._branching.append((support.sum(dim=1) > 1)[:, None])
+        self._sites.append(site)
+        return chosen
+
+    def _spawn_from(self, alternatives: torch.Tensor, probs: torch.Tensor, slot: int) -> None:
+        found = alternatives.nonzero()
+        if found.shape[0]:
+            rows, acts = found[:, 0], found[:, 1]
+            self._spawns.append(
+                torch.stack(
+                    [rows.double(), torch.full_like(rows, slot).double(), acts.double(), probs.detach()[rows, acts].double()],
+                    dim=1,
+                )
+            )
+
     def _decide_forced(self, probs: torch.Tensor) -> torch.Tensor | None:
         """Every row replays a known sequence through this slot: take the forced actions.
 
         Returns None (the general path then says what is wrong) if an action is infeasible.
         """
-        chosen = self.forced[:, self.cursor]
-        if bool((chosen >= probs.shape[1]).any()):
+        if self._column_max[self.cursor] >= probs.shape[1]:
             return None
+        chosen = self.forced[:, self.cursor]
         chosen_prob = probs.gather(1, chosen[:, None]).squeeze(1)
         detached = chosen_prob.detach()
-        if not bool((detached > 0).all()):
+        if not bool(detached.amin() > 0):
             return None
         self.cursor += 1
         self.log_prob = torch.log(chosen_prob) if self.log_prob is None else self.log_prob + torch.log(chosen_prob)
@@ -367,6 +508,7 @@ class PrefixChooser:
             if newly_invalid:
                 self._invalid_list[episode] = True
                 self.invalid[episode] = True
+                self._some_invalid = True
             chosen.append(action)
             probs.append(prob)
             branching.append(len(support) > 1)
