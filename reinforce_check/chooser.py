@@ -199,9 +199,10 @@ class PrefixChooser:
         ones = torch.ones(weights.shape[1], 1, dtype=weights.dtype, device=weights.device)
         total = weights @ ones
         checked = total.detach()
-        # One synchronizing test for the common case (NaN fails every comparison, an infinite
-        # weight makes its total infinite); the diagnosis below runs only on bad input.
-        if bool((detached.amin() >= 0) & (checked.amin() > 0) & (checked.amax() < float("inf"))):
+        # A quick test for the common case (NaN fails every comparison, an infinite weight makes
+        # its total infinite); the diagnosis below runs only on bad input.
+        smallest, largest = torch.aminmax(checked)
+        if detached.amin().item() >= 0 and smallest.item() > 0 and largest.item() < math.inf:
             return weights / total
         if not bool(torch.isfinite(detached).all()):
             raise InvalidProbabilitiesError(

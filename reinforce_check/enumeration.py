@@ -46,6 +46,7 @@ __all__ = [
     "evaluate_objective",
     "replay_all",
     "replay_sequence",
+    "replaying",
     "verify_replay",
 ]
 
@@ -343,7 +344,7 @@ def enumerate_sequences(
     run = _enumerate_batched if batched else _enumerate_sequential
     before = randomness.capture()
     try:
-        with randomness.watch():
+        with randomness.watch(before):
             return run(episode, max_sequences, _Collector(on_pass, _UNSCOPED, defer=batched))
     except ScopeDetected:
         pass
@@ -414,11 +415,9 @@ def _enumerate_sequential(episode: Episode, max_sequences: int, collector: _Coll
     return collector.build()
 
 
-def _speculate(
-    pending: list[_Prefix], options: dict[int, torch.Tensor], cap: int, max_depth: int
-) -> list[list[int]]:
+def _speculate(pending: list[_Prefix], widths: dict[int, int], cap: int, max_depth: int) -> list[int]:
     """Choose how many slots past its prefix each pending prefix guesses (at most ``max_depth``),
-    keeping the rows within ``cap``; ``options`` holds the actions guessed at each slot."""
+    keeping the rows within ``cap``; ``widths`` holds how many actions are guessed at each slot."""
     depth = [0] * len(pending)
     sizes = [1] * len(pending)
     total = len(pending)
@@ -426,9 +425,10 @@ def _speculate(
     while grown:
         grown = False
         for index, prefix in enumerate(pending):
-            slot = len(prefix.actions) + depth[index]
-            width = len(options[slot]) if slot in options else 0
-            if width == 0 or depth[index] >= max_depth:
+            if depth[index] >= max_depth:
+                continue
+            width = widths.get(len(prefix.actions) + depth[index], 0)
+            if width == 0:
                 continue
             new_total = total + sizes[index] * (width - 1)
             if new_total > cap:
@@ -437,7 +437,7 @@ def _speculate(
             sizes[index] *= width
             depth[index] += 1
             grown = True
-    return [[len(options[len(p.actions) + k]) for k in range(d)] for p, d in zip(pending, depth)]
+    return depth
 
 
 def _speculated_rows(
@@ -445,59 +445,54 @@ def _speculated_rows(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rows for one batched round: each pending prefix followed by every combination of guesses.
 
-    Returns ``forced``, ``forced_len``, ``real_len``, ``replay_probs`` and ``speculation_index`` as
+    Rows come prefix by prefix, in the order of ``pending``; the guesses of a prefix vary as
+    mixed-radix digits, the last guessed slot fastest. Returns ``forced``, ``forced_len``,
+    ``real_len``, ``replay_probs`` and ``speculation_index`` as
     :class:`~reinforce_check.chooser.PrefixChooser` takes them.
     """
     options = {slot: mask.nonzero().flatten() for slot, mask in guesses.items()}
-    widths = _speculate(pending, options, cap, max_depth)
-    # Prefixes that start at the same slot and guess the same slots share one grid of guesses.
-    groups: dict[tuple[int, tuple[int, ...]], list[_Prefix]] = {}
-    for prefix, prefix_widths in zip(pending, widths):
-        groups.setdefault((len(prefix.actions), tuple(prefix_widths)), []).append(prefix)
-    blocks = []
-    for (start, guessed_widths), members in groups.items():
-        count = 1
-        for w in guessed_widths:
-            count *= w
-        # Mixed-radix digits of 0..count-1, the last guessed slot varying fastest.
-        remainder = torch.arange(count)
-        digits = []
-        for w in reversed(guessed_widths):
-            digits.append(remainder % w)
-            remainder = remainder // w
-        digits.reverse()
-        index = torch.stack(digits, dim=1) if digits else torch.zeros(count, 0, dtype=torch.long)
-        guessed = (
-            torch.stack([options[start + k][index[:, k]] for k in range(len(guessed_widths))], dim=1)
-            if guessed_widths
-            else index
-        )
-        heads = torch.tensor([p.actions for p in members], dtype=torch.long).reshape(len(members), start)
-        probs = torch.tensor([p.probs for p in members], dtype=torch.float64).reshape(len(members), start)
-        forced = torch.cat(
-            [heads.repeat_interleave(count, dim=0), guessed.repeat(len(members), 1)], dim=1
-        )
-        spec = torch.cat(
-            [torch.zeros(len(members) * count, start, dtype=torch.long), index.repeat(len(members), 1)], dim=1
-        )
-        blocks.append((forced, spec, probs.repeat_interleave(count, dim=0), start))
-    rows = sum(b[0].shape[0] for b in blocks)
-    width = max((b[0].shape[1] for b in blocks), default=0)
-    forced = torch.full((rows, width), -1, dtype=torch.long)
-    speculation_index = torch.zeros(rows, width, dtype=torch.long)
-    replay_probs = torch.zeros(rows, width, dtype=torch.float64)
-    forced_len = torch.empty(rows, dtype=torch.long)
-    real_len = torch.empty(rows, dtype=torch.long)
-    row = 0
-    for block_forced, block_spec, block_probs, start in blocks:
-        count, length = block_forced.shape
-        forced[row : row + count, :length] = block_forced
-        speculation_index[row : row + count, :length] = block_spec
-        replay_probs[row : row + count, :start] = block_probs
-        forced_len[row : row + count] = length
-        real_len[row : row + count] = start
-        row += count
-    return forced, forced_len, real_len, replay_probs, speculation_index
+    widths = {slot: int(actions.shape[0]) for slot, actions in options.items()}
+    depths = _speculate(pending, widths, cap, max_depth)
+    starts = [len(p.actions) for p in pending]
+    ends = [start + depth for start, depth in zip(starts, depths)]
+    width = max(ends, default=0)
+    # Per prefix and column: the prefix's own actions (then -1), and the stride of each guessed
+    # column's digit (the product of the widths of the guessed columns after it).
+    heads = [p.actions + [-1] * (width - len(p.actions)) for p in pending]
+    head_probs = [p.probs + [0.0] * (width - len(p.probs)) for p in pending]
+    strides = []
+    counts = []
+    for start, end in zip(starts, ends):
+        row = [0] * width
+        stride = 1
+        for column in range(end - 1, start - 1, -1):
+            row[column] = stride
+            stride *= widths[column]
+        strides.append(row)
+        counts.append(stride)
+    count = torch.tensor(counts, dtype=torch.long)
+    prefix_of_row = torch.repeat_interleave(torch.arange(len(pending)), count)
+    offsets = torch.cumsum(count, 0) - count
+    combination = torch.arange(int(count.sum())) - offsets[prefix_of_row]
+    columns = torch.arange(width)
+    start_of_row = torch.tensor(starts, dtype=torch.long)[prefix_of_row]
+    end_of_row = torch.tensor(ends, dtype=torch.long)[prefix_of_row]
+    guessed = (columns[None, :] >= start_of_row[:, None]) & (columns[None, :] < end_of_row[:, None])
+    # Actions guessed at each column, padded to the widest column (padding is never indexed).
+    table = torch.zeros(width, max([widths.get(c, 1) for c in range(width)], default=1), dtype=torch.long)
+    column_width = torch.ones(width, dtype=torch.long)
+    for column in range(width):
+        if column in options:
+            table[column, : widths[column]] = options[column]
+            column_width[column] = max(widths[column], 1)
+    stride = torch.tensor(strides, dtype=torch.long).reshape(len(pending), width)[prefix_of_row]
+    digits = torch.where(guessed, combination[:, None].div(stride.clamp(min=1), rounding_mode="floor"), 0)
+    digits = digits.remainder(column_width[None, :])
+    heads_of_row = torch.tensor(heads, dtype=torch.long).reshape(len(pending), width)[prefix_of_row]
+    forced = torch.where(guessed, table[columns[None, :], digits], heads_of_row)
+    replay_probs = torch.tensor(head_probs, dtype=torch.float64).reshape(len(pending), width)[prefix_of_row]
+    speculation_index = torch.where(guessed, digits, 0)
+    return forced, end_of_row, start_of_row, replay_probs, speculation_index
 
 
 def _enumerate_batched(episode: Episode, max_sequences: int, collector: _Collector) -> Enumeration:
@@ -616,13 +611,15 @@ def _check_complete(result: Pass, lengths: torch.Tensor) -> None:
         )
 
 
-def evaluate_objective(episode: Episode, found: Enumeration, *, batched: bool) -> float:
+def evaluate_objective(episode: Episode, found: Enumeration, *, batched: bool, guarded: bool = True) -> float:
     """Exact J = sum_a p(a) objective(a) at the current parameters, forcing the known sequences.
 
     Runs under ``no_grad``: one batch of all sequences in batched mode, one run per sequence otherwise.
+    With ``guarded=False`` the caller runs it inside :func:`replaying`, which several evaluations
+    can then share.
     """
     total = torch.zeros((), dtype=torch.float64)
-    with torch.no_grad(), _guard(found.mode):
+    with torch.no_grad(), (replaying(found) if guarded else contextlib.nullcontext()):
         if batched:
             chooser = _forced_chooser(found, slice(None))
             result, objective, _ = _run_pass(episode, chooser, batched=True, rows=len(found), mode=found.mode)
@@ -635,6 +632,12 @@ def evaluate_objective(episode: Episode, found: Enumeration, *, batched: bool) -
                 _check_complete(result, chooser.forced_len)
                 total = total + (result.log_prob.exp() * objective).sum()
     return float(total)
+
+
+def replaying(found: Enumeration) -> contextlib.AbstractContextManager[None]:
+    """The context in which known sequences are replayed: it watches the global generators
+    (unscoped mode), or leaves them as the check found them (scoped mode)."""
+    return _guard(found.mode)
 
 
 @contextlib.contextmanager

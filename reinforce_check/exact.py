@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .enumeration import Enumeration, Episode, evaluate_objective, replay_all, replay_sequence
+from .enumeration import Enumeration, Episode, evaluate_objective, replay_all, replay_sequence, replaying
 from .report import DirectionalCheck
 
 __all__ = [
@@ -135,7 +135,7 @@ def _shifted_objective(
                     p.copy_(original)
                     if direction is not None:
                         p.add_(direction, alpha=sign * step)
-            values.append(evaluate_objective(episode, found, batched=batched))
+            values.append(evaluate_objective(episode, found, batched=batched, guarded=False))
     finally:
         with torch.no_grad():
             for p, original in zip(params, saved):
@@ -183,6 +183,27 @@ def finite_differences(
     """
     if mode == "none":
         return [], None
+    # Every evaluation of J replays the known sequences; they share one watch of the generators.
+    with replaying(found):
+        return _finite_differences(
+            episode, found, names, params, exact, mode=mode, step=step, rtol=rtol, atol=atol, seed=seed, batched=batched
+        )
+
+
+def _finite_differences(
+    episode: Episode,
+    found: Enumeration,
+    names: Sequence[str],
+    params: Sequence[torch.Tensor],
+    exact: ExactGradients,
+    *,
+    mode: str,
+    step: float,
+    rtol: float,
+    atol: float,
+    seed: int,
+    batched: bool,
+) -> tuple[list[DirectionalCheck], list[torch.Tensor] | None]:
     generator = torch.Generator().manual_seed(seed)
 
     def random_unit(p: torch.Tensor) -> torch.Tensor:
