@@ -143,6 +143,12 @@ class PrefixChooser:
             # runs only the tensor operations its rows need.
             self._bounds = (self._shortest, int(forced_len.max()), int(real_len.min()), int(real_len.max()))
             self._column_max = forced.max(dim=0).values.tolist() if forced.shape[1] else []
+            # The tolerance of every replayed probability, infinite where nothing is replayed.
+            self._replay_tolerance: torch.Tensor | None = None
+            if replay_probs is not None and replay_probs.shape[1]:
+                replayed = torch.arange(replay_probs.shape[1])[None, :] < real_len[:, None]
+                tolerance = _REPLAY_ATOL + _REPLAY_RTOL * replay_probs.abs()
+                self._replay_tolerance = tolerance.masked_fill(~replayed, math.inf)
         # canonical[r, s]: every speculated guess of row r from slot s on is a first guess. Rows that
         # share the node at slot s differ only from s on, so exactly one of them is canonical there.
         if speculation_index is not None and speculation_index.shape[1] > 0:
@@ -342,6 +348,7 @@ class PrefixChooser:
                 safe_action = forced_action.clamp(0, num_actions - 1)
                 feasible = in_range & support.gather(1, safe_action[:, None]).squeeze(1)
             all_feasible = all_forced and bool(feasible.all())
+            # Replayed rows are never invalid: a row turns invalid only past its replayed prefix.
             if slot < min_real:
                 replayed: torch.Tensor | None = torch.ones_like(feasible)
             elif slot < max_real:
@@ -350,8 +357,6 @@ class PrefixChooser:
                 replayed = None
             if replayed is not None and not all_feasible:
                 broken = replayed & ~feasible
-                if alive is not None:
-                    broken &= alive
                 if bool(broken.any()):
                     self._raise_replay_broken(int(broken.nonzero()[0, 0]), slot, site)
             if all_feasible:
@@ -360,18 +365,19 @@ class PrefixChooser:
                 take = feasible if in_forced is None else in_forced & feasible
                 chosen = torch.where(take, forced_action, support.to(torch.int8).argmax(dim=1))
             chosen_prob = probs.gather(1, chosen[:, None]).squeeze(1)
-            if self.replay_probs is not None and replayed is not None:
+            if self.replay_probs is not None and replayed is not None and self._replay_tolerance is not None:
                 expected = self.replay_probs[:, slot]
                 seen = chosen_prob.detach()
-                differs = replayed & ((seen - expected).abs() > _REPLAY_ATOL + _REPLAY_RTOL * expected.abs())
-                if alive is not None:
-                    differs &= alive
+                differs = (seen - expected).abs() > self._replay_tolerance[:, slot]
                 if bool(differs.any()):
                     index = int(differs.nonzero()[0, 0])
                     self._raise_replay_changed(slot, site, float(seen[index]), float(expected[index]))
-            # Speculated rows: forced past their known prefix, alive.
+            guess = self.guesses.get(slot)
+            covered = guess is not None and guess.shape[0] >= num_actions and bool(guess[:num_actions].all())
+            # Speculated rows (forced past their known prefix, alive) matter only if a guess may
+            # fail or spawn here.
             speculated = None
-            if slot >= min_real:
+            if slot >= min_real and (not all_feasible or (self.spawn and not covered)):
                 speculated = torch.ones_like(feasible) if in_forced is None else in_forced.clone()
                 if replayed is not None:
                     speculated &= ~replayed
@@ -385,8 +391,6 @@ class PrefixChooser:
                     # Free rows spawn every feasible action but the one they take.
                     free = ~in_forced if alive is None else alive & ~in_forced
                     alternatives = (support & free[:, None]).scatter(1, chosen[:, None], False)
-                guess = self.guesses.get(slot)
-                covered = guess is not None and guess.shape[0] >= num_actions and bool(guess[:num_actions].all())
                 if speculated is not None and not covered:
                     # At a speculated slot only the canonical row of each node spawns: the feasible
                     # actions outside the guessed set (the guessed ones have rows of their own).
