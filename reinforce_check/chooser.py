@@ -29,7 +29,7 @@ import torch
 
 from .errors import InvalidProbabilitiesError, NondeterministicEpisodeError
 
-__all__ = ["Pass", "PrefixChooser"]
+__all__ = ["Pass", "PrefixChooser", "SequenceReplayer"]
 
 # Probabilities replayed in another batch composition may differ in the last bits (BLAS blocking).
 _REPLAY_RTOL = 1e-8
@@ -116,7 +116,10 @@ class PrefixChooser:
         self._last_site = ""
         self._layout: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self.invalid = torch.zeros(rows, dtype=torch.bool)
-        self.log_prob: torch.Tensor | None = None
+        # Probability of the action taken at every decision, (rows, n) blocks in call order (1 for
+        # rows that are invalid); their logs are summed once, when the pass ends, which keeps the
+        # graph a backward pass walks small.
+        self._factors: list[torch.Tensor] = []
         self._actions: list[torch.Tensor] = []
         self._probs: list[torch.Tensor] = []
         self._branching: list[torch.Tensor] = []
@@ -290,8 +293,7 @@ class PrefixChooser:
 
         dead = ~alive | newly_invalid
         safe_prob = torch.where(dead, torch.ones_like(chosen_prob), chosen_prob)
-        per_episode = torch.log(safe_prob).reshape(self.rows, per_row).sum(dim=1)
-        self.log_prob = per_episode if self.log_prob is None else self.log_prob + per_episode
+        self._factors.append(safe_prob.reshape(self.rows, per_row))
         actions = chosen.reshape(self.rows, per_row)
         chosen_probs = chosen_prob.detach().to(torch.float64).reshape(self.rows, per_row)
         branching = (support.sum(dim=1) > 1).reshape(self.rows, per_row)
@@ -413,8 +415,7 @@ class PrefixChooser:
             if alive is not None and newly_invalid is not None:
                 dead = dead | newly_invalid
             chosen_prob = chosen_prob.masked_fill(dead, 1.0)
-        log_prob = torch.log(chosen_prob)
-        self.log_prob = log_prob if self.log_prob is None else self.log_prob + log_prob
+        self._factors.append(chosen_prob[:, None])
         self._actions.append(chosen[:, None])
         self._probs.append(chosen_prob.detach().to(torch.float64)[:, None])
         self._branching.append((support.sum(dim=1) > 1)[:, None])
@@ -445,7 +446,7 @@ class PrefixChooser:
         if not bool(detached.amin() > 0):
             return None
         self.cursor += 1
-        self.log_prob = torch.log(chosen_prob) if self.log_prob is None else self.log_prob + torch.log(chosen_prob)
+        self._factors.append(chosen_prob[:, None])
         self._actions.append(chosen[:, None])
         self._probs.append(detached.to(torch.float64)[:, None])
         # Decisions inside a replayed path never spawn; only branching past a path's end matters.
@@ -465,8 +466,8 @@ class PrefixChooser:
                 self._normalize(available, site, replacement)  # raises, saying what is wrong
             chosen = self._decide_small(raw, totals, per_row, site)
             chosen_tensor = torch.tensor(chosen, dtype=torch.long)
-            probs = available / available.sum(dim=1, keepdim=True)
-            self._accumulate(probs.gather(1, chosen_tensor[:, None]).squeeze(1), per_row)
+            chosen_weight = available.gather(1, chosen_tensor[:, None])
+            self._accumulate((chosen_weight / available.sum(dim=1, keepdim=True)).squeeze(1), per_row)
             columns.append(chosen_tensor)
             if not replacement and draw + 1 < num_samples:
                 for row, action in zip(raw, chosen):
@@ -537,8 +538,7 @@ class PrefixChooser:
         if any(self._dead):
             dead = torch.tensor(self._dead)
             chosen_prob = torch.where(dead, torch.ones_like(chosen_prob), chosen_prob)
-        per_episode = torch.log(chosen_prob).reshape(self.rows, per_row).sum(dim=1)
-        self.log_prob = per_episode if self.log_prob is None else self.log_prob + per_episode
+        self._factors.append(chosen_prob.reshape(self.rows, per_row))
 
     def _raise_replay_broken(self, row: int, slot: int, site: str) -> None:
         raise NondeterministicEpisodeError(
@@ -624,7 +624,11 @@ class PrefixChooser:
         spawns: list[tuple[int, int, int, float]] = list(self._spawn_list) if self._small else []
         for block in self._spawns:
             spawns.extend((int(r), int(s), int(a), float(p)) for r, s, a, p in block.tolist())
-        log_prob = self.log_prob if self.log_prob is not None else torch.zeros(self.rows, dtype=torch.float64)
+        if self._factors:
+            factors = self._factors[0] if len(self._factors) == 1 else torch.cat(self._factors, dim=1)
+            log_prob = torch.log(factors).sum(dim=1)
+        else:
+            log_prob = torch.zeros(self.rows, dtype=torch.float64)
         return Pass(
             actions=actions,
             probs=probs,
@@ -636,3 +640,97 @@ class PrefixChooser:
             supports=self._supports,
             no_grad_calls=self.no_grad_calls,
         )
+
+
+class SequenceReplayer:
+    """Chooser that forces known sequences, one episode run at a time, and keeps only their probability.
+
+    It serves the evaluations of J at shifted parameters in sequential mode, where every sequence
+    is one run of the episode: each decision is a few Python operations on the run's handful of
+    probabilities, instead of the tensor bookkeeping of :class:`PrefixChooser`, and one instance
+    serves every run (call :meth:`start` before each run and :meth:`finish` after it). What a replay
+    must verify is still verified: every forced action is feasible, a run makes at least the
+    decisions up to its sequence's last choice, and no decision past the sequence's end offers a
+    choice.
+
+    Arguments:
+        paths: the actions of every sequence (a list per sequence).
+        required: how many decisions of each sequence must be replayed (up to its last choice).
+
+    >>> replayer = SequenceReplayer([[1]], [1])
+    >>> replayer.start(0)
+    >>> replayer.choose(torch.tensor([[0.0, 0.25, 0.75]]), 1, True, "torch.multinomial")
+    tensor([[1]])
+    >>> replayer.finish(); round(math.exp(replayer.log_prob), 12)
+    0.25
+    """
+
+    def __init__(self, paths: list[list[int]], required: list[int]) -> None:
+        self.paths = paths
+        self.required = required
+        self.path: list[int] = []
+        self.needed = 0
+        self.cursor = 0
+        self.log_prob = 0.0
+        self.no_grad_calls = 0
+
+    def start(self, index: int) -> None:
+        """Force sequence ``index`` in the next run."""
+        self.path = self.paths[index]
+        self.needed = self.required[index]
+        self.cursor = 0
+        self.log_prob = 0.0
+
+    def choose(self, weights: torch.Tensor, num_samples: int, replacement: bool, site: str) -> torch.Tensor:
+        if weights.dim() != 2 or weights.shape[1] == 0:
+            raise InvalidProbabilitiesError(
+                f"{site} received probabilities of shape {tuple(weights.shape)}; expected (K,) or (rows, K) with K >= 1."
+            )
+        raw = weights.detach().double().tolist()
+        columns = []
+        for _ in range(num_samples):
+            taken = []
+            for row in raw:
+                total = sum(row)
+                if not (0 < total < math.inf) or min(row) < 0:
+                    PrefixChooser._normalize(torch.tensor([row], dtype=torch.float64), site, replacement)
+                slot = self.cursor
+                self.cursor += 1
+                if slot < len(self.path):
+                    action = self.path[slot]
+                    if not (0 <= action < len(row) and row[action] > 0):
+                        raise NondeterministicEpisodeError(
+                            f"replaying a known action sequence at shifted parameters: at decision {slot} ({site}) "
+                            "the action taken before now has probability zero (or the decision has fewer actions). "
+                            "The episode does not behave the same way under replay: make it deterministic given its "
+                            "actions, with the same feasible actions for nearby parameter values (mask infeasible "
+                            "actions with -inf logits rather than with thresholds on probabilities)."
+                        )
+                else:
+                    feasible = [k for k, value in enumerate(row) if value > 0]
+                    if len(feasible) > 1:
+                        raise NondeterministicEpisodeError(
+                            f"replaying a known action sequence, the episode reached decision {slot} ({site}) with "
+                            "several feasible actions after the end of that sequence: the same actions led to a "
+                            "longer episode, so the episode is not a deterministic function of its actions."
+                        )
+                    action = feasible[0]
+                self.log_prob += math.log(row[action] / total)
+                taken.append(action)
+                if not replacement:
+                    row[action] = 0.0
+            columns.append(taken)
+        return torch.tensor(columns, dtype=torch.long).T
+
+    def finish(self) -> None:
+        """Close a run.
+
+        Raises:
+            NondeterministicEpisodeError: the run stopped before its sequence's last choice.
+        """
+        if self.cursor < self.needed:
+            raise NondeterministicEpisodeError(
+                f"replaying a known action sequence, the episode made {self.cursor} decisions, but the sequence "
+                f"has {self.needed} up to its last choice. The same actions led to a shorter episode, so the "
+                "episode is not a deterministic function of its actions."
+            )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,7 +30,7 @@ from typing import Any, Protocol
 import torch
 
 from . import randomness
-from .chooser import Pass, PrefixChooser
+from .chooser import Pass, PrefixChooser, SequenceReplayer
 from .errors import (
     EpisodeOutputError,
     NondeterministicEpisodeError,
@@ -626,12 +627,28 @@ def evaluate_objective(episode: Episode, found: Enumeration, *, batched: bool, g
             _check_complete(result, chooser.forced_len)
             total = (result.log_prob.exp() * objective).sum()
         else:
-            for index in range(len(found)):
-                chooser = _forced_chooser(found, slice(index, index + 1))
-                result, objective, _ = _run_pass(episode, chooser, batched=False, rows=1, mode=found.mode)
-                _check_complete(result, chooser.forced_len)
-                total = total + (result.log_prob.exp() * objective).sum()
+            # One run per sequence: a light chooser and one interception for all the runs keep the
+            # check's own cost per run small next to the episode's.
+            replayer = _sequence_replayer(found)
+            value = 0.0
+            with intercept_samplers(replayer, scoped=found.mode.scoped):
+                for index in range(len(found)):
+                    if found.mode.replay_state is not None:
+                        randomness.restore(found.mode.replay_state)
+                    replayer.start(index)
+                    objective, _ = _episode_outputs(episode(), rows=1, batched=False)
+                    replayer.finish()
+                    value += math.exp(replayer.log_prob) * float(objective)
+            return value
     return float(total)
+
+
+def _sequence_replayer(found: Enumeration) -> SequenceReplayer:
+    lengths = found.lengths.tolist()
+    positions = torch.arange(1, found.paths.shape[1] + 1)
+    required = (found.branching.long() * positions).max(dim=1).values.tolist() if found.paths.shape[1] else lengths
+    paths = [path[:length] for path, length in zip(found.paths.tolist(), lengths)]
+    return SequenceReplayer(paths, required)
 
 
 def replaying(found: Enumeration) -> contextlib.AbstractContextManager[None]:

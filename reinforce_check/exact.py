@@ -65,12 +65,14 @@ def _grad(output: torch.Tensor, inputs: Sequence[torch.Tensor], *, retain_graph:
 class GradientAccumulator:
     """Accumulates J, -grad J and E[grad loss] pass by pass (the ``on_pass`` hook of an enumeration).
 
-    A pass that completed a single sequence (sequential mode) also adds p(a) grad loss(a)**2, so the
-    exact variance of the estimator comes at no extra cost; a batched pass adds only the sums.
+    With ``variance``, a pass that completed a single sequence (sequential mode) also adds
+    p(a) grad loss(a)**2, so the exact variance of the estimator comes at no extra cost; a batched
+    pass adds only the sums.
     """
 
-    def __init__(self, params: Sequence[torch.Tensor]) -> None:
+    def __init__(self, params: Sequence[torch.Tensor], *, variance: bool = True) -> None:
         self.params = list(params)
+        self.track_variance = variance
         self.reset()
 
     def reset(self) -> None:
@@ -79,25 +81,28 @@ class GradientAccumulator:
         self.total_probability = 0.0
         self.grad_objective = [torch.zeros_like(p) for p in self.params]
         self.estimate = [torch.zeros_like(p) for p in self.params]
-        self.second_moment: list[torch.Tensor] | None = [torch.zeros_like(p) for p in self.params]
+        self.second_moment: list[torch.Tensor] | None = (
+            [torch.zeros_like(p) for p in self.params] if self.track_variance else None
+        )
 
     def __call__(self, log_prob: torch.Tensor, objective: torch.Tensor, loss: torch.Tensor) -> None:
         probability = log_prob.exp()
         weighted = (probability * objective).sum()
         grad_objective = _grad(weighted, self.params, retain_graph=True)
         if probability.shape[0] == 1:
-            weight = probability.detach()[0]
+            weight = float(probability.detach()[0])
             grad_loss = _grad(loss.sum(), self.params)
-            estimate = [weight * g for g in grad_loss]
+            for total, g in zip(self.estimate, grad_loss):
+                total.add_(g, alpha=weight)
             if self.second_moment is not None:
                 for s, g in zip(self.second_moment, grad_loss):
-                    s.add_(weight * g * g)
+                    s.addcmul_(g, g, value=weight)
         else:
             estimate = _grad((probability.detach() * loss).sum(), self.params)
+            for total, g in zip(self.estimate, estimate):
+                total.add_(g)
             self.second_moment = None
         for total, g in zip(self.grad_objective, grad_objective):
-            total.add_(g)
-        for total, g in zip(self.estimate, estimate):
             total.add_(g)
         self.objective += float(weighted.detach())
         self.total_probability += float(probability.detach().sum())
