@@ -474,6 +474,8 @@ class PrefixChooser:
                     row[action] = 0.0
                 taken = torch.nn.functional.one_hot(chosen_tensor, weights.shape[1]).bool()
                 available = available.masked_fill(taken, 0)
+        if num_samples == 1:
+            return columns[0][:, None]
         return torch.stack(columns, dim=1)
 
     def _decide_small(self, raw: list[list[float]], totals: list[float], per_row: int, site: str) -> list[int]:
