@@ -242,6 +242,10 @@ class PrefixChooser:
                 return chosen
         if per_row == 1 and not self._small and not self.record_supports:
             return self._decide_single(probs, site)
+        return self._decide_rows(probs, per_row, site)
+
+    def _decide_rows(self, probs: torch.Tensor, per_row: int, site: str) -> torch.Tensor:
+        """Decide every row of a call, each row at its own slot (several decisions per episode)."""
         total_rows, num_actions = probs.shape
         key = (total_rows, per_row)
         if key not in self._layout:
@@ -410,6 +414,7 @@ class PrefixChooser:
                 self._some_invalid = True
             else:
                 newly_invalid = None
+        self._probs.append(chosen_prob.detach().to(torch.float64)[:, None])
         if alive is not None or newly_invalid is not None:
             dead = ~alive if alive is not None else newly_invalid
             if alive is not None and newly_invalid is not None:
@@ -417,7 +422,6 @@ class PrefixChooser:
             chosen_prob = chosen_prob.masked_fill(dead, 1.0)
         self._factors.append(chosen_prob[:, None])
         self._actions.append(chosen[:, None])
-        self._probs.append(chosen_prob.detach().to(torch.float64)[:, None])
         self._branching.append((support.sum(dim=1) > 1)[:, None])
         self._sites.append(site)
         return chosen

@@ -566,3 +566,37 @@ def test_state_kept_between_runs_is_reported_as_nondeterminism():
 
     with pytest.raises(NondeterministicEpisodeError, match="keeps state between runs"):
         check_reinforce(episode, {"theta": theta})
+
+
+def test_batched_state_kept_between_calls_is_reported_as_nondeterminism(theta):
+    import numpy as np
+
+    private = np.random.default_rng(0)  # created outside the episode: advances from call to call
+
+    def episode(batch_size):
+        dist = Categorical(logits=theta.expand(batch_size, K))
+        action = dist.sample()
+        reward = action.double() + float(private.random())
+        return reward, -dist.log_prob(action) * reward
+
+    with pytest.raises(NondeterministicEpisodeError, match="keeps state between runs"):
+        check_reinforce(episode, {"theta": theta}, batched=True)
+
+
+def test_an_episode_that_changes_at_shifted_parameters_is_refused_by_finite_differences(theta):
+    initial = theta.detach().clone()
+
+    def episode():
+        # Fewer decisions whenever the parameters are not the ones the enumeration saw.
+        steps = 2 if torch.equal(theta.detach(), initial) else 1
+        total = torch.zeros((), dtype=torch.float64)
+        log_prob = torch.zeros((), dtype=torch.float64)
+        for _ in range(steps):
+            dist = Categorical(logits=theta)
+            action = dist.sample()
+            total = total + REWARD[action]
+            log_prob = log_prob + dist.log_prob(action)
+        return total, -log_prob * total
+
+    with pytest.raises(NondeterministicEpisodeError, match="shorter episode"):
+        check_reinforce(episode, {"theta": theta}, rtol=1e-7, atol=1e-10)
