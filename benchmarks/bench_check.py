@@ -1,6 +1,7 @@
 """How long a check takes, as a ratio to plain training passes over the same sequences.
 
-Every ratio divides two times measured in the same run (medians of several repeats):
+Every ratio divides two times measured in the same run (medians of several repeats, the check and
+its baseline alternated within each repeat, so that a slow spell of a shared machine weighs on both):
 
 * batched mode: ``check_reinforce(..., batched=True)`` against one plain batched forward and backward
   of the same policy over all its action sequences (the floor for any exact check);
@@ -87,14 +88,18 @@ def make_episode(policy: LSTMPolicy, *, stop_action: bool) -> Callable[..., tupl
     return episode
 
 
-def median_time(function: Callable[[], object], repeats: int) -> float:
-    function()  # warm up
-    times = []
+def median_times(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median time of each function, run in turn within every repeat (after one warm-up each), so that
+    a slow spell of a shared machine weighs on all of them alike."""
+    for function in functions.values():
+        function()  # warm up
+    times: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def monte_carlo_episodes(report, rtol: float, atol: float) -> tuple[float, float]:
@@ -132,14 +137,30 @@ def run_case(name: str, stop_action: bool, repeats: int) -> list[str]:
             loss.backward()
 
     rows = []
-    batched_plain = median_time(plain_batched, repeats)
+    batched = median_times(
+        {
+            "plain": plain_batched,
+            **{
+                mode: (lambda mode=mode: check_reinforce(episode, params, batched=True, finite_differences=mode))
+                for mode in ("joint", "tensor", "none")
+            },
+        },
+        repeats,
+    )
     for mode in ("joint", "tensor", "none"):
-        t = median_time(lambda: check_reinforce(episode, params, batched=True, finite_differences=mode), repeats)
-        rows.append((name, "batched", mode, t, batched_plain))
-    sequential_plain = median_time(plain_sequential, max(1, repeats // 3))
+        rows.append((name, "batched", mode, batched[mode], batched["plain"]))
+    sequential = median_times(
+        {
+            "plain": plain_sequential,
+            **{
+                mode: (lambda mode=mode: check_reinforce(episode, params, finite_differences=mode))
+                for mode in ("joint", "none")
+            },
+        },
+        max(1, repeats // 3),
+    )
     for mode in ("joint", "none"):
-        t = median_time(lambda: check_reinforce(episode, params, finite_differences=mode), max(1, repeats // 3))
-        rows.append((name, "sequential", mode, t, sequential_plain))
+        rows.append((name, "sequential", mode, sequential[mode], sequential["plain"]))
     exact_tol, loose_tol = monte_carlo_episodes(report, report.rtol, report.atol)
     lines = [
         f"{name}: {count:,} sequences, {len(params)} parameter tensors; "
@@ -168,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         "reinforce_check benchmark: time of a check / time of plain passes over the same sequences",
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
         f"python {platform.python_version()}; medians of {repeats} (batched) and {max(1, repeats // 3)} "
-        "(sequential) repeats",
+        "(sequential) repeats, the check and its plain baseline alternated within each repeat",
         "command: python benchmarks/bench_check.py",
         "",
     ]

@@ -6,13 +6,17 @@ other feasible actions as new prefixes, so every run completes exactly one new s
 sequential enumeration does, but driven by the intercepted samplers, with no annotations).
 
 Batched mode (``episode(batch_size)`` runs independent rows) runs in rounds. Round 0 is one free
-row; it reveals the support of every decision along its path. Each later round runs, as one batch,
-every pending prefix extended by the product of the supports seen so far (see
-:mod:`reinforce_check.chooser`): round 1 guesses one slot deep as a probe; if all its guesses were
-feasible, round 2 guesses as deep as the budget allows, so a tree whose supports do not depend on
-the history takes three rounds; a tree whose supports do (stop actions, masks) keeps guessing one
-slot deep and takes about as many rounds as its longest episode has decisions. Every sequence
-still completes in exactly one valid row.
+row, run without gradient; it reveals the support of every decision along its path. Each later
+round runs, as one batch, every pending prefix extended by the product of the supports seen so far
+(see :mod:`reinforce_check.chooser`); round 0's own sequence is the first row of round 1, which
+replays it in another episode call (the replay check of sequential mode, for one row). A tree whose
+whole guess takes at most a few thousand rows is guessed whole in round 1, so a tree whose supports
+do not depend on the history takes two episode calls. A larger tree is probed one slot deep first;
+if all its guesses were feasible, the next round guesses as deep as the budget allows; a tree whose
+supports depend on the history (stop actions, masks) then keeps guessing one slot deep. Every
+sequence still completes in exactly one valid row. The rows' graphs are kept until the last round,
+and the gradients come from one set of backward passes over all of them, or, when most guessed rows
+proved infeasible, from one more batch that runs the sequences alone.
 
 Once the sequences are known, :func:`evaluate_objective` forces all of them in a single batch
 (the paper's "single minibatch whose size is #A†") to evaluate J at other parameter values.
@@ -536,7 +540,7 @@ def _enumerate_batched(episode: Episode, max_sequences: int, collector: _Collect
         )
         result, objective, loss = _run_pass(episode, chooser, batched=True, rows=rows, mode=collector.mode)
         if round_index == 1:
-            # Row 0 replayed round 0's whole sequence (its group comes first in _speculated_rows).
+            # Row 0 replayed round 0's whole sequence (the first pending prefix, whose rows come first).
             _verify_same(objective[0], loss[0], first_objective[0], first_loss[0])
         collector.add(result, objective, loss)
         pending = _spawned(result)

@@ -9,9 +9,10 @@ With p(a) the probability of sequence a (a differentiable function of the parame
   sequence's contribution to the bias, c(a) = p(a) grad loss(a) + grad[p(a) objective(a)], whose sum
   over a is E[grad loss] + grad J.
 
-Gradients are taken pass by pass, as soon as each pass of the enumeration ends (two
-:func:`torch.autograd.grad` calls on its graph, the first retaining it), so the memory a check
-needs does not grow with the number of sequences.
+Gradients come from two :func:`torch.autograd.grad` calls on a graph, the first retaining it. In
+sequential mode they are taken pass by pass, as soon as each run ends, so the memory a check needs
+does not grow with the number of sequences; in batched mode, once, over the few rounds' graphs
+together (or over a replay of the sequences alone, see :mod:`reinforce_check.enumeration`).
 """
 
 from __future__ import annotations
