@@ -8,6 +8,10 @@ its baseline alternated within each repeat, so that a slow spell of a shared mac
 * sequential mode: ``check_reinforce(...)`` against running the same episodes plainly one by one,
   forward and backward each.
 
+Each case also times the floor of a default check: the passes it cannot avoid, run plainly (one
+forward pass with gradient and two backward passes over every sequence, for the two gradients,
+and two forward passes without gradient, for the central difference of the exact J).
+
 Cases: an LSTM policy with 3 actions over 7 steps (3**7 = 2,187 sequences) and a variable-length
 policy whose third action stops the episode (255 sequences over at most 7 steps). For each, the
 exact variance gives the number of Monte Carlo episodes a sampled estimate would need to reach the
@@ -136,10 +140,38 @@ def run_case(name: str, stop_action: bool, repeats: int) -> list[str]:
             objective, loss = episode()
             loss.backward()
 
+    tensors = list(params.values())
+
+    def two_gradients(loss: torch.Tensor) -> None:
+        # The check's two backward passes over one graph: grad J, then the expected grad loss.
+        torch.autograd.grad(loss.sum(), tensors, retain_graph=True)
+        torch.autograd.grad(loss.sum(), tensors)
+
+    def forward_without_gradient(rows: int | None) -> None:
+        with torch.no_grad():
+            if rows:
+                episode(rows)
+            else:
+                episode()
+
+    def floor_batched() -> None:
+        # What a default check cannot avoid: a forward pass with gradient and two backward passes
+        # over every sequence, and two evaluations of J (forward passes without gradient).
+        two_gradients(episode(count)[1])
+        forward_without_gradient(count)
+        forward_without_gradient(count)
+
+    def floor_sequential() -> None:
+        for _ in range(count):
+            two_gradients(episode()[1])
+            forward_without_gradient(None)
+            forward_without_gradient(None)
+
     rows = []
     batched = median_times(
         {
             "plain": plain_batched,
+            "floor": floor_batched,
             **{
                 mode: (lambda mode=mode: check_reinforce(episode, params, batched=True, finite_differences=mode))
                 for mode in ("joint", "tensor", "none")
@@ -152,6 +184,7 @@ def run_case(name: str, stop_action: bool, repeats: int) -> list[str]:
     sequential = median_times(
         {
             "plain": plain_sequential,
+            "floor": floor_sequential,
             **{
                 mode: (lambda mode=mode: check_reinforce(episode, params, finite_differences=mode))
                 for mode in ("joint", "none")
@@ -170,6 +203,12 @@ def run_case(name: str, stop_action: bool, repeats: int) -> list[str]:
         lines.append(
             f"  {mode:<10} finite_differences={fd:<7} check {t * 1e3:8.1f} ms   plain {base * 1e3:8.1f} ms   "
             f"ratio {t / base:5.2f}x"
+        )
+    for mode, times in (("batched", batched), ("sequential", sequential)):
+        lines.append(
+            f"  {mode:<10} floor of a default check  {times['floor'] * 1e3:8.1f} ms   plain "
+            f"{times['plain'] * 1e3:8.1f} ms   ratio {times['floor'] / times['plain']:5.2f}x   "
+            "(forward + 2 backward passes, 2 forward passes without gradient)"
         )
     lines.append(
         f"  Monte Carlo episodes for one standard error within the check's tolerance "

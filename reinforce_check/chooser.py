@@ -415,10 +415,10 @@ class PrefixChooser:
             else:
                 newly_invalid = None
         self._probs.append(chosen_prob.detach().to(torch.float64)[:, None])
-        if alive is not None or newly_invalid is not None:
-            dead = ~alive if alive is not None else newly_invalid
-            if alive is not None and newly_invalid is not None:
-                dead = dead | newly_invalid
+        dead: torch.Tensor | None = None if alive is None else ~alive
+        if newly_invalid is not None:
+            dead = newly_invalid if dead is None else dead | newly_invalid
+        if dead is not None:
             chosen_prob = chosen_prob.masked_fill(dead, 1.0)
         self._factors.append(chosen_prob[:, None])
         self._actions.append(chosen[:, None])
@@ -678,7 +678,6 @@ class SequenceReplayer:
         self.needed = 0
         self.cursor = 0
         self.log_prob = 0.0
-        self.no_grad_calls = 0
 
     def start(self, index: int) -> None:
         """Force sequence ``index`` in the next run."""

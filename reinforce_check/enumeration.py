@@ -490,8 +490,8 @@ def _speculated_rows(
         if column in options:
             table[column, : widths[column]] = options[column]
             column_width[column] = max(widths[column], 1)
-    stride = torch.tensor(strides, dtype=torch.long).reshape(len(pending), width)[prefix_of_row]
-    digits = torch.where(guessed, combination[:, None].div(stride.clamp(min=1), rounding_mode="floor"), 0)
+    stride_of_row = torch.tensor(strides, dtype=torch.long).reshape(len(pending), width)[prefix_of_row]
+    digits = torch.where(guessed, combination[:, None].div(stride_of_row.clamp(min=1), rounding_mode="floor"), 0)
     digits = digits.remainder(column_width[None, :])
     heads_of_row = torch.tensor(heads, dtype=torch.long).reshape(len(pending), width)[prefix_of_row]
     forced = torch.where(guessed, table[columns[None, :], digits], heads_of_row)
@@ -623,28 +623,25 @@ def evaluate_objective(episode: Episode, found: Enumeration, *, batched: bool, g
     With ``guarded=False`` the caller runs it inside :func:`replaying`, which several evaluations
     can then share.
     """
-    total = torch.zeros((), dtype=torch.float64)
     with torch.no_grad(), (replaying(found) if guarded else contextlib.nullcontext()):
         if batched:
             chooser = _forced_chooser(found, slice(None))
             result, objective, _ = _run_pass(episode, chooser, batched=True, rows=len(found), mode=found.mode)
             _check_complete(result, chooser.forced_len)
-            total = (result.log_prob.exp() * objective).sum()
-        else:
-            # One run per sequence: a light chooser and one interception for all the runs keep the
-            # check's own cost per run small next to the episode's.
-            replayer = _sequence_replayer(found)
-            value = 0.0
-            with intercept_samplers(replayer, scoped=found.mode.scoped):
-                for index in range(len(found)):
-                    if found.mode.replay_state is not None:
-                        randomness.restore(found.mode.replay_state)
-                    replayer.start(index)
-                    objective, _ = _episode_outputs(episode(), rows=1, batched=False)
-                    replayer.finish()
-                    value += math.exp(replayer.log_prob) * float(objective)
-            return value
-    return float(total)
+            return float((result.log_prob.exp() * objective).sum())
+        # One run per sequence: a light chooser and one interception for all the runs keep the
+        # check's own cost per run small next to the episode's.
+        replayer = _sequence_replayer(found)
+        total = 0.0
+        with intercept_samplers(replayer, scoped=found.mode.scoped):
+            for index in range(len(found)):
+                if found.mode.replay_state is not None:
+                    randomness.restore(found.mode.replay_state)
+                replayer.start(index)
+                objective, _ = _episode_outputs(episode(), rows=1, batched=False)
+                replayer.finish()
+                total += math.exp(replayer.log_prob) * float(objective)
+        return total
 
 
 def _sequence_replayer(found: Enumeration) -> SequenceReplayer:
