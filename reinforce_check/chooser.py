@@ -113,6 +113,7 @@ class PrefixChooser:
         self._replaying_all = not spawn and replay_probs is None and rows > _SMALL_ROWS
         self._shortest = int(forced_len.min()) if rows else 0
         self._some_invalid = False
+        self._no_branching: torch.Tensor | None = None
         self._last_site = ""
         self._layout: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self.invalid = torch.zeros(rows, dtype=torch.bool)
@@ -187,6 +188,10 @@ class PrefixChooser:
         per_row = total_rows // self.rows
         if self._small and total_rows <= _SMALL_DECISIONS:
             return self._choose_small(weights, num_samples, replacement, site, per_row)
+        if self._replaying_all and per_row == 1 and num_samples == 1 and self.cursor < self._shortest:
+            chosen = self._replay_column(weights)
+            if chosen is not None:
+                return chosen[:, None]
         available = weights
         chosen_columns = []
         for draw in range(num_samples):
@@ -436,6 +441,39 @@ class PrefixChooser:
                     dim=1,
                 )
             )
+
+    def _replay_column(self, weights: torch.Tensor) -> torch.Tensor | None:
+        """Every row replays a known sequence through this slot (an evaluation of J): take the
+        forced actions, normalizing only their weights.
+
+        Returns None when anything is off (invalid weights, an infeasible action); the general
+        path then says what is wrong.
+        """
+        if self._column_max[self.cursor] >= weights.shape[1]:
+            return None
+        chosen = self.forced[:, self.cursor]
+        ones = torch.ones(weights.shape[1], 1, dtype=weights.dtype, device=weights.device)
+        total = weights @ ones
+        chosen_weight = weights.gather(1, chosen[:, None])
+        smallest, largest = torch.aminmax(total.detach())
+        if not (
+            weights.detach().amin().item() >= 0
+            and smallest.item() > 0
+            and largest.item() < math.inf
+            and chosen_weight.detach().amin().item() > 0
+        ):
+            return None
+        factor = chosen_weight / total
+        self.cursor += 1
+        self._factors.append(factor)
+        self._actions.append(chosen[:, None])
+        self._probs.append(factor.detach().to(torch.float64))
+        # Decisions inside a replayed path never spawn; only branching past a path's end matters.
+        if self._no_branching is None:
+            self._no_branching = torch.zeros(self.rows, 1, dtype=torch.bool)
+        self._branching.append(self._no_branching)
+        self._sites.append(self._last_site)
+        return chosen
 
     def _decide_forced(self, probs: torch.Tensor) -> torch.Tensor | None:
         """Every row replays a known sequence through this slot: take the forced actions.
