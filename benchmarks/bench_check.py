@@ -1,11 +1,16 @@
 """How long a check takes, as a ratio to plain training passes over the same sequences.
 
-Every ratio divides two times measured in the same run (medians of several repeats):
+Every ratio divides two times measured in the same run (medians of several repeats, the check and
+its baseline alternated within each repeat, so that a slow spell of a shared machine weighs on both):
 
 * batched mode: ``check_reinforce(..., batched=True)`` against one plain batched forward and backward
   of the same policy over all its action sequences (the floor for any exact check);
 * sequential mode: ``check_reinforce(...)`` against running the same episodes plainly one by one,
   forward and backward each.
+
+Each case also times the floor of a default check: the passes it cannot avoid, run plainly (one
+forward pass with gradient and two backward passes over every sequence, for the two gradients,
+and two forward passes without gradient, for the central difference of the exact J).
 
 Cases: an LSTM policy with 3 actions over 7 steps (3**7 = 2,187 sequences) and a variable-length
 policy whose third action stops the episode (255 sequences over at most 7 steps). For each, the
@@ -87,14 +92,18 @@ def make_episode(policy: LSTMPolicy, *, stop_action: bool) -> Callable[..., tupl
     return episode
 
 
-def median_time(function: Callable[[], object], repeats: int) -> float:
-    function()  # warm up
-    times = []
+def median_times(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median time of each function, run in turn within every repeat (after one warm-up each), so that
+    a slow spell of a shared machine weighs on all of them alike."""
+    for function in functions.values():
+        function()  # warm up
+    times: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def monte_carlo_episodes(report, rtol: float, atol: float) -> tuple[float, float]:
@@ -131,15 +140,60 @@ def run_case(name: str, stop_action: bool, repeats: int) -> list[str]:
             objective, loss = episode()
             loss.backward()
 
+    tensors = list(params.values())
+
+    def two_gradients(loss: torch.Tensor) -> None:
+        # The check's two backward passes over one graph: grad J, then the expected grad loss.
+        torch.autograd.grad(loss.sum(), tensors, retain_graph=True)
+        torch.autograd.grad(loss.sum(), tensors)
+
+    def forward_without_gradient(rows: int | None) -> None:
+        with torch.no_grad():
+            if rows:
+                episode(rows)
+            else:
+                episode()
+
+    def floor_batched() -> None:
+        # What a default check cannot avoid: a forward pass with gradient and two backward passes
+        # over every sequence, and two evaluations of J (forward passes without gradient).
+        two_gradients(episode(count)[1])
+        forward_without_gradient(count)
+        forward_without_gradient(count)
+
+    def floor_sequential() -> None:
+        for _ in range(count):
+            two_gradients(episode()[1])
+            forward_without_gradient(None)
+            forward_without_gradient(None)
+
     rows = []
-    batched_plain = median_time(plain_batched, repeats)
+    batched = median_times(
+        {
+            "plain": plain_batched,
+            "floor": floor_batched,
+            **{
+                mode: (lambda mode=mode: check_reinforce(episode, params, batched=True, finite_differences=mode))
+                for mode in ("joint", "tensor", "none")
+            },
+        },
+        repeats,
+    )
     for mode in ("joint", "tensor", "none"):
-        t = median_time(lambda: check_reinforce(episode, params, batched=True, finite_differences=mode), repeats)
-        rows.append((name, "batched", mode, t, batched_plain))
-    sequential_plain = median_time(plain_sequential, max(1, repeats // 3))
+        rows.append((name, "batched", mode, batched[mode], batched["plain"]))
+    sequential = median_times(
+        {
+            "plain": plain_sequential,
+            "floor": floor_sequential,
+            **{
+                mode: (lambda mode=mode: check_reinforce(episode, params, finite_differences=mode))
+                for mode in ("joint", "none")
+            },
+        },
+        max(1, repeats // 3),
+    )
     for mode in ("joint", "none"):
-        t = median_time(lambda: check_reinforce(episode, params, finite_differences=mode), max(1, repeats // 3))
-        rows.append((name, "sequential", mode, t, sequential_plain))
+        rows.append((name, "sequential", mode, sequential[mode], sequential["plain"]))
     exact_tol, loose_tol = monte_carlo_episodes(report, report.rtol, report.atol)
     lines = [
         f"{name}: {count:,} sequences, {len(params)} parameter tensors; "
@@ -149,6 +203,12 @@ def run_case(name: str, stop_action: bool, repeats: int) -> list[str]:
         lines.append(
             f"  {mode:<10} finite_differences={fd:<7} check {t * 1e3:8.1f} ms   plain {base * 1e3:8.1f} ms   "
             f"ratio {t / base:5.2f}x"
+        )
+    for mode, times in (("batched", batched), ("sequential", sequential)):
+        lines.append(
+            f"  {mode:<10} floor of a default check  {times['floor'] * 1e3:8.1f} ms   plain "
+            f"{times['plain'] * 1e3:8.1f} ms   ratio {times['floor'] / times['plain']:5.2f}x   "
+            "(forward + 2 backward passes, 2 forward passes without gradient)"
         )
     lines.append(
         f"  Monte Carlo episodes for one standard error within the check's tolerance "
@@ -168,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
         "reinforce_check benchmark: time of a check / time of plain passes over the same sequences",
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
         f"python {platform.python_version()}; medians of {repeats} (batched) and {max(1, repeats // 3)} "
-        "(sequential) repeats",
+        "(sequential) repeats, the check and its plain baseline alternated within each repeat",
         "command: python benchmarks/bench_check.py",
         "",
     ]

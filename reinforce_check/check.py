@@ -210,7 +210,7 @@ def check_reinforce(
     tensors = [t for _, t in named]
     start = time.perf_counter()
 
-    accumulator = _exact.GradientAccumulator(tensors)
+    accumulator = _exact.GradientAccumulator(tensors, variance=variance)
     found = enumerate_sequences(episode, batched=batched, max_sequences=max_sequences, on_pass=accumulator)
     # One more run of the first sequence: state kept between runs would change what it returns.
     verify_replay(episode, found, batched=batched)

@@ -29,7 +29,7 @@ import torch
 
 from .errors import InvalidProbabilitiesError, NondeterministicEpisodeError
 
-__all__ = ["Pass", "PrefixChooser"]
+__all__ = ["Pass", "PrefixChooser", "SequenceReplayer"]
 
 # Probabilities replayed in another batch composition may differ in the last bits (BLAS blocking).
 _REPLAY_RTOL = 1e-8
@@ -112,10 +112,15 @@ class PrefixChooser:
         # Passes that only replay known sequences (finite differences) take a short path.
         self._replaying_all = not spawn and replay_probs is None and rows > _SMALL_ROWS
         self._shortest = int(forced_len.min()) if rows else 0
+        self._some_invalid = False
+        self._no_branching: torch.Tensor | None = None
         self._last_site = ""
         self._layout: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self.invalid = torch.zeros(rows, dtype=torch.bool)
-        self.log_prob: torch.Tensor | None = None
+        # Probability of the action taken at every decision, (rows, n) blocks in call order (1 for
+        # rows that are invalid); their logs are summed once, when the pass ends, which keeps the
+        # graph a backward pass walks small.
+        self._factors: list[torch.Tensor] = []
         self._actions: list[torch.Tensor] = []
         self._probs: list[torch.Tensor] = []
         self._branching: list[torch.Tensor] = []
@@ -137,6 +142,17 @@ class PrefixChooser:
             self._small_actions: list[list[int]] = [[] for _ in range(rows)]
             self._small_probs: list[list[float]] = [[] for _ in range(rows)]
             self._small_branching: list[list[bool]] = [[] for _ in range(rows)]
+        if not self._small and rows:
+            # Which kinds of rows exist at each slot, decided once per pass, so that a decision
+            # runs only the tensor operations its rows need.
+            self._bounds = (self._shortest, int(forced_len.max()), int(real_len.min()), int(real_len.max()))
+            self._column_max = forced.max(dim=0).values.tolist() if forced.shape[1] else []
+            # The tolerance of every replayed probability, infinite where nothing is replayed.
+            self._replay_tolerance: torch.Tensor | None = None
+            if replay_probs is not None and replay_probs.shape[1]:
+                replayed = torch.arange(replay_probs.shape[1])[None, :] < real_len[:, None]
+                tolerance = _REPLAY_ATOL + _REPLAY_RTOL * replay_probs.abs()
+                self._replay_tolerance = tolerance.masked_fill(~replayed, math.inf)
         # canonical[r, s]: every speculated guess of row r from slot s on is a first guess. Rows that
         # share the node at slot s differ only from s on, so exactly one of them is canonical there.
         if speculation_index is not None and speculation_index.shape[1] > 0:
@@ -172,6 +188,10 @@ class PrefixChooser:
         per_row = total_rows // self.rows
         if self._small and total_rows <= _SMALL_DECISIONS:
             return self._choose_small(weights, num_samples, replacement, site, per_row)
+        if self._replaying_all and per_row == 1 and num_samples == 1 and self.cursor < self._shortest:
+            chosen = self._replay_column(weights)
+            if chosen is not None:
+                return chosen[:, None]
         available = weights
         chosen_columns = []
         for draw in range(num_samples):
@@ -181,14 +201,22 @@ class PrefixChooser:
             if not replacement and draw + 1 < num_samples:
                 taken = torch.nn.functional.one_hot(chosen, probs.shape[1]).bool()
                 available = available.masked_fill(taken, 0)
+        if num_samples == 1:
+            return chosen_columns[0][:, None]
         return torch.stack(chosen_columns, dim=1)
 
     @staticmethod
     def _normalize(weights: torch.Tensor, site: str, replacement: bool) -> torch.Tensor:
         detached = weights.detach()
-        total = weights.sum(dim=1, keepdim=True)
-        # One synchronizing test for the common case; the diagnosis below runs only on bad input.
-        if bool(((detached >= 0) & (detached < float("inf"))).all() & (total.detach() > 0).all()):
+        # A product with a column of ones is a row sum several times faster than sum(dim=1) for
+        # the few actions of a decision (and as exact: the same few additions).
+        ones = torch.ones(weights.shape[1], 1, dtype=weights.dtype, device=weights.device)
+        total = weights @ ones
+        checked = total.detach()
+        # A quick test for the common case (NaN fails every comparison, an infinite weight makes
+        # its total infinite); the diagnosis below runs only on bad input.
+        smallest, largest = torch.aminmax(checked)
+        if detached.amin().item() >= 0 and smallest.item() > 0 and largest.item() < math.inf:
             return weights / total
         if not bool(torch.isfinite(detached).all()):
             raise InvalidProbabilitiesError(
@@ -200,7 +228,7 @@ class PrefixChooser:
                 f"{site} received negative probabilities (smallest {detached.min().item():.3g}). "
                 "Pass softmax outputs or non-negative weights."
             )
-        if bool((total.detach() <= 0).any()):
+        if not bool((checked > 0).all()):
             detail = (
                 "no action left to draw without replacement"
                 if not replacement
@@ -217,6 +245,12 @@ class PrefixChooser:
             chosen = self._decide_forced(probs)
             if chosen is not None:
                 return chosen
+        if per_row == 1 and not self._small and not self.record_supports:
+            return self._decide_single(probs, site)
+        return self._decide_rows(probs, per_row, site)
+
+    def _decide_rows(self, probs: torch.Tensor, per_row: int, site: str) -> torch.Tensor:
+        """Decide every row of a call, each row at its own slot (several decisions per episode)."""
         total_rows, num_actions = probs.shape
         key = (total_rows, per_row)
         if key not in self._layout:
@@ -264,11 +298,11 @@ class PrefixChooser:
                     self._supports[int(slot[index])] = support[index].clone()
         if bool(newly_invalid.any()):
             self.invalid[episode[newly_invalid]] = True
+            self._some_invalid = True
 
         dead = ~alive | newly_invalid
         safe_prob = torch.where(dead, torch.ones_like(chosen_prob), chosen_prob)
-        per_episode = torch.log(safe_prob).reshape(self.rows, per_row).sum(dim=1)
-        self.log_prob = per_episode if self.log_prob is None else self.log_prob + per_episode
+        self._factors.append(safe_prob.reshape(self.rows, per_row))
         actions = chosen.reshape(self.rows, per_row)
         chosen_probs = chosen_prob.detach().to(torch.float64).reshape(self.rows, per_row)
         branching = (support.sum(dim=1) > 1).reshape(self.rows, per_row)
@@ -286,20 +320,175 @@ class PrefixChooser:
         self._sites.extend([site] * per_row)
         return chosen
 
+    def _decide_single(self, probs: torch.Tensor, site: str) -> torch.Tensor:
+        """:meth:`_decide` for a call with one decision per row, the common case of a batched pass.
+
+        Every row is then at the same slot, so the forced paths are read one column at a time
+        instead of gathered row by row, and which kinds of rows (forced, replayed, speculated,
+        free, invalid) exist at the slot is known in Python: the tensor operations of a kind that
+        is absent are skipped.
+        """
+        slot = self.cursor
+        self.cursor += 1
+        num_actions = probs.shape[1]
+        detached = probs.detach()
+        support = detached > 0
+        alive = ~self.invalid if self._some_invalid else None
+        shortest, longest, min_real, max_real = self._bounds
+        newly_invalid: torch.Tensor | None = None
+        if slot >= longest:
+            # Past every forced path: every live row takes its first action and spawns the others.
+            chosen = support.to(torch.int8).argmax(dim=1)
+            chosen_prob = probs.gather(1, chosen[:, None]).squeeze(1)
+            if self.spawn:
+                alternatives = support.scatter(1, chosen[:, None], False)
+                if alive is not None:
+                    alternatives &= alive[:, None]
+                self._spawn_from(alternatives, probs, slot)
+        else:
+            all_forced = slot < shortest
+            in_forced = None if all_forced else slot < self.forced_len
+            forced_action = self.forced[:, slot]
+            if all_forced and 0 <= self._column_max[slot] < num_actions:
+                # Forced actions are never -1 inside a path, so only the upper bound needed checking.
+                feasible = support.gather(1, forced_action[:, None]).squeeze(1)
+            else:
+                if in_forced is not None:
+                    forced_action = forced_action.masked_fill(~in_forced, -1)
+                in_range = (forced_action >= 0) & (forced_action < num_actions)
+                safe_action = forced_action.clamp(0, num_actions - 1)
+                feasible = in_range & support.gather(1, safe_action[:, None]).squeeze(1)
+            all_feasible = all_forced and bool(feasible.all())
+            # Replayed rows are never invalid: a row turns invalid only past its replayed prefix.
+            if slot < min_real:
+                replayed: torch.Tensor | None = torch.ones_like(feasible)
+            elif slot < max_real:
+                replayed = slot < self.real_len
+            else:
+                replayed = None
+            if replayed is not None and not all_feasible:
+                broken = replayed & ~feasible
+                if bool(broken.any()):
+                    self._raise_replay_broken(int(broken.nonzero()[0, 0]), slot, site)
+            if all_feasible:
+                chosen = forced_action
+            else:
+                take = feasible if in_forced is None else in_forced & feasible
+                chosen = torch.where(take, forced_action, support.to(torch.int8).argmax(dim=1))
+            chosen_prob = probs.gather(1, chosen[:, None]).squeeze(1)
+            if self.replay_probs is not None and replayed is not None and self._replay_tolerance is not None:
+                expected = self.replay_probs[:, slot]
+                seen = chosen_prob.detach()
+                differs = (seen - expected).abs() > self._replay_tolerance[:, slot]
+                if bool(differs.any()):
+                    index = int(differs.nonzero()[0, 0])
+                    self._raise_replay_changed(slot, site, float(seen[index]), float(expected[index]))
+            guess = self.guesses.get(slot)
+            covered = guess is not None and guess.shape[0] >= num_actions and bool(guess[:num_actions].all())
+            # Speculated rows (forced past their known prefix, alive) matter only if a guess may
+            # fail or spawn here.
+            speculated = None
+            if slot >= min_real and (not all_feasible or (self.spawn and not covered)):
+                speculated = torch.ones_like(feasible) if in_forced is None else in_forced.clone()
+                if replayed is not None:
+                    speculated &= ~replayed
+                if alive is not None:
+                    speculated &= alive
+            if speculated is not None and not all_feasible:
+                newly_invalid = speculated & ~feasible
+            if self.spawn:
+                alternatives = None
+                if in_forced is not None:
+                    # Free rows spawn every feasible action but the one they take.
+                    free = ~in_forced if alive is None else alive & ~in_forced
+                    alternatives = (support & free[:, None]).scatter(1, chosen[:, None], False)
+                if speculated is not None and not covered:
+                    # At a speculated slot only the canonical row of each node spawns: the feasible
+                    # actions outside the guessed set (the guessed ones have rows of their own).
+                    guessed = torch.zeros(num_actions, dtype=torch.bool)
+                    if guess is not None:
+                        size = min(num_actions, guess.shape[0])
+                        guessed[:size] = guess[:size]
+                    canonical = self.canonical[:, slot] & speculated
+                    extra = support & canonical[:, None] & ~guessed[None, :]
+                    alternatives = extra if alternatives is None else alternatives | extra
+                if alternatives is not None:
+                    self._spawn_from(alternatives, probs, slot)
+            if newly_invalid is not None and bool(newly_invalid.any()):
+                self.invalid |= newly_invalid
+                self._some_invalid = True
+            else:
+                newly_invalid = None
+        self._probs.append(chosen_prob.detach().to(torch.float64)[:, None])
+        dead: torch.Tensor | None = None if alive is None else ~alive
+        if newly_invalid is not None:
+            dead = newly_invalid if dead is None else dead | newly_invalid
+        if dead is not None:
+            chosen_prob = chosen_prob.masked_fill(dead, 1.0)
+        self._factors.append(chosen_prob[:, None])
+        self._actions.append(chosen[:, None])
+        self._branching.append((support.sum(dim=1) > 1)[:, None])
+        self._sites.append(site)
+        return chosen
+
+    def _spawn_from(self, alternatives: torch.Tensor, probs: torch.Tensor, slot: int) -> None:
+        found = alternatives.nonzero()
+        if found.shape[0]:
+            rows, acts = found[:, 0], found[:, 1]
+            self._spawns.append(
+                torch.stack(
+                    [rows.double(), torch.full_like(rows, slot).double(), acts.double(), probs.detach()[rows, acts].double()],
+                    dim=1,
+                )
+            )
+
+    def _replay_column(self, weights: torch.Tensor) -> torch.Tensor | None:
+        """Every row replays a known sequence through this slot (an evaluation of J): take the
+        forced actions, normalizing only their weights.
+
+        Returns None when anything is off (invalid weights, an infeasible action); the general
+        path then says what is wrong.
+        """
+        if self._column_max[self.cursor] >= weights.shape[1]:
+            return None
+        chosen = self.forced[:, self.cursor]
+        ones = torch.ones(weights.shape[1], 1, dtype=weights.dtype, device=weights.device)
+        total = weights @ ones
+        chosen_weight = weights.gather(1, chosen[:, None])
+        smallest, largest = torch.aminmax(total.detach())
+        if not (
+            weights.detach().amin().item() >= 0
+            and smallest.item() > 0
+            and largest.item() < math.inf
+            and chosen_weight.detach().amin().item() > 0
+        ):
+            return None
+        factor = chosen_weight / total
+        self.cursor += 1
+        self._factors.append(factor)
+        self._actions.append(chosen[:, None])
+        self._probs.append(factor.detach().to(torch.float64))
+        # Decisions inside a replayed path never spawn; only branching past a path's end matters.
+        if self._no_branching is None:
+            self._no_branching = torch.zeros(self.rows, 1, dtype=torch.bool)
+        self._branching.append(self._no_branching)
+        self._sites.append(self._last_site)
+        return chosen
+
     def _decide_forced(self, probs: torch.Tensor) -> torch.Tensor | None:
         """Every row replays a known sequence through this slot: take the forced actions.
 
         Returns None (the general path then says what is wrong) if an action is infeasible.
         """
-        chosen = self.forced[:, self.cursor]
-        if bool((chosen >= probs.shape[1]).any()):
+        if self._column_max[self.cursor] >= probs.shape[1]:
             return None
+        chosen = self.forced[:, self.cursor]
         chosen_prob = probs.gather(1, chosen[:, None]).squeeze(1)
         detached = chosen_prob.detach()
-        if not bool((detached > 0).all()):
+        if not bool(detached.amin() > 0):
             return None
         self.cursor += 1
-        self.log_prob = torch.log(chosen_prob) if self.log_prob is None else self.log_prob + torch.log(chosen_prob)
+        self._factors.append(chosen_prob[:, None])
         self._actions.append(chosen[:, None])
         self._probs.append(detached.to(torch.float64)[:, None])
         # Decisions inside a replayed path never spawn; only branching past a path's end matters.
@@ -319,14 +508,16 @@ class PrefixChooser:
                 self._normalize(available, site, replacement)  # raises, saying what is wrong
             chosen = self._decide_small(raw, totals, per_row, site)
             chosen_tensor = torch.tensor(chosen, dtype=torch.long)
-            probs = available / available.sum(dim=1, keepdim=True)
-            self._accumulate(probs.gather(1, chosen_tensor[:, None]).squeeze(1), per_row)
+            chosen_weight = available.gather(1, chosen_tensor[:, None])
+            self._accumulate((chosen_weight / available.sum(dim=1, keepdim=True)).squeeze(1), per_row)
             columns.append(chosen_tensor)
             if not replacement and draw + 1 < num_samples:
                 for row, action in zip(raw, chosen):
                     row[action] = 0.0
                 taken = torch.nn.functional.one_hot(chosen_tensor, weights.shape[1]).bool()
                 available = available.masked_fill(taken, 0)
+        if num_samples == 1:
+            return columns[0][:, None]
         return torch.stack(columns, dim=1)
 
     def _decide_small(self, raw: list[list[float]], totals: list[float], per_row: int, site: str) -> list[int]:
@@ -367,6 +558,7 @@ class PrefixChooser:
             if newly_invalid:
                 self._invalid_list[episode] = True
                 self.invalid[episode] = True
+                self._some_invalid = True
             chosen.append(action)
             probs.append(prob)
             branching.append(len(support) > 1)
@@ -390,8 +582,7 @@ class PrefixChooser:
         if any(self._dead):
             dead = torch.tensor(self._dead)
             chosen_prob = torch.where(dead, torch.ones_like(chosen_prob), chosen_prob)
-        per_episode = torch.log(chosen_prob).reshape(self.rows, per_row).sum(dim=1)
-        self.log_prob = per_episode if self.log_prob is None else self.log_prob + per_episode
+        self._factors.append(chosen_prob.reshape(self.rows, per_row))
 
     def _raise_replay_broken(self, row: int, slot: int, site: str) -> None:
         raise NondeterministicEpisodeError(
@@ -477,7 +668,11 @@ class PrefixChooser:
         spawns: list[tuple[int, int, int, float]] = list(self._spawn_list) if self._small else []
         for block in self._spawns:
             spawns.extend((int(r), int(s), int(a), float(p)) for r, s, a, p in block.tolist())
-        log_prob = self.log_prob if self.log_prob is not None else torch.zeros(self.rows, dtype=torch.float64)
+        if self._factors:
+            factors = self._factors[0] if len(self._factors) == 1 else torch.cat(self._factors, dim=1)
+            log_prob = torch.log(factors).sum(dim=1)
+        else:
+            log_prob = torch.zeros(self.rows, dtype=torch.float64)
         return Pass(
             actions=actions,
             probs=probs,
@@ -489,3 +684,96 @@ class PrefixChooser:
             supports=self._supports,
             no_grad_calls=self.no_grad_calls,
         )
+
+
+class SequenceReplayer:
+    """Chooser that forces known sequences, one episode run at a time, and keeps only their probability.
+
+    It serves the evaluations of J at shifted parameters in sequential mode, where every sequence
+    is one run of the episode: each decision is a few Python operations on the run's handful of
+    probabilities, instead of the tensor bookkeeping of :class:`PrefixChooser`, and one instance
+    serves every run (call :meth:`start` before each run and :meth:`finish` after it). What a replay
+    must verify is still verified: every forced action is feasible, a run makes at least the
+    decisions up to its sequence's last choice, and no decision past the sequence's end offers a
+    choice.
+
+    Arguments:
+        paths: the actions of every sequence (a list per sequence).
+        required: how many decisions of each sequence must be replayed (up to its last choice).
+
+    >>> replayer = SequenceReplayer([[1]], [1])
+    >>> replayer.start(0)
+    >>> replayer.choose(torch.tensor([[0.0, 0.25, 0.75]]), 1, True, "torch.multinomial")
+    tensor([[1]])
+    >>> replayer.finish(); round(math.exp(replayer.log_prob), 12)
+    0.25
+    """
+
+    def __init__(self, paths: list[list[int]], required: list[int]) -> None:
+        self.paths = paths
+        self.required = required
+        self.path: list[int] = []
+        self.needed = 0
+        self.cursor = 0
+        self.log_prob = 0.0
+
+    def start(self, index: int) -> None:
+        """Force sequence ``index`` in the next run."""
+        self.path = self.paths[index]
+        self.needed = self.required[index]
+        self.cursor = 0
+        self.log_prob = 0.0
+
+    def choose(self, weights: torch.Tensor, num_samples: int, replacement: bool, site: str) -> torch.Tensor:
+        if weights.dim() != 2 or weights.shape[1] == 0:
+            raise InvalidProbabilitiesError(
+                f"{site} received probabilities of shape {tuple(weights.shape)}; expected (K,) or (rows, K) with K >= 1."
+            )
+        raw = weights.detach().double().tolist()
+        columns = []
+        for _ in range(num_samples):
+            taken = []
+            for row in raw:
+                total = sum(row)
+                if not (0 < total < math.inf) or min(row) < 0:
+                    PrefixChooser._normalize(torch.tensor([row], dtype=torch.float64), site, replacement)
+                slot = self.cursor
+                self.cursor += 1
+                if slot < len(self.path):
+                    action = self.path[slot]
+                    if not (0 <= action < len(row) and row[action] > 0):
+                        raise NondeterministicEpisodeError(
+                            f"replaying a known action sequence at shifted parameters: at decision {slot} ({site}) "
+                            "the action taken before now has probability zero (or the decision has fewer actions). "
+                            "The episode does not behave the same way under replay: make it deterministic given its "
+                            "actions, with the same feasible actions for nearby parameter values (mask infeasible "
+                            "actions with -inf logits rather than with thresholds on probabilities)."
+                        )
+                else:
+                    feasible = [k for k, value in enumerate(row) if value > 0]
+                    if len(feasible) > 1:
+                        raise NondeterministicEpisodeError(
+                            f"replaying a known action sequence, the episode reached decision {slot} ({site}) with "
+                            "several feasible actions after the end of that sequence: the same actions led to a "
+                            "longer episode, so the episode is not a deterministic function of its actions."
+                        )
+                    action = feasible[0]
+                self.log_prob += math.log(row[action] / total)
+                taken.append(action)
+                if not replacement:
+                    row[action] = 0.0
+            columns.append(taken)
+        return torch.tensor(columns, dtype=torch.long).T
+
+    def finish(self) -> None:
+        """Close a run.
+
+        Raises:
+            NondeterministicEpisodeError: the run stopped before its sequence's last choice.
+        """
+        if self.cursor < self.needed:
+            raise NondeterministicEpisodeError(
+                f"replaying a known action sequence, the episode made {self.cursor} decisions, but the sequence "
+                f"has {self.needed} up to its last choice. The same actions led to a shorter episode, so the "
+                "episode is not a deterministic function of its actions."
+            )

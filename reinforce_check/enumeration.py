@@ -6,13 +6,17 @@ other feasible actions as new prefixes, so every run completes exactly one new s
 sequential enumeration does, but driven by the intercepted samplers, with no annotations).
 
 Batched mode (``episode(batch_size)`` runs independent rows) runs in rounds. Round 0 is one free
-row; it reveals the support of every decision along its path. Each later round runs, as one batch,
-every pending prefix extended by the product of the supports seen so far (see
-:mod:`reinforce_check.chooser`): round 1 guesses one slot deep as a probe; if all its guesses were
-feasible, round 2 guesses as deep as the budget allows, so a tree whose supports do not depend on
-the history takes three rounds; a tree whose supports do (stop actions, masks) keeps guessing one
-slot deep and takes about as many rounds as its longest episode has decisions. Every sequence
-still completes in exactly one valid row.
+row, run without gradient; it reveals the support of every decision along its path. Each later
+round runs, as one batch, every pending prefix extended by the product of the supports seen so far
+(see :mod:`reinforce_check.chooser`); round 0's own sequence is the first row of round 1, which
+replays it in another episode call (the replay check of sequential mode, for one row). A tree whose
+whole guess takes at most a few thousand rows is guessed whole in round 1, so a tree whose supports
+do not depend on the history takes two episode calls. A larger tree is probed one slot deep first;
+if all its guesses were feasible, the next round guesses as deep as the budget allows; a tree whose
+supports depend on the history (stop actions, masks) then keeps guessing one slot deep. Every
+sequence still completes in exactly one valid row. The rows' graphs are kept until the last round,
+and the gradients come from one set of backward passes over all of them, or, when most guessed rows
+proved infeasible, from one more batch that runs the sequences alone.
 
 Once the sequences are known, :func:`evaluate_objective` forces all of them in a single batch
 (the paper's "single minibatch whose size is #A†") to evaluate J at other parameter values.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,7 +34,7 @@ from typing import Any, Protocol
 import torch
 
 from . import randomness
-from .chooser import Pass, PrefixChooser
+from .chooser import Pass, PrefixChooser, SequenceReplayer
 from .errors import (
     EpisodeOutputError,
     NondeterministicEpisodeError,
@@ -46,6 +51,7 @@ __all__ = [
     "evaluate_objective",
     "replay_all",
     "replay_sequence",
+    "replaying",
     "verify_replay",
 ]
 
@@ -94,6 +100,8 @@ class Enumeration:
     """In scoped mode, sampler calls outside @enumerate_actions code (sampled, not enumerated)."""
     mode: _Mode = field(default_factory=lambda: _UNSCOPED)
     """Whether the passes ran in scoped mode, and from which generator state."""
+    replay_verified: bool = False
+    """Whether the first sequence was already run twice, in two episode calls, with equal outputs."""
 
     def __len__(self) -> int:
         return int(self.lengths.shape[0])
@@ -207,11 +215,16 @@ class _Collector:
 
     Each pass's differentiable ``(log_prob, objective, loss)`` rows go to ``on_pass`` as soon as the
     pass ends, so that gradients are taken while the graph is small; only detached values are kept.
+    With ``defer`` (batched mode, a few passes) they go to ``on_pass`` once, concatenated, when the
+    enumeration ends: one set of backward passes over all rounds instead of one per round.
     """
 
-    def __init__(self, on_pass: PassHook | None, mode: _Mode) -> None:
+    def __init__(self, on_pass: PassHook | None, mode: _Mode, *, defer: bool = False) -> None:
         self.on_pass = on_pass
         self.mode = mode
+        self.deferred: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = [] if defer else None
+        # Rows of the deferred graphs, wasted guesses included: what a backward pass over them costs.
+        self.graph_rows = 0
         self.blocks: list[tuple[torch.Tensor, torch.Tensor, list[str]]] = []
         self.log_prob: list[torch.Tensor] = []
         self.objective: list[torch.Tensor] = []
@@ -231,15 +244,33 @@ class _Collector:
         kept = int(keep.shape[0])
         self.blocks.append((result.actions[keep], result.branching[keep], result.sites))
         log_prob, objective, loss = result.log_prob[keep], objective[keep], loss[keep]
-        if self.on_pass is not None:
+        if self.deferred is not None:
+            self.deferred.append((log_prob, objective, loss))
+            self.graph_rows += result.valid.shape[0]
+        elif self.on_pass is not None:
             self.on_pass(log_prob, objective, loss)
         self.log_prob.append(log_prob.detach())
         self.objective.append(objective.detach())
         self.loss.append(loss.detach())
         self.count += kept
 
+    def add_discovery(self, result: Pass) -> None:
+        """Count a pass run only to discover the tree (its sequences are run again later)."""
+        self.passes += 1
+        self.rows_run += result.valid.shape[0]
+        self.unscoped_calls += result.unscoped_calls
+
     def __len__(self) -> int:
         return self.count
+
+    def flush(self) -> None:
+        """Hand the deferred rows to ``on_pass`` (deferred mode) and let their graphs go."""
+        if self.deferred and self.on_pass is not None:
+            if len(self.deferred) == 1:
+                self.on_pass(*self.deferred[0])
+            else:
+                self.on_pass(*(torch.cat(parts) for parts in zip(*self.deferred)))
+        self.deferred = None
 
     def build(self) -> Enumeration:
         width = max(block[0].shape[1] for block in self.blocks)
@@ -318,8 +349,8 @@ def enumerate_sequences(
     run = _enumerate_batched if batched else _enumerate_sequential
     before = randomness.capture()
     try:
-        with randomness.watch():
-            return run(episode, max_sequences, _Collector(on_pass, _UNSCOPED))
+        with randomness.watch(before):
+            return run(episode, max_sequences, _Collector(on_pass, _UNSCOPED, defer=batched))
     except ScopeDetected:
         pass
     # The episode uses @enumerate_actions: start again, enumerating only the draws inside it and
@@ -328,21 +359,38 @@ def enumerate_sequences(
         on_pass.reset()
     mode = _Mode(before)
     try:
-        return run(episode, max_sequences, _Collector(on_pass, mode))
+        return run(episode, max_sequences, _Collector(on_pass, mode, defer=batched))
     finally:
         randomness.restore(before)
 
 
 def verify_replay(episode: Episode, found: Enumeration, *, batched: bool) -> None:
     """Replay the first sequence and compare: catches state kept between runs that the chooser
-    cannot see (a private generator or a counter created outside the episode)."""
+    cannot see (a private generator or a counter created outside the episode).
+
+    A batched enumeration has done this already (``found.replay_verified``); nothing is run then.
+    """
+    if found.replay_verified:
+        return
     with torch.no_grad():
         log_prob, objective, loss = replay_sequence(episode, found, 0, batched=batched)
-    for name, now, before in (("objective", objective, found.objective[0]), ("loss", loss, found.loss[0])):
-        if not torch.allclose(now.detach(), before, rtol=1e-9, atol=1e-12):
+    _verify_same(objective, loss, found.objective[0], found.loss[0])
+
+
+def _verify_same(
+    objective: torch.Tensor, loss: torch.Tensor, objective_before: torch.Tensor, loss_before: torch.Tensor
+) -> None:
+    """Raise if a replay's outputs differ from the first run's (tensors of the same shape, one value
+    per sequence, sequence 0 first)."""
+    for name, now, before in (("objective", objective, objective_before), ("loss", loss, loss_before)):
+        now, before = now.detach().reshape(-1), before.detach().reshape(-1)
+        close = torch.isclose(now, before, rtol=1e-9, atol=1e-12)
+        if not bool(close.all()):
+            index = int((~close).nonzero()[0, 0])
+            which = "the first action sequence" if index == 0 else f"action sequence {index}"
             raise NondeterministicEpisodeError(
-                f"replaying the first action sequence gave {name} {float(now):.17g}; its first run gave "
-                f"{float(before):.17g}. The episode keeps state between runs that changes what it returns "
+                f"replaying {which} gave {name} {float(now[index]):.17g}; its first run gave "
+                f"{float(before[index]):.17g}. The episode keeps state between runs that changes what it returns "
                 "(a generator or a counter created outside the episode, a cache): create such state inside "
                 "the episode, or seed it there."
             )
@@ -372,11 +420,9 @@ def _enumerate_sequential(episode: Episode, max_sequences: int, collector: _Coll
     return collector.build()
 
 
-def _speculate(
-    pending: list[_Prefix], options: dict[int, torch.Tensor], cap: int, max_depth: int
-) -> list[list[int]]:
+def _speculate(pending: list[_Prefix], widths: dict[int, int], cap: int, max_depth: int) -> list[int]:
     """Choose how many slots past its prefix each pending prefix guesses (at most ``max_depth``),
-    keeping the rows within ``cap``; ``options`` holds the actions guessed at each slot."""
+    keeping the rows within ``cap``; ``widths`` holds how many actions are guessed at each slot."""
     depth = [0] * len(pending)
     sizes = [1] * len(pending)
     total = len(pending)
@@ -384,9 +430,10 @@ def _speculate(
     while grown:
         grown = False
         for index, prefix in enumerate(pending):
-            slot = len(prefix.actions) + depth[index]
-            width = len(options[slot]) if slot in options else 0
-            if width == 0 or depth[index] >= max_depth:
+            if depth[index] >= max_depth:
+                continue
+            width = widths.get(len(prefix.actions) + depth[index], 0)
+            if width == 0:
                 continue
             new_total = total + sizes[index] * (width - 1)
             if new_total > cap:
@@ -395,7 +442,7 @@ def _speculate(
             sizes[index] *= width
             depth[index] += 1
             grown = True
-    return [[len(options[len(p.actions) + k]) for k in range(d)] for p, d in zip(pending, depth)]
+    return depth
 
 
 def _speculated_rows(
@@ -403,73 +450,78 @@ def _speculated_rows(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rows for one batched round: each pending prefix followed by every combination of guesses.
 
-    Returns ``forced``, ``forced_len``, ``real_len``, ``replay_probs`` and ``speculation_index`` as
+    Rows come prefix by prefix, in the order of ``pending``; the guesses of a prefix vary as
+    mixed-radix digits, the last guessed slot fastest. Returns ``forced``, ``forced_len``,
+    ``real_len``, ``replay_probs`` and ``speculation_index`` as
     :class:`~reinforce_check.chooser.PrefixChooser` takes them.
     """
     options = {slot: mask.nonzero().flatten() for slot, mask in guesses.items()}
-    widths = _speculate(pending, options, cap, max_depth)
-    # Prefixes that start at the same slot and guess the same slots share one grid of guesses.
-    groups: dict[tuple[int, tuple[int, ...]], list[_Prefix]] = {}
-    for prefix, prefix_widths in zip(pending, widths):
-        groups.setdefault((len(prefix.actions), tuple(prefix_widths)), []).append(prefix)
-    blocks = []
-    for (start, guessed_widths), members in groups.items():
-        count = 1
-        for w in guessed_widths:
-            count *= w
-        # Mixed-radix digits of 0..count-1, the last guessed slot varying fastest.
-        remainder = torch.arange(count)
-        digits = []
-        for w in reversed(guessed_widths):
-            digits.append(remainder % w)
-            remainder = remainder // w
-        digits.reverse()
-        index = torch.stack(digits, dim=1) if digits else torch.zeros(count, 0, dtype=torch.long)
-        guessed = (
-            torch.stack([options[start + k][index[:, k]] for k in range(len(guessed_widths))], dim=1)
-            if guessed_widths
-            else index
-        )
-        heads = torch.tensor([p.actions for p in members], dtype=torch.long).reshape(len(members), start)
-        probs = torch.tensor([p.probs for p in members], dtype=torch.float64).reshape(len(members), start)
-        forced = torch.cat(
-            [heads.repeat_interleave(count, dim=0), guessed.repeat(len(members), 1)], dim=1
-        )
-        spec = torch.cat(
-            [torch.zeros(len(members) * count, start, dtype=torch.long), index.repeat(len(members), 1)], dim=1
-        )
-        blocks.append((forced, spec, probs.repeat_interleave(count, dim=0), start))
-    rows = sum(b[0].shape[0] for b in blocks)
-    width = max((b[0].shape[1] for b in blocks), default=0)
-    forced = torch.full((rows, width), -1, dtype=torch.long)
-    speculation_index = torch.zeros(rows, width, dtype=torch.long)
-    replay_probs = torch.zeros(rows, width, dtype=torch.float64)
-    forced_len = torch.empty(rows, dtype=torch.long)
-    real_len = torch.empty(rows, dtype=torch.long)
-    row = 0
-    for block_forced, block_spec, block_probs, start in blocks:
-        count, length = block_forced.shape
-        forced[row : row + count, :length] = block_forced
-        speculation_index[row : row + count, :length] = block_spec
-        replay_probs[row : row + count, :start] = block_probs
-        forced_len[row : row + count] = length
-        real_len[row : row + count] = start
-        row += count
-    return forced, forced_len, real_len, replay_probs, speculation_index
+    widths = {slot: int(actions.shape[0]) for slot, actions in options.items()}
+    depths = _speculate(pending, widths, cap, max_depth)
+    starts = [len(p.actions) for p in pending]
+    ends = [start + depth for start, depth in zip(starts, depths)]
+    width = max(ends, default=0)
+    # Per prefix and column: the prefix's own actions (then -1), and the stride of each guessed
+    # column's digit (the product of the widths of the guessed columns after it).
+    heads = [p.actions + [-1] * (width - len(p.actions)) for p in pending]
+    head_probs = [p.probs + [0.0] * (width - len(p.probs)) for p in pending]
+    strides = []
+    counts = []
+    for start, end in zip(starts, ends):
+        row = [0] * width
+        stride = 1
+        for column in range(end - 1, start - 1, -1):
+            row[column] = stride
+            stride *= widths[column]
+        strides.append(row)
+        counts.append(stride)
+    count = torch.tensor(counts, dtype=torch.long)
+    prefix_of_row = torch.repeat_interleave(torch.arange(len(pending)), count)
+    offsets = torch.cumsum(count, 0) - count
+    combination = torch.arange(int(count.sum())) - offsets[prefix_of_row]
+    columns = torch.arange(width)
+    start_of_row = torch.tensor(starts, dtype=torch.long)[prefix_of_row]
+    end_of_row = torch.tensor(ends, dtype=torch.long)[prefix_of_row]
+    guessed = (columns[None, :] >= start_of_row[:, None]) & (columns[None, :] < end_of_row[:, None])
+    # Actions guessed at each column, padded to the widest column (padding is never indexed).
+    table = torch.zeros(width, max([widths.get(c, 1) for c in range(width)], default=1), dtype=torch.long)
+    column_width = torch.ones(width, dtype=torch.long)
+    for column in range(width):
+        if column in options:
+            table[column, : widths[column]] = options[column]
+            column_width[column] = max(widths[column], 1)
+    stride_of_row = torch.tensor(strides, dtype=torch.long).reshape(len(pending), width)[prefix_of_row]
+    digits = torch.where(guessed, combination[:, None].div(stride_of_row.clamp(min=1), rounding_mode="floor"), 0)
+    digits = digits.remainder(column_width[None, :])
+    heads_of_row = torch.tensor(heads, dtype=torch.long).reshape(len(pending), width)[prefix_of_row]
+    forced = torch.where(guessed, table[columns[None, :], digits], heads_of_row)
+    replay_probs = torch.tensor(head_probs, dtype=torch.float64).reshape(len(pending), width)[prefix_of_row]
+    speculation_index = torch.where(guessed, digits, 0)
+    return forced, end_of_row, start_of_row, replay_probs, speculation_index
 
 
 def _enumerate_batched(episode: Episode, max_sequences: int, collector: _Collector) -> Enumeration:
+    # Round 0 only discovers: one free row, run without gradient. Its sequence is run again, with
+    # gradient, as the first row of round 1, which therefore also replays it in another episode call
+    # (what verify_replay does in sequential mode) at the cost of one row instead of one more call.
     chooser = PrefixChooser.free(1, record_supports=True)
-    result, objective, loss = _run_pass(episode, chooser, batched=True, rows=1, mode=collector.mode, first=True)
-    collector.add(result, objective, loss)
+    with torch.no_grad():
+        result, first_objective, first_loss = _run_pass(
+            episode, chooser, batched=True, rows=1, mode=collector.mode, first=True
+        )
+    collector.add_discovery(result)
     guesses = dict(result.supports)
-    pending = _spawned(result)
-    # Round 1 guesses one slot past each prefix, a cheap probe of whether round 0's supports hold
-    # elsewhere in the tree. If every guess was feasible, later rounds guess as deep as the budget
-    # allows (a fixed-support tree then finishes in one more round); once a guess fails (a stop
-    # action, masking), guessing stays one slot deep, so wasted rows stay few.
-    max_depth = 1
+    pending = [_Prefix(result.actions[0].tolist(), result.probs[0].tolist()), *_spawned(result)]
+    # How deep each round guesses past its prefixes. A tree small enough to guess whole is guessed
+    # whole at once: a round costs about as much as hundreds of rows, so a few wasted rows are
+    # cheaper than a probe. A larger tree is probed one slot deep first, which tests whether round
+    # 0's supports hold elsewhere: if every guess was feasible, the next round guesses as deep as the
+    # budget allows; once a guess fails (a stop action, masking), guessing stays one slot deep, so
+    # wasted rows stay few.
+    max_depth = max_sequences if _full_guess_rows(pending, guesses) <= _EAGER_ROWS else 1
+    round_index = 0
     while pending:
+        round_index += 1
         if len(collector) + len(pending) > max_sequences:
             raise _budget_error(len(collector), len(pending), max_sequences)
         cap = max(max_sequences - len(collector), len(pending))
@@ -487,13 +539,55 @@ def _enumerate_batched(episode: Episode, max_sequences: int, collector: _Collect
             speculation_index=speculation_index,
         )
         result, objective, loss = _run_pass(episode, chooser, batched=True, rows=rows, mode=collector.mode)
+        if round_index == 1:
+            # Row 0 replayed round 0's whole sequence (the first pending prefix, whose rows come first).
+            _verify_same(objective[0], loss[0], first_objective[0], first_loss[0])
         collector.add(result, objective, loss)
         pending = _spawned(result)
-        if bool(result.valid.all()) and max_depth == 1 and collector.passes == 2:
+        all_valid = bool(result.valid.all())
+        if all_valid and max_depth == 1 and round_index == 1:
             max_depth = max_sequences
-        elif not bool(result.valid.all()):
+        elif not all_valid:
             max_depth = 1
-    return collector.build()
+    found = collector.build()
+    found.replay_verified = True
+    if collector.on_pass is not None and collector.graph_rows > _WASTE * len(found):
+        # Most rows were guesses that proved infeasible (stop actions, masks): a backward pass over
+        # them would cost more than running the sequences again, with gradient, in one batch.
+        collector.deferred = None
+        log_prob, objective, loss = replay_all(episode, found)
+        _verify_same(objective, loss, found.objective, found.loss)
+        found.passes += 1
+        found.rows_run += len(found)
+        collector.on_pass(log_prob, objective, loss)
+    else:
+        collector.flush()
+    return found
+
+
+# Above this many graph rows per sequence, the gradients come from a replay of the sequences alone.
+_WASTE = 2
+
+
+# A batched round costs about as much as several hundred rows (the episode's per-call overhead),
+# so a tree whose full guess needs at most this many rows is guessed whole in round 1.
+_EAGER_ROWS = 4096
+
+
+def _full_guess_rows(pending: list[_Prefix], guesses: dict[int, torch.Tensor]) -> int:
+    """Rows that guessing every slot past every pending prefix would take (round 0's supports)."""
+    widths = {slot: int(mask.sum()) for slot, mask in guesses.items()}
+    total = 0
+    for prefix in pending:
+        rows = 1
+        slot = len(prefix.actions)
+        while slot in widths and rows <= _EAGER_ROWS:
+            rows *= max(widths[slot], 1)
+            slot += 1
+        total += rows
+        if total > _EAGER_ROWS:
+            break
+    return total
 
 
 def _forced_chooser(found: Enumeration, rows: slice) -> PrefixChooser:
@@ -522,25 +616,46 @@ def _check_complete(result: Pass, lengths: torch.Tensor) -> None:
         )
 
 
-def evaluate_objective(episode: Episode, found: Enumeration, *, batched: bool) -> float:
+def evaluate_objective(episode: Episode, found: Enumeration, *, batched: bool, guarded: bool = True) -> float:
     """Exact J = sum_a p(a) objective(a) at the current parameters, forcing the known sequences.
 
     Runs under ``no_grad``: one batch of all sequences in batched mode, one run per sequence otherwise.
+    With ``guarded=False`` the caller runs it inside :func:`replaying`, which several evaluations
+    can then share.
     """
-    total = torch.zeros((), dtype=torch.float64)
-    with torch.no_grad(), _guard(found.mode):
+    with torch.no_grad(), (replaying(found) if guarded else contextlib.nullcontext()):
         if batched:
             chooser = _forced_chooser(found, slice(None))
             result, objective, _ = _run_pass(episode, chooser, batched=True, rows=len(found), mode=found.mode)
             _check_complete(result, chooser.forced_len)
-            total = (result.log_prob.exp() * objective).sum()
-        else:
+            return float((result.log_prob.exp() * objective).sum())
+        # One run per sequence: a light chooser and one interception for all the runs keep the
+        # check's own cost per run small next to the episode's.
+        replayer = _sequence_replayer(found)
+        total = 0.0
+        with intercept_samplers(replayer, scoped=found.mode.scoped):
             for index in range(len(found)):
-                chooser = _forced_chooser(found, slice(index, index + 1))
-                result, objective, _ = _run_pass(episode, chooser, batched=False, rows=1, mode=found.mode)
-                _check_complete(result, chooser.forced_len)
-                total = total + (result.log_prob.exp() * objective).sum()
-    return float(total)
+                if found.mode.replay_state is not None:
+                    randomness.restore(found.mode.replay_state)
+                replayer.start(index)
+                objective, _ = _episode_outputs(episode(), rows=1, batched=False)
+                replayer.finish()
+                total += math.exp(replayer.log_prob) * float(objective)
+        return total
+
+
+def _sequence_replayer(found: Enumeration) -> SequenceReplayer:
+    lengths = found.lengths.tolist()
+    positions = torch.arange(1, found.paths.shape[1] + 1)
+    required = (found.branching.long() * positions).max(dim=1).values.tolist() if found.paths.shape[1] else lengths
+    paths = [path[:length] for path, length in zip(found.paths.tolist(), lengths)]
+    return SequenceReplayer(paths, required)
+
+
+def replaying(found: Enumeration) -> contextlib.AbstractContextManager[None]:
+    """The context in which known sequences are replayed: it watches the global generators
+    (unscoped mode), or leaves them as the check found them (scoped mode)."""
+    return _guard(found.mode)
 
 
 @contextlib.contextmanager

@@ -9,9 +9,10 @@ With p(a) the probability of sequence a (a differentiable function of the parame
   sequence's contribution to the bias, c(a) = p(a) grad loss(a) + grad[p(a) objective(a)], whose sum
   over a is E[grad loss] + grad J.
 
-Gradients are taken pass by pass, as soon as each pass of the enumeration ends (two
-:func:`torch.autograd.grad` calls on its graph, the first retaining it), so the memory a check
-needs does not grow with the number of sequences.
+Gradients come from two :func:`torch.autograd.grad` calls on a graph, the first retaining it. In
+sequential mode they are taken pass by pass, as soon as each run ends, so the memory a check needs
+does not grow with the number of sequences; in batched mode, once, over the few rounds' graphs
+together (or over a replay of the sequences alone, see :mod:`reinforce_check.enumeration`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .enumeration import Enumeration, Episode, evaluate_objective, replay_all, replay_sequence
+from .enumeration import Enumeration, Episode, evaluate_objective, replay_all, replay_sequence, replaying
 from .report import DirectionalCheck
 
 __all__ = [
@@ -65,12 +66,14 @@ def _grad(output: torch.Tensor, inputs: Sequence[torch.Tensor], *, retain_graph:
 class GradientAccumulator:
     """Accumulates J, -grad J and E[grad loss] pass by pass (the ``on_pass`` hook of an enumeration).
 
-    A pass that completed a single sequence (sequential mode) also adds p(a) grad loss(a)**2, so the
-    exact variance of the estimator comes at no extra cost; a batched pass adds only the sums.
+    With ``variance``, a pass that completed a single sequence (sequential mode) also adds
+    p(a) grad loss(a)**2, so the exact variance of the estimator comes at no extra cost; a batched
+    pass adds only the sums.
     """
 
-    def __init__(self, params: Sequence[torch.Tensor]) -> None:
+    def __init__(self, params: Sequence[torch.Tensor], *, variance: bool = True) -> None:
         self.params = list(params)
+        self.track_variance = variance
         self.reset()
 
     def reset(self) -> None:
@@ -79,25 +82,28 @@ class GradientAccumulator:
         self.total_probability = 0.0
         self.grad_objective = [torch.zeros_like(p) for p in self.params]
         self.estimate = [torch.zeros_like(p) for p in self.params]
-        self.second_moment: list[torch.Tensor] | None = [torch.zeros_like(p) for p in self.params]
+        self.second_moment: list[torch.Tensor] | None = (
+            [torch.zeros_like(p) for p in self.params] if self.track_variance else None
+        )
 
     def __call__(self, log_prob: torch.Tensor, objective: torch.Tensor, loss: torch.Tensor) -> None:
         probability = log_prob.exp()
         weighted = (probability * objective).sum()
         grad_objective = _grad(weighted, self.params, retain_graph=True)
         if probability.shape[0] == 1:
-            weight = probability.detach()[0]
+            weight = float(probability.detach()[0])
             grad_loss = _grad(loss.sum(), self.params)
-            estimate = [weight * g for g in grad_loss]
+            for total, g in zip(self.estimate, grad_loss):
+                total.add_(g, alpha=weight)
             if self.second_moment is not None:
                 for s, g in zip(self.second_moment, grad_loss):
-                    s.add_(weight * g * g)
+                    s.addcmul_(g, g, value=weight)
         else:
             estimate = _grad((probability.detach() * loss).sum(), self.params)
+            for total, g in zip(self.estimate, estimate):
+                total.add_(g)
             self.second_moment = None
         for total, g in zip(self.grad_objective, grad_objective):
-            total.add_(g)
-        for total, g in zip(self.estimate, estimate):
             total.add_(g)
         self.objective += float(weighted.detach())
         self.total_probability += float(probability.detach().sum())
@@ -135,7 +141,7 @@ def _shifted_objective(
                     p.copy_(original)
                     if direction is not None:
                         p.add_(direction, alpha=sign * step)
-            values.append(evaluate_objective(episode, found, batched=batched))
+            values.append(evaluate_objective(episode, found, batched=batched, guarded=False))
     finally:
         with torch.no_grad():
             for p, original in zip(params, saved):
@@ -183,6 +189,27 @@ def finite_differences(
     """
     if mode == "none":
         return [], None
+    # Every evaluation of J replays the known sequences; they share one watch of the generators.
+    with replaying(found):
+        return _finite_differences(
+            episode, found, names, params, exact, mode=mode, step=step, rtol=rtol, atol=atol, seed=seed, batched=batched
+        )
+
+
+def _finite_differences(
+    episode: Episode,
+    found: Enumeration,
+    names: Sequence[str],
+    params: Sequence[torch.Tensor],
+    exact: ExactGradients,
+    *,
+    mode: str,
+    step: float,
+    rtol: float,
+    atol: float,
+    seed: int,
+    batched: bool,
+) -> tuple[list[DirectionalCheck], list[torch.Tensor] | None]:
     generator = torch.Generator().manual_seed(seed)
 
     def random_unit(p: torch.Tensor) -> torch.Tensor:

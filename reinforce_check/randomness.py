@@ -106,7 +106,7 @@ def _numpy_equal(a: Any, b: Any) -> bool:
 
 
 @contextlib.contextmanager
-def watch() -> Iterator[None]:
+def watch(before: RandomState | None = None) -> Iterator[None]:
     """Raise :class:`UninterceptedRandomnessError` if the block draws from a global generator.
 
     The state is compared once, when the block ends, rather than around every episode run: a
@@ -114,10 +114,14 @@ def watch() -> Iterator[None]:
     that differs, a runaway enumeration) is replaced by the randomness error when a generator moved,
     since that is then the likelier cause and the more useful message.
 
+    Arguments:
+        before: a snapshot just taken, to compare with instead of taking another.
+
     >>> with watch():
     ...     pass
     """
-    before = capture()
+    if before is None:
+        before = capture()
     try:
         yield
     except UninterceptedRandomnessError:

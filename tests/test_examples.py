@@ -163,5 +163,5 @@ def test_tutorial_page_code_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert "REINFORCE gradient mismatch" in out
     assert "reinforce_check FAILED: 27 action sequences" in out
     assert "reinforce_check PASSED: 27 action sequences" in out
-    assert "batched enumeration in 3 episode call(s) (27 rows)" in out
+    assert "batched enumeration in 2 episode call(s) (28 rows)" in out
     assert "True 27\nthe episode uses @enumerate_actions" in out

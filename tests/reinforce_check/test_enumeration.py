@@ -375,3 +375,59 @@ def test_budget_message_counts_completed_and_pending_sequences(make_param):
         enumerate_sequences(episode, batched=False, max_sequences=3)
     # The first run completes one sequence and finds 2 + 2 alternatives: 1 + 4 > 3.
     assert "max_sequences=3 action sequences (1 completed and 4 more prefixes pending" in str(caught.value)
+
+
+def test_batched_enumeration_of_a_small_tree_takes_two_calls(make_param):
+    """Round 0 discovers one path without gradient; a tree small enough to guess whole then runs in
+    one round, whose first row replays round 0's sequence in another call (the replay check)."""
+    theta = make_param(3, 3, seed=63)
+    calls = []
+    inner = tree_episode(theta, full(3), batched=True)
+
+    def episode(batch_size):
+        calls.append((batch_size, torch.is_grad_enabled()))
+        return inner(batch_size)
+
+    found = enumerate_sequences(episode, batched=True, max_sequences=100)
+    assert calls == [(1, False), (27, True)]
+    assert len(found) == 27 and found.passes == 2 and found.rows_run == 28
+    assert found.replay_verified
+    assert as_tuples(found)[0] == (0, 0, 0)
+    assert_enumeration_exact(found, theta, full(3), expected_sequences(3, 3, full(3)))
+
+
+def test_batched_gradients_come_from_a_replay_when_most_guessed_rows_were_infeasible(make_param):
+    theta = make_param(4, 3, seed=64)
+    calls = []
+    inner = tree_episode(theta, full(3), batched=True, stop=2)
+
+    def episode(batch_size):
+        calls.append((batch_size, torch.is_grad_enabled()))
+        return inner(batch_size)
+
+    report = check_reinforce(episode, {"theta": theta}, batched=True, finite_differences="none")
+    # Round 0, the whole guess (81 rows for 31 sequences), then the 31 sequences alone, with gradient.
+    assert report.num_sequences == 31
+    assert calls == [(1, False), (81, True), (31, True)]
+    assert report.passes == 3 and report.rows_run == 113
+    sequential = check_reinforce(tree_episode(theta, full(3), batched=False, stop=2), {"theta": theta})
+    for batched_param, sequential_param in zip(report.parameters, sequential.parameters):
+        torch.testing.assert_close(batched_param.target, sequential_param.target, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(batched_param.estimate, sequential_param.estimate, rtol=1e-12, atol=1e-14)
+
+
+def test_batched_replay_of_every_sequence_must_reproduce_its_outputs(make_param):
+    from reinforce_check import NondeterministicEpisodeError
+
+    theta = make_param(4, 3, seed=65)
+    calls = []
+    inner = tree_episode(theta, full(3), batched=True, stop=2)
+
+    def episode(batch_size):
+        calls.append(batch_size)
+        objective, loss = inner(batch_size)
+        # From the third call on (the replay that gives the gradients), outputs change.
+        return objective + (len(calls) >= 3), loss
+
+    with pytest.raises(NondeterministicEpisodeError, match="keeps state between runs"):
+        check_reinforce(episode, {"theta": theta}, batched=True)

@@ -566,3 +566,52 @@ def test_state_kept_between_runs_is_reported_as_nondeterminism():
 
     with pytest.raises(NondeterministicEpisodeError, match="keeps state between runs"):
         check_reinforce(episode, {"theta": theta})
+
+
+def test_batched_state_kept_between_calls_is_reported_as_nondeterminism(theta):
+    import numpy as np
+
+    private = np.random.default_rng(0)  # created outside the episode: advances from call to call
+
+    def episode(batch_size):
+        dist = Categorical(logits=theta.expand(batch_size, K))
+        action = dist.sample()
+        reward = action.double() + float(private.random())
+        return reward, -dist.log_prob(action) * reward
+
+    with pytest.raises(NondeterministicEpisodeError, match="keeps state between runs"):
+        check_reinforce(episode, {"theta": theta}, batched=True)
+
+
+def test_an_episode_that_changes_at_shifted_parameters_is_refused_by_finite_differences(theta, in_mode, batched):
+    initial = theta.detach().clone()
+
+    def episode(batch_size):
+        # Fewer decisions whenever the parameters are not the ones the enumeration saw.
+        steps = 2 if torch.equal(theta.detach(), initial) else 1
+        total = torch.zeros(batch_size, dtype=torch.float64)
+        log_prob = torch.zeros(batch_size, dtype=torch.float64)
+        for _ in range(steps):
+            dist = Categorical(logits=theta.expand(batch_size, K))
+            action = dist.sample()
+            total = total + REWARD[action]
+            log_prob = log_prob + dist.log_prob(action)
+        return total, -log_prob * total
+
+    with pytest.raises(NondeterministicEpisodeError, match="shorter episode"):
+        check_reinforce(in_mode(episode), {"theta": theta}, batched=batched, rtol=1e-7, atol=1e-10)
+
+
+def test_an_action_impossible_at_shifted_parameters_is_refused_by_finite_differences(theta, in_mode, batched):
+    initial = theta.detach().clone()
+
+    def episode(batch_size):
+        # Action 2 becomes impossible whenever the parameters are not the ones the enumeration saw.
+        shifted = not torch.equal(theta.detach(), initial)
+        mask = torch.tensor([False, False, shifted])
+        dist = Categorical(logits=theta.masked_fill(mask, float("-inf")).expand(batch_size, K))
+        action = dist.sample()
+        return REWARD[action], -dist.log_prob(action) * REWARD[action]
+
+    with pytest.raises(NondeterministicEpisodeError, match="probability zero"):
+        check_reinforce(in_mode(episode), {"theta": theta}, batched=batched, rtol=1e-7, atol=1e-10)

@@ -1,0 +1,155 @@
+"""The choosers on their own: the one-column fast path agrees with the general one; the replayer of
+sequential finite differences forces sequences and refuses what a replay must refuse."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from reinforce_check import InvalidProbabilitiesError, NondeterministicEpisodeError
+from reinforce_check.chooser import PrefixChooser, SequenceReplayer
+
+
+class _RowsOnly(PrefixChooser):
+    """The same chooser, deciding one-decision-per-row calls by the general path."""
+
+    def _decide_single(self, probs: torch.Tensor, site: str) -> torch.Tensor:
+        return self._decide_rows(probs, 1, site)
+
+
+def _scenario(seed: int, rows: int = 24, slots: int = 4, num_actions: int = 3):
+    """Random forced paths (replayed, then speculated, then free) and random supports."""
+    generator = torch.Generator().manual_seed(seed)
+    real_len = torch.randint(0, slots + 1, (rows,), generator=generator)
+    forced_len = torch.minimum(real_len + torch.randint(0, 3, (rows,), generator=generator), torch.tensor(slots))
+    forced = torch.randint(0, num_actions, (rows, slots), generator=generator)
+    forced = forced.masked_fill(torch.arange(slots)[None, :] >= forced_len[:, None], -1)
+    speculation_index = torch.randint(0, 2, (rows, slots), generator=generator)
+    speculation_index = speculation_index.masked_fill(torch.arange(slots)[None, :] < real_len[:, None], 0)
+    guesses = {s: torch.rand(num_actions, generator=generator) < 0.7 for s in range(slots)}
+    weights = []
+    for _ in range(slots):
+        w = torch.rand(rows, num_actions, generator=generator, dtype=torch.float64)
+        w = w.masked_fill(torch.rand(rows, num_actions, generator=generator) < 0.3, 0.0)
+        w[:, 0] += (w.sum(1) == 0).double()  # at least one feasible action per row
+        weights.append(w)
+    # Replayed slots take a feasible action, as they do in a real enumeration.
+    for s in range(slots):
+        replayed = s < real_len
+        feasible = weights[s].gather(1, forced[:, s].clamp(min=0)[:, None]).squeeze(1) > 0
+        fix = replayed & ~feasible
+        forced[fix, s] = weights[s][fix].argmax(1)
+    return forced, forced_len, real_len, speculation_index, guesses, weights
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_one_column_decisions_agree_with_the_general_path(seed):
+    forced, forced_len, real_len, speculation_index, guesses, weights = _scenario(seed)
+    results = []
+    for cls in (PrefixChooser, _RowsOnly):
+        chooser = cls(
+            forced.shape[0],
+            forced=forced,
+            forced_len=forced_len,
+            real_len=real_len,
+            replay_probs=None,
+            guesses=guesses,
+            speculation_index=speculation_index,
+        )
+        for w in weights:
+            chooser.choose(w.clone().requires_grad_(), 1, True, "torch.multinomial")
+        results.append(chooser.finish())
+    fast, general = results
+    assert torch.equal(fast.actions, general.actions)
+    assert torch.equal(fast.branching, general.branching)
+    assert torch.equal(fast.valid, general.valid)
+    torch.testing.assert_close(fast.probs, general.probs, rtol=0, atol=0)
+    torch.testing.assert_close(fast.log_prob, general.log_prob, rtol=1e-15, atol=0)
+    assert sorted(fast.spawns) == sorted(general.spawns)
+
+
+def test_a_pass_log_probability_sums_the_logs_of_the_probabilities_it_took_with_gradient():
+    chooser = PrefixChooser.free(rows=1)
+    probs = torch.tensor([[0.5, 0.5]], dtype=torch.float64, requires_grad=True)
+    for _ in range(3):
+        chooser.choose(probs, 1, True, "torch.multinomial")
+    result = chooser.finish()
+    assert float(result.log_prob.detach()) == pytest.approx(3 * math.log(0.5), abs=1e-15)
+    (grad,) = torch.autograd.grad(result.log_prob.sum(), probs)
+    # d/dp0 of 3 log(p0 / (p0 + p1)) at p = (0.5, 0.5).
+    assert grad[0].tolist() == pytest.approx([3.0, -3.0])
+
+
+def test_replayer_forces_each_sequence_and_keeps_its_log_probability():
+    replayer = SequenceReplayer([[2, 0], [1]], [2, 1])
+    weights = torch.tensor([[1.0, 1.0, 2.0]], dtype=torch.float64)
+    replayer.start(0)
+    assert replayer.choose(weights, 1, True, "site").tolist() == [[2]]
+    assert replayer.choose(weights, 1, True, "site").tolist() == [[0]]
+    replayer.finish()
+    assert replayer.log_prob == pytest.approx(math.log(0.5) + math.log(0.25))
+    replayer.start(1)
+    assert replayer.choose(weights, 1, True, "site").tolist() == [[1]]
+    replayer.finish()
+    assert replayer.log_prob == pytest.approx(math.log(0.25))
+
+
+def test_replayer_draws_without_replacement_as_the_enumeration_did():
+    # Two rows, two draws each: slots run draw by draw, and a drawn action leaves its row.
+    replayer = SequenceReplayer([[2, 0, 1, 1]], [4])
+    weights = torch.tensor([[1.0, 1.0, 2.0], [1.0, 3.0, 0.0]], dtype=torch.float64)
+    replayer.start(0)
+    assert replayer.choose(weights, 2, False, "site").tolist() == [[2, 1], [0, 1]]
+    replayer.finish()
+    expected = math.log(2 / 4) + math.log(1 / 4) + math.log(1 / 2) + math.log(3 / 3)
+    assert replayer.log_prob == pytest.approx(expected)
+
+
+def test_replayer_takes_the_only_feasible_action_past_the_sequence():
+    replayer = SequenceReplayer([[1]], [1])
+    replayer.start(0)
+    replayer.choose(torch.tensor([[0.5, 0.5]]), 1, True, "site")
+    assert replayer.choose(torch.tensor([[0.0, 1.0]]), 1, True, "site").tolist() == [[1]]
+    replayer.finish()
+    assert replayer.log_prob == pytest.approx(math.log(0.5))
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ([[1.0, 0.0]], "probability zero"),
+        ([[1.0]], "fewer actions"),
+    ],
+)
+def test_replayer_refuses_an_infeasible_forced_action(weights, message):
+    replayer = SequenceReplayer([[1]], [1])
+    replayer.start(0)
+    with pytest.raises(NondeterministicEpisodeError, match=message):
+        replayer.choose(torch.tensor(weights), 1, True, "site")
+
+
+def test_replayer_refuses_a_choice_past_the_sequence():
+    replayer = SequenceReplayer([[1]], [1])
+    replayer.start(0)
+    replayer.choose(torch.tensor([[0.5, 0.5]]), 1, True, "site")
+    with pytest.raises(NondeterministicEpisodeError, match="longer episode"):
+        replayer.choose(torch.tensor([[0.5, 0.5]]), 1, True, "site")
+
+
+def test_replayer_refuses_a_run_that_stops_before_the_last_choice():
+    replayer = SequenceReplayer([[1, 0]], [2])
+    replayer.start(0)
+    replayer.choose(torch.tensor([[0.5, 0.5]]), 1, True, "site")
+    with pytest.raises(NondeterministicEpisodeError, match="shorter episode"):
+        replayer.finish()
+
+
+def test_replayer_refuses_invalid_probabilities_as_the_enumeration_does():
+    replayer = SequenceReplayer([[0]], [1])
+    replayer.start(0)
+    with pytest.raises(InvalidProbabilitiesError, match="NaN or infinite"):
+        replayer.choose(torch.tensor([[float("nan"), 1.0]]), 1, True, "site")
+    with pytest.raises(InvalidProbabilitiesError, match="negative"):
+        replayer.choose(torch.tensor([[-0.5, 1.0]]), 1, True, "site")
