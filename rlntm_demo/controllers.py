@@ -218,12 +218,12 @@ class DirectAccessController(LSTMController):
     def prediction_logits(self, h: torch.Tensor, symbol: torch.Tensor, cell: torch.Tensor | None) -> torch.Tensor:
         """The LSTM's logits plus the gated one-hot input symbol and the gated current memory cell."""
         gates = self._gates(h)
-        onehot = nn.functional.one_hot(symbol, NUM_SYMBOLS).to(h.dtype)
         logits = super().prediction_logits(h, symbol, cell)
+        # The gated one-hot symbol, added at the symbol's index only.
         if not self.memory:
-            return logits + gates[..., 0:1] * onehot
+            return logits.scatter_add(-1, symbol[..., None], gates[..., 0:1])
         assert cell is not None
-        return logits + gates[..., 3:4] * onehot + gates[..., 4:5] * cell
+        return torch.addcmul(logits, gates[..., 4:5], cell).scatter_add_(-1, symbol[..., None], gates[..., 3:4])
 
 
 def make_controller(config: ModelConfig) -> Controller:
@@ -257,7 +257,7 @@ class OfflineBaseline(nn.Module):
         It starts from ``initial_state`` in every entry and reads one-hot symbols.
         """
         size, hidden = tape.shape[0], self.pre_reader.hidden_size
-        onehot = nn.functional.one_hot(tape, NUM_SYMBOLS).to(dtype)
+        onehot = torch.zeros(*tape.shape, NUM_SYMBOLS, dtype=dtype).scatter_(-1, tape[..., None], 1.0)
         packed = nn.utils.rnn.pack_padded_sequence(onehot, tape_len.cpu(), batch_first=True, enforce_sorted=False)
         start = torch.full((1, size, hidden), self.initial_state, dtype=dtype)
         _, (h, c) = self.pre_reader(packed, (start, start))

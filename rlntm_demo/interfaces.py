@@ -23,9 +23,10 @@ in the authors' code, so every memory move is always feasible.
 **Memory writes** are differentiable. :class:`MemoryTape` is the plain version: the controller's
 new value for the current cell is blended in with a one-hot mask of the head, building a new
 tensor at every step, so autograd sees every write. That touches every cell at every step, forward
-and backward; :class:`FastMemoryTape` (what :class:`~rlntm_demo.model.RLNTM` uses) computes the
-same values and gradients while touching only the cells read and written: it overwrites one buffer
-in place and carries the gradient of the whole tape through its own backward functions.
+and backward; :class:`FastMemoryTape` computes the same values and gradients while touching only
+the cells read and written: it overwrites one buffer in place and carries the gradient of the whole
+tape through its own backward functions. :class:`~rlntm_demo.model.RLNTM` does the same inside its
+fused step (:mod:`rlntm_demo.fused`), where the tape's gradient travels with the LSTM state's.
 
 **Output.** The output tape holds the position of the next target. Predicting emits the
 controller's prediction for that target and advances. A prediction is *forced* when the targets

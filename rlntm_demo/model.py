@@ -30,13 +30,14 @@ and compare values and gradients), but the step loop is arranged to run few oper
 at the sizes of the paper a step costs the number of operations, not their arithmetic:
 
 * the embedding tables are mapped through the first layer once per episode, so the input part of
-  a step is a sum of table rows instead of embeddings, a concatenation and a wide product; the
-  memory cells read, the LSTM state and (see below) the baseline LSTM's state go through one
-  matrix product (:class:`_StepPlan`);
-* the memory (:class:`~rlntm_demo.interfaces.FastMemoryTape`) touches only the cells read and
-  written, forward and backward;
-* the decision heads and the memory write share one product; the decisions' feasibility is an
-  additive mask of 0 and ``-inf``;
+  a step is one gathered row of a table of (previous decisions, centre symbol) combinations
+  (plus one per other window cell); the memory cells read and the LSTM state (the controller's and
+  the baseline LSTM's, see below) go through one matrix product each (:class:`_StepPlan`);
+* a step is one node of the autograd graph (:mod:`rlntm_demo.fused`): the controller, the decision
+  heads, the probabilities and the memory write are computed without recording, and backward is
+  written by hand; the memory touches only the cells read and written, forward and backward;
+* the head positions are rows of flat per-episode tables, so reading, masking infeasible
+  decisions (an additive mask of 0 and ``-inf``, one gathered row) and moving are a few gathers;
 * what the loop does not need (the prediction head, rewards, log-probabilities, baselines) is
   computed after it, for all steps at once, from the recorded states.
 
@@ -46,7 +47,8 @@ before the step's actions: the per-step moving average of R_t over past batches 
 the baseline LSTM of Appendix A (:class:`~rlntm_demo.controllers.OfflineBaseline`), which reads
 the controller's inputs with their gradient blocked. With ``"both"``, ``b_t`` is their sum. The
 baseline LSTM runs inside the step loop, side by side with the controller in the same products,
-with zero blocks between the two so that no gradient crosses (the deliberate baseline bugs of the
+with zero blocks between the two (and its own copy of the memory weights, whose gradient does not
+reach the cells read) so that no gradient crosses (the deliberate baseline bugs of the
 exact check's tests run it after the episode instead, over re-encoded inputs). Greedy episodes
 may run past ``ModelConfig.max_steps``; the moving average's last slot then stands for every later
 step (evaluation does not use baselines; training episodes longer than ``max_steps`` raise).
@@ -74,7 +76,8 @@ from torch import nn
 
 from .config import BLANK, NUM_SYMBOLS, ModelConfig
 from .controllers import START, Controller, DirectAccessController, LSTMController, OfflineBaseline, make_controller
-from .interfaces import OUTPUT_PREDICT, STAY, FastMemoryTape
+from . import fused
+from .interfaces import OUTPUT_PREDICT, STAY
 
 if TYPE_CHECKING:
     from .tasks import Batch
@@ -186,118 +189,164 @@ class RLNTM(nn.Module):
         dtype = controller.action_head.weight.dtype
         size = batch.batch_size
         window = config.read_window
-        offsets = list(range(-window, window + 1))
+        window_cells = 2 * window + 1
         direct = isinstance(controller, DirectAccessController)
+        memory = spec.memory
         # The fused step runs the baseline LSTM alongside the controller; the deliberate baseline
         # bugs need the reference path (baseline run after the episode on re-encoded inputs).
         fuse_baseline = self.baseline is not None and config.bug is None
         plan = _StepPlan(controller, self.baseline if fuse_baseline else None, config)
-        num_decisions = 3 if spec.memory else 2
+        decisions = 3 if memory else 2
+        rows = torch.arange(size)
 
-        # Input tape, with ``window`` blank cells on each side and blanks past each row's end (or,
-        # circular, each cell index taken modulo the row's input length), so that the read window
-        # is one gather.
+        # The head positions are kept as rows of flat per-episode tables, so that a step reads,
+        # masks and moves with a few gathers. Input tape: ``window`` blank cells on each side and
+        # blanks past each row's end, flattened; ``input_at`` is the row of the head's cell.
         tape_width = batch.input.shape[1]
+        padded_width = tape_width + 2 * window
+        # A circular input (``config.circular_input``) holds, in the same layout, the symbol of
+        # each cell index modulo the row's input length; its moves wrap through a table.
         wraps = config.circular_input and not spec.forward_only_input
         if wraps:
-            padded = batch.input.gather(1, torch.arange(-window, tape_width + window)[None, :] % batch.input_len[:, None])
+            padded = batch.input.gather(1, (torch.arange(padded_width) - window)[None, :] % batch.input_len[:, None])
         else:
             inside = torch.arange(tape_width)[None, :] < batch.input_len[:, None]
-            padded = torch.full((size, tape_width + 2 * window), BLANK, dtype=torch.long)
+            padded = torch.full((size, padded_width), BLANK, dtype=torch.long)
             padded[:, window : window + tape_width] = torch.where(inside, batch.input, BLANK)
-        last_cell = batch.input_len - 1
-        window_offsets = torch.arange(2 * window + 1)
-        # The rule "predict when the targets left equal the steps left", as: stay is feasible
-        # at step t iff position > t + (target_len - steps).
-        forced_after = batch.target_len - batch.steps
+        padded = padded.view(-1)
+        input_origin = rows * padded_width + window
+        input_at = input_origin
+        window_offsets = torch.arange(-window, window + 1)
+        # Feasibility of the decisions, as a code per row: 4 * (input left ok + 2 * input right
+        # ok) + 2 * live + (output may stay before the forced predictions), and one additive mask
+        # row (0 or -inf) per code. The input part is a table over the input cells; the output
+        # part a table over (step, row, output position), where the rule "predict when the
+        # targets left equal the steps left" says: stay is feasible at step t iff
+        # position > t + target_len - steps. Finished rows may only stay.
+        head = torch.arange(padded_width) - window
+        input_move_table = None
+        if wraps:
+            left_ok = right_ok = torch.ones(size, padded_width, dtype=torch.bool)
+            moved = (head[None, :, None] + torch.arange(-1, 2)) % batch.input_len[:, None, None]
+            input_move_table = (input_origin[:, None, None] + moved).view(-1)
+        else:
+            left_ok = (head > 0)[None, :] & (not spec.forward_only_input)
+            right_ok = head[None, :] < (batch.input_len - 1)[:, None]
+        input_code = (4 * (left_ok.long() + 2 * right_ok.long())).view(-1)
         target_len = batch.target_len
+        positions = int(target_len.max()) + 1
+        output_origin = rows * positions
+        output_at = output_origin
+        output_end = output_origin + target_len
+        steps_bound = int(batch.steps.max())
+        position = torch.arange(positions)
+        forced_after = (target_len - batch.steps)[None, :, None] + torch.arange(steps_bound)[:, None, None]
+        output_code = (2 * (position[None, None, :] < target_len[None, :, None]) + (position > forced_after)).view(steps_bound, -1)
+        mask_table = _mask_table(decisions, dtype)
 
-        memory = FastMemoryTape(size, config.memory_cells, config.memory_width, dtype=dtype) if spec.memory else None
-        # Cells to read: the window, then (direct access) the two neighbours the write adds in.
-        read_offsets = offsets + ([-1, 1] if direct and memory is not None else [])
-        num_window = len(offsets)
-
-        input_head = torch.zeros(size, dtype=torch.long)
-        position = torch.zeros(size, dtype=torch.long)
-        previous = torch.full((size, num_decisions), START, dtype=torch.long)
+        memory_at = read_table = move_table = None
+        if memory:
+            cells = config.memory_cells
+            cell = torch.arange(size * cells)
+            first = cell - cell % cells
+            memory_at = rows * cells
+            # Cells read from each head position: the window, then (direct access) the two
+            # neighbours the write adds in; and where each move takes the head (wrapping around).
+            read_offsets = list(range(-window, window + 1)) + ([-1, 1] if direct else [])
+            read_table = first[:, None] + (cell[:, None] + torch.tensor(read_offsets)) % cells
+            move_table = (first[:, None] + (cell[:, None] + torch.arange(-1, 2)) % cells).view(-1)
+        episode = fused.Episode(
+            size=size,
+            dtype=dtype,
+            units=plan.lstm_units,
+            controller_units=plan.controller_units if plan.lstm else 0,
+            decisions=decisions,
+            window=window,
+            memory_cells=config.memory_cells if memory else 0,
+            width=config.memory_width,
+            direct=direct,
+            grad=torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()),
+            want_windows=plan.reference_baseline,
+        )
         h, c = plan.initial_state(batch, size, dtype)
-        true = torch.ones(size, dtype=torch.bool)
-        false = torch.zeros(size, dtype=torch.bool)
-        minus_inf = torch.tensor(float("-inf"), dtype=dtype)
-        zero = torch.tensor(0.0, dtype=dtype)
-        symbol_onehots = torch.eye(NUM_SYMBOLS, dtype=dtype) if direct else None
+        token = fused.start(episode, h, c, *plan.weights())
+
+        # The previous decisions and the centre symbol index one row of a combined table:
+        # 35 * sum_d a_d 4 ** (D - 1 - d) + symbol (START for every decision at the first step).
+        powers = NUM_SYMBOLS * 4 ** torch.arange(decisions - 1, -1, -1)
+        previous = (START * powers).sum()
+        other_cells = [k for k in range(window_cells) if k != window]
+        other_rows = torch.tensor(other_cells) * NUM_SYMBOLS
 
         record: dict[str, list[torch.Tensor]] = {
-            k: [] for k in ("actions", "logits", "mask", "symbols", "input_heads", "memory_heads", "output_positions",
-                            "hidden", "baseline_hidden", "cells", "windows", "memory_windows")
+            k: [] for k in ("actions", "mask", "symbols", "windows", "input_at", "memory_at", "output_at")
         }
-        steps_bound = int(batch.steps.max())
         for t in range(steps_bound):
-            live = position < target_len
+            live = output_at < output_end
             if not all_steps and not bool(live.any()):
                 break
-            symbols = padded.gather(1, input_head[:, None] + window_offsets)
-            reads = memory.read(read_offsets) if memory is not None else None
-            memory_window = neighbours = None
-            if reads is not None:
-                # One split rather than slices: in backward, each slice fills a gradient of the
-                # whole tensor, a split concatenates once.
-                cells_read, neighbours = reads.split([num_window, len(read_offsets) - num_window], 1)
-                memory_window = cells_read.flatten(1)
-            h, c, hidden, baseline_hidden = plan.step(symbols, (previous * plan.action_powers).sum(1), memory_window, h, c)
-            heads = plan.heads(hidden).split(plan.head_sizes, 1)
-
-            # Feasible choices, as an additive mask: 0 or -inf. Finished rows may only stay.
-            if wraps:
-                left = right = live
+            if window:
+                symbols = padded.index_select(0, (input_at[:, None] + window_offsets).view(-1)).view(size, window_cells)
+                centre = symbols[:, window]
+                extra = (symbols[:, other_cells] + other_rows).view(-1)
             else:
-                left = false if spec.forward_only_input else (input_head > 0) & live
-                right = (input_head < last_cell) & live
-            stay = (position > forced_after + t) | ~live
-            columns = [left, true, right] + ([live, true, live] if memory is not None else []) + [stay, live, false]
-            mask = torch.where(torch.stack(columns, 1).view(size, num_decisions, 3), zero, minus_inf)
-            logits = heads[0].view(size, num_decisions, 3) + mask
-            actions = _decide(logits, greedy)
+                symbols = centre = padded.index_select(0, input_at)
+                extra = None
+            code = input_code.index_select(0, input_at) + output_code[t].index_select(0, output_at)
+            mask = mask_table.index_select(0, code).view(size, decisions, 3)
+            read_rows = None
+            if read_table is not None:
+                assert memory_at is not None
+                read_rows = read_table.index_select(0, memory_at).view(-1)
+            token, probs = fused.step(episode, token, t, previous + centre, extra, mask, live[:, None], centre[:, None], memory_at, read_rows)
+            actions = _decide(probs, episode.logits[-1], greedy)
 
-            centre = symbols[:, window]
-            if memory is not None:
-                old = cells_read.view(size, -1) if num_window == 1 else cells_read[:, window]
-                new = plan.memory_write(heads, old, neighbours, centre, symbol_onehots)
-                memory.write(new, live)
-                if direct:
-                    record["cells"].append(torch.where(live[:, None], new, old))
-                record["memory_heads"].append(memory.head)
-                memory.move(actions[:, 1])
-            if plan.reference_baseline:
-                record["windows"].append(symbols)
-                if memory_window is not None:
-                    record["memory_windows"].append(memory_window)
             record["actions"].append(actions)
-            record["logits"].append(logits)
             record["mask"].append(live)
-            record["symbols"].append(centre)
-            record["input_heads"].append(input_head)
-            record["output_positions"].append(position)
-            record["hidden"].append(hidden)
-            if baseline_hidden is not None:
-                record["baseline_hidden"].append(baseline_hidden)
-            input_head = input_head + actions[:, 0] - 1
-            if wraps:
-                input_head = input_head.remainder(batch.input_len)
-            position = position + actions[:, -1]
-            previous = actions
+            record["symbols"].append(symbols)
+            record["input_at"].append(input_at)
+            record["output_at"].append(output_at)
+            if input_move_table is None:
+                input_at = input_at + actions[:, 0] - 1
+            else:
+                input_at = input_move_table.index_select(0, torch.add(actions[:, 0], input_at, alpha=3))
+            output_at = output_at + actions[:, -1]
+            if move_table is not None:
+                assert memory_at is not None
+                record["memory_at"].append(memory_at)
+                memory_at = move_table.index_select(0, torch.add(actions[:, 1], memory_at, alpha=3))
+            previous = (actions * powers).sum(1)
 
-        return self._finish(batch, plan, record, greedy)
+        logits, outputs, baseline_states, written, memory_windows = fused.finish(episode, token)
+        assert logits is not None and outputs is not None
+        stacked = {k: torch.stack(v, 1) for k, v in record.items() if v}
+        stacked["input_heads"] = stacked.pop("input_at") - input_origin[:, None]
+        stacked["output_positions"] = stacked.pop("output_at") - output_origin[:, None]
+        if "memory_at" in stacked:
+            stacked["memory_heads"] = stacked.pop("memory_at") % config.memory_cells
+        return self._finish(batch, plan, stacked, logits, outputs, baseline_states, written, memory_windows, greedy)
 
-    def _finish(self, batch: Batch, plan: _StepPlan, record: dict[str, list[torch.Tensor]], greedy: bool) -> Rollout:
+    def _finish(
+        self,
+        batch: Batch,
+        plan: _StepPlan,
+        record: dict[str, torch.Tensor],
+        logits: torch.Tensor,
+        hidden: torch.Tensor,
+        baseline_states: torch.Tensor | None,
+        cells: torch.Tensor | None,
+        memory_windows: torch.Tensor | None,
+        greedy: bool,
+    ) -> Rollout:
         """Everything that need not be inside the step loop, computed for all steps at once:
         log-probabilities, predictions, rewards and baselines."""
         controller = self.controller
         size = batch.batch_size
-        mask = torch.stack(record["mask"], 1)
-        chosen = torch.stack(record["actions"], 1)  # (B, T, D)
-        logits = torch.stack(record["logits"], 1)  # (B, T, D, 3), infeasible at -inf
-        chosen_log_probs = logits.log_softmax(-1).gather(3, chosen[..., None])[..., 0]
+        mask = record["mask"]
+        chosen = record["actions"]  # (B, T, D)
+        # logits: (B, T, D, 3), infeasible at -inf (a chosen one never is). The chosen logit
+        # minus the log-sum-exp: cheaper than a log-softmax over three entries.
+        chosen_log_probs = logits.gather(3, chosen[..., None])[..., 0] - logits.logsumexp(-1)
         steps = mask.shape[1]
         if chosen.shape[2] == 2:  # no memory: the memory "decision" is a forced stay
             stay = torch.full((size, steps, 1), STAY, dtype=torch.long)
@@ -305,11 +354,10 @@ class RLNTM(nn.Module):
             chosen_log_probs = torch.cat(
                 [chosen_log_probs[..., :1], torch.zeros_like(chosen_log_probs[..., :1]), chosen_log_probs[..., 1:]], 2
             )
-        hidden = torch.stack(record["hidden"], 1)
-        symbols = torch.stack(record["symbols"], 1)
-        cells = torch.stack(record["cells"], 1) if record["cells"] else None
-        prediction_logits = controller.prediction_logits(plan.controller_hidden(hidden), symbols, cells)
-        positions = torch.stack(record["output_positions"], 1)
+        symbols = record["symbols"]
+        centre = symbols[..., self.config.read_window] if symbols.dim() == 3 else symbols
+        prediction_logits = controller.prediction_logits(hidden, centre, cells)
+        positions = record["output_positions"]
         index = positions.clamp(max=batch.target.shape[1] - 1)
         targets = torch.where(positions >= batch.target_len[:, None], BLANK, batch.target.gather(1, index))
         target_log_probs = prediction_logits.log_softmax(-1).gather(2, targets[..., None])[..., 0]
@@ -322,21 +370,19 @@ class RLNTM(nn.Module):
             baselines = baselines + self._online_values(steps, greedy).to(rewards.dtype)
         if self.baseline is not None:
             if plan.reference_baseline:
-                baselines = baselines + self._reference_baseline(batch, record, chosen)
+                windows = symbols if symbols.dim() == 3 else symbols[..., None]
+                baselines = baselines + self._reference_baseline(batch, windows, memory_windows, chosen)
             else:
-                if record["baseline_hidden"]:
-                    states = torch.stack(record["baseline_hidden"], 1)
-                else:
-                    states = hidden[..., plan.controller_units :]
-                baselines = baselines + self.baseline.head(states).squeeze(-1)
+                assert baseline_states is not None
+                baselines = baselines + self.baseline.head(baseline_states).squeeze(-1)
         return Rollout(
             actions=chosen,
             log_probs=chosen_log_probs,
             rewards=rewards,
             mask=mask,
             baselines=baselines * mask,
-            input_heads=torch.stack(record["input_heads"], 1),
-            memory_heads=torch.stack(record["memory_heads"], 1) if record["memory_heads"] else None,
+            input_heads=record["input_heads"],
+            memory_heads=record.get("memory_heads"),
             output_positions=positions,
             predictions=predictions,
         )
@@ -351,15 +397,22 @@ class RLNTM(nn.Module):
             raise ValueError(f"an episode ran {steps} steps, more than max_steps = {slots}")
         return torch.cat([self.online_baseline, self.online_baseline[-1:].expand(steps - slots)])
 
-    def _reference_baseline(self, batch: Batch, record: dict[str, list[torch.Tensor]], chosen: torch.Tensor) -> torch.Tensor:
+    def _reference_baseline(
+        self, batch: Batch, windows: torch.Tensor, memory_windows: torch.Tensor | None, chosen: torch.Tensor
+    ) -> torch.Tensor:
         """The baseline LSTM run after the episode over re-encoded inputs x_t (only for the
-        deliberate baseline bugs of the exact check's tests)."""
+        deliberate baseline bugs of the exact check's tests).
+
+        Arguments:
+            windows: (B, T, window cells) long, the symbols read.
+            memory_windows: (B, T, window cells * width), the memory cells read (``None`` without memory).
+            chosen: (B, T, 3) the decisions.
+        """
         assert self.baseline is not None
         size, steps = chosen.shape[:2]
-        windows = torch.stack(record["windows"], 1).flatten(0, 1)
-        memory_windows = None
-        if record["memory_windows"]:
-            memory_windows = torch.stack(record["memory_windows"], 1).flatten(0, 1).view(size * steps, windows.shape[1], -1)
+        windows = windows.flatten(0, 1)
+        if memory_windows is not None:
+            memory_windows = memory_windows.flatten(0, 1).view(size * steps, windows.shape[1], -1)
         start = torch.full((size, 1, 3), START, dtype=torch.long)
         previous = torch.cat([start, chosen[:, :-1]], 1)
         if self.config.bug == "baseline-sees-current-action":
@@ -427,19 +480,33 @@ class RLNTM(nn.Module):
         )
 
 
-def _decide(logits: torch.Tensor, greedy: bool) -> torch.Tensor:
-    """The decisions (B, D) from masked logits (B, D, 3): the most probable, or sampled.
+def _decide(probs: torch.Tensor, logits: torch.Tensor, greedy: bool) -> torch.Tensor:
+    """The decisions (B, D) from their probabilities and masked logits (B, D, 3): the most
+    probable, or sampled.
 
-    One softmax for all decisions, then one ``torch.multinomial`` call per decision, in the
-    order input, memory, output (each (B, 3), the batch first), which is what ``reinforce_check``
-    enumerates in batched mode. (A single call over (B * D, 3) rows would be cheaper, but the
-    check's batched enumeration then counts some sequences twice.) Infeasible choices have
-    probability exactly 0, so they are never drawn.
+    One ``torch.multinomial`` call per decision, in the order input, memory, output (each (B, 3),
+    the batch first), which is what ``reinforce_check`` enumerates in batched mode. (A single call
+    over (B * D, 3) rows would be cheaper, but the check's batched enumeration then counts some
+    sequences twice.) Infeasible choices have probability exactly 0, so they are never drawn.
     """
     if greedy:
         return logits.argmax(-1)
-    probs = logits.softmax(-1)
-    return torch.stack([torch.multinomial(probs[:, d], 1)[:, 0] for d in range(probs.shape[1])], 1)
+    return torch.cat([torch.multinomial(probs[:, d], 1) for d in range(probs.shape[1])], 1)
+
+
+def _mask_table(decisions: int, dtype: torch.dtype) -> torch.Tensor:
+    """(16, decisions * 3) additive masks (0 feasible, -inf not) by feasibility code:
+    ``4 * (input left ok + 2 * input right ok) + 2 * live + output may stay``."""
+    code = torch.arange(16)
+    left, right, live, stay = (code >> 2) & 1, (code >> 3) & 1, (code >> 1) & 1, code & 1
+    live, stay = live.bool(), stay.bool()
+    always = torch.ones(16, dtype=torch.bool)
+    columns = [left.bool() & live, always, right.bool() & live]
+    if decisions == 3:
+        columns += [live, always, live]
+    columns += [stay | ~live, live, ~always]
+    feasible = torch.stack(columns, 1)
+    return torch.zeros(feasible.shape, dtype=dtype).masked_fill(~feasible, float("-inf"))
 
 
 class _StepPlan:
@@ -459,12 +526,13 @@ class _StepPlan:
     before the episode and gives the tandem part its initial state.
 
     Column layout of the product: the sigmoid gates (input, forget, output) of every LSTM unit,
-    controller's first, then the tanh parts (the LSTM candidates; the feed-forward units). When
-    the controller is an LSTM as wide as the baseline LSTM (the default), the two instead run as
-    one batched product of shape (2, B, .), controller first, without the zero blocks.
+    controller's first, then the tanh parts (the LSTM candidates; the feed-forward units). Rows:
+    the one-hot part (:attr:`table`, the bias folded into the first decision's rows), then the
+    memory cells read (the controller's rows, then the baseline's), then the LSTM state.
 
     The output heads the loop needs (decision logits, times the inverse temperature, and the
     memory write) are one more product. The prediction head waits until after the episode.
+    :meth:`weights` hands all of them to :func:`rlntm_demo.fused.start`.
     """
 
     def __init__(self, controller: Controller, baseline: OfflineBaseline | None, config: ModelConfig) -> None:
@@ -483,8 +551,6 @@ class _StepPlan:
         self.baseline_units = baseline.tandem.hidden_size if baseline is not None else 0
         self.lstm_units = (self.controller_units if self.lstm else 0) + self.baseline_units
         self.onehot_width = cells * NUM_SYMBOLS + 4 * decisions
-        self.width = width
-        self.actions = 3 * decisions
 
         actions = [controller.input_move_embedding.weight]
         if memory:
@@ -546,31 +612,22 @@ class _StepPlan:
             [weight[:first_decision], weight[first_decision : first_decision + 4] + bias, weight[first_decision + 4 : fixed_rows]]
         )
         self.weight = weight[fixed_rows:]
-        # Controller and baseline LSTM of the same size: rather than one product with zero
-        # blocks, a batched product of the two (half the arithmetic), state shaped (2, B, units).
-        self.paired = self.lstm and baseline is not None and self.baseline_units == self.controller_units
-        if self.paired:
-            n = self.controller_units
-            blocks = torch.arange(8 * n).view(8, n)
-            own, other = blocks[0::2].flatten(), blocks[1::2].flatten()  # (i, f, o, g) of each
-            self.table = self.table[:, torch.cat([own, other])]
-            reads_rows = cells * width if memory else 0
-            rest = self.weight
-            controller_part = torch.cat([rest[:reads_rows], rest[2 * reads_rows : 2 * reads_rows + n]])
-            baseline_part = torch.cat([rest[reads_rows : 2 * reads_rows], rest[2 * reads_rows + n :]])
-            self.weight = torch.stack([controller_part[:, own], baseline_part[:, other]])
-        # Gathering one row per window cell and one row for the previous decisions together
-        # (of 4 ** decisions combinations) moves less memory than a row per decision.
+        # Gathering one row for the previous decisions together (of 4 ** decisions combinations)
+        # moves less memory than a row per decision.
         table = self.table
-        self.symbol_tables = list(table[:first_decision].split(NUM_SYMBOLS))
         combined = table[first_decision : first_decision + 4]
         for d in range(1, decisions):
             rows = table[first_decision + 4 * d : first_decision + 4 * (d + 1)]
             combined = (combined[:, None, :] + rows[None, :, :]).flatten(0, 1)
         self.action_table = combined
-        self.action_powers = 4 ** torch.arange(decisions - 1, -1, -1)
+        self.symbol_table = table[:first_decision]
+        reads_rows = cells * width if memory else 0
+        rest = self.weight
+        self.w_reads = rest[:reads_rows] if memory else None
+        self.w_reads_base = rest[reads_rows : 2 * reads_rows] if memory and baseline is not None else None
+        self.w_h = rest[rest.shape[0] - self.lstm_units :] if self.lstm_units else None
 
-        # Output heads used inside the loop, reading the controller's part of the state.
+        # Output heads used inside the loop, reading the controller's output.
         tau = config.inverse_temperature
         head_w, head_b = [], []
         for weight, b in zip(
@@ -590,12 +647,14 @@ class _StepPlan:
                 head_b.append(controller.gate_head.bias[:3])
             head_w.append(_tensor(controller, "value_head.weight"))
             head_b.append(_tensor(controller, "value_head.bias"))
-        heads = torch.cat(head_w, 0).T
-        if self.lstm and baseline is not None and not self.paired:
-            heads = torch.cat([heads, heads.new_zeros(self.baseline_units, heads.shape[1])])
-        self.heads_weight = heads
+        self.heads_weight = torch.cat(head_w, 0).T
         self.heads_bias = torch.cat(head_b)
-        self.head_sizes = [self.actions] + ([width + (3 if self.direct else 0), width] if memory else [])
+
+    def weights(self) -> tuple[torch.Tensor | None, ...]:
+        """What :func:`rlntm_demo.fused.start` takes after the initial state: the symbol rows of
+        the one-hot table, the previous decisions' combined rows, the memory reads' rows
+        (controller's, baseline's), the LSTM state's rows, the heads' weight and bias."""
+        return (self.symbol_table, self.action_table, self.w_reads, self.w_reads_base, self.w_h, self.heads_weight, self.heads_bias)
 
     def initial_state(self, batch: Batch, size: int, dtype: torch.dtype) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(h, c) of every LSTM unit before the first step (``None`` without any)."""
@@ -610,101 +669,7 @@ class _StepPlan:
             summary_h, summary_c = self.baseline.read_tape(batch.input, batch.input_len, dtype)
             h.append(summary_h)
             c.append(summary_c)
-        if self.paired:
-            return torch.stack(h), torch.stack(c)
         return torch.cat(h, 1), torch.cat(c, 1)
-
-    def step(
-        self, symbols: torch.Tensor, previous: torch.Tensor, reads: torch.Tensor | None, h: torch.Tensor | None, c: torch.Tensor | None
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
-        """One step of every unit: ``(h, c, controller output, baseline LSTM output)``.
-
-        The controller output is what the heads read: the whole LSTM state for LSTM controllers
-        unless paired (the heads ignore the baseline's part). The baseline LSTM's output is
-        ``None`` when it is part of the controller output.
-
-        Arguments:
-            symbols: (B, window cells) long, the symbols read.
-            previous: (B,) long, the previous decisions as one index, ``sum_d a_d 4 ** (D - 1 - d)``.
-            reads: (B, window cells * width), the memory cells read (``None`` without memory).
-            h, c: the LSTM state (``None`` without LSTM units).
-        """
-        z = self.action_table.index_select(0, previous)
-        for cell, table in enumerate(self.symbol_tables):
-            z = z + table.index_select(0, symbols[:, cell])
-        if self.paired:
-            assert h is not None and c is not None
-            n = self.controller_units
-            if reads is not None:
-                h = torch.cat([torch.stack([reads, reads.detach()]), h], 2)
-            z = torch.baddbmm(z.view(-1, 2, 4 * n).transpose(0, 1), h, self.weight)
-            gates, candidates = z.split([3 * n, n], 2)
-            input_gate, forget_gate, output_gate = gates.sigmoid().chunk(3, 2)
-            c = torch.addcmul(forget_gate * c, input_gate, candidates.tanh())
-            h = output_gate * c.tanh()
-            controller_h, baseline_h = h.unbind(0)
-            return h, c, controller_h, baseline_h
-        parts = []
-        if reads is not None:
-            parts.append(reads)
-            if self.baseline is not None:
-                parts.append(reads.detach())
-        if h is not None:
-            parts.append(h)
-        if parts:
-            z = torch.addmm(z, torch.cat(parts, 1) if len(parts) > 1 else parts[0], self.weight)
-        n = self.lstm_units
-        if not n:
-            return None, None, z.tanh(), None
-        gates, rest = z.split([3 * n, z.shape[1] - 3 * n], 1)
-        input_gate, forget_gate, output_gate = gates.sigmoid().chunk(3, 1)
-        if self.lstm:
-            c = torch.addcmul(forget_gate * c, input_gate, rest.tanh())
-            h = output_gate * c.tanh()
-            return h, c, h, None
-        candidates, units = rest.tanh().split([n, rest.shape[1] - n], 1)
-        c = torch.addcmul(forget_gate * c, input_gate, candidates)
-        h = output_gate * c.tanh()
-        return h, c, units, (h if self.baseline is not None else None)
-
-    def heads(self, output: torch.Tensor) -> torch.Tensor:
-        """Decision logits (3 per decision) and, with memory, the write's pre-activations."""
-        return torch.addmm(self.heads_bias, output, self.heads_weight)
-
-    def memory_write(
-        self,
-        heads: tuple[torch.Tensor, ...],
-        old: torch.Tensor,
-        neighbours: torch.Tensor | None,
-        symbol: torch.Tensor,
-        onehots: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """The new value of the current cell (see :meth:`Controller.memory_write`).
-
-        Arguments:
-            heads: the heads' outputs, split as :attr:`head_sizes` says.
-            old: (B, width), the current cell.
-            neighbours: (B, 2, width), the left and right cells (direct access only).
-            symbol: (B,) long, the symbol under the input head.
-            onehots: the identity matrix of the symbols (direct access only).
-        """
-        width = self.width
-        if self.direct:
-            keep, gates = heads[1].sigmoid().split([width, 3], 1)
-        else:
-            keep = heads[1].sigmoid()
-        value = heads[2].tanh()
-        new = torch.addcmul(value, keep, old)
-        if self.direct:
-            assert onehots is not None and neighbours is not None
-            # Gated one-hot input symbol, left and right neighbours.
-            added = torch.cat([onehots[symbol][:, None], neighbours], 1)
-            new = new + (gates[:, :, None] * added).sum(1)
-        return new
-
-    def controller_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The controller's part of the recorded outputs (B, T, hidden_size)."""
-        return hidden[..., : self.controller_units] if self.lstm and self.baseline is not None and not self.paired else hidden
 
 
 def _tensor(module: nn.Module, name: str) -> torch.Tensor:

@@ -1,0 +1,514 @@
+"""The RL-NTM's step loop as custom autograd functions: one graph node per step, backward by hand.
+
+At the sizes of the paper a step of the RL-NTM costs the number of torch operations it runs, not
+their arithmetic, and autograd adds its own cost to every operation it records (a node, saved
+tensors, and a backward operation or several). So the step loop records only these nodes:
+
+* :class:`_Start`, once per episode: takes every weight the loop uses (as arranged by
+  :class:`~rlntm_demo.model._StepPlan`) and the initial LSTM state, and returns a *token*;
+* :class:`_Step`, once per step: the controller (LSTM cell or tanh layer, the baseline LSTM's
+  tandem part alongside), the decision logits and probabilities, and the memory write, computed
+  with gradient recording off; takes the previous token and returns a new one and the
+  probabilities (what ``torch.multinomial`` samples from, and what an exact check differentiates);
+* :class:`_Finish`, once per episode: returns everything the loss needs from every step (decision
+  logits, controller outputs, baseline LSTM states, written cells), stacked.
+
+The tokens chain the nodes, so backward visits them in exactly the reverse order: ``_Finish``,
+the steps from last to first, ``_Start``. A token carries no values; its gradient is the gradient
+with respect to the loop's state after that step: the LSTM's ``h`` and ``c``, and the whole memory
+tape (as :class:`~rlntm_demo.interfaces.FastMemoryTape` does), in one flat buffer that each step's
+backward updates in place and hands on. The gradients with respect to the weights are accumulated
+by the steps' backward into buffers of the pass (the decision logits' part, which does not depend
+on the recursion, in one product over all steps), and ``_Start``'s backward, which autograd runs
+after every step's, returns them. What the steps share lives in one :class:`Episode` object; it
+keeps what backward needs until the graph is freed (so a graph may be differentiated twice, with
+``retain_graph``, as the exact check does).
+
+The maths is that of the controller's per-step methods and
+:class:`~rlntm_demo.interfaces.MemoryTape`; ``tests/rlntm_demo/test_fused.py`` compares values
+and gradients (of every output, the probabilities included) with plain autograd in float64, and
+the exact check compares the whole model's gradient with the exact one. Nothing is saved for a
+second differentiation (``create_graph`` raises).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from .config import NUM_SYMBOLS
+
+__all__ = ["Episode", "finish", "start", "step"]
+
+_sigmoid_backward = torch.ops.aten.sigmoid_backward
+_tanh_backward = torch.ops.aten.tanh_backward
+
+
+class Episode:
+    """The state of one batch of episodes in the fused loop: weights, tapes, saved values.
+
+    Column layout of the pre-activations ``z`` (width ``G``): the sigmoid gates (input, forget,
+    output) of the ``units`` LSTM units, then the tanh part: the LSTM candidates, then (for a
+    feed-forward controller) the controller's units. The first ``controller_units`` LSTM units are
+    the controller's (LSTM controllers), the others the baseline LSTM's. ``z`` is the sum of rows of
+    the tables (one per window cell and one for the previous decisions), of the memory cells read
+    times ``w_reads`` and of the previous ``h`` times ``w_h``.
+
+    Head layout (width ``H``): the decision logits (3 per decision, already scaled), then with
+    memory the keep gate of the write (``width``), the three direct-access gates of the write
+    (direct access only) and the written value (``width``).
+
+    Arguments:
+        size: rows of the batch.
+        dtype: the dtype of the values.
+        units: LSTM units (controller's and baseline LSTM's together; 0 for none).
+        controller_units: how many of them are the controller's (0 unless an LSTM controller).
+        decisions: 3 with memory, else 2.
+        window: the read window's half width k (``2k + 1`` cells read on each tape).
+        memory_cells, width: the memory tape (``memory_cells`` 0 for none).
+        direct: the direct-access write (gated one-hot symbol and neighbour cells).
+        grad: save what backward needs.
+        want_windows: :meth:`stacked` also returns the memory windows read (for the reference
+            baseline of the deliberate bugs).
+    """
+
+    def __init__(
+        self,
+        *,
+        size: int,
+        dtype: torch.dtype,
+        units: int,
+        controller_units: int,
+        decisions: int,
+        window: int,
+        memory_cells: int,
+        width: int,
+        direct: bool,
+        grad: bool,
+        want_windows: bool = False,
+    ) -> None:
+        self.size = size
+        self.dtype = dtype
+        self.units = units
+        self.controller_units = controller_units
+        self.decisions = decisions
+        self.window_cells = 2 * window + 1
+        self.centre = window
+        self.memory = memory_cells > 0
+        self.cells = memory_cells
+        self.width = width if self.memory else 0
+        self.direct = direct and self.memory
+        self.reads = self.window_cells + (2 if self.direct else 0)
+        self.grad = grad
+        self.want_windows = want_windows
+        self.tape = torch.zeros(size * memory_cells, self.width, dtype=dtype) if self.memory else None
+        self.token_size = 2 * size * units + size * memory_cells * self.width
+        # Values of every step, in step order: outputs, and what backward needs.
+        self.logits: list[torch.Tensor] = []
+        self.hs: list[torch.Tensor] = []
+        self.cs: list[torch.Tensor] = []
+        self.outputs: list[torch.Tensor] = []  # feed-forward controllers only (else in hs)
+        self.written: list[torch.Tensor] = []
+        self.reads_list: list[torch.Tensor] = []
+        self.saved: list[tuple[Any, ...]] = []
+        # One backward pass: the gradients that do not depend on the recursion (from _Finish's
+        # outputs), and the weight gradients the steps' backward accumulates.
+        self.external: list[tuple[torch.Tensor | None, ...]] = []
+        self._grad_token: torch.Tensor | None = None
+        self._grad_views: tuple[Any, ...] = ()
+        self.grad_logits: torch.Tensor | None = None
+        self.accumulators: dict[str, torch.Tensor] | None = None
+
+    def token(self) -> torch.Tensor:
+        # Only the token's shape matters (its gradient is the loop's state); no memory is allocated.
+        return torch.zeros((), dtype=self.dtype).expand(self.token_size)
+
+    # -- forward ---------------------------------------------------------------------------
+
+    def begin(self, h0, c0, table, action_table, w_reads, w_reads_base, w_h, heads_w, heads_b) -> None:  # type: ignore[no-untyped-def]
+        """Keep the weights and the initial state, and build the lookup tables."""
+        self.table = table
+        centre_rows = table[self.centre * NUM_SYMBOLS : (self.centre + 1) * NUM_SYMBOLS]
+        # The previous decisions' rows plus the centre cell's symbol rows, every combination: one
+        # gathered row per step instead of two and a sum.
+        self.combined = (action_table[:, None, :] + centre_rows[None, :, :]).flatten(0, 1)
+        self.action_rows = action_table.shape[0]
+        self.w_reads_controller = w_reads
+        self.w_reads = w_reads if w_reads_base is None else w_reads + w_reads_base
+        self.has_reads_base = w_reads_base is not None
+        self.w_h = w_h
+        self.heads_w = heads_w
+        self.heads_b = heads_b
+        logit_columns = 3 * self.decisions
+        self.heads_w_logits_t = heads_w[:, :logit_columns].t().contiguous()
+        self.heads_w_memory_t = heads_w[:, logit_columns:].t().contiguous()
+        self.w_h_t = w_h.t().contiguous() if w_h is not None else None
+        self.w_reads_controller_t = w_reads.t().contiguous() if w_reads is not None else None
+        self.z_split = [3 * self.units, self.combined.shape[1] - 3 * self.units]
+        self.head_split = [logit_columns, self.width + (3 if self.direct else 0), self.width]
+        self.h = h0
+        self.c = c0
+        self.hs.append(h0)
+        self.cs.append(c0)
+
+    def forward_step(
+        self,
+        table_index: torch.Tensor,
+        extra_index: torch.Tensor | None,
+        mask: torch.Tensor,
+        live: torch.Tensor,
+        symbol: torch.Tensor,
+        write_row: torch.Tensor | None,
+        read_rows: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """One step; returns the decision probabilities (B, D, 3).
+
+        Arguments:
+            table_index: (B,) the row of the combined table (previous decisions, centre symbol).
+            extra_index: (B * (window cells - 1),) the table rows of the other window cells, or ``None``.
+            mask: (B, D, 3) additive feasibility mask (0 or -inf).
+            live: (B, 1) bool, the rows whose episode is not over.
+            symbol: (B, 1) long, the centre symbol.
+            write_row: (B,) the tape row of each memory head (``None`` without memory).
+            read_rows: (B * cells read,) the tape rows read (``None`` without memory).
+        """
+        size, units, width = self.size, self.units, self.width
+        z = self.combined.index_select(0, table_index)
+        if extra_index is not None:
+            z += self.table.index_select(0, extra_index).view(size, -1, z.shape[1]).sum(1)
+        window = cells = None
+        if self.memory:
+            assert read_rows is not None and self.tape is not None
+            reads = self.tape.index_select(0, read_rows)
+            window = reads.view(size, -1)
+            if self.reads > self.window_cells:
+                window = window[:, : self.window_cells * width]
+            z.addmm_(window, self.w_reads)
+            self.reads_list.append(window)
+            cells = reads.view(size, self.reads, width).unbind(1)
+        sig = gates_ifo = candidate = tg = tc = None
+        if units:
+            z.addmm_(self.h, self.w_h)
+            sig_in, tanh_in = z.split(self.z_split, 1)
+            sig = sig_in.sigmoid()
+            tg = tanh_in.tanh()
+            gates_ifo = sig.chunk(3, 1)
+            candidate = tg if self.controller_units else tg[:, :units]
+            c = torch.addcmul(gates_ifo[1] * self.c, gates_ifo[0], candidate)
+            tc = c.tanh()
+            h = gates_ifo[2] * tc
+            self.h, self.c = h, c
+            self.hs.append(h)
+            self.cs.append(c)
+            if self.controller_units:
+                output = h[:, : self.controller_units] if units > self.controller_units else h
+            else:
+                output = tg[:, units:]
+                self.outputs.append(output)
+        else:
+            tg = output = z.tanh_()
+            self.outputs.append(output)
+        heads = torch.addmm(self.heads_b, output, self.heads_w)
+        decisions = self.decisions
+        gate_part = value_part = None
+        if self.memory:
+            logit_part, gate_part, value_part = heads.split(self.head_split, 1)
+        else:
+            logit_part = heads
+        logits = logit_part.view(size, decisions, 3) + mask
+        # The softmax of three entries, in five cheap operations (torch's own costs more here).
+        probs = (logits - logits.amax(-1, keepdim=True)).exp_()
+        probs /= probs.sum(-1, keepdim=True)
+        self.logits.append(logits)
+        gates = value = None
+        if self.memory:
+            assert cells is not None and gate_part is not None and value_part is not None and write_row is not None
+            gates = gate_part.sigmoid()
+            value = value_part.tanh()
+            old = cells[self.centre]
+            if self.direct:
+                keep, symbol_gate, left_gate, right_gate = gates.split([width, 1, 1, 1], 1)
+                new = torch.addcmul(value, keep, old)
+                # Gated one-hot input symbol, then gated left and right neighbours.
+                new.scatter_add_(1, symbol, symbol_gate)
+                new.addcmul_(left_gate, cells[self.window_cells])
+                new.addcmul_(right_gate, cells[self.window_cells + 1])
+            else:
+                new = torch.addcmul(value, gates, old)
+            cell = torch.where(live, new, old)
+            assert self.tape is not None
+            self.tape.index_copy_(0, write_row, cell)
+            if self.direct:
+                self.written.append(cell)
+        if self.grad:
+            self.saved.append(
+                (table_index, extra_index, live, symbol, write_row, read_rows, window, cells, sig, gates_ifo, candidate, tg, tc, gates, value, probs, output)
+            )
+        return probs
+
+    def stacked(self) -> tuple[torch.Tensor | None, ...]:
+        """Every step's decision logits (B, T, D, 3), controller outputs (B, T, hidden), baseline
+        LSTM states (B, T, units), written cells (B, T, width; direct access) and memory windows
+        read (B, T, window cells * width; when asked for), ``None`` for what does not exist."""
+        logits = torch.stack(self.logits, 1)
+        units, controller = self.units, self.controller_units
+        outputs = baseline = None
+        if units:
+            states = torch.stack(self.hs[1:], 1)
+            if controller:
+                outputs = states[..., :controller].contiguous() if units > controller else states
+            if units > controller:
+                baseline = states[..., controller:].contiguous() if controller else states
+        if not controller:
+            outputs = torch.stack(self.outputs, 1)
+        written = torch.stack(self.written, 1) if self.written else None
+        windows = None
+        if self.want_windows and self.memory:
+            windows = torch.stack(self.reads_list, 1)
+        return logits, outputs, baseline, written, windows
+
+    # -- backward --------------------------------------------------------------------------
+
+    def begin_backward(self, grads: tuple[torch.Tensor | None, ...]) -> None:
+        """Before the steps' backward: the gradients of _Finish's outputs, turned into what each
+        step adds to the gradient of its ``h`` (and of a feed-forward controller's output)."""
+        grad_logits, grad_outputs, grad_baseline, grad_written, grad_windows = grads
+        size, steps = self.size, len(self.logits)
+        through_logits = None
+        if grad_logits is not None:
+            grad_logits = grad_logits.reshape(size, steps, 3 * self.decisions)
+            through_logits = grad_logits.matmul(self.heads_w_logits_t)
+        if grad_outputs is not None:
+            through_logits = grad_outputs if through_logits is None else through_logits + grad_outputs
+        to_h = to_output = None
+        controller = self.controller_units
+        if controller:
+            if grad_baseline is None:
+                to_h = through_logits
+                if to_h is not None and self.units > controller:
+                    to_h = torch.cat([to_h, to_h.new_zeros(size, steps, self.units - controller)], 2)
+            else:
+                first = through_logits if through_logits is not None else grad_baseline.new_zeros(size, steps, controller)
+                to_h = torch.cat([first, grad_baseline], 2)
+        else:
+            to_h, to_output = grad_baseline, through_logits
+        # One tuple per step, from one unbind per tensor.
+        per_step = [x.unbind(1) if x is not None else [None] * steps for x in (to_h, to_output, grad_written, grad_windows)]
+        self.external = list(zip(*per_step))
+        self.grad_logits = grad_logits
+        self._begin_pass()
+
+    def _begin_pass(self) -> None:
+        """Zero the weight gradients the steps' backward accumulates into."""
+        self.heads_w_grad = torch.zeros_like(self.heads_w)
+        self.heads_b_grad = torch.zeros_like(self.heads_b)
+        logit_columns = 3 * self.decisions
+        self.accumulators = {
+            "combined": torch.zeros_like(self.combined),
+            "heads_w_logits": self.heads_w_grad[:, :logit_columns],
+            "heads_w_memory": self.heads_w_grad[:, logit_columns:],
+            "heads_b_logits": self.heads_b_grad[:logit_columns],
+            "heads_b_memory": self.heads_b_grad[logit_columns:],
+        }
+        if self.window_cells > 1:
+            self.accumulators["table"] = torch.zeros_like(self.table)
+        if self.memory:
+            self.accumulators["w_reads"] = torch.zeros_like(self.w_reads)
+        if self.units:
+            self.accumulators["w_h"] = torch.zeros_like(self.w_h)
+
+    def backward_step(self, t: int, grad_token: torch.Tensor | None, grad_probs: torch.Tensor | None) -> torch.Tensor:
+        """Backward through step ``t``: the gradient of the state before it (updates
+        ``grad_token`` in place and returns it); the weights' gradients are accumulated."""
+        size, units, width = self.size, self.units, self.width
+        (table_index, extra_index, live, symbol, write_row, read_rows, window, cells, sig, gates_ifo, candidate, tg, tc, gates, value, probs, output) = self.saved[t]
+        if grad_token is None:
+            grad_token = torch.zeros(self.token_size, dtype=self.dtype)
+        if grad_token is not self._grad_token:
+            # Views of the state's gradient: h, c, the controller's part of h, the tape.
+            self._grad_token = grad_token
+            dh = grad_token[: size * units].view(size, units)
+            self._grad_views = (
+                dh,
+                grad_token[size * units : 2 * size * units].view(size, units),
+                dh[:, : self.controller_units],
+                grad_token[2 * size * units :].view(-1, width) if self.memory else None,
+            )
+        dh, dc, dh_controller, tape_grad = self._grad_views
+        if self.accumulators is None:  # a backward pass that does not go through _Finish
+            self._begin_pass()
+        accumulators = self.accumulators
+        assert accumulators is not None
+        to_h, to_output, written, grad_window = self.external[t] if self.external else (None, None, None, None)
+
+        doutput = to_output
+        if grad_probs is not None:
+            dlogits = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype).view(size, -1)
+            accumulators["heads_w_logits"].addmm_(output.t(), dlogits)
+            accumulators["heads_b_logits"] += dlogits.sum(0)
+            through = dlogits.mm(self.heads_w_logits_t)
+            doutput = through if doutput is None else doutput + through
+        if self.memory:
+            assert tape_grad is not None and cells is not None and gates is not None and value is not None
+            # The write: the written cell's gradient goes to the new value in live rows (the old
+            # content did not survive), and stays with the old content in the others.
+            after = tape_grad.index_select(0, write_row)
+            dnew = torch.where(live, after if written is None else after + written, 0.0)
+            tape_grad.index_copy_(0, write_row, torch.where(live, 0.0, after))
+            old = cells[self.centre]
+            if self.direct:
+                keep = gates[:, :width]
+                dgates = torch.cat(
+                    [dnew * old, dnew.gather(1, symbol), (dnew * cells[self.window_cells]).sum(1, keepdim=True),
+                     (dnew * cells[self.window_cells + 1]).sum(1, keepdim=True)], 1)
+                dneighbours = torch.stack([gates[:, width + 1 : width + 2] * dnew, gates[:, width + 2 :] * dnew], 1)
+            else:
+                keep = gates
+                dgates = dnew * old
+            dold = dnew * keep
+            if written is not None:
+                dold += torch.where(live, 0.0, written)
+            dmemory = torch.cat([_sigmoid_backward(dgates, gates), _tanh_backward(dnew, value)], 1)
+            accumulators["heads_w_memory"].addmm_(output.t(), dmemory)
+            accumulators["heads_b_memory"] += dmemory.sum(0)
+            through = dmemory.mm(self.heads_w_memory_t)
+            doutput = through if doutput is None else doutput + through
+        controller = self.controller_units
+        if units:
+            if to_h is not None:
+                dh += to_h
+            if controller and doutput is not None:
+                dh_controller += doutput
+            input_gate, forget_gate, output_gate = gates_ifo
+            dc += _tanh_backward(dh * output_gate, tc)
+            dsig = torch.cat([dc * candidate, dc * self.cs[t], dh * tc], 1)
+            dtanh = dc * input_gate
+            if not controller:
+                dtanh = torch.cat([dtanh, doutput if doutput is not None else dtanh.new_zeros(size, tg.shape[1] - units)], 1)
+            dz = torch.cat([_sigmoid_backward(dsig, sig), _tanh_backward(dtanh, tg)], 1)
+            dc.mul_(forget_gate)
+            assert self.w_h_t is not None
+            accumulators["w_h"].addmm_(self.hs[t].t(), dz)
+            torch.mm(dz, self.w_h_t, out=dh)
+        else:
+            dz = _tanh_backward(doutput, tg) if doutput is not None else torch.zeros_like(tg)
+        accumulators["combined"].index_add_(0, table_index, dz)
+        if extra_index is not None:
+            others = self.window_cells - 1
+            accumulators["table"].index_add_(0, extra_index, dz[:, None, :].expand(-1, others, -1).reshape(-1, dz.shape[1]))
+        if self.memory:
+            assert window is not None and tape_grad is not None
+            assert self.w_reads_controller_t is not None
+            accumulators["w_reads"].addmm_(window.t(), dz)
+            # The reads: their gradient adds into the cells read (a cell read twice gets both).
+            dreads = dz.mm(self.w_reads_controller_t)
+            if grad_window is not None:
+                dreads += grad_window
+            dreads = dreads.view(size, self.window_cells, width)
+            dreads[:, self.centre] += dold
+            if self.direct:
+                dreads = torch.cat([dreads, dneighbours], 1)
+            tape_grad.index_add_(0, read_rows, dreads.view(-1, width))
+        return grad_token
+
+    def backward_start(self, grad_token: torch.Tensor | None, needs: tuple[bool, ...]) -> tuple[torch.Tensor | None, ...]:
+        """The weights' gradients (accumulated by the steps' backward, plus the logits' part from
+        _Finish's gradient, over all steps at once) and the initial state's. Ends the pass."""
+        size, units = self.size, self.units
+        if self.accumulators is None:
+            self._begin_pass()
+        accumulators = self.accumulators
+        assert accumulators is not None
+        grads: list[torch.Tensor | None] = [None] * 9
+        if grad_token is not None and units:
+            grads[0] = grad_token[: size * units].view(size, units)
+            grads[1] = grad_token[size * units : 2 * size * units].view(size, units)
+        combined = accumulators["combined"].view(self.action_rows, NUM_SYMBOLS, -1)
+        dtable = accumulators.get("table")
+        if dtable is None:
+            dtable = torch.zeros_like(self.table)
+        dtable[self.centre * NUM_SYMBOLS : (self.centre + 1) * NUM_SYMBOLS] += combined.sum(0)
+        grads[2] = dtable
+        grads[3] = combined.sum(1)
+        if self.memory:
+            grads[4] = accumulators["w_reads"]
+            grads[5] = accumulators["w_reads"].clone() if self.has_reads_base else None
+        if units:
+            grads[6] = accumulators["w_h"]
+        grads[7] = self.heads_w_grad
+        grads[8] = self.heads_b_grad
+        if self.grad_logits is not None:
+            # The logits' part of the heads' gradient, over all steps at once.
+            logit_columns = 3 * self.decisions
+            steps = len(self.saved)
+            if self.controller_units:
+                outputs = torch.stack(self.hs[1 : steps + 1], 1)[..., : self.controller_units]
+            else:
+                outputs = torch.stack(self.outputs, 1)
+            self.heads_w_grad[:, :logit_columns] += outputs.flatten(0, 1).T.mm(self.grad_logits.flatten(0, 1))
+            self.heads_b_grad[:logit_columns] += self.grad_logits.sum((0, 1))
+        self.accumulators = None
+        self.external = []
+        self.grad_logits = None
+        self._grad_token = None
+        return tuple(grads)
+
+
+class _Start(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, episode, h0, c0, table, action_table, w_reads, w_reads_base, w_h, heads_w, heads_b):  # type: ignore[no-untyped-def, override]
+        ctx.set_materialize_grads(False)
+        ctx.episode = episode
+        episode.begin(h0, c0, table, action_table, w_reads, w_reads_base, w_h, heads_w, heads_b)
+        return episode.token()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_token):  # type: ignore[no-untyped-def, override]
+        return (None,) + ctx.episode.backward_start(grad_token, ctx.needs_input_grad[1:])
+
+
+class _Step(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, token, episode, t, table_index, extra_index, mask, live, symbol, write_row, read_rows):  # type: ignore[no-untyped-def, override]
+        ctx.set_materialize_grads(False)
+        ctx.episode = episode
+        ctx.t = t
+        probs = episode.forward_step(table_index, extra_index, mask, live, symbol, write_row, read_rows)
+        return episode.token(), probs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_token, grad_probs):  # type: ignore[no-untyped-def, override]
+        return (ctx.episode.backward_step(ctx.t, grad_token, grad_probs),) + (None,) * 9
+
+
+class _Finish(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, token, episode):  # type: ignore[no-untyped-def, override]
+        ctx.set_materialize_grads(False)
+        ctx.episode = episode
+        return episode.stacked()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads):  # type: ignore[no-untyped-def, override]
+        ctx.episode.begin_backward(grads)
+        return None, None
+
+
+def start(episode: Episode, *tensors: torch.Tensor | None) -> torch.Tensor:
+    """Begin the episode: the weights and initial state (see :meth:`Episode.begin`); returns the first token."""
+    return _Start.apply(episode, *tensors)
+
+
+def step(episode: Episode, token: torch.Tensor, t: int, *indices: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step ``t`` (see :meth:`Episode.forward_step`): ``(token, probabilities)``."""
+    return _Step.apply(token, episode, t, *indices)
+
+
+def finish(episode: Episode, token: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    """End the episode: :meth:`Episode.stacked`, differentiable."""
+    return _Finish.apply(token, episode)

@@ -1,0 +1,161 @@
+"""The fused step loop's custom autograd functions (:mod:`rlntm_demo.fused`) against plain autograd.
+
+The model's rollout is replayed with the controller's per-step methods and the plain tapes (every
+operation recorded by autograd), and every output of the fused loop is compared with it in float64:
+the decision probabilities handed to ``torch.multinomial`` (what an exact check differentiates),
+the chosen log-probabilities, the rewards (through the predictions and memory writes) and the
+baselines, values and gradients with respect to every parameter. Tolerances: relative 1e-10,
+absolute 1e-12 (values), relative 1e-9, absolute 1e-12 (gradients).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from rlntm_demo import fused
+from rlntm_demo.config import ModelConfig
+from rlntm_demo.controllers import START
+from rlntm_demo.interfaces import OUTPUT_PREDICT, OUTPUT_STAY, STAY, InputTape, MemoryTape, OutputTape
+from rlntm_demo.model import RLNTM
+from rlntm_demo.tasks import Batch, make_task
+
+
+def build(task_name: str, controller: str, **options: object) -> tuple[RLNTM, Batch]:
+    task = make_task(task_name, num_symbols=4)
+    batch = task.sample(complexity=3, batch_size=5, generator=torch.Generator().manual_seed(1))
+    config = ModelConfig(controller=controller, hidden_size=6, embedding_size=3, interfaces=task.interfaces,
+                         init_std=0.5, inverse_temperature=1.0, initial_state=0.1, **options)  # type: ignore[arg-type]
+    model = RLNTM(config, generator=torch.Generator().manual_seed(1)).double()
+    model.online_baseline.normal_(generator=torch.Generator().manual_seed(2))
+    return model, batch
+
+
+@pytest.fixture
+def sampled_probs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[torch.Tensor]]:
+    """Records the probabilities of every ``torch.multinomial`` call (and samples as usual)."""
+    original = torch.multinomial
+    calls: list[torch.Tensor] = []
+
+    def multinomial(input: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(input)
+        return original(input, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch, "multinomial", multinomial)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        yield calls
+
+
+def replay(model: RLNTM, batch: Batch, actions: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The episode of the given actions with the controller's per-step API and the plain tapes:
+    every decision's probabilities (B, T, decisions, 3), log-probabilities, rewards, baselines."""
+    config, controller = model.config, model.controller
+    size, steps = actions.shape[:2]
+    tape = InputTape(batch.input, batch.input_len, forward_only=config.interfaces.forward_only_input, window=config.read_window)
+    memory = MemoryTape(size, config.memory_cells, config.memory_width, window=config.read_window, dtype=torch.float64) if config.interfaces.memory else None
+    output = OutputTape(batch.target, batch.target_len, batch.steps)
+    state = controller.initial_state(size, torch.float64)
+    previous = torch.full((size, 3), START, dtype=torch.long)
+    probs, log_probs, rewards, inputs = [], [], [], []
+    for t in range(steps):
+        live = ~output.finished
+        input_window = tape.read()
+        memory_window = memory.read() if memory is not None else None
+        x = controller.encode(input_window, memory_window, previous)
+        h, state = controller.step(x, state)
+        chosen = actions[:, t]
+        step_probs, step_log_probs = [], []
+        feasible = [tape.allowed_moves(), memory.allowed_moves() if memory is not None else None, output.allowed_moves()]
+        for k, (logits, allowed, stay) in enumerate(zip(controller.action_logits(h), feasible, [STAY, STAY, OUTPUT_STAY])):
+            if logits is None or allowed is None:
+                step_log_probs.append(torch.zeros(size, dtype=torch.float64))
+                continue
+            only_stay = torch.nn.functional.one_hot(torch.tensor(stay), allowed.shape[1]).bool()
+            allowed = torch.where(live[:, None], allowed, only_stay)
+            p = logits.masked_fill(~allowed, float("-inf")).softmax(-1)
+            step_probs.append(torch.cat([p, p.new_zeros(size, 3 - p.shape[1])], 1))
+            step_log_probs.append(p.gather(1, chosen[:, k : k + 1])[:, 0].log())
+        symbol = input_window[:, config.read_window]
+        cell = None
+        if memory is not None:
+            new = controller.memory_write(h, memory.cell(0), symbol, memory.cell(-1), memory.cell(1))
+            memory.write(new, rows=live)
+            cell = memory.cell(0)
+        target = controller.prediction_logits(h, symbol, cell).log_softmax(-1).gather(1, output.current_target()[:, None])[:, 0]
+        rewards.append(torch.where(chosen[:, 2] == OUTPUT_PREDICT, target, torch.zeros_like(target)))
+        probs.append(torch.stack(step_probs, 1))
+        log_probs.append(torch.stack(step_log_probs, 1))
+        inputs.append(x)
+        tape.move(chosen[:, 0])
+        if memory is not None:
+            memory.move(chosen[:, 1])
+        output.move(chosen[:, 2])
+        previous = chosen
+    baselines = torch.zeros(size, steps, dtype=torch.float64)
+    if config.online_baseline:
+        baselines = baselines + model.online_baseline[:steps]
+    if model.baseline is not None:
+        baselines = baselines + model.baseline(batch.input, batch.input_len, torch.stack(inputs, 1).detach())
+    return {"probs": torch.stack(probs, 1), "log_probs": torch.stack(log_probs, 1), "rewards": torch.stack(rewards, 1), "baselines": baselines}
+
+
+@pytest.mark.parametrize("controller", ["direct", "lstm", "feedforward"])
+@pytest.mark.parametrize("task_name,window,baseline,baseline_size", [
+    ("forward-reverse", 0, "both", 6), ("reverse", 1, "offline", 4), ("copy", 0, "both", 6), ("duplicated-input", 1, "none", 6)])
+def test_fused_loop_matches_plain_autograd(
+    task_name: str, window: int, baseline: str, baseline_size: int, controller: str, sampled_probs: list[torch.Tensor]
+) -> None:
+    model, batch = build(task_name, controller, read_window=window, baseline=baseline, baseline_hidden_size=baseline_size)
+    rollout = model.run_episode(batch, all_steps=True)
+    decisions = 3 if model.config.interfaces.memory else 2
+    assert len(sampled_probs) == decisions * rollout.mask.shape[1]
+    probs = torch.stack(sampled_probs).view(-1, decisions, *sampled_probs[0].shape).transpose(0, 2)  # (B, D, T, 3)
+    probs = probs.transpose(1, 2)  # (B, T, D, 3)
+    reference = replay(model, batch, rollout.actions)
+    mask = rollout.mask
+    fast = {"probs": probs, "log_probs": rollout.log_probs, "rewards": rollout.rewards, "baselines": rollout.baselines}
+    reference["baselines"] = reference["baselines"] * mask
+    for name in fast:
+        torch.testing.assert_close(fast[name], reference[name], rtol=1e-10, atol=1e-12, msg=name)
+
+    # Every output weighted differently, so that a gradient sent to the wrong step or the wrong
+    # decision shows.
+    def gradients(values: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        total = torch.zeros((), dtype=torch.float64)
+        for k, (name, value) in enumerate(sorted(values.items())):
+            weights = torch.linspace(0.5, 1.5 + k, value.numel(), dtype=torch.float64).view_as(value)
+            total = total + (value.masked_fill(~torch.isfinite(value), 0.0) * weights).sum()
+        grads = torch.autograd.grad(total, list(model.parameters()), allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, model.parameters())]
+
+    for (name, _), a, b in zip(model.named_parameters(), gradients(fast), gradients(reference)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_only_the_probabilities_differentiated(sampled_probs: list[torch.Tensor]) -> None:
+    """A backward pass that starts from the sampled probabilities alone (as the exact check's
+    first pass may) reaches the weights, and a second pass on the same graph gives the same."""
+    model, batch = build("forward-reverse", "direct")
+    model.run_episode(batch, all_steps=True)
+    total = sum((p * torch.arange(p.numel(), dtype=p.dtype).view_as(p)).sum() for p in sampled_probs)
+    params = list(model.controller.parameters())
+    first = torch.autograd.grad(total, params, retain_graph=True, allow_unused=True)
+    second = torch.autograd.grad(total, params, allow_unused=True)
+    assert any(g is not None and bool(g.abs().sum() > 0) for g in first)
+    for a, b in zip(first, second):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_no_grad_episode_saves_nothing() -> None:
+    model, batch = build("copy", "lstm")
+    with torch.no_grad():
+        rollout = model.run_episode(batch)
+    assert not rollout.rewards.requires_grad
+    episode = fused.Episode(size=2, dtype=torch.float64, units=0, controller_units=0, decisions=2, window=0,
+                            memory_cells=0, width=0, direct=False, grad=False)
+    assert episode.token_size == 0 and episode.saved == []
