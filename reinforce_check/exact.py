@@ -189,27 +189,6 @@ def finite_differences(
     """
     if mode == "none":
         return [], None
-    # Every evaluation of J replays the known sequences; they share one watch of the generators.
-    with replaying(found):
-        return _finite_differences(
-            episode, found, names, params, exact, mode=mode, step=step, rtol=rtol, atol=atol, seed=seed, batched=batched
-        )
-
-
-def _finite_differences(
-    episode: Episode,
-    found: Enumeration,
-    names: Sequence[str],
-    params: Sequence[torch.Tensor],
-    exact: ExactGradients,
-    *,
-    mode: str,
-    step: float,
-    rtol: float,
-    atol: float,
-    seed: int,
-    batched: bool,
-) -> tuple[list[DirectionalCheck], list[torch.Tensor] | None]:
     generator = torch.Generator().manual_seed(seed)
 
     def random_unit(p: torch.Tensor) -> torch.Tensor:
@@ -225,16 +204,20 @@ def _finite_differences(
             checks.append(_directional(name, numeric, directions, exact, rtol, atol))
         return checks
 
-    if mode == "tensor":
-        return per_tensor(), None
-    if mode == "joint":
-        joint = [random_unit(p) for p in params]
-        norm = sum(float((v * v).sum()) for v in joint) ** 0.5
-        joint = [v / norm for v in joint]
-        numeric = _shifted_objective(episode, found, params, list(joint), step, batched=batched)
-        check = _directional("all parameters", numeric, list(joint), exact, rtol, atol)
-        return ([check] if check.ok else [check, *per_tensor()]), None
-    if mode == "coordinate":
+    if mode not in ("tensor", "joint", "coordinate"):
+        raise ValueError(f"unknown finite-difference mode {mode!r}")
+    # Every evaluation of J replays the known sequences; they share one watch of the generators.
+    with replaying(found):
+        if mode == "tensor":
+            return per_tensor(), None
+        if mode == "joint":
+            joint = [random_unit(p) for p in params]
+            norm = sum(float((v * v).sum()) for v in joint) ** 0.5
+            joint = [v / norm for v in joint]
+            numeric = _shifted_objective(episode, found, params, list(joint), step, batched=batched)
+            check = _directional("all parameters", numeric, list(joint), exact, rtol, atol)
+            return ([check] if check.ok else [check, *per_tensor()]), None
+        # mode == "coordinate"
         checks = []
         gradients = []
         for index, (name, p) in enumerate(zip(names, params)):
@@ -261,7 +244,6 @@ def _finite_differences(
                     )
                 )
         return checks, gradients
-    raise ValueError(f"unknown finite-difference mode {mode!r}")
 
 
 def _unit(bias: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:

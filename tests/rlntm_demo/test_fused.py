@@ -17,10 +17,10 @@ import torch
 
 from rlntm_demo import fused
 from rlntm_demo.config import ModelConfig
-from rlntm_demo.controllers import START
-from rlntm_demo.interfaces import OUTPUT_PREDICT, OUTPUT_STAY, STAY, InputTape, MemoryTape, OutputTape
 from rlntm_demo.model import RLNTM
 from rlntm_demo.tasks import Batch, make_task
+
+from .reference import reference_replay
 
 
 def build(task_name: str, controller: str, **options: object) -> tuple[RLNTM, Batch]:
@@ -49,59 +49,6 @@ def sampled_probs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[torch.Tensor
         yield calls
 
 
-def replay(model: RLNTM, batch: Batch, actions: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The episode of the given actions with the controller's per-step API and the plain tapes:
-    every decision's probabilities (B, T, decisions, 3), log-probabilities, rewards, baselines."""
-    config, controller = model.config, model.controller
-    size, steps = actions.shape[:2]
-    tape = InputTape(batch.input, batch.input_len, forward_only=config.interfaces.forward_only_input, window=config.read_window)
-    memory = MemoryTape(size, config.memory_cells, config.memory_width, window=config.read_window, dtype=torch.float64) if config.interfaces.memory else None
-    output = OutputTape(batch.target, batch.target_len, batch.steps)
-    state = controller.initial_state(size, torch.float64)
-    previous = torch.full((size, 3), START, dtype=torch.long)
-    probs, log_probs, rewards, inputs = [], [], [], []
-    for t in range(steps):
-        live = ~output.finished
-        input_window = tape.read()
-        memory_window = memory.read() if memory is not None else None
-        x = controller.encode(input_window, memory_window, previous)
-        h, state = controller.step(x, state)
-        chosen = actions[:, t]
-        step_probs, step_log_probs = [], []
-        feasible = [tape.allowed_moves(), memory.allowed_moves() if memory is not None else None, output.allowed_moves()]
-        for k, (logits, allowed, stay) in enumerate(zip(controller.action_logits(h), feasible, [STAY, STAY, OUTPUT_STAY])):
-            if logits is None or allowed is None:
-                step_log_probs.append(torch.zeros(size, dtype=torch.float64))
-                continue
-            only_stay = torch.nn.functional.one_hot(torch.tensor(stay), allowed.shape[1]).bool()
-            allowed = torch.where(live[:, None], allowed, only_stay)
-            p = logits.masked_fill(~allowed, float("-inf")).softmax(-1)
-            step_probs.append(torch.cat([p, p.new_zeros(size, 3 - p.shape[1])], 1))
-            step_log_probs.append(p.gather(1, chosen[:, k : k + 1])[:, 0].log())
-        symbol = input_window[:, config.read_window]
-        cell = None
-        if memory is not None:
-            new = controller.memory_write(h, memory.cell(0), symbol, memory.cell(-1), memory.cell(1))
-            memory.write(new, rows=live)
-            cell = memory.cell(0)
-        target = controller.prediction_logits(h, symbol, cell).log_softmax(-1).gather(1, output.current_target()[:, None])[:, 0]
-        rewards.append(torch.where(chosen[:, 2] == OUTPUT_PREDICT, target, torch.zeros_like(target)))
-        probs.append(torch.stack(step_probs, 1))
-        log_probs.append(torch.stack(step_log_probs, 1))
-        inputs.append(x)
-        tape.move(chosen[:, 0])
-        if memory is not None:
-            memory.move(chosen[:, 1])
-        output.move(chosen[:, 2])
-        previous = chosen
-    baselines = torch.zeros(size, steps, dtype=torch.float64)
-    if config.online_baseline:
-        baselines = baselines + model.online_baseline[:steps]
-    if model.baseline is not None:
-        baselines = baselines + model.baseline(batch.input, batch.input_len, torch.stack(inputs, 1).detach())
-    return {"probs": torch.stack(probs, 1), "log_probs": torch.stack(log_probs, 1), "rewards": torch.stack(rewards, 1), "baselines": baselines}
-
-
 @pytest.mark.parametrize("controller", ["direct", "lstm", "feedforward"])
 @pytest.mark.parametrize("task_name,window,baseline,baseline_size", [
     ("forward-reverse", 0, "both", 6), ("reverse", 1, "offline", 4), ("copy", 0, "both", 6), ("duplicated-input", 1, "none", 6)])
@@ -114,10 +61,9 @@ def test_fused_loop_matches_plain_autograd(
     assert len(sampled_probs) == decisions * rollout.mask.shape[1]
     probs = torch.stack(sampled_probs).view(-1, decisions, *sampled_probs[0].shape).transpose(0, 2)  # (B, D, T, 3)
     probs = probs.transpose(1, 2)  # (B, T, D, 3)
-    reference = replay(model, batch, rollout.actions)
-    mask = rollout.mask
+    reference = reference_replay(model, batch, rollout.actions)
     fast = {"probs": probs, "log_probs": rollout.log_probs, "rewards": rollout.rewards, "baselines": rollout.baselines}
-    reference["baselines"] = reference["baselines"] * mask
+    reference = {name: reference[name] for name in fast}
     for name in fast:
         torch.testing.assert_close(fast[name], reference[name], rtol=1e-10, atol=1e-12, msg=name)
 
