@@ -243,8 +243,11 @@ class Episode:
             if self.direct:
                 self.written.append(cell)
         if self.grad:
+            # ``probs`` becomes an output of the step's node, so keeping it would make a reference
+            # cycle (episode -> probs -> node -> ctx -> episode) that frees nothing of the episode
+            # after backward; its detached alias shares the values without the node.
             self.saved.append(
-                (table_index, extra_index, live, symbol, write_row, read_rows, window, cells, sig, gates_ifo, candidate, tg, tc, gates, value, probs, output)
+                (table_index, extra_index, live, symbol, write_row, read_rows, window, cells, sig, gates_ifo, candidate, tg, tc, gates, value, probs.detach(), output)
             )
         return probs
 
