@@ -8,7 +8,12 @@ What is measured:
   step, with the model's default configuration (both baselines) apart from the controller;
 * ``bare_lstm_seconds``: a bare ``nn.LSTMCell(input_size, hidden_size)`` of the controller's sizes,
   unrolled in a Python loop over the same number of steps at the same batch size, forward and
-  backward, on a fixed random input.
+  backward, on a fixed random input;
+* where an update's time goes (medians over the same repeats, so they need not add up exactly):
+  ``rollout_seconds`` (the episode, sampling included, recording the graph), ``loss_seconds``
+  (the losses) and ``backward_seconds`` (the backward pass and the optimizer step); and
+  ``sampling_seconds``, timed on its own: as many ``torch.multinomial`` calls as the rollout makes
+  (one per decision and step) on probabilities of the same shape.
 
 **Why the bare LSTM is the yardstick.** The RL-NTM is, at its core, that LSTM run step by step in
 Python (the next input depends on the sampled actions, so no fused sequence kernel can run it).
@@ -67,7 +72,8 @@ def run_benchmark(
 
     Returns:
         A JSON-ready dict: ``seconds_per_update``, ``bare_lstm_seconds``, ``ratio`` (their
-        quotient), ``batch_size``, ``steps`` (the episode's number of steps, which the bare loop
+        quotient), ``rollout_seconds``, ``loss_seconds``, ``backward_seconds``,
+        ``sampling_seconds``, ``batch_size``, ``steps`` (the episode's number of steps, which the bare loop
         runs too), ``task``, ``controller``, ``complexity``, ``repeats``, ``torch_version`` and
         ``threads``.
 
@@ -96,12 +102,30 @@ def _measure(task_name: str, controller: str, batch_size: int, complexity: int, 
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     steps_taken: list[int] = []
 
+    phases: dict[str, list[float]] = {"rollout": [], "loss": [], "backward": []}
+
     def update() -> None:
+        started = time.perf_counter()
         optimizer.zero_grad()
         rollout = model.run_episode(batch)
-        episode_losses(rollout).total.mean().backward()
+        rolled = time.perf_counter()
+        loss = episode_losses(rollout).total.mean()
+        lost = time.perf_counter()
+        loss.backward()
         optimizer.step()
+        phases["rollout"].append(rolled - started)
+        phases["loss"].append(lost - rolled)
+        phases["backward"].append(time.perf_counter() - lost)
         steps_taken.append(int(rollout.mask.shape[1]))
+
+    # What the rollout's sampling alone costs: as many torch.multinomial calls as it makes (one
+    # per decision and step), on probabilities of the same shape.
+    decisions = 3 if task.interfaces.memory else 2
+    probabilities = torch.full((batch_size, 3), 1 / 3)
+
+    def sampling() -> None:
+        for _ in range(steps * decisions):
+            torch.multinomial(probabilities, 1)
 
     # The bare loop runs as many steps as the longest episode may (the batch's step bound); a
     # sampled episode stops when its last row finishes, which is the bound for most batches.
@@ -123,16 +147,24 @@ def _measure(task_name: str, controller: str, batch_size: int, complexity: int, 
     for _ in range(warmup):
         update()
         bare()
-    update_times, bare_times = [], []
+        sampling()
+    for times in phases.values():
+        times.clear()
+    update_times, bare_times, sampling_times = [], [], []
     for _ in range(repeats):
         update_times.append(_timed(update))
         bare_times.append(_timed(bare))
+        sampling_times.append(_timed(sampling))
     seconds_per_update = statistics.median(update_times)
     bare_seconds = statistics.median(bare_times)
     return {
         "seconds_per_update": seconds_per_update,
         "bare_lstm_seconds": bare_seconds,
         "ratio": seconds_per_update / bare_seconds,
+        "rollout_seconds": statistics.median(phases["rollout"]),
+        "loss_seconds": statistics.median(phases["loss"]),
+        "backward_seconds": statistics.median(phases["backward"]),
+        "sampling_seconds": statistics.median(sampling_times),
         "batch_size": batch_size,
         "steps": steps,
         "episode_steps": statistics.median(steps_taken),

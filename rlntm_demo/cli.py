@@ -386,7 +386,9 @@ def _run_bench(args: argparse.Namespace) -> int:
     else:
         print(f"{result['task']} / {result['controller']}, batch {result['batch_size']}, {result['steps']} steps: "
               f"{result['seconds_per_update'] * 1000:.1f} ms per update, bare LSTM {result['bare_lstm_seconds'] * 1000:.1f} ms, "
-              f"ratio {result['ratio']:.2f}")
+              f"ratio {result['ratio']:.2f} (rollout {result['rollout_seconds'] * 1000:.1f} ms, of which sampling "
+              f"{result['sampling_seconds'] * 1000:.1f} ms; losses {result['loss_seconds'] * 1000:.1f} ms; backward and "
+              f"step {result['backward_seconds'] * 1000:.1f} ms)")
     return EXIT_OK
 
 
