@@ -233,7 +233,7 @@ def _build(cls: type, data: dict[str, Any], path: str) -> Any:
         if key not in fields:
             raise ValueError(f"unknown setting {path + key!r}; {path.rstrip('.') or 'the config'} has: {', '.join(fields)}")
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             value = _build(hint, value, f"{path}{key}.")
         elif isinstance(value, list):
             value = tuple(value)

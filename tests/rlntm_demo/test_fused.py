@@ -89,7 +89,7 @@ def test_only_the_probabilities_differentiated(sampled_probs: list[torch.Tensor]
     first pass may) reaches the weights, and a second pass on the same graph gives the same."""
     model, batch = build("forward-reverse", "direct")
     model.run_episode(batch, all_steps=True)
-    total = sum((p * torch.arange(p.numel(), dtype=p.dtype).view_as(p)).sum() for p in sampled_probs)
+    total = torch.stack([(p * torch.arange(p.numel(), dtype=p.dtype).view_as(p)).sum() for p in sampled_probs]).sum()
     params = list(model.controller.parameters())
     first = torch.autograd.grad(total, params, retain_graph=True, allow_unused=True)
     second = torch.autograd.grad(total, params, allow_unused=True)
