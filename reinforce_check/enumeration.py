@@ -198,7 +198,8 @@ def _episode_outputs(output: Any, *, rows: int, batched: bool) -> tuple[torch.Te
             value = value.reshape(1)
         if not bool(torch.isfinite(value.detach()).all()):
             raise EpisodeOutputError(f"the episode's {name} is not finite ({value.detach().tolist()}).")
-        converted.append(value.to(torch.float64))
+        # Exact quantities are accumulated on the CPU, whatever device the episode ran on.
+        converted.append(value.to(device="cpu", dtype=torch.float64))
     return converted[0], converted[1]
 
 
