@@ -64,7 +64,7 @@ def plot_learning_curves(runs: Sequence[str | Path], path: str | Path, *, labels
             last = [row["greedy_exact"] for row in rows if row.get("greedy_exact") is not None][-1]
             level_axes.plot(*zip(*evaluated), "o", color=lines[0].get_color(), markersize=3,
                             label=f"{label}: greedy check (last {last:.1%})")
-        errors = [max(row["error"], 1e-4) for row in rows]
+        errors = [max(row["error"] or 0.0, 1e-4) for row in rows]
         error_axes.plot(updates, errors, color=lines[0].get_color(), linewidth=0.8, alpha=0.8)
     level_axes.set_ylabel("curriculum level C")
     level_axes.legend(loc="lower right", fontsize="small")

@@ -131,19 +131,24 @@ def _row_from_metrics(folder: Path) -> dict[str, Any]:
     names = match.groupdict() if match else {"task": None, "controller": None, "preset": None, "seed": None}
     metrics = read_metrics(folder) if (folder / "metrics.csv").is_file() else []
     last = metrics[-1] if metrics else {}
+
+    def last_int(key: str) -> int | None:
+        value = last.get(key)
+        return None if value is None else int(value)
+
     seconds = sum(m.get("seconds") or 0.0 for m in metrics)
-    updates = int(last["update"]) if last.get("update") is not None else 0
-    row = {key: None for key in RUN_COLUMNS}
+    updates = last_int("update") or 0
+    row: dict[str, Any] = {key: None for key in RUN_COLUMNS}
     row.update(
         task=names["task"], controller=names["controller"], preset=names["preset"],
         seed=int(names["seed"]) if names["seed"] is not None else None,
         solved=False, seconds=seconds, status="unfinished", updates=updates,
-        level=int(last["level"]) if last.get("level") is not None else None,
-        episodes=int(last["episodes"]) if last.get("episodes") is not None else None,
+        level=last_int("level"), episodes=last_int("episodes"),
         seconds_per_update=seconds / updates if updates else None,
     )
-    if row["task"] in TASKS:
-        row["training_complexity"] = TASKS[row["task"]].training_complexity
+    task = row["task"]
+    if task in TASKS:
+        row["training_complexity"] = TASKS[task].training_complexity
     return row
 
 

@@ -254,8 +254,8 @@ def _read_summary(folder: Path) -> dict[str, Any] | None:
     return summary if isinstance(summary, dict) else None
 
 
-def _already_finished(summary: dict[str, Any] | None, budget: int) -> bool:
-    if summary is None or summary.get("status") not in FINISHED:
+def _already_finished(summary: dict[str, Any], budget: int) -> bool:
+    if summary.get("status") not in FINISHED:
         return False
     return summary.get("status") == "solved" or int(summary.get("updates") or 0) >= budget
 
@@ -288,10 +288,13 @@ def execute_run(run: RunSpec, folder: str | Path, budget: int, overrides: Sequen
         if summary is not None:
             found = (summary.get("task"), summary.get("controller"), summary.get("preset"), summary.get("seed"))
             if found != (run.task, run.controller, run.preset, run.seed):
+                task, controller, preset, seed = found
+                other = (run_folder_name(task, controller, preset, seed)
+                         if task and controller and preset and seed is not None else "of an incomplete summary")
                 return {"status": "failed", "summary": None, "message": (
-                    f"{str(folder)!r} holds the run {run_folder_name(*found)}, not {run.name}; "
+                    f"{str(folder)!r} holds the run {other}, not {run.name}; "
                     "move it to its own folder, or give the sweep another root")}
-        if _already_finished(summary, budget):
+        if summary is not None and _already_finished(summary, budget):
             return {"status": "skipped", "summary": summary,
                     "message": f"already {summary['status']} (nothing to do)"}
         if (folder / CHECKPOINT_NAME).exists():

@@ -71,6 +71,14 @@ def test_a_folder_holding_another_run_is_a_failure(tmp_path: Path) -> None:
     assert result["status"] == "failed" and "holds the run reverse__direct__fast__seed0" in result["message"]
 
 
+def test_a_folder_with_an_incomplete_summary_is_a_failure(tmp_path: Path) -> None:
+    folder = tmp_path / "copy__direct__fast__seed0"
+    folder.mkdir()
+    (folder / "summary.json").write_text(json.dumps({"task": "copy", "status": "solved"}))
+    result = execute_run(RunSpec("copy", "direct", "fast", 0), folder, budget=2)
+    assert result["status"] == "failed" and "holds the run of an incomplete summary" in result["message"]
+
+
 def test_cli_misuse_is_refused_before_ray(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     base = ["sweep", "--tasks", "copy", "--controllers", "direct", "--out", str(tmp_path / "out")]
     assert main([*base, "--presets", "slow"]) == EXIT_USAGE
