@@ -206,18 +206,27 @@ class PrefixChooser:
         return torch.stack(chosen_columns, dim=1)
 
     @staticmethod
-    def _normalize(weights: torch.Tensor, site: str, replacement: bool) -> torch.Tensor:
-        detached = weights.detach()
+    def _row_totals(weights: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """The row sums of ``weights`` (differentiable, (rows, 1)) and whether every row is valid:
+        no negative weight and a finite, positive total."""
         # A product with a column of ones is a row sum several times faster than sum(dim=1) for
         # the few actions of a decision (and as exact: the same few additions).
         ones = torch.ones(weights.shape[1], 1, dtype=weights.dtype, device=weights.device)
         total = weights @ ones
-        checked = total.detach()
         # A quick test for the common case (NaN fails every comparison, an infinite weight makes
-        # its total infinite); the diagnosis below runs only on bad input.
-        smallest, largest = torch.aminmax(checked)
-        if detached.amin().item() >= 0 and smallest.item() > 0 and largest.item() < math.inf:
+        # its total infinite).
+        smallest, largest = torch.aminmax(total.detach())
+        valid = weights.detach().amin().item() >= 0 and smallest.item() > 0 and largest.item() < math.inf
+        return total, valid
+
+    @staticmethod
+    def _normalize(weights: torch.Tensor, site: str, replacement: bool) -> torch.Tensor:
+        total, valid = PrefixChooser._row_totals(weights)
+        if valid:
             return weights / total
+        # The diagnosis runs only on bad input.
+        detached = weights.detach()
+        checked = total.detach()
         if not bool(torch.isfinite(detached).all()):
             raise InvalidProbabilitiesError(
                 f"{site} received NaN or infinite probabilities. Check the logits that feed it "
@@ -405,12 +414,8 @@ class PrefixChooser:
                 if speculated is not None and not covered:
                     # At a speculated slot only the canonical row of each node spawns: the feasible
                     # actions outside the guessed set (the guessed ones have rows of their own).
-                    guessed = torch.zeros(num_actions, dtype=torch.bool)
-                    if guess is not None:
-                        size = min(num_actions, guess.shape[0])
-                        guessed[:size] = guess[:size]
                     canonical = self.canonical[:, slot] & speculated
-                    extra = support & canonical[:, None] & ~guessed[None, :]
+                    extra = support & canonical[:, None] & ~self._guessed(slot, num_actions)[None, :]
                     alternatives = extra if alternatives is None else alternatives | extra
                 if alternatives is not None:
                     self._spawn_from(alternatives, probs, slot)
@@ -431,15 +436,28 @@ class PrefixChooser:
         self._sites.append(site)
         return chosen
 
-    def _spawn_from(self, alternatives: torch.Tensor, probs: torch.Tensor, slot: int) -> None:
+    def _guessed(self, slot: int, num_actions: int) -> torch.Tensor:
+        """(num_actions,) bool: the actions guessed at ``slot``."""
+        guessed = torch.zeros(num_actions, dtype=torch.bool)
+        guess = self.guesses.get(slot)
+        if guess is not None:
+            size = min(num_actions, guess.shape[0])
+            guessed[:size] = guess[:size]
+        return guessed
+
+    def _spawn_from(
+        self, alternatives: torch.Tensor, probs: torch.Tensor, slot: int | torch.Tensor, episode: torch.Tensor | None = None
+    ) -> None:
+        """Record a new prefix for every true entry (row, action) of ``alternatives``: the row's
+        episode (``episode[row]``, or the row itself), its slot (``slot`` or ``slot[row]``), the
+        action and its probability."""
         found = alternatives.nonzero()
         if found.shape[0]:
             rows, acts = found[:, 0], found[:, 1]
+            slots = torch.full_like(rows, slot) if isinstance(slot, int) else slot[rows]
+            episodes = rows if episode is None else episode[rows]
             self._spawns.append(
-                torch.stack(
-                    [rows.double(), torch.full_like(rows, slot).double(), acts.double(), probs.detach()[rows, acts].double()],
-                    dim=1,
-                )
+                torch.stack([episodes.double(), slots.double(), acts.double(), probs.detach()[rows, acts].double()], dim=1)
             )
 
     def _replay_column(self, weights: torch.Tensor) -> torch.Tensor | None:
@@ -452,28 +470,25 @@ class PrefixChooser:
         if self._column_max[self.cursor] >= weights.shape[1]:
             return None
         chosen = self.forced[:, self.cursor]
-        ones = torch.ones(weights.shape[1], 1, dtype=weights.dtype, device=weights.device)
-        total = weights @ ones
+        total, valid = self._row_totals(weights)
         chosen_weight = weights.gather(1, chosen[:, None])
-        smallest, largest = torch.aminmax(total.detach())
-        if not (
-            weights.detach().amin().item() >= 0
-            and smallest.item() > 0
-            and largest.item() < math.inf
-            and chosen_weight.detach().amin().item() > 0
-        ):
+        if not (valid and chosen_weight.detach().amin().item() > 0):
             return None
         factor = chosen_weight / total
         self.cursor += 1
         self._factors.append(factor)
         self._actions.append(chosen[:, None])
         self._probs.append(factor.detach().to(torch.float64))
-        # Decisions inside a replayed path never spawn; only branching past a path's end matters.
-        if self._no_branching is None:
-            self._no_branching = torch.zeros(self.rows, 1, dtype=torch.bool)
-        self._branching.append(self._no_branching)
+        self._branching.append(self._no_branching_column())
         self._sites.append(self._last_site)
         return chosen
+
+    def _no_branching_column(self) -> torch.Tensor:
+        """The branching record of a replayed decision: decisions inside a replayed path never
+        spawn; only branching past a path's end matters."""
+        if self._no_branching is None:
+            self._no_branching = torch.zeros(self.rows, 1, dtype=torch.bool)
+        return self._no_branching
 
     def _decide_forced(self, probs: torch.Tensor) -> torch.Tensor | None:
         """Every row replays a known sequence through this slot: take the forced actions.
@@ -491,8 +506,7 @@ class PrefixChooser:
         self._factors.append(chosen_prob[:, None])
         self._actions.append(chosen[:, None])
         self._probs.append(detached.to(torch.float64)[:, None])
-        # Decisions inside a replayed path never spawn; only branching past a path's end matters.
-        self._branching.append(torch.zeros(self.rows, 1, dtype=torch.bool))
+        self._branching.append(self._no_branching_column())
         self._sites.append(self._last_site)
         return chosen
 
@@ -621,22 +635,9 @@ class PrefixChooser:
             canonical = self.canonical[episode, column] & speculated
             # A call covers few distinct slots (one per decision of an episode), so loop over those.
             for slot_value in torch.unique(slot[canonical]).tolist():
-                guessed = torch.zeros(num_actions, dtype=torch.bool)
-                guess = self.guesses.get(int(slot_value))
-                if guess is not None:
-                    size = min(num_actions, guess.shape[0])
-                    guessed[:size] = guess[:size]
                 here = canonical & (slot == slot_value)
-                alternatives |= support & here[:, None] & ~guessed[None, :]
-        found = alternatives.nonzero()
-        if found.shape[0]:
-            rows, acts = found[:, 0], found[:, 1]
-            self._spawns.append(
-                torch.stack(
-                    [episode[rows].double(), slot[rows].double(), acts.double(), probs.detach()[rows, acts].double()],
-                    dim=1,
-                )
-            )
+                alternatives |= support & here[:, None] & ~self._guessed(int(slot_value), num_actions)[None, :]
+        self._spawn_from(alternatives, probs, slot, episode)
 
     def finish(self) -> Pass:
         """Close the pass and return what it produced.

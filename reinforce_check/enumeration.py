@@ -594,10 +594,17 @@ def _full_guess_rows(pending: list[_Prefix], guesses: dict[int, torch.Tensor]) -
 def _forced_chooser(found: Enumeration, rows: slice) -> PrefixChooser:
     """Force known sequences. Only decisions up to a sequence's last choice must be replayed: forced
     decisions recorded after it (a finished row in a batch that ran on) may be absent in another batch."""
-    paths, branching, lengths = found.paths[rows], found.branching[rows], found.lengths[rows]
-    positions = torch.arange(1, paths.shape[1] + 1)
-    required = (branching.long() * positions).max(dim=1).values if paths.shape[1] else lengths
+    paths, lengths = found.paths[rows], found.lengths[rows]
+    required = _required_decisions(paths, found.branching[rows], lengths)
     return PrefixChooser(paths.shape[0], paths, lengths, required, replay_probs=None, spawn=False)
+
+
+def _required_decisions(paths: torch.Tensor, branching: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """How many decisions of each sequence a replay must make: up to its last choice."""
+    if not paths.shape[1]:
+        return lengths
+    positions = torch.arange(1, paths.shape[1] + 1)
+    return (branching.long() * positions).max(dim=1).values
 
 
 def _check_complete(result: Pass, lengths: torch.Tensor) -> None:
@@ -647,35 +654,30 @@ def evaluate_objective(episode: Episode, found: Enumeration, *, batched: bool, g
 
 def _sequence_replayer(found: Enumeration) -> SequenceReplayer:
     lengths = found.lengths.tolist()
-    positions = torch.arange(1, found.paths.shape[1] + 1)
-    required = (found.branching.long() * positions).max(dim=1).values.tolist() if found.paths.shape[1] else lengths
+    required = _required_decisions(found.paths, found.branching, found.lengths).tolist()
     paths = [path[:length] for path, length in zip(found.paths.tolist(), lengths)]
     return SequenceReplayer(paths, required)
 
 
-def replaying(found: Enumeration) -> contextlib.AbstractContextManager[None]:
+@contextlib.contextmanager
+def replaying(found: Enumeration) -> Iterator[None]:
     """The context in which known sequences are replayed: it watches the global generators
     (unscoped mode), or leaves them as the check found them (scoped mode)."""
-    return _guard(found.mode)
-
-
-@contextlib.contextmanager
-def _guard(mode: _Mode) -> Iterator[None]:
-    """Watch the generators (unscoped mode), or leave them as the check found them (scoped mode)."""
-    if mode.replay_state is None:
+    replay_state = found.mode.replay_state
+    if replay_state is None:
         with randomness.watch():
             yield
         return
     try:
         yield
     finally:
-        randomness.restore(mode.replay_state)
+        randomness.restore(replay_state)
 
 
 def replay_all(episode: Episode, found: Enumeration) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run every known sequence in one batch (batched mode), with gradient: ``(log_prob, objective, loss)``."""
     chooser = _forced_chooser(found, slice(None))
-    with _guard(found.mode):
+    with replaying(found):
         result, objective, loss = _run_pass(episode, chooser, batched=True, rows=len(found), mode=found.mode)
         _check_complete(result, chooser.forced_len)
     return result.log_prob, objective, loss
@@ -686,7 +688,7 @@ def replay_sequence(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run sequence ``index`` alone, with gradient: ``(log_prob, objective, loss)`` as scalars."""
     chooser = _forced_chooser(found, slice(index, index + 1))
-    with _guard(found.mode):
+    with replaying(found):
         result, objective, loss = _run_pass(episode, chooser, batched=batched, rows=1, mode=found.mode)
         _check_complete(result, chooser.forced_len)
     return result.log_prob[0], objective[0], loss[0]

@@ -153,8 +153,8 @@ def _multinomial(original: Callable[..., torch.Tensor], site: str) -> Callable[.
                 return original(input, num_samples, replacement, generator=generator, out=out)
             return original(input, num_samples, replacement, generator=generator)
         weights = input if input.dim() == 2 else input.reshape(1, -1)
-        chosen = chooser.choose(_on_cpu(weights), int(num_samples), bool(replacement), _site(site))
-        result = (chosen if input.dim() == 2 else chosen.reshape(-1)).to(input.device)
+        chosen = _choose(chooser, weights, int(num_samples), bool(replacement), _site(site))
+        result = chosen if input.dim() == 2 else chosen.reshape(-1)
         if out is not None:
             return out.copy_(result)
         return result
@@ -194,13 +194,13 @@ def _bernoulli(original: Callable[..., torch.Tensor], site: str) -> Callable[...
             with torch.enable_grad():
                 flat = owner.probs.reshape(-1, 1)
                 weights = torch.cat([1 - flat, flat], dim=1)
-                chosen = chooser.choose(_on_cpu(weights), samples, True, _site(site))
-            result = chosen.T.reshape(input.shape).to(device=input.device, dtype=input.dtype)
+                chosen = _choose(chooser, weights, samples, True, _site(site))
+            result = chosen.T.reshape(input.shape).to(input.dtype)
         else:
             flat = probs.reshape(-1, 1)
             weights = torch.cat([1 - flat, flat], dim=1)
-            chosen = chooser.choose(_on_cpu(weights), 1, True, _site(site))
-            result = chosen.reshape(input.shape).to(device=input.device, dtype=input.dtype)
+            chosen = _choose(chooser, weights, 1, True, _site(site))
+            result = chosen.reshape(input.shape).to(input.dtype)
         if out is not None:
             return out.copy_(result)
         return result
@@ -208,10 +208,13 @@ def _bernoulli(original: Callable[..., torch.Tensor], site: str) -> Callable[...
     return bernoulli
 
 
-def _on_cpu(weights: torch.Tensor) -> torch.Tensor:
-    """The chooser's bookkeeping runs on the CPU: a policy on another device (a GPU) hands it a
-    copy, which autograd differentiates back to the device."""
-    return weights if weights.device.type == "cpu" else weights.cpu()
+def _choose(chooser: Chooser, weights: torch.Tensor, num_samples: int, replacement: bool, site: str) -> torch.Tensor:
+    """The chooser's actions for ``weights``, on the device of ``weights``, as torch's samplers
+    return them. The chooser's bookkeeping runs on the CPU: a policy on another device (a GPU)
+    hands it a copy, which autograd differentiates back to the device."""
+    if weights.device.type == "cpu":
+        return chooser.choose(weights, num_samples, replacement, site)
+    return chooser.choose(weights.cpu(), num_samples, replacement, site).to(weights.device)
 
 
 def _tensor_bernoulli(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:

@@ -51,7 +51,7 @@ from reinforce_check import CheckReport, check_reinforce
 
 from .config import CONTROLLERS, MODEL_BUGS, OBJECTIVE_BUGS, ModelConfig, ObjectiveConfig
 from .model import RLNTM
-from .objective import episode_losses
+from .objective import Losses, episode_losses
 from .tasks import TASKS, Batch, make_task
 
 __all__ = ["BUGS", "CHECK_SIZES", "CheckReport", "check_model", "tiny_instance", "tiny_model"]
@@ -201,19 +201,20 @@ def check_model(
     )
 
     def make_episode(policy_check: bool) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+        def checked_objective(losses: Losses) -> torch.Tensor:
+            return losses.objective + losses.entropy if policy_check else -losses.baseline
+
         def episode(batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
             rollout = model.run_episode(instance.select([0] * batch_size), all_steps=True)
             losses = episode_losses(rollout, objective_config)
-            objective = losses.objective + losses.entropy if policy_check else -losses.baseline
-            return objective, losses.total
+            return checked_objective(losses), losses.total
 
         def group_episode() -> tuple[torch.Tensor, torch.Tensor]:
             # One episode of the check = `rollouts` rollouts of the instance; the estimate of the
             # gradient of the mean objective is the mean of their losses.
             rollout = model.run_episode(instance.select([0] * rollouts), all_steps=True)
             losses = episode_losses(rollout, objective_config, group_size=rollouts)
-            objective = losses.objective + losses.entropy if policy_check else -losses.baseline
-            return objective.mean(), losses.total.mean()
+            return checked_objective(losses).mean(), losses.total.mean()
 
         return episode if rollouts == 1 else group_episode
 
