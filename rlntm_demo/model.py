@@ -255,7 +255,7 @@ class RLNTM(nn.Module):
             read_offsets = list(range(-window, window + 1)) + ([-1, 1] if direct else [])
             read_table = first[:, None] + (cell[:, None] + torch.tensor(read_offsets)) % cells
             move_table = (first[:, None] + (cell[:, None] + torch.arange(-1, 2)) % cells).view(-1)
-        episode = fused.Episode(
+        episode = fused.new_episode(
             size=size,
             dtype=dtype,
             units=plan.lstm_units,
@@ -299,7 +299,7 @@ class RLNTM(nn.Module):
                 assert memory_at is not None
                 read_rows = read_table.index_select(0, memory_at).view(-1)
             token, probs = fused.step(episode, token, t, previous + centre, extra, mask, live[:, None], centre[:, None], memory_at, read_rows)
-            actions = _decide(probs, episode.logits[-1], greedy)
+            actions = _decide(probs, episode.last_logits(), greedy)
 
             record["actions"].append(actions)
             record["mask"].append(live)

@@ -1,0 +1,118 @@
+"""The native step loop (:mod:`rlntm_demo.native`) against the Python one it mirrors.
+
+Both run the same tensor operations in the same order, so a seeded rollout gives bitwise the same
+actions, values and gradients (tolerance: none). The Python loop is itself compared with plain
+autograd in ``test_fused.py``, which runs on whichever loop is built. These tests need the
+extension built (a C++ compiler and ninja): where it cannot be, its RuntimeWarning fails them
+(``filterwarnings = error``), which says what to install; ``RLNTM_NATIVE=0`` skips them.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from rlntm_demo import fused, native
+from rlntm_demo.config import ModelConfig
+from rlntm_demo.model import RLNTM, Rollout
+from rlntm_demo.objective import episode_losses
+from rlntm_demo.tasks import make_task
+
+pytestmark = pytest.mark.skipif(os.environ.get(native.SWITCH) == "0", reason=f"{native.SWITCH}=0 turns the native loop off")
+
+FIELDS = ("actions", "log_probs", "rewards", "mask", "baselines", "input_heads", "memory_heads", "output_positions", "predictions")
+
+
+@pytest.fixture
+def fresh_extension() -> Iterator[None]:
+    """Forget which loop was chosen, before and after the test."""
+    native.extension.cache_clear()
+    yield
+    native.extension.cache_clear()
+
+
+def run(use_native: bool, monkeypatch: pytest.MonkeyPatch, task_name: str, controller: str, dtype: torch.dtype,
+        **options: object) -> tuple[Rollout, list[torch.Tensor]]:
+    monkeypatch.setenv(native.SWITCH, "1" if use_native else "0")
+    native.extension.cache_clear()
+    task = make_task(task_name, num_symbols=5)
+    batch = task.sample(complexity=4, batch_size=7, generator=torch.Generator().manual_seed(3))
+    config = ModelConfig(controller=controller, hidden_size=8, embedding_size=4, interfaces=task.interfaces,
+                         init_std=0.5, inverse_temperature=1.0, initial_state=0.1, **options)  # type: ignore[arg-type]
+    model = RLNTM(config, generator=torch.Generator().manual_seed(4)).to(dtype)
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        rollout = model.run_episode(batch)
+    episode_losses(rollout).total.sum().backward()
+    return rollout, [torch.zeros_like(p) if p.grad is None else p.grad for p in model.parameters()]
+
+
+@pytest.mark.usefixtures("fresh_extension")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("controller", ["direct", "lstm", "feedforward"])
+@pytest.mark.parametrize("task_name,options", [
+    ("forward-reverse", {}),
+    ("repeat-copy", {"read_window": 1}),
+    ("copy", {"baseline": "offline"}),
+    ("reverse", {"baseline": "none", "read_window": 1}),
+    ("forward-reverse", {"bug": "baseline-sees-current-action"}),  # keeps the memory windows read
+])
+def test_native_loop_is_bitwise_the_python_loop(
+    task_name: str, options: dict[str, object], controller: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    python_rollout, python_grads = run(False, monkeypatch, task_name, controller, dtype, **options)
+    native_rollout, native_grads = run(True, monkeypatch, task_name, controller, dtype, **options)
+    assert native.extension() is not None
+    for name in FIELDS:
+        a, b = getattr(python_rollout, name), getattr(native_rollout, name)
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(b, a, rtol=0, atol=0, equal_nan=True, msg=name)
+    for a, b in zip(python_grads, native_grads):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+@pytest.mark.usefixtures("fresh_extension")
+def test_the_switch_turns_the_native_loop_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    options = dict(size=2, dtype=torch.float32, units=0, controller_units=0, decisions=2, window=0,
+                   memory_cells=0, width=0, direct=False, grad=False, want_windows=False)
+    assert not isinstance(fused.new_episode(**options), fused.Episode)
+    monkeypatch.setenv(native.SWITCH, "0")
+    native.extension.cache_clear()
+    assert native.extension() is None
+    assert isinstance(fused.new_episode(**options), fused.Episode)
+
+
+@pytest.mark.usefixtures("fresh_extension")
+def test_a_failed_build_warns_what_to_install_and_falls_back(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    from torch.utils import cpp_extension
+
+    def no_ninja(**_: object) -> None:
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(cpp_extension, "load", no_ninja)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    with pytest.warns(RuntimeWarning, match=r"could not be built \(Ninja is required.*Install a C\+\+ compiler .*RLNTM_NATIVE=0"):
+        assert native.extension() is None
+
+
+@pytest.mark.usefixtures("fresh_extension")
+def test_a_native_episode_is_freed_with_its_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As for the Python loop (``test_fused.py``): no reference cycle through a step's output."""
+    episodes: list[weakref.ref[object]] = []
+    original = fused.new_episode
+
+    def recorded(**options: object) -> object:
+        episode = original(**options)
+        episodes.append(weakref.ref(episode))
+        return episode
+
+    monkeypatch.setattr(fused, "new_episode", recorded)
+    rollout, _ = run(True, monkeypatch, "forward-reverse", "direct", torch.float32)
+    assert len(episodes) == 1 and not isinstance(episodes[0](), fused.Episode)
+    del rollout
+    assert episodes[0]() is None
