@@ -9,7 +9,9 @@
 
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -24,12 +26,11 @@ Tensor value_or_undefined(const Maybe& t) { return t.has_value() ? *t : Tensor()
 Tensor add_or_take(const Tensor& sum, const Tensor& term) { return sum.defined() ? sum + term : term; }
 
 // What backward needs from one step.
+// What backward needs from one step. ``z`` holds the activations (sigmoid gates, then the tanh
+// part), ``heads`` the raw logits and the write's activated gates and value, ``reads`` the memory
+// cells read (window, then the direct-access neighbours).
 struct Saved {
-  Tensor table_index, extra_index, live, symbol, write_row, read_rows, window;
-  std::vector<Tensor> cells;
-  Tensor sig;
-  std::vector<Tensor> gates_ifo;
-  Tensor candidate, tg, tc, gates, value, probs, output;
+  Tensor table_index, extra_index, live, symbol, write_row, read_rows, window, reads, z, tc, heads, probs, output;
 };
 
 class Episode {
@@ -78,91 +79,130 @@ class Episode {
     heads_w_memory_t_ = heads_w.narrow(1, logit_columns_, heads_w.size(1) - logit_columns_).t().contiguous();
     if (w_h_.defined()) w_h_t_ = w_h_.t().contiguous();
     if (w_reads_controller_.defined()) w_reads_controller_t_ = w_reads_controller_.t().contiguous();
-    z_split_ = {3 * units_, combined_.size(1) - 3 * units_};
-    head_split_ = {logit_columns_, width_ + (direct_ ? 3 : 0), width_};
-    h_ = value_or_undefined(h0);
-    c_ = value_or_undefined(c0);
+    h_ = h0 ? h0->contiguous() : Tensor();
+    c_ = c0 ? c0->contiguous() : Tensor();
     hs_.push_back(h_);
     cs_.push_back(c_);
   }
 
   Tensor forward_step(const Tensor& table_index, const Maybe& extra_index, const Tensor& mask, const Tensor& live,
                       const Tensor& symbol, const Maybe& write_row, const Maybe& read_rows) {
+    // Nothing here is recorded: the step is one node of the graph, whose backward is below.
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
     Tensor z = combined_.index_select(0, table_index);
     if (extra_index) z += table_.index_select(0, *extra_index).view({size_, -1, z.size(1)}).sum(1);
-    Tensor window;
-    std::vector<Tensor> cells;
+    Tensor reads, window;
     if (memory_) {
-      Tensor reads = tape_.index_select(0, *read_rows);
+      reads = tape_.index_select(0, *read_rows);
       window = reads.view({size_, -1});
       if (reads_ > window_cells_) window = window.narrow(1, 0, window_cells_ * width_);
       z.addmm_(window, w_reads_);
       reads_list_.push_back(window);
-      cells = reads.view({size_, reads_, width_}).unbind(1);
     }
-    Tensor sig, candidate, tg, tc, output;
-    std::vector<Tensor> gates_ifo;
-    if (units_) {
+    // z becomes the activations in place: the sigmoid gates, then the tanh part.
+    const int64_t columns = z.size(1), units = units_;
+    Tensor c, tc, output;
+    if (units) {
       z.addmm_(h_, w_h_);
-      std::vector<Tensor> parts = z.split_with_sizes(z_split_, 1);
-      sig = parts[0].sigmoid();
-      tg = parts[1].tanh();
-      gates_ifo = sig.chunk(3, 1);
-      candidate = controller_units_ ? tg : tg.narrow(1, 0, units_);
-      Tensor c = at::addcmul(gates_ifo[1] * c_, gates_ifo[0], candidate);
+      z.narrow(1, 0, 3 * units).sigmoid_();
+      z.narrow(1, 3 * units, columns - 3 * units).tanh_();
+      c = at::empty({size_, units}, z.options());
+      by_dtype([&](auto zero) {
+        using T = decltype(zero);
+        const T *a = z.data_ptr<T>(), *before = c_.data_ptr<T>();
+        T* out = c.data_ptr<T>();
+        for (int64_t b = 0; b < size_; ++b, a += columns, before += units, out += units) {
+          for (int64_t j = 0; j < units; ++j) out[j] = a[units + j] * before[j] + a[j] * a[3 * units + j];
+        }
+      });
       tc = c.tanh();
-      Tensor h = gates_ifo[2] * tc;
+      Tensor h = at::empty_like(c);
+      by_dtype([&](auto zero) {
+        using T = decltype(zero);
+        const T *a = z.data_ptr<T>(), *tanh_c = tc.data_ptr<T>();
+        T* out = h.data_ptr<T>();
+        for (int64_t b = 0; b < size_; ++b, a += columns, tanh_c += units, out += units) {
+          for (int64_t j = 0; j < units; ++j) out[j] = a[2 * units + j] * tanh_c[j];
+        }
+      });
       h_ = h;
       c_ = c;
       hs_.push_back(h);
       cs_.push_back(c);
       if (controller_units_) {
-        output = units_ > controller_units_ ? h.narrow(1, 0, controller_units_) : h;
+        output = units > controller_units_ ? h.narrow(1, 0, controller_units_) : h;
       } else {
-        output = tg.narrow(1, units_, tg.size(1) - units_);
+        output = z.narrow(1, 4 * units, columns - 4 * units);
         outputs_.push_back(output);
       }
     } else {
-      tg = output = z.tanh_();
+      output = z.tanh_();
       outputs_.push_back(output);
     }
     Tensor heads = at::addmm(heads_b_, output, heads_w_);
-    Tensor logit_part = heads, gate_part, value_part;
-    if (memory_) {
-      std::vector<Tensor> parts = heads.split_with_sizes(head_split_, 1);
-      logit_part = parts[0];
-      gate_part = parts[1];
-      value_part = parts[2];
-    }
-    Tensor logits = logit_part.view({size_, decisions_, 3}) + mask;
-    Tensor probs = (logits - logits.amax({-1}, true)).exp_();
-    probs /= probs.sum({-1}, true);
-    logits_.push_back(logits);
-    Tensor gates, value;
-    if (memory_) {
-      gates = gate_part.sigmoid();
-      value = value_part.tanh();
-      const Tensor& old = cells[centre_];
-      Tensor written;
-      if (direct_) {
-        std::vector<Tensor> g = gates.split_with_sizes({width_, 1, 1, 1}, 1);
-        written = at::addcmul(value, g[0], old);
-        written.scatter_add_(1, symbol, g[1]);
-        written.addcmul_(g[2], cells[window_cells_]);
-        written.addcmul_(g[3], cells[window_cells_ + 1]);
-      } else {
-        written = at::addcmul(value, gates, old);
+    const int64_t head_columns = heads.size(1), decisions = decisions_;
+    // The masked logits and their softmax (three entries per decision).
+    Tensor logits = at::empty({size_, decisions, 3}, heads.options());
+    Tensor probs = at::empty_like(logits);
+    const Tensor masks = mask.contiguous();
+    by_dtype([&](auto zero) {
+      using T = decltype(zero);
+      const T *row = heads.data_ptr<T>(), *m = masks.data_ptr<T>();
+      T *l = logits.data_ptr<T>(), *p = probs.data_ptr<T>();
+      for (int64_t b = 0; b < size_; ++b, row += head_columns) {
+        for (int64_t d = 0; d < decisions; ++d, m += 3, l += 3, p += 3) {
+          for (int k = 0; k < 3; ++k) l[k] = row[3 * d + k] + m[k];
+          const T top = std::max(l[0], std::max(l[1], l[2]));
+          for (int k = 0; k < 3; ++k) p[k] = std::exp(l[k] - top);
+          const T sum = p[0] + p[1] + p[2];
+          for (int k = 0; k < 3; ++k) p[k] /= sum;
+        }
       }
-      Tensor cell = at::where(live, written, old);
-      tape_.index_copy_(0, *write_row, cell);
-      if (direct_) written_.push_back(cell);
+    });
+    logits_.push_back(logits);
+    if (memory_) {
+      // The write: keep gate (and the direct-access gates), then the value; activated in place.
+      const int64_t width = width_, gate_width = width + (direct_ ? 3 : 0), first = logit_columns_;
+      heads.narrow(1, first, gate_width).sigmoid_();
+      heads.narrow(1, first + gate_width, width).tanh_();
+      Tensor written = direct_ ? at::empty({size_, width}, heads.options()) : Tensor();
+      const Tensor alive = live.contiguous(), symbols = symbol.contiguous(), rows = write_row->contiguous();
+      by_dtype([&](auto zero) {
+        using T = decltype(zero);
+        const T *row = heads.data_ptr<T>(), *cells = reads.data_ptr<T>();
+        const bool* is_live = alive.data_ptr<bool>();
+        const int64_t *sym = symbols.data_ptr<int64_t>(), *target = rows.data_ptr<int64_t>();
+        T* tape = tape_.data_ptr<T>();
+        T* kept = direct_ ? written.data_ptr<T>() : nullptr;
+        for (int64_t b = 0; b < size_; ++b, row += head_columns, cells += reads_ * width) {
+          const T *keep = row + first, *value = row + first + gate_width, *old = cells + centre_ * width;
+          T* cell = tape + target[b] * width;
+          T* copy = kept ? kept + b * width : nullptr;
+          if (!is_live[b]) {  // the cell keeps its content
+            if (copy) std::copy(old, old + width, copy);
+            continue;
+          }
+          for (int64_t j = 0; j < width; ++j) cell[j] = value[j] + keep[j] * old[j];
+          if (direct_) {
+            // Gated one-hot input symbol, then gated left and right neighbours.
+            const T *left = cells + window_cells_ * width, *right = left + width;
+            const T symbol_gate = keep[width], left_gate = keep[width + 1], right_gate = keep[width + 2];
+            cell[sym[b]] += symbol_gate;
+            for (int64_t j = 0; j < width; ++j) cell[j] += left_gate * left[j];
+            for (int64_t j = 0; j < width; ++j) cell[j] += right_gate * right[j];
+            std::copy(cell, cell + width, copy);
+          }
+        }
+      });
+      if (direct_) written_.push_back(written);
     }
     if (grad_) {
       // A detached alias of probs: the step's output itself would tie this object to its own
       // autograd node (see fused.py).
-      saved_.push_back(Saved{table_index, value_or_undefined(extra_index), live, symbol, value_or_undefined(write_row),
-                             value_or_undefined(read_rows), window, cells, sig, gates_ifo, candidate, tg, tc, gates,
-                             value, probs.detach(), output});
+      saved_.push_back(Saved{table_index, value_or_undefined(extra_index), live.contiguous(), symbol.contiguous(),
+                             write_row ? write_row->contiguous() : Tensor(),
+                             read_rows ? read_rows->contiguous() : Tensor(), window, reads, z, tc, heads,
+                             probs.detach(), output});
     }
     return probs;
   }
@@ -217,36 +257,51 @@ class Episode {
       to_h = grad_baseline;
       to_output = through;
     }
-    external_.assign(steps, {});
+    // Step-major and contiguous, so that a step's part is a contiguous (B, ...) block.
     const std::array<Tensor, 4> whole{to_h, to_output, grad_written, grad_windows};
     for (size_t k = 0; k < whole.size(); ++k) {
-      if (!whole[k].defined()) continue;
-      std::vector<Tensor> per_step = whole[k].unbind(1);
-      for (int64_t t = 0; t < steps; ++t) external_[t][k] = per_step[t];
+      external_[k] = whole[k].defined() ? whole[k].transpose(0, 1).contiguous() : Tensor();
     }
+    has_external_ = true;
     grad_logits_ = grad_logits;
     begin_pass();
   }
 
   Tensor backward_step(int64_t t, const Maybe& grad_token_in, const Maybe& grad_probs) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
     const Saved& s = saved_.at(t);
     Tensor grad_token = grad_token_in ? *grad_token_in : at::zeros({token_size_}, at::TensorOptions().dtype(dtype_));
     if (!grad_token_.defined() || grad_token.unsafeGetTensorImpl() != grad_token_.unsafeGetTensorImpl()) {
-      // Views of the state's gradient: h, c, the controller's part of h, the tape.
+      // Views of the state's gradient: h, c, the tape.
+      TORCH_CHECK(grad_token.is_contiguous(), "the native step loop needs a contiguous state gradient");
       grad_token_ = grad_token;
       dh_ = grad_token.narrow(0, 0, size_ * units_).view({size_, units_});
       dc_ = grad_token.narrow(0, size_ * units_, size_ * units_).view({size_, units_});
-      dh_controller_ = dh_.narrow(1, 0, controller_units_);
       if (memory_) tape_grad_ = grad_token.narrow(0, 2 * size_ * units_, token_size_ - 2 * size_ * units_).view({-1, width_});
     }
     if (!pass_open_) begin_pass();  // a backward pass that does not go through the finish node
-    const std::array<Tensor, 4> none{};
-    const std::array<Tensor, 4>& external = external_.empty() ? none : external_.at(t);
-    const Tensor &to_h = external[0], &written = external[2], &grad_window = external[3];
+    Tensor to_h, doutput, written, grad_window;
+    if (has_external_) {
+      Tensor* parts[4] = {&to_h, &doutput, &written, &grad_window};
+      for (int k = 0; k < 4; ++k) {
+        if (external_[k].defined()) *parts[k] = external_[k].select(0, t);
+      }
+    }
+    const int64_t width = width_, units = units_, columns = s.z.size(1), head_columns = s.heads.size(1);
 
-    Tensor doutput = external[1];
     if (grad_probs) {
-      Tensor dlogits = at::_softmax_backward_data(*grad_probs, s.probs, -1, s.probs.scalar_type()).view({size_, -1});
+      // The softmax's backward: p * (g - sum p g) for each decision.
+      const Tensor grad = grad_probs->contiguous();
+      Tensor dlogits = at::empty({size_, logit_columns_}, grad.options());
+      by_dtype([&](auto zero) {
+        using T = decltype(zero);
+        const T *g = grad.data_ptr<T>(), *p = s.probs.data_ptr<T>();
+        T* out = dlogits.data_ptr<T>();
+        for (int64_t i = 0; i < size_ * decisions_; ++i, g += 3, p += 3, out += 3) {
+          const T dot = g[0] * p[0] + g[1] * p[1] + g[2] * p[2];
+          for (int k = 0; k < 3; ++k) out[k] = p[k] * (g[k] - dot);
+        }
+      });
       heads_w_logits_grad_.addmm_(s.output.t(), dlogits);
       heads_b_logits_grad_ += dlogits.sum(0);
       doutput = add_or_take(doutput, dlogits.mm(heads_w_logits_t_));
@@ -255,44 +310,104 @@ class Episode {
     if (memory_) {
       // The write: the written cell's gradient goes to the new value in live rows (the old
       // content did not survive), and stays with the old content in the others.
-      Tensor after = tape_grad_.index_select(0, s.write_row);
-      Tensor dnew = at::where(s.live, written.defined() ? after + written : after, 0.0);
-      tape_grad_.index_copy_(0, s.write_row, at::where(s.live, 0.0, after));
-      const Tensor& old = s.cells[centre_];
-      Tensor keep, dgates;
-      if (direct_) {
-        keep = s.gates.narrow(1, 0, width_);
-        dgates = at::cat({dnew * old, dnew.gather(1, s.symbol), (dnew * s.cells[window_cells_]).sum(1, true),
-                          (dnew * s.cells[window_cells_ + 1]).sum(1, true)},
-                         1);
-        dneighbours = at::stack({s.gates.narrow(1, width_ + 1, 1) * dnew, s.gates.narrow(1, width_ + 2, 1) * dnew}, 1);
-      } else {
-        keep = s.gates;
-        dgates = dnew * old;
-      }
-      dold = dnew * keep;
-      if (written.defined()) dold += at::where(s.live, 0.0, written);
-      Tensor dmemory = at::cat({at::sigmoid_backward(dgates, s.gates), at::tanh_backward(dnew, s.value)}, 1);
+      const int64_t gate_width = width + (direct_ ? 3 : 0), first = logit_columns_;
+      Tensor dmemory = at::empty({size_, gate_width + width}, s.heads.options());
+      dold = at::empty({size_, width}, s.heads.options());
+      if (direct_) dneighbours = at::empty({size_, 2, width}, s.heads.options());
+      by_dtype([&](auto zero) {
+        using T = decltype(zero);
+        const T *row = s.heads.data_ptr<T>(), *cells = s.reads.data_ptr<T>();
+        const T* extra = written.defined() ? written.data_ptr<T>() : nullptr;
+        const bool* is_live = s.live.data_ptr<bool>();
+        const int64_t *sym = s.symbol.data_ptr<int64_t>(), *target = s.write_row.data_ptr<int64_t>();
+        T* tape = tape_grad_.data_ptr<T>();
+        T *dm = dmemory.data_ptr<T>(), *dkeep = dold.data_ptr<T>();
+        T* dn = direct_ ? dneighbours.data_ptr<T>() : nullptr;
+        std::vector<T> dnew(width);
+        for (int64_t b = 0; b < size_; ++b, row += head_columns, cells += reads_ * width, dm += gate_width + width,
+                     dkeep += width) {
+          const T *keep = row + first, *value = row + first + gate_width, *old = cells + centre_ * width;
+          const T* ext = extra ? extra + b * width : nullptr;
+          T* cell = tape + target[b] * width;
+          const bool alive = is_live[b];
+          for (int64_t j = 0; j < width; ++j) {
+            dnew[j] = alive ? (ext ? cell[j] + ext[j] : cell[j]) : T(0);
+            if (alive) cell[j] = 0;
+          }
+          for (int64_t j = 0; j < width; ++j) {
+            dm[j] = dnew[j] * old[j] * (1 - keep[j]) * keep[j];
+            dm[gate_width + j] = dnew[j] * (1 - value[j] * value[j]);
+            dkeep[j] = dnew[j] * keep[j];
+            if (ext && !alive) dkeep[j] += ext[j];
+          }
+          if (direct_) {
+            const T *left = cells + window_cells_ * width, *right = left + width;
+            const T symbol_gate = keep[width], left_gate = keep[width + 1], right_gate = keep[width + 2];
+            T dleft = 0, dright = 0;
+            for (int64_t j = 0; j < width; ++j) {
+              dleft += dnew[j] * left[j];
+              dright += dnew[j] * right[j];
+            }
+            dm[width] = dnew[sym[b]] * (1 - symbol_gate) * symbol_gate;
+            dm[width + 1] = dleft * (1 - left_gate) * left_gate;
+            dm[width + 2] = dright * (1 - right_gate) * right_gate;
+            T* neighbours = dn + b * 2 * width;
+            for (int64_t j = 0; j < width; ++j) {
+              neighbours[j] = left_gate * dnew[j];
+              neighbours[width + j] = right_gate * dnew[j];
+            }
+          }
+        }
+      });
       heads_w_memory_grad_.addmm_(s.output.t(), dmemory);
       heads_b_memory_grad_ += dmemory.sum(0);
       doutput = add_or_take(doutput, dmemory.mm(heads_w_memory_t_));
     }
-    Tensor dz;
-    if (units_) {
-      if (to_h.defined()) dh_ += to_h;
-      if (controller_units_ && doutput.defined()) dh_controller_ += doutput;
-      dc_ += at::tanh_backward(dh_ * s.gates_ifo[2], s.tc);
-      Tensor dsig = at::cat({dc_ * s.candidate, dc_ * cs_[t], dh_ * s.tc}, 1);
-      Tensor dtanh = dc_ * s.gates_ifo[0];
-      if (!controller_units_) {
-        dtanh = at::cat({dtanh, doutput.defined() ? doutput : dtanh.new_zeros({size_, s.tg.size(1) - units_})}, 1);
+    Tensor dz = at::empty_like(s.z);
+    if (doutput.defined()) doutput = doutput.contiguous();
+    by_dtype([&](auto zero) {
+      using T = decltype(zero);
+      const T* a = s.z.data_ptr<T>();
+      const T* dout = doutput.defined() ? doutput.data_ptr<T>() : nullptr;
+      const int64_t out_columns = doutput.defined() ? doutput.size(1) : 0;
+      T* d = dz.data_ptr<T>();
+      if (units) {
+        const T *tanh_c = s.tc.data_ptr<T>(), *before = cs_[t].data_ptr<T>();
+        const T* external = to_h.defined() ? to_h.data_ptr<T>() : nullptr;
+        T *dh = dh_.data_ptr<T>(), *dc = dc_.data_ptr<T>();
+        const int64_t controller = controller_units_;
+        for (int64_t b = 0; b < size_; ++b) {
+          const T* act = a + b * columns;
+          T* grad = d + b * columns;
+          for (int64_t j = 0; j < units; ++j) {
+            const int64_t at = b * units + j;
+            T dhj = dh[at];
+            if (external) dhj += external[at];
+            if (controller && dout && j < controller) dhj += dout[b * out_columns + j];
+            const T in = act[j], forget = act[units + j], out = act[2 * units + j], candidate = act[3 * units + j];
+            const T tcj = tanh_c[at];
+            const T dcj = dc[at] + dhj * out * (1 - tcj * tcj);
+            grad[j] = dcj * candidate * (1 - in) * in;
+            grad[units + j] = dcj * before[at] * (1 - forget) * forget;
+            grad[2 * units + j] = dhj * tcj * (1 - out) * out;
+            grad[3 * units + j] = dcj * in * (1 - candidate * candidate);
+            dc[at] = dcj * forget;
+          }
+          if (!controller) {  // a feed-forward controller's tanh units
+            for (int64_t k = 4 * units; k < columns; ++k) {
+              grad[k] = dout ? dout[b * out_columns + k - 4 * units] * (1 - act[k] * act[k]) : T(0);
+            }
+          }
+        }
+      } else {
+        for (int64_t i = 0; i < size_ * columns; ++i) {
+          d[i] = dout ? dout[i] * (1 - a[i] * a[i]) : T(0);
+        }
       }
-      dz = at::cat({at::sigmoid_backward(dsig, s.sig), at::tanh_backward(dtanh, s.tg)}, 1);
-      dc_.mul_(s.gates_ifo[1]);
+    });
+    if (units) {
       w_h_grad_.addmm_(hs_[t].t(), dz);
       at::mm_out(dh_, dz, w_h_t_);
-    } else {
-      dz = doutput.defined() ? at::tanh_backward(doutput, s.tg) : at::zeros_like(s.tg);
     }
     combined_grad_.index_add_(0, s.table_index, dz);
     if (s.extra_index.defined()) {
@@ -304,10 +419,31 @@ class Episode {
       // The reads: their gradient adds into the cells read (a cell read twice gets both).
       Tensor dreads = dz.mm(w_reads_controller_t_);
       if (grad_window.defined()) dreads += grad_window;
-      dreads = dreads.view({size_, window_cells_, width_});
-      dreads.select(1, centre_).add_(dold);
-      if (direct_) dreads = at::cat({dreads, dneighbours}, 1);
-      tape_grad_.index_add_(0, s.read_rows, dreads.view({-1, width_}));
+      by_dtype([&](auto zero) {
+        using T = decltype(zero);
+        const T *from = dreads.data_ptr<T>(), *keep = dold.data_ptr<T>();
+        const T* neighbours = direct_ ? dneighbours.data_ptr<T>() : nullptr;
+        const int64_t* rows = s.read_rows.data_ptr<int64_t>();
+        T* tape = tape_grad_.data_ptr<T>();
+        for (int64_t b = 0; b < size_; ++b) {
+          const int64_t* read = rows + b * reads_;
+          for (int64_t k = 0; k < window_cells_; ++k) {
+            const T* src = from + (b * window_cells_ + k) * width;
+            T* cell = tape + read[k] * width;
+            if (k == centre_) {
+              const T* extra = keep + b * width;
+              for (int64_t j = 0; j < width; ++j) cell[j] += src[j] + extra[j];
+            } else {
+              for (int64_t j = 0; j < width; ++j) cell[j] += src[j];
+            }
+          }
+          for (int64_t k = 0; neighbours && k < 2; ++k) {
+            const T* src = neighbours + (b * 2 + k) * width;
+            T* cell = tape + read[window_cells_ + k] * width;
+            for (int64_t j = 0; j < width; ++j) cell[j] += src[j];
+          }
+        }
+      });
     }
     return grad_token;
   }
@@ -342,13 +478,25 @@ class Episode {
       heads_b_grad_.narrow(0, 0, logit_columns_).add_(grad_logits_.sum({0, 1}));
     }
     pass_open_ = false;
-    external_.clear();
+    external_ = {};
+    has_external_ = false;
     grad_logits_ = Tensor();
     grad_token_ = Tensor();
     return grads;
   }
 
  private:
+  // Runs ``body(T{})`` with T the C++ type of the episode's dtype.
+  template <typename Body>
+  void by_dtype(Body&& body) const {
+    if (dtype_ == at::kDouble) {
+      body(double{});
+    } else {
+      TORCH_CHECK(dtype_ == at::kFloat, "the native step loop runs in float32 or float64, not ", dtype_);
+      body(float{});
+    }
+  }
+
   // Zero the weight gradients the steps' backward accumulates into.
   void begin_pass() {
     heads_w_grad_ = at::zeros_like(heads_w_);
@@ -379,16 +527,16 @@ class Episode {
   Tensor heads_w_logits_t_, heads_w_memory_t_, w_h_t_, w_reads_controller_t_;
   int64_t action_rows_ = 0, logit_columns_ = 0;
   bool has_reads_base_ = false;
-  std::vector<int64_t> z_split_, head_split_;
 
   // The loop's state and every step's values.
   Tensor tape_, h_, c_;
   std::vector<Tensor> logits_, hs_, cs_, outputs_, written_, reads_list_;
   std::vector<Saved> saved_;
 
-  // One backward pass.
-  std::vector<std::array<Tensor, 4>> external_;
-  Tensor grad_token_, dh_, dc_, dh_controller_, tape_grad_, grad_logits_;
+  // One backward pass: the gradients from the finish node (step-major), the state's gradient.
+  std::array<Tensor, 4> external_;
+  bool has_external_ = false;
+  Tensor grad_token_, dh_, dc_, tape_grad_, grad_logits_;
   bool pass_open_ = false;
   Tensor heads_w_grad_, heads_b_grad_, heads_w_logits_grad_, heads_w_memory_grad_, heads_b_logits_grad_,
       heads_b_memory_grad_, combined_grad_, table_grad_, w_reads_grad_, w_h_grad_;

@@ -1,8 +1,11 @@
 """The native step loop (:mod:`rlntm_demo.native`) against the Python one it mirrors.
 
-Both run the same tensor operations in the same order, so a seeded rollout gives bitwise the same
-actions, values and gradients (tolerance: none). The Python loop is itself compared with plain
-autograd in ``test_fused.py``, which runs on whichever loop is built. These tests need the
+The C++ loop computes the same quantities with its own elementwise loops, so the two agree up to
+rounding: a seeded rollout draws the same actions, and its values and gradients agree to relative
+1e-10 (absolute 1e-12) in float64. In float32 the tolerance is relative 1e-3 (absolute 1e-4): a
+weight's gradient sums over steps and rows, in an order that differs between the loops, and its
+rounding error grows with it; the float64 cases carry the precision. Whichever loop is
+built is also compared with plain autograd in ``test_fused.py``. These tests need the
 extension built (a C++ compiler and ninja): where it cannot be, its RuntimeWarning fails them
 (``filterwarnings = error``), which says what to install; ``RLNTM_NATIVE=0`` skips them.
 """
@@ -61,19 +64,20 @@ def run(use_native: bool, monkeypatch: pytest.MonkeyPatch, task_name: str, contr
     ("reverse", {"baseline": "none", "read_window": 1}),
     ("forward-reverse", {"bug": "baseline-sees-current-action"}),  # keeps the memory windows read
 ])
-def test_native_loop_is_bitwise_the_python_loop(
+def test_native_loop_matches_the_python_loop(
     task_name: str, options: dict[str, object], controller: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     python_rollout, python_grads = run(False, monkeypatch, task_name, controller, dtype, **options)
     native_rollout, native_grads = run(True, monkeypatch, task_name, controller, dtype, **options)
     assert native.extension() is not None
+    rtol, atol = (1e-10, 1e-12) if dtype == torch.float64 else (1e-3, 1e-4)
     for name in FIELDS:
         a, b = getattr(python_rollout, name), getattr(native_rollout, name)
         assert (a is None) == (b is None), name
         if a is not None:
-            torch.testing.assert_close(b, a, rtol=0, atol=0, equal_nan=True, msg=name)
+            torch.testing.assert_close(b, a, rtol=rtol, atol=atol, equal_nan=True, msg=name)
     for a, b in zip(python_grads, native_grads):
-        torch.testing.assert_close(b, a, rtol=0, atol=0)
+        torch.testing.assert_close(b, a, rtol=rtol, atol=atol)
 
 
 @pytest.mark.usefixtures("fresh_extension")
