@@ -122,6 +122,10 @@ class Episode:
         self.grad_logits: torch.Tensor | None = None
         self.accumulators: dict[str, torch.Tensor] | None = None
 
+    def step(self, token: torch.Tensor, t: int, *indices: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step ``t`` recorded as one graph node: ``(token, probabilities)`` (see :meth:`forward_step`)."""
+        return _Step.apply(token, self, t, *indices)
+
     def last_logits(self) -> torch.Tensor:
         """The masked decision logits (B, D, 3) of the latest step."""
         return self.logits[-1]
@@ -524,7 +528,7 @@ def start(episode: Episode, *tensors: torch.Tensor | None) -> torch.Tensor:
 
 def step(episode: Episode, token: torch.Tensor, t: int, *indices: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Step ``t`` (see :meth:`Episode.forward_step`): ``(token, probabilities)``."""
-    return _Step.apply(token, episode, t, *indices)
+    return episode.step(token, t, *indices)
 
 
 def finish(episode: Episode, token: torch.Tensor) -> tuple[torch.Tensor | None, ...]:

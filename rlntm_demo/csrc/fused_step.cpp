@@ -7,6 +7,8 @@
 // are the reference); rlntm_demo/native.py loads this file, and tests/rlntm_demo/test_native.py
 // checks that both give bitwise the same values and gradients.
 
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -33,7 +35,20 @@ struct Saved {
   Tensor table_index, extra_index, live, symbol, write_row, read_rows, window, reads, z, tc, heads, probs, output;
 };
 
-class Episode {
+class Episode;
+
+// The graph node of one step: its backward is Episode::backward_step. (fused.py's _Step, without
+// Python on the way in or out.)
+struct StepNode : public torch::autograd::Node {
+  StepNode(std::shared_ptr<Episode> episode, int64_t t) : episode(std::move(episode)), t(t) {}
+  torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override;
+  std::string name() const override { return "RLNTMStepBackward"; }
+
+  std::shared_ptr<Episode> episode;
+  int64_t t;
+};
+
+class Episode : public std::enable_shared_from_this<Episode> {
  public:
   Episode(int64_t size, int64_t units, int64_t controller_units, int64_t decisions, int64_t window,
           int64_t memory_cells, int64_t width, bool direct, bool grad, bool want_windows, int64_t symbols)
@@ -56,6 +71,25 @@ class Episode {
   Tensor token() const { return at::zeros({}, dtype_).expand({token_size_}); }
 
   Tensor last_logits() const { return logits_.back(); }
+
+  // Step t from the previous token: (token, probabilities), recorded as one StepNode.
+  std::tuple<Tensor, Tensor> step(const Tensor& token, int64_t t, const Tensor& table_index, const Maybe& extra_index,
+                                  const Tensor& mask, const Tensor& live, const Tensor& symbol, const Maybe& write_row,
+                                  const Maybe& read_rows) {
+    Tensor probs = forward_step(table_index, extra_index, mask, live, symbol, write_row, read_rows);
+    Tensor next;
+    {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      next = this->token();
+    }
+    if (at::GradMode::is_enabled() && token.requires_grad()) {
+      auto node = c10::make_intrusive<StepNode>(shared_from_this(), t);
+      node->set_next_edges(torch::autograd::collect_next_edges(token));
+      torch::autograd::set_history(next, node);
+      torch::autograd::set_history(probs, node);
+    }
+    return {next, probs};
+  }
 
   // -- forward ---------------------------------------------------------------------------
 
@@ -542,17 +576,26 @@ class Episode {
       heads_b_memory_grad_, combined_grad_, table_grad_, w_reads_grad_, w_h_grad_;
 };
 
+torch::autograd::variable_list StepNode::apply(torch::autograd::variable_list&& grads) {
+  TORCH_CHECK(!at::GradMode::is_enabled(),
+              "the RL-NTM's step loop saves nothing for a second differentiation: use create_graph=False");
+  const Maybe grad_token = grads[0].defined() ? Maybe(grads[0]) : std::nullopt;
+  const Maybe grad_probs = grads[1].defined() ? Maybe(grads[1]) : std::nullopt;
+  return {episode->backward_step(t, grad_token, grad_probs)};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace py = pybind11;
-  py::class_<Episode>(m, "Episode")
+  py::class_<Episode, std::shared_ptr<Episode>>(m, "Episode")
       .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool, bool, int64_t>(),
            py::kw_only(), py::arg("size"), py::arg("units"), py::arg("controller_units"), py::arg("decisions"),
            py::arg("window"), py::arg("memory_cells"), py::arg("width"), py::arg("direct"), py::arg("grad"),
            py::arg("want_windows"), py::arg("symbols"))
       .def("token", &Episode::token)
       .def("last_logits", &Episode::last_logits)
+      .def("step", &Episode::step)
       .def("begin", &Episode::begin)
       .def("forward_step", &Episode::forward_step)
       .def("stacked", &Episode::stacked)
