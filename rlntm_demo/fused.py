@@ -122,10 +122,6 @@ class Episode:
         self.grad_logits: torch.Tensor | None = None
         self.accumulators: dict[str, torch.Tensor] | None = None
 
-    def step(self, token: torch.Tensor, t: int, *indices: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Step ``t`` recorded as one graph node: ``(token, probabilities)`` (see :meth:`forward_step`)."""
-        return _Step.apply(token, self, t, *indices)
-
     def last_logits(self) -> torch.Tensor:
         """The masked decision logits (B, D, 3) of the latest step."""
         return self.logits[-1]
@@ -161,6 +157,104 @@ class Episode:
         self.c = c0
         self.hs.append(h0)
         self.cs.append(c0)
+
+    # -- the course: where the heads are, what they read, what may be decided -------------
+
+    def set_course(
+        self,
+        padded: torch.Tensor,
+        input_at: torch.Tensor,
+        input_code: torch.Tensor,
+        input_moves: torch.Tensor | None,
+        output_at: torch.Tensor,
+        output_end: torch.Tensor,
+        output_code: torch.Tensor,
+        mask_table: torch.Tensor,
+        previous: torch.Tensor,
+        powers: torch.Tensor,
+        other_cells: torch.Tensor,
+        memory_at: torch.Tensor | None,
+        read_table: torch.Tensor | None,
+        memory_moves: torch.Tensor | None,
+    ) -> None:
+        """The tables of the episode's heads (built by :meth:`rlntm_demo.model.RLNTM.run_episode`)
+        and their first positions; every argument is a long tensor but ``mask_table``.
+
+        Arguments:
+            padded: the input tapes, flat, ``window`` blank cells on each side of each row.
+            input_at: (B,) the flat cell of each input head.
+            input_code: the input part of each cell's feasibility code.
+            input_moves: (cells * 3,) where each input move takes a circular head, or ``None``
+                (the head moves by the decision minus one).
+            output_at, output_end: (B,) the flat output position and the end of each row's targets.
+            output_code: (steps, B * positions) the output part of the feasibility code.
+            mask_table: (16, decisions * 3) the additive mask of each code.
+            previous: (B,) the previous decisions' row of the combined table.
+            powers: (decisions,) what each decision adds to that row.
+            other_cells: the window cells other than the centre.
+            memory_at: (B,) the flat memory cell of each head (``None`` without memory).
+            read_table: (memory cells, reads) the cells read from each head position.
+            memory_moves: (memory cells * 3,) where each memory move takes the head.
+        """
+        self.padded, self.input_at, self.input_code, self.input_moves = padded, input_at, input_code, input_moves
+        self.output_at, self.output_end, self.output_code, self.mask_table = output_at, output_end, output_code, mask_table
+        self.previous, self.powers = previous, powers
+        self.other_cells = other_cells
+        self.other_rows = other_cells * NUM_SYMBOLS
+        self.window_offsets = torch.arange(-self.centre, self.centre + 1)
+        self.memory_at, self.read_table, self.memory_moves = memory_at, read_table, memory_moves
+        self.live = output_at < output_end
+        self.records: dict[str, list[torch.Tensor]] = {k: [] for k in ("actions", "mask", "symbols", "input_at", "output_at", "memory_at")}
+
+    def finished(self) -> bool:
+        """Whether every row's episode is over."""
+        return not bool(self.live.any())
+
+    def step(self, token: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step ``t`` from the heads' positions, recorded as one graph node: ``(token, probabilities)``."""
+        size, window = self.size, self.centre
+        if window:
+            cells = (self.input_at[:, None] + self.window_offsets).view(-1)
+            symbols = self.padded.index_select(0, cells).view(size, self.window_cells)
+            centre = symbols[:, window]
+            extra = (symbols.index_select(1, self.other_cells) + self.other_rows).view(-1)
+        else:
+            symbols = centre = self.padded.index_select(0, self.input_at)
+            extra = None
+        code = self.input_code.index_select(0, self.input_at) + self.output_code[t].index_select(0, self.output_at)
+        mask = self.mask_table.index_select(0, code).view(size, self.decisions, 3)
+        read_rows = None
+        if self.read_table is not None:
+            assert self.memory_at is not None
+            read_rows = self.read_table.index_select(0, self.memory_at).view(-1)
+        self.symbols = symbols
+        return _Step.apply(token, self, t, self.previous + centre, extra, mask, self.live[:, None], centre[:, None], self.memory_at, read_rows)
+
+    def advance(self, actions: torch.Tensor) -> None:
+        """Record the step's decisions (B, D) and move the heads."""
+        record = self.records
+        record["actions"].append(actions)
+        record["mask"].append(self.live)
+        record["symbols"].append(self.symbols)
+        record["input_at"].append(self.input_at)
+        record["output_at"].append(self.output_at)
+        if self.input_moves is None:
+            self.input_at = self.input_at + actions[:, 0] - 1
+        else:
+            self.input_at = self.input_moves.index_select(0, torch.add(actions[:, 0], self.input_at, alpha=3))
+        self.output_at = self.output_at + actions[:, -1]
+        if self.memory_moves is not None:
+            assert self.memory_at is not None
+            record["memory_at"].append(self.memory_at)
+            self.memory_at = self.memory_moves.index_select(0, torch.add(actions[:, 1], self.memory_at, alpha=3))
+        self.previous = (actions * self.powers).sum(1)
+        self.live = self.output_at < self.output_end
+
+    def stacked_records(self) -> tuple[torch.Tensor | None, ...]:
+        """Every step's decisions (B, T, D), live rows (B, T), symbols read (B, T[, window cells])
+        and flat head positions: input (B, T), output (B, T), memory (B, T; ``None`` without)."""
+        record = self.records
+        return tuple(torch.stack(record[k], 1) if record[k] else None for k in ("actions", "mask", "symbols", "input_at", "output_at", "memory_at"))
 
     def forward_step(
         self,
@@ -526,9 +620,9 @@ def start(episode: Episode, *tensors: torch.Tensor | None) -> torch.Tensor:
     return _Start.apply(episode, *tensors)
 
 
-def step(episode: Episode, token: torch.Tensor, t: int, *indices: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Step ``t`` (see :meth:`Episode.forward_step`): ``(token, probabilities)``."""
-    return episode.step(token, t, *indices)
+def step(episode: Episode, token: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step ``t`` (see :meth:`Episode.step`): ``(token, probabilities)``."""
+    return episode.step(token, t)
 
 
 def finish(episode: Episode, token: torch.Tensor) -> tuple[torch.Tensor | None, ...]:

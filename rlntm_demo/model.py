@@ -215,8 +215,6 @@ class RLNTM(nn.Module):
             padded[:, window : window + tape_width] = torch.where(inside, batch.input, BLANK)
         padded = padded.view(-1)
         input_origin = rows * padded_width + window
-        input_at = input_origin
-        window_offsets = torch.arange(-window, window + 1)
         # Feasibility of the decisions, as a code per row: 4 * (input left ok + 2 * input right
         # ok) + 2 * live + (output may stay before the forced predictions), and one additive mask
         # row (0 or -inf) per code. The input part is a table over the input cells; the output
@@ -236,7 +234,6 @@ class RLNTM(nn.Module):
         target_len = batch.target_len
         positions = int(target_len.max()) + 1
         output_origin = rows * positions
-        output_at = output_origin
         output_end = output_origin + target_len
         steps_bound = int(batch.steps.max())
         position = torch.arange(positions)
@@ -274,56 +271,26 @@ class RLNTM(nn.Module):
         # The previous decisions and the centre symbol index one row of a combined table:
         # 35 * sum_d a_d 4 ** (D - 1 - d) + symbol (START for every decision at the first step).
         powers = NUM_SYMBOLS * 4 ** torch.arange(decisions - 1, -1, -1)
-        previous = (START * powers).sum()
-        other_cells = [k for k in range(window_cells) if k != window]
-        other_rows = torch.tensor(other_cells) * NUM_SYMBOLS
-
-        record: dict[str, list[torch.Tensor]] = {
-            k: [] for k in ("actions", "mask", "symbols", "windows", "input_at", "memory_at", "output_at")
-        }
+        episode.set_course(
+            padded, input_origin, input_code, input_move_table, output_origin, output_end, output_code, mask_table,
+            (START * powers).sum().expand(size).contiguous(), powers,
+            torch.tensor([k for k in range(window_cells) if k != window], dtype=torch.long),
+            memory_at, read_table, move_table,
+        )
         for t in range(steps_bound):
-            live = output_at < output_end
-            if not all_steps and not bool(live.any()):
+            if not all_steps and episode.finished():
                 break
-            if window:
-                symbols = padded.index_select(0, (input_at[:, None] + window_offsets).view(-1)).view(size, window_cells)
-                centre = symbols[:, window]
-                extra = (symbols[:, other_cells] + other_rows).view(-1)
-            else:
-                symbols = centre = padded.index_select(0, input_at)
-                extra = None
-            code = input_code.index_select(0, input_at) + output_code[t].index_select(0, output_at)
-            mask = mask_table.index_select(0, code).view(size, decisions, 3)
-            read_rows = None
-            if read_table is not None:
-                assert memory_at is not None
-                read_rows = read_table.index_select(0, memory_at).view(-1)
-            token, probs = fused.step(episode, token, t, previous + centre, extra, mask, live[:, None], centre[:, None], memory_at, read_rows)
-            actions = _decide(probs, episode.last_logits(), greedy)
-
-            record["actions"].append(actions)
-            record["mask"].append(live)
-            record["symbols"].append(symbols)
-            record["input_at"].append(input_at)
-            record["output_at"].append(output_at)
-            if input_move_table is None:
-                input_at = input_at + actions[:, 0] - 1
-            else:
-                input_at = input_move_table.index_select(0, torch.add(actions[:, 0], input_at, alpha=3))
-            output_at = output_at + actions[:, -1]
-            if move_table is not None:
-                assert memory_at is not None
-                record["memory_at"].append(memory_at)
-                memory_at = move_table.index_select(0, torch.add(actions[:, 1], memory_at, alpha=3))
-            previous = (actions * powers).sum(1)
+            token, probs = fused.step(episode, token, t)
+            episode.advance(_decide(probs, episode.last_logits(), greedy))
 
         logits, outputs, baseline_states, written, memory_windows = fused.finish(episode, token)
         assert logits is not None and outputs is not None
-        stacked = {k: torch.stack(v, 1) for k, v in record.items() if v}
-        stacked["input_heads"] = stacked.pop("input_at") - input_origin[:, None]
-        stacked["output_positions"] = stacked.pop("output_at") - output_origin[:, None]
-        if "memory_at" in stacked:
-            stacked["memory_heads"] = stacked.pop("memory_at") % config.memory_cells
+        actions, live, symbols, input_at, output_at, memory_at = episode.stacked_records()
+        assert actions is not None and live is not None and symbols is not None and input_at is not None and output_at is not None
+        stacked = {"actions": actions, "mask": live, "symbols": symbols, "input_heads": input_at - input_origin[:, None],
+                   "output_positions": output_at - output_origin[:, None]}
+        if memory_at is not None:
+            stacked["memory_heads"] = memory_at % config.memory_cells
         return self._finish(batch, plan, stacked, logits, outputs, baseline_states, written, memory_windows, greedy)
 
     def _finish(

@@ -65,18 +65,83 @@ class Episode : public std::enable_shared_from_this<Episode> {
         reads_(2 * window + 1 + (direct && memory_cells > 0 ? 2 : 0)),
         grad_(grad),
         want_windows_(want_windows),
-        symbols_(symbols),
+        symbols_count_(symbols),
         token_size_(2 * size * units + size * memory_cells * (memory_cells > 0 ? width : 0)) {}
 
   Tensor token() const { return at::zeros({}, dtype_).expand({token_size_}); }
 
   Tensor last_logits() const { return logits_.back(); }
 
-  // Step t from the previous token: (token, probabilities), recorded as one StepNode.
-  std::tuple<Tensor, Tensor> step(const Tensor& token, int64_t t, const Tensor& table_index, const Maybe& extra_index,
-                                  const Tensor& mask, const Tensor& live, const Tensor& symbol, const Maybe& write_row,
-                                  const Maybe& read_rows) {
-    Tensor probs = forward_step(table_index, extra_index, mask, live, symbol, write_row, read_rows);
+  // -- the course (fused.Episode.set_course): where the heads are, what they read, what may be decided
+
+  void set_course(const Tensor& padded, const Tensor& input_at, const Tensor& input_code, const Maybe& input_moves,
+                  const Tensor& output_at, const Tensor& output_end, const Tensor& output_code,
+                  const Tensor& mask_table, const Tensor& previous, const Tensor& powers, const Tensor& other_cells,
+                  const Maybe& memory_at, const Maybe& read_table, const Maybe& memory_moves) {
+    padded_ = padded.contiguous();
+    input_at_ = input_at.contiguous();
+    input_code_ = input_code.contiguous();
+    input_moves_ = input_moves ? input_moves->contiguous() : Tensor();
+    output_at_ = output_at.contiguous();
+    output_end_ = output_end.contiguous();
+    output_code_ = output_code.contiguous();
+    mask_table_ = mask_table.contiguous();
+    previous_ = previous.contiguous();
+    powers_ = powers.to(at::kLong).contiguous();
+    other_cells_ = other_cells.to(at::kLong).contiguous();
+    memory_at_ = memory_at ? memory_at->contiguous() : Tensor();
+    read_table_ = read_table ? read_table->contiguous() : Tensor();
+    memory_moves_ = memory_moves ? memory_moves->contiguous() : Tensor();
+    live_ = output_at_ < output_end_;
+  }
+
+  bool finished() const { return !live_.any().item<bool>(); }
+
+  // Step t from the heads' positions: (token, probabilities), recorded as one StepNode.
+  std::tuple<Tensor, Tensor> step(const Tensor& token, int64_t t) {
+    Tensor table_index, extra, mask, read_rows;
+    Tensor centre = at::empty({size_, 1}, at::kLong);
+    symbols_ = centre_ ? at::empty({size_, window_cells_}, at::kLong) : Tensor();
+    {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      const int64_t columns = 3 * decisions_;
+      table_index = at::empty({size_}, at::kLong);
+      if (centre_) extra = at::empty({size_ * (window_cells_ - 1)}, at::kLong);
+      mask = at::empty({size_, decisions_, 3}, mask_table_.options());
+      if (memory_) read_rows = at::empty({size_ * reads_}, at::kLong);
+      const int64_t *padded = padded_.data_ptr<int64_t>(), *input_at = input_at_.data_ptr<int64_t>();
+      const int64_t *input_code = input_code_.data_ptr<int64_t>(), *output_at = output_at_.data_ptr<int64_t>();
+      const int64_t* output_code = output_code_.data_ptr<int64_t>() + t * output_code_.size(1);
+      const int64_t *previous = previous_.data_ptr<int64_t>(), *other = other_cells_.data_ptr<int64_t>();
+      int64_t *index = table_index.data_ptr<int64_t>(), *centres = centre.data_ptr<int64_t>();
+      int64_t* extras = centre_ ? extra.data_ptr<int64_t>() : nullptr;
+      int64_t* symbols = centre_ ? symbols_.data_ptr<int64_t>() : nullptr;
+      for (int64_t b = 0; b < size_; ++b) {
+        const int64_t at = input_at[b];
+        centres[b] = padded[at];
+        index[b] = previous[b] + centres[b];
+        if (symbols) {
+          for (int64_t k = 0; k < window_cells_; ++k) symbols[b * window_cells_ + k] = padded[at + k - centre_];
+          for (int64_t k = 0; k < window_cells_ - 1; ++k) {
+            extras[b * (window_cells_ - 1) + k] = symbols[b * window_cells_ + other[k]] + other[k] * symbols_count_;
+          }
+        }
+        const int64_t code = input_code[at] + output_code[output_at[b]];
+        by_dtype([&](auto zero) {
+          using T = decltype(zero);
+          const T* from = mask_table_.data_ptr<T>() + code * columns;
+          std::copy(from, from + columns, mask.data_ptr<T>() + b * columns);
+        });
+      }
+      if (memory_) {
+        const int64_t *memory_at = memory_at_.data_ptr<int64_t>(), *table = read_table_.data_ptr<int64_t>();
+        int64_t* rows = read_rows.data_ptr<int64_t>();
+        for (int64_t b = 0; b < size_; ++b) std::copy(table + memory_at[b] * reads_, table + (memory_at[b] + 1) * reads_, rows + b * reads_);
+      }
+    }
+    if (!centre_) symbols_ = centre.view({size_});
+    Tensor probs = forward_step(table_index, centre_ ? Maybe(extra) : std::nullopt, mask, live_.view({size_, 1}), centre,
+                                memory_ ? Maybe(memory_at_) : std::nullopt, memory_ ? Maybe(read_rows) : std::nullopt);
     Tensor next;
     {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -91,6 +156,61 @@ class Episode : public std::enable_shared_from_this<Episode> {
     return {next, probs};
   }
 
+  // Record the step's decisions (B, D) and move the heads.
+  void advance(const Tensor& decided) {
+    const Tensor actions = decided.contiguous();
+    TORCH_CHECK(actions.scalar_type() == at::kLong && actions.dim() == 2 && actions.size(0) == size_ &&
+                    actions.size(1) == decisions_,
+                "advance takes the step's decisions as a long tensor (", size_, ", ", decisions_, ")");
+    records_[0].push_back(actions);
+    records_[1].push_back(live_);
+    records_[2].push_back(symbols_);
+    records_[3].push_back(input_at_);
+    records_[4].push_back(output_at_);
+    if (memory_) records_[5].push_back(memory_at_);
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    const int64_t* a = actions.data_ptr<int64_t>();
+    const int64_t* powers = powers_.data_ptr<int64_t>();
+    Tensor input_at = at::empty_like(input_at_), output_at = at::empty_like(output_at_);
+    Tensor previous = at::empty_like(previous_);
+    Tensor live = at::empty({size_}, at::kBool);
+    Tensor memory_at = memory_ ? at::empty_like(memory_at_) : Tensor();
+    const int64_t *in = input_at_.data_ptr<int64_t>(), *out = output_at_.data_ptr<int64_t>();
+    const int64_t* end = output_end_.data_ptr<int64_t>();
+    const int64_t* input_moves = input_moves_.defined() ? input_moves_.data_ptr<int64_t>() : nullptr;
+    int64_t *next_in = input_at.data_ptr<int64_t>(), *next_out = output_at.data_ptr<int64_t>();
+    int64_t* next_previous = previous.data_ptr<int64_t>();
+    bool* next_live = live.data_ptr<bool>();
+    for (int64_t b = 0; b < size_; ++b, a += decisions_) {
+      next_in[b] = input_moves ? input_moves[a[0] + 3 * in[b]] : in[b] + a[0] - 1;
+      next_out[b] = out[b] + a[decisions_ - 1];
+      int64_t row = 0;
+      for (int64_t d = 0; d < decisions_; ++d) row += a[d] * powers[d];
+      next_previous[b] = row;
+      next_live[b] = next_out[b] < end[b];
+    }
+    if (memory_) {
+      a = actions.data_ptr<int64_t>();
+      const int64_t *at = memory_at_.data_ptr<int64_t>(), *moves = memory_moves_.data_ptr<int64_t>();
+      int64_t* next = memory_at.data_ptr<int64_t>();
+      for (int64_t b = 0; b < size_; ++b, a += decisions_) next[b] = moves[a[1] + 3 * at[b]];
+    }
+    input_at_ = input_at;
+    output_at_ = output_at;
+    previous_ = previous;
+    live_ = live;
+    memory_at_ = memory_at;
+  }
+
+  // Every step's decisions, live rows, symbols read and flat head positions (fused.Episode.stacked_records).
+  std::tuple<Maybe, Maybe, Maybe, Maybe, Maybe, Maybe> stacked_records() const {
+    std::array<Maybe, 6> out;
+    for (size_t k = 0; k < out.size(); ++k) {
+      if (!records_[k].empty()) out[k] = at::stack(records_[k], 1);
+    }
+    return {out[0], out[1], out[2], out[3], out[4], out[5]};
+  }
+
   // -- forward ---------------------------------------------------------------------------
 
   void begin(const Maybe& h0, const Maybe& c0, const Tensor& table, const Tensor& action_table,
@@ -99,7 +219,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
     dtype_ = table.scalar_type();
     if (memory_) tape_ = at::zeros({size_ * cells_, width_}, table.options());
     table_ = table;
-    Tensor centre_rows = table.narrow(0, centre_ * symbols_, symbols_);
+    Tensor centre_rows = table.narrow(0, centre_ * symbols_count_, symbols_count_);
     combined_ = (action_table.unsqueeze(1) + centre_rows.unsqueeze(0)).flatten(0, 1);
     action_rows_ = action_table.size(0);
     w_reads_controller_ = value_or_undefined(w_reads);
@@ -489,9 +609,9 @@ class Episode : public std::enable_shared_from_this<Episode> {
       grads[0] = grad_token->narrow(0, 0, size_ * units_).view({size_, units_});
       grads[1] = grad_token->narrow(0, size_ * units_, size_ * units_).view({size_, units_});
     }
-    Tensor combined = combined_grad_.view({action_rows_, symbols_, -1});
+    Tensor combined = combined_grad_.view({action_rows_, symbols_count_, -1});
     Tensor dtable = table_grad_.defined() ? table_grad_ : at::zeros_like(table_);
-    dtable.narrow(0, centre_ * symbols_, symbols_).add_(combined.sum(0));
+    dtable.narrow(0, centre_ * symbols_count_, symbols_count_).add_(combined.sum(0));
     grads[2] = dtable;
     grads[3] = combined.sum(1);
     if (memory_) {
@@ -546,6 +666,11 @@ class Episode : public std::enable_shared_from_this<Episode> {
     pass_open_ = true;
   }
 
+  // The course: tables, the heads' positions, and what each step recorded.
+  Tensor padded_, input_at_, input_code_, input_moves_, output_at_, output_end_, output_code_, mask_table_;
+  Tensor previous_, powers_, other_cells_, memory_at_, read_table_, memory_moves_, live_, symbols_;
+  std::array<std::vector<Tensor>, 6> records_;
+
   // Sizes and switches (see fused.Episode).
   int64_t size_, units_, controller_units_, decisions_, window_cells_, centre_;
   bool memory_;
@@ -553,7 +678,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
   bool direct_;
   int64_t reads_;
   bool grad_, want_windows_;
-  int64_t symbols_, token_size_;
+  int64_t symbols_count_, token_size_;
   at::ScalarType dtype_ = at::kFloat;
 
   // Weights and what is derived from them once per episode.
@@ -595,9 +720,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("want_windows"), py::arg("symbols"))
       .def("token", &Episode::token)
       .def("last_logits", &Episode::last_logits)
+      .def("set_course", &Episode::set_course)
+      .def("finished", &Episode::finished)
       .def("step", &Episode::step)
+      .def("advance", &Episode::advance)
+      .def("stacked_records", &Episode::stacked_records)
       .def("begin", &Episode::begin)
-      .def("forward_step", &Episode::forward_step)
       .def("stacked", &Episode::stacked)
       .def("begin_backward", &Episode::begin_backward)
       .def("backward_step", &Episode::backward_step)
