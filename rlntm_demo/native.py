@@ -38,7 +38,7 @@ SWITCH = "RLNTM_NATIVE"
 """The environment variable that turns the native step loop off when set to ``0``."""
 
 _SOURCE = Path(__file__).with_name("csrc") / "fused_step.cpp"
-_FLAGS = ["-O2"]
+_FLAGS = ["-O3"]
 
 
 @functools.cache

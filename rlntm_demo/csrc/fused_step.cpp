@@ -243,11 +243,11 @@ class Episode : public std::enable_shared_from_this<Episode> {
                       const Tensor& symbol, const Maybe& write_row, const Maybe& read_rows) {
     // Nothing here is recorded: the step is one node of the graph, whose backward is below.
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    Tensor z = combined_.index_select(0, table_index);
+    Tensor z = gather_rows(combined_, table_index);
     if (extra_index) z += table_.index_select(0, *extra_index).view({size_, -1, z.size(1)}).sum(1);
     Tensor reads, window;
     if (memory_) {
-      reads = tape_.index_select(0, *read_rows);
+      reads = gather_rows(tape_, *read_rows);
       window = reads.view({size_, -1});
       if (reads_ > window_cells_) window = window.narrow(1, 0, window_cells_ * width_);
       z.addmm_(window, w_reads_);
@@ -528,24 +528,31 @@ class Episode : public std::enable_shared_from_this<Episode> {
       if (units) {
         const T *tanh_c = s.tc.data_ptr<T>(), *before = cs_[t].data_ptr<T>();
         const T* external = to_h.defined() ? to_h.data_ptr<T>() : nullptr;
-        T *dh = dh_.data_ptr<T>(), *dc = dc_.data_ptr<T>();
+        T* __restrict__ dh = dh_.data_ptr<T>();
+        T* __restrict__ dc = dc_.data_ptr<T>();
         const int64_t controller = controller_units_;
         for (int64_t b = 0; b < size_; ++b) {
-          const T* act = a + b * columns;
-          T* grad = d + b * columns;
+          const T* __restrict__ act = a + b * columns;
+          T* __restrict__ grad = d + b * columns;
+          T* __restrict__ dh_row = dh + b * units;  // h's gradient (overwritten by the product below)
+          T* __restrict__ dc_row = dc + b * units;
+          const T* __restrict__ tc_row = tanh_c + b * units;
+          const T* __restrict__ c_row = before + b * units;
+          if (external) {
+            for (int64_t j = 0; j < units; ++j) dh_row[j] += external[b * units + j];
+          }
+          if (controller && dout) {
+            for (int64_t j = 0; j < controller; ++j) dh_row[j] += dout[b * out_columns + j];
+          }
           for (int64_t j = 0; j < units; ++j) {
-            const int64_t at = b * units + j;
-            T dhj = dh[at];
-            if (external) dhj += external[at];
-            if (controller && dout && j < controller) dhj += dout[b * out_columns + j];
+            const T dhj = dh_row[j], tcj = tc_row[j];
             const T in = act[j], forget = act[units + j], out = act[2 * units + j], candidate = act[3 * units + j];
-            const T tcj = tanh_c[at];
-            const T dcj = dc[at] + dhj * out * (1 - tcj * tcj);
+            const T dcj = dc_row[j] + dhj * out * (1 - tcj * tcj);
             grad[j] = dcj * candidate * (1 - in) * in;
-            grad[units + j] = dcj * before[at] * (1 - forget) * forget;
+            grad[units + j] = dcj * c_row[j] * (1 - forget) * forget;
             grad[2 * units + j] = dhj * tcj * (1 - out) * out;
             grad[3 * units + j] = dcj * in * (1 - candidate * candidate);
-            dc[at] = dcj * forget;
+            dc_row[j] = dcj * forget;
           }
           if (!controller) {  // a feed-forward controller's tanh units
             for (int64_t k = 4 * units; k < columns; ++k) {
@@ -563,7 +570,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
       w_h_grad_.addmm_(hs_[t].t(), dz);
       at::mm_out(dh_, dz, w_h_t_);
     }
-    combined_grad_.index_add_(0, s.table_index, dz);
+    add_rows(combined_grad_, s.table_index, dz);
     if (s.extra_index.defined()) {
       const int64_t others = window_cells_ - 1;
       table_grad_.index_add_(0, s.extra_index, dz.unsqueeze(1).expand({-1, others, -1}).reshape({-1, dz.size(1)}));
@@ -640,6 +647,36 @@ class Episode : public std::enable_shared_from_this<Episode> {
   }
 
  private:
+  // rows[index[b]] for every b: a (len(index), columns) tensor.
+  Tensor gather_rows(const Tensor& rows, const Tensor& index) const {
+    const int64_t n = index.numel(), columns = rows.size(1);
+    Tensor out = at::empty({n, columns}, rows.options());
+    const int64_t* at = index.data_ptr<int64_t>();
+    by_dtype([&](auto zero) {
+      using T = decltype(zero);
+      const T* from = rows.data_ptr<T>();
+      T* to = out.data_ptr<T>();
+      for (int64_t b = 0; b < n; ++b) std::copy(from + at[b] * columns, from + (at[b] + 1) * columns, to + b * columns);
+    });
+    return out;
+  }
+
+  // rows[index[b]] += values[b] for every b, in order.
+  void add_rows(Tensor& rows, const Tensor& index, const Tensor& values) const {
+    const int64_t n = index.numel(), columns = rows.size(1);
+    const int64_t* at = index.data_ptr<int64_t>();
+    by_dtype([&](auto zero) {
+      using T = decltype(zero);
+      T* to = rows.data_ptr<T>();
+      const T* from = values.data_ptr<T>();
+      for (int64_t b = 0; b < n; ++b) {
+        T* __restrict__ row = to + at[b] * columns;
+        const T* __restrict__ value = from + b * columns;
+        for (int64_t j = 0; j < columns; ++j) row[j] += value[j];
+      }
+    });
+  }
+
   // Runs ``body(T{})`` with T the C++ type of the episode's dtype.
   template <typename Body>
   void by_dtype(Body&& body) const {
