@@ -27,7 +27,23 @@ Maybe maybe(const Tensor& t) { return t.defined() ? Maybe(t) : std::nullopt; }
 Tensor value_or_undefined(const Maybe& t) { return t.has_value() ? *t : Tensor(); }
 Tensor add_or_take(const Tensor& sum, const Tensor& term) { return sum.defined() ? sum + term : term; }
 
-// What backward needs from one step.
+// One row of the LSTM cell's backward: the pre-activations' gradients from those of h and c
+// (dc becomes the previous c's gradient). Separate restrict pointers so that it vectorizes.
+template <typename T>
+void lstm_backward_row(int64_t n, const T* __restrict__ in, const T* __restrict__ forget, const T* __restrict__ out,
+                       const T* __restrict__ candidate, const T* __restrict__ tanh_c, const T* __restrict__ c_before,
+                       const T* __restrict__ dh, T* __restrict__ dc, T* __restrict__ d_in, T* __restrict__ d_forget,
+                       T* __restrict__ d_out, T* __restrict__ d_candidate) {
+  for (int64_t j = 0; j < n; ++j) {
+    const T dcj = dc[j] + dh[j] * out[j] * (1 - tanh_c[j] * tanh_c[j]);
+    d_in[j] = dcj * candidate[j] * (1 - in[j]) * in[j];
+    d_forget[j] = dcj * c_before[j] * (1 - forget[j]) * forget[j];
+    d_out[j] = dh[j] * tanh_c[j] * (1 - out[j]) * out[j];
+    d_candidate[j] = dcj * in[j] * (1 - candidate[j] * candidate[j]);
+    dc[j] = dcj * forget[j];
+  }
+}
+
 // What backward needs from one step. ``z`` holds the activations (sigmoid gates, then the tanh
 // part), ``heads`` the raw logits and the write's activated gates and value, ``reads`` the memory
 // cells read (window, then the direct-access neighbours).
@@ -544,16 +560,8 @@ class Episode : public std::enable_shared_from_this<Episode> {
           if (controller && dout) {
             for (int64_t j = 0; j < controller; ++j) dh_row[j] += dout[b * out_columns + j];
           }
-          for (int64_t j = 0; j < units; ++j) {
-            const T dhj = dh_row[j], tcj = tc_row[j];
-            const T in = act[j], forget = act[units + j], out = act[2 * units + j], candidate = act[3 * units + j];
-            const T dcj = dc_row[j] + dhj * out * (1 - tcj * tcj);
-            grad[j] = dcj * candidate * (1 - in) * in;
-            grad[units + j] = dcj * c_row[j] * (1 - forget) * forget;
-            grad[2 * units + j] = dhj * tcj * (1 - out) * out;
-            grad[3 * units + j] = dcj * in * (1 - candidate * candidate);
-            dc_row[j] = dcj * forget;
-          }
+          lstm_backward_row(units, act, act + units, act + 2 * units, act + 3 * units, tc_row, c_row, dh_row, dc_row,
+                            grad, grad + units, grad + 2 * units, grad + 3 * units);
           if (!controller) {  // a feed-forward controller's tanh units
             for (int64_t k = 4 * units; k < columns; ++k) {
               grad[k] = dout ? dout[b * out_columns + k - 4 * units] * (1 - act[k] * act[k]) : T(0);
