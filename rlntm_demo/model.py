@@ -327,7 +327,9 @@ class RLNTM(nn.Module):
         positions = record["output_positions"]
         index = positions.clamp(max=batch.target.shape[1] - 1)
         targets = torch.where(positions >= batch.target_len[:, None], BLANK, batch.target.gather(1, index))
-        target_log_probs = prediction_logits.log_softmax(-1).gather(2, targets[..., None])[..., 0]
+        # The target's logit minus the log-sum-exp, as for the decisions: torch's log-softmax over
+        # a last dimension this short costs several times more.
+        target_log_probs = prediction_logits.gather(2, targets[..., None])[..., 0] - prediction_logits.logsumexp(-1)
         predicting = chosen[..., OUTPUT] == OUTPUT_PREDICT
         rewards = torch.where(predicting, target_log_probs, torch.zeros_like(target_log_probs))
         predictions = torch.where(predicting, prediction_logits.argmax(-1), -1)
