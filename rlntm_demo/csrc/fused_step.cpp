@@ -236,7 +236,10 @@ class Episode : public std::enable_shared_from_this<Episode> {
     if (memory_) tape_ = at::zeros({size_ * cells_, width_}, table.options());
     table_ = table;
     Tensor centre_rows = table.narrow(0, centre_ * symbols_count_, symbols_count_);
-    combined_ = (action_table.unsqueeze(1) + centre_rows.unsqueeze(0)).flatten(0, 1);
+    // A step's one-hot part starts from (previous decisions' row) + (centre symbol's row): the
+    // Python loop gathers it from a table of every sum, this one adds the two rows.
+    action_table_ = action_table.contiguous();
+    centre_rows_ = centre_rows.contiguous();
     action_rows_ = action_table.size(0);
     w_reads_controller_ = value_or_undefined(w_reads);
     has_reads_base_ = w_reads_base.has_value();
@@ -259,7 +262,20 @@ class Episode : public std::enable_shared_from_this<Episode> {
                       const Tensor& symbol, const Maybe& write_row, const Maybe& read_rows) {
     // Nothing here is recorded: the step is one node of the graph, whose backward is below.
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    Tensor z = gather_rows(combined_, table_index);
+    Tensor z = at::empty({size_, action_table_.size(1)}, action_table_.options());
+    by_dtype([&](auto zero) {
+      using T = decltype(zero);
+      const int64_t columns = z.size(1);
+      const int64_t* at = table_index.data_ptr<int64_t>();
+      const T *actions = action_table_.data_ptr<T>(), *centres = centre_rows_.data_ptr<T>();
+      T* to = z.data_ptr<T>();
+      for (int64_t b = 0; b < size_; ++b) {
+        const T* __restrict__ first = actions + at[b] / symbols_count_ * columns;
+        const T* __restrict__ second = centres + at[b] % symbols_count_ * columns;
+        T* __restrict__ row = to + b * columns;
+        for (int64_t j = 0; j < columns; ++j) row[j] = first[j] + second[j];
+      }
+    });
     if (extra_index) z += table_.index_select(0, *extra_index).view({size_, -1, z.size(1)}).sum(1);
     Tensor reads, window;
     if (memory_) {
@@ -309,7 +325,16 @@ class Episode : public std::enable_shared_from_this<Episode> {
       output = z.tanh_();
       outputs_.push_back(output);
     }
-    Tensor heads = at::addmm(heads_b_, output, heads_w_);
+    // The heads: bias rows, then the product added in place (addmm would copy the expanded bias).
+    Tensor heads = at::empty({size_, heads_b_.size(0)}, z.options());
+    by_dtype([&](auto zero) {
+      using T = decltype(zero);
+      const T* bias = heads_b_.data_ptr<T>();
+      T* to = heads.data_ptr<T>();
+      const int64_t n = heads_b_.size(0);
+      for (int64_t b = 0; b < size_; ++b) std::copy(bias, bias + n, to + b * n);
+    });
+    heads.addmm_(output, heads_w_);
     const int64_t head_columns = heads.size(1), decisions = decisions_;
     // The masked logits and their softmax (three entries per decision).
     Tensor logits = at::empty({size_, decisions, 3}, heads.options());
@@ -427,11 +452,9 @@ class Episode : public std::enable_shared_from_this<Episode> {
       to_h = grad_baseline;
       to_output = through;
     }
-    // Step-major and contiguous, so that a step's part is a contiguous (B, ...) block.
+    // Contiguous (B, T, ...), so that a step's part is a (B, ...) block of rows.
     const std::array<Tensor, 4> whole{to_h, to_output, grad_written, grad_windows};
-    for (size_t k = 0; k < whole.size(); ++k) {
-      external_[k] = whole[k].defined() ? whole[k].transpose(0, 1).contiguous() : Tensor();
-    }
+    for (size_t k = 0; k < whole.size(); ++k) external_[k] = whole[k].defined() ? whole[k].contiguous() : Tensor();
     has_external_ = true;
     grad_logits_ = grad_logits;
     begin_pass();
@@ -454,7 +477,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
     if (has_external_) {
       Tensor* parts[4] = {&to_h, &doutput, &written, &grad_window};
       for (int k = 0; k < 4; ++k) {
-        if (external_[k].defined()) *parts[k] = external_[k].select(0, t);
+        if (external_[k].defined()) *parts[k] = external_[k].select(1, t);
       }
     }
     const int64_t width = width_, units = units_, columns = s.z.size(1), head_columns = s.heads.size(1);
@@ -488,6 +511,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
         using T = decltype(zero);
         const T *row = s.heads.data_ptr<T>(), *cells = s.reads.data_ptr<T>();
         const T* extra = written.defined() ? written.data_ptr<T>() : nullptr;
+        const int64_t extra_stride = written.defined() ? written.stride(0) : 0;
         const bool* is_live = s.live.data_ptr<bool>();
         const int64_t *sym = s.symbol.data_ptr<int64_t>(), *target = s.write_row.data_ptr<int64_t>();
         T* tape = tape_grad_.data_ptr<T>();
@@ -497,7 +521,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
         for (int64_t b = 0; b < size_; ++b, row += head_columns, cells += reads_ * width, dm += gate_width + width,
                      dkeep += width) {
           const T *keep = row + first, *value = row + first + gate_width, *old = cells + centre_ * width;
-          const T* ext = extra ? extra + b * width : nullptr;
+          const T* ext = extra ? extra + b * extra_stride : nullptr;
           T* cell = tape + target[b] * width;
           const bool alive = is_live[b];
           for (int64_t j = 0; j < width; ++j) {
@@ -544,6 +568,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
       if (units) {
         const T *tanh_c = s.tc.data_ptr<T>(), *before = cs_[t].data_ptr<T>();
         const T* external = to_h.defined() ? to_h.data_ptr<T>() : nullptr;
+        const int64_t external_stride = to_h.defined() ? to_h.stride(0) : 0;
         T* __restrict__ dh = dh_.data_ptr<T>();
         T* __restrict__ dc = dc_.data_ptr<T>();
         const int64_t controller = controller_units_;
@@ -555,7 +580,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
           const T* __restrict__ tc_row = tanh_c + b * units;
           const T* __restrict__ c_row = before + b * units;
           if (external) {
-            for (int64_t j = 0; j < units; ++j) dh_row[j] += external[b * units + j];
+            for (int64_t j = 0; j < units; ++j) dh_row[j] += external[b * external_stride + j];
           }
           if (controller && dout) {
             for (int64_t j = 0; j < controller; ++j) dh_row[j] += dout[b * out_columns + j];
@@ -578,7 +603,10 @@ class Episode : public std::enable_shared_from_this<Episode> {
       w_h_grad_.addmm_(hs_[t].t(), dz);
       at::mm_out(dh_, dz, w_h_t_);
     }
-    add_rows(combined_grad_, s.table_index, dz);
+    // The combined table's rows are (previous decisions, centre symbol) pairs: each row's
+    // gradient goes to both of its parts.
+    add_rows(action_grad_, s.table_index, dz, symbols_count_, 0);
+    add_rows(centre_grad_, s.table_index, dz, 1, symbols_count_);
     if (s.extra_index.defined()) {
       const int64_t others = window_cells_ - 1;
       table_grad_.index_add_(0, s.extra_index, dz.unsqueeze(1).expand({-1, others, -1}).reshape({-1, dz.size(1)}));
@@ -624,11 +652,10 @@ class Episode : public std::enable_shared_from_this<Episode> {
       grads[0] = grad_token->narrow(0, 0, size_ * units_).view({size_, units_});
       grads[1] = grad_token->narrow(0, size_ * units_, size_ * units_).view({size_, units_});
     }
-    Tensor combined = combined_grad_.view({action_rows_, symbols_count_, -1});
     Tensor dtable = table_grad_.defined() ? table_grad_ : at::zeros_like(table_);
-    dtable.narrow(0, centre_ * symbols_count_, symbols_count_).add_(combined.sum(0));
+    dtable.narrow(0, centre_ * symbols_count_, symbols_count_).add_(centre_grad_);
     grads[2] = dtable;
-    grads[3] = combined.sum(1);
+    grads[3] = action_grad_;
     if (memory_) {
       grads[4] = w_reads_grad_;
       if (has_reads_base_) grads[5] = w_reads_grad_.clone();
@@ -669,8 +696,8 @@ class Episode : public std::enable_shared_from_this<Episode> {
     return out;
   }
 
-  // rows[index[b]] += values[b] for every b, in order.
-  void add_rows(Tensor& rows, const Tensor& index, const Tensor& values) const {
+  // rows[(index[b] / divisor) % modulus] += values[b] for every b, in order (modulus 0: none).
+  void add_rows(Tensor& rows, const Tensor& index, const Tensor& values, int64_t divisor, int64_t modulus) const {
     const int64_t n = index.numel(), columns = rows.size(1);
     const int64_t* at = index.data_ptr<int64_t>();
     by_dtype([&](auto zero) {
@@ -678,7 +705,8 @@ class Episode : public std::enable_shared_from_this<Episode> {
       T* to = rows.data_ptr<T>();
       const T* from = values.data_ptr<T>();
       for (int64_t b = 0; b < n; ++b) {
-        T* __restrict__ row = to + at[b] * columns;
+        const int64_t target = modulus ? (at[b] / divisor) % modulus : at[b] / divisor;
+        T* __restrict__ row = to + target * columns;
         const T* __restrict__ value = from + b * columns;
         for (int64_t j = 0; j < columns; ++j) row[j] += value[j];
       }
@@ -704,7 +732,8 @@ class Episode : public std::enable_shared_from_this<Episode> {
     heads_w_memory_grad_ = heads_w_grad_.narrow(1, logit_columns_, heads_w_grad_.size(1) - logit_columns_);
     heads_b_logits_grad_ = heads_b_grad_.narrow(0, 0, logit_columns_);
     heads_b_memory_grad_ = heads_b_grad_.narrow(0, logit_columns_, heads_b_grad_.size(0) - logit_columns_);
-    combined_grad_ = at::zeros_like(combined_);
+    action_grad_ = at::zeros_like(action_table_);
+    centre_grad_ = at::zeros_like(centre_rows_);
     table_grad_ = window_cells_ > 1 ? at::zeros_like(table_) : Tensor();
     w_reads_grad_ = memory_ ? at::zeros_like(w_reads_) : Tensor();
     w_h_grad_ = units_ ? at::zeros_like(w_h_) : Tensor();
@@ -727,7 +756,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
   at::ScalarType dtype_ = at::kFloat;
 
   // Weights and what is derived from them once per episode.
-  Tensor table_, combined_, w_reads_controller_, w_reads_, w_h_, heads_w_, heads_b_;
+  Tensor table_, action_table_, centre_rows_, w_reads_controller_, w_reads_, w_h_, heads_w_, heads_b_;
   Tensor heads_w_logits_t_, heads_w_memory_t_, w_h_t_, w_reads_controller_t_;
   int64_t action_rows_ = 0, logit_columns_ = 0;
   bool has_reads_base_ = false;
@@ -743,7 +772,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
   Tensor grad_token_, dh_, dc_, tape_grad_, grad_logits_;
   bool pass_open_ = false;
   Tensor heads_w_grad_, heads_b_grad_, heads_w_logits_grad_, heads_w_memory_grad_, heads_b_logits_grad_,
-      heads_b_memory_grad_, combined_grad_, table_grad_, w_reads_grad_, w_h_grad_;
+      heads_b_memory_grad_, action_grad_, centre_grad_, table_grad_, w_reads_grad_, w_h_grad_;
 };
 
 torch::autograd::variable_list StepNode::apply(torch::autograd::variable_list&& grads) {
