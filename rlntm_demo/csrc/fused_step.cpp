@@ -240,7 +240,6 @@ class Episode : public std::enable_shared_from_this<Episode> {
     // Python loop gathers it from a table of every sum, this one adds the two rows.
     action_table_ = action_table.contiguous();
     centre_rows_ = centre_rows.contiguous();
-    action_rows_ = action_table.size(0);
     w_reads_controller_ = value_or_undefined(w_reads);
     has_reads_base_ = w_reads_base.has_value();
     w_reads_ = has_reads_base_ ? w_reads_controller_ + *w_reads_base : w_reads_controller_;
@@ -758,7 +757,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
   // Weights and what is derived from them once per episode.
   Tensor table_, action_table_, centre_rows_, w_reads_controller_, w_reads_, w_h_, heads_w_, heads_b_;
   Tensor heads_w_logits_t_, heads_w_memory_t_, w_h_t_, w_reads_controller_t_;
-  int64_t action_rows_ = 0, logit_columns_ = 0;
+  int64_t logit_columns_ = 0;
   bool has_reads_base_ = false;
 
   // The loop's state and every step's values.
