@@ -232,6 +232,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
   void begin(const Maybe& h0, const Maybe& c0, const Tensor& table, const Tensor& action_table,
              const Maybe& w_reads, const Maybe& w_reads_base, const Maybe& w_h, const Tensor& heads_w,
              const Tensor& heads_b) {
+    TORCH_CHECK(table.device().is_cpu(), "the native step loop runs on the CPU; set RLNTM_NATIVE=0 for another device");
     dtype_ = table.scalar_type();
     if (memory_) tape_ = at::zeros({size_ * cells_, width_}, table.options());
     table_ = table;
