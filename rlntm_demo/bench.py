@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import native
 from .config import ModelConfig
 from .model import RLNTM
 from .objective import episode_losses
@@ -74,8 +75,9 @@ def run_benchmark(
         A JSON-ready dict: ``seconds_per_update``, ``bare_lstm_seconds``, ``ratio`` (their
         quotient), ``rollout_seconds``, ``loss_seconds``, ``backward_seconds``,
         ``sampling_seconds``, ``batch_size``, ``steps`` (the episode's number of steps, which the bare loop
-        runs too), ``task``, ``controller``, ``complexity``, ``repeats``, ``torch_version`` and
-        ``threads``.
+        runs too), ``task``, ``controller``, ``complexity``, ``repeats``, ``torch_version``,
+        ``threads`` and ``step_loop`` (``"native"`` or ``"python"``: which implementation of the
+        step loop ran, see :mod:`rlntm_demo.native`).
 
     Raises:
         ValueError: ``repeats`` below 1, ``warmup`` below 0 or ``batch_size`` below 1.
@@ -174,6 +176,7 @@ def _measure(task_name: str, controller: str, batch_size: int, complexity: int, 
         "repeats": repeats,
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
+        "step_loop": "python" if native.extension() is None else "native",
     }
 
 

@@ -388,7 +388,7 @@ def _run_bench(args: argparse.Namespace) -> int:
               f"{result['seconds_per_update'] * 1000:.1f} ms per update, bare LSTM {result['bare_lstm_seconds'] * 1000:.1f} ms, "
               f"ratio {result['ratio']:.2f} (rollout {result['rollout_seconds'] * 1000:.1f} ms, of which sampling "
               f"{result['sampling_seconds'] * 1000:.1f} ms; losses {result['loss_seconds'] * 1000:.1f} ms; backward and "
-              f"step {result['backward_seconds'] * 1000:.1f} ms)")
+              f"step {result['backward_seconds'] * 1000:.1f} ms; {result['step_loop']} step loop)")
     return EXIT_OK
 
 

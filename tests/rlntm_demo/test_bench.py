@@ -6,6 +6,7 @@ import json
 
 import torch
 
+from rlntm_demo import native
 from rlntm_demo.bench import run_benchmark
 
 
@@ -21,6 +22,7 @@ def test_benchmark_reports_keys_and_positive_figures() -> None:
     assert result["batch_size"] == 3 and result["complexity"] == 2 and result["threads"] == 1
     assert result["task"] == "copy" and result["controller"] == "lstm"
     assert isinstance(result["torch_version"], str)
+    assert result["step_loop"] == ("python" if native.extension() is None else "native")
     # One repeat: the phases are parts of the one timed update.
     phases = result["rollout_seconds"] + result["loss_seconds"] + result["backward_seconds"]
     assert phases <= result["seconds_per_update"]
