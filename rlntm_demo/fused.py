@@ -24,6 +24,13 @@ after every step's, returns them. What the steps share lives in one :class:`Epis
 keeps what backward needs until the graph is freed (so a graph may be differentiated twice, with
 ``retain_graph``, as the exact check does).
 
+The episode also keeps the heads' course (:meth:`Episode.set_course`): the tables built by
+:meth:`~rlntm_demo.model.RLNTM.run_episode`, from which :meth:`Episode.step` finds what each row
+reads and may decide, and :meth:`Episode.advance` records the sampled decisions and moves the heads;
+between the two, the model samples with ``torch.multinomial``. :func:`new_episode` returns the C++
+twin of this class where :mod:`rlntm_demo.native` is built: the same methods and values (up to
+rounding), without Python inside a step or its backward pass.
+
 The maths is that of the controller's per-step methods and
 :class:`~rlntm_demo.interfaces.MemoryTape`; ``tests/rlntm_demo/test_fused.py`` compares values
 and gradients (of every output, the probabilities included) with plain autograd in float64, and

@@ -1,11 +1,13 @@
-// The RL-NTM's fused step loop in C++: the same tensor operations as rlntm_demo/fused.py's Episode,
-// in the same order, called without Python in between.
+// The RL-NTM's step loop in C++: the Episode of rlntm_demo/fused.py, whose docstrings are the
+// reference for the maths, the layouts and the method names.
 //
-// At the paper's sizes a step costs the number of operations it runs, not their arithmetic; from
-// Python each operation costs several microseconds of interpreter and binding work, from here about
-// one. The maths, the layouts and the method names are those of the Python class (its docstrings
-// are the reference); rlntm_demo/native.py loads this file, and tests/rlntm_demo/test_native.py
-// checks that both give bitwise the same values and gradients.
+// At the paper's sizes a step costs the number of operations it runs, not their arithmetic. Here a
+// step and its backward pass never return to Python (each step is one StepNode of the autograd
+// graph), the heads' bookkeeping and the elementwise arithmetic are plain loops over the step's
+// buffers, and torch runs only the matrix products and the vectorized sigmoid and tanh. Python
+// still draws the samples between steps (torch.multinomial, which the exact check intercepts).
+// rlntm_demo/native.py builds and loads this file; tests/rlntm_demo/test_native.py checks that it
+// agrees with the Python loop up to rounding.
 
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
@@ -94,6 +96,9 @@ class Episode : public std::enable_shared_from_this<Episode> {
                   const Tensor& output_at, const Tensor& output_end, const Tensor& output_code,
                   const Tensor& mask_table, const Tensor& previous, const Tensor& powers, const Tensor& other_cells,
                   const Maybe& memory_at, const Maybe& read_table, const Maybe& memory_moves) {
+    TORCH_CHECK(padded.scalar_type() == at::kLong && input_code.scalar_type() == at::kLong &&
+                    output_code.scalar_type() == at::kLong,
+                "set_course takes long index tables (see fused.Episode.set_course)");
     padded_ = padded.contiguous();
     input_at_ = input_at.contiguous();
     input_code_ = input_code.contiguous();
@@ -132,6 +137,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
       int64_t *index = table_index.data_ptr<int64_t>(), *centres = centre.data_ptr<int64_t>();
       int64_t* extras = centre_ ? extra.data_ptr<int64_t>() : nullptr;
       int64_t* symbols = centre_ ? symbols_.data_ptr<int64_t>() : nullptr;
+      std::vector<int64_t> codes(size_);  // the feasibility code of each row
       for (int64_t b = 0; b < size_; ++b) {
         const int64_t at = input_at[b];
         centres[b] = padded[at];
@@ -142,13 +148,14 @@ class Episode : public std::enable_shared_from_this<Episode> {
             extras[b * (window_cells_ - 1) + k] = symbols[b * window_cells_ + other[k]] + other[k] * symbols_count_;
           }
         }
-        const int64_t code = input_code[at] + output_code[output_at[b]];
-        by_dtype([&](auto zero) {
-          using T = decltype(zero);
-          const T* from = mask_table_.data_ptr<T>() + code * columns;
-          std::copy(from, from + columns, mask.data_ptr<T>() + b * columns);
-        });
+        codes[b] = input_code[at] + output_code[output_at[b]];
       }
+      by_dtype([&](auto zero) {
+        using T = decltype(zero);
+        const T* table = mask_table_.data_ptr<T>();
+        T* to = mask.data_ptr<T>();
+        for (int64_t b = 0; b < size_; ++b) std::copy(table + codes[b] * columns, table + (codes[b] + 1) * columns, to + b * columns);
+      });
       if (memory_) {
         const int64_t *memory_at = memory_at_.data_ptr<int64_t>(), *table = read_table_.data_ptr<int64_t>();
         int64_t* rows = read_rows.data_ptr<int64_t>();
