@@ -635,7 +635,7 @@ class _StepPlan:
             h.append(start)
             c.append(start)
         if self.baseline is not None:
-            summary_h, summary_c = self.baseline.read_tape(batch.input, batch.input_len, dtype)
+            summary_h, summary_c = fused.read_tape(self.baseline, batch.input, batch.input_len, dtype)
             h.append(summary_h)
             c.append(summary_c)
         return torch.cat(h, 1), torch.cat(c, 1)

@@ -29,6 +29,17 @@ Maybe maybe(const Tensor& t) { return t.defined() ? Maybe(t) : std::nullopt; }
 Tensor value_or_undefined(const Maybe& t) { return t.has_value() ? *t : Tensor(); }
 Tensor add_or_take(const Tensor& sum, const Tensor& term) { return sum.defined() ? sum + term : term; }
 
+// Runs ``body(T{})`` with T the C++ type of ``dtype``.
+template <typename Body>
+void dispatch(at::ScalarType dtype, Body&& body) {
+  if (dtype == at::kDouble) {
+    body(double{});
+  } else {
+    TORCH_CHECK(dtype == at::kFloat, "the native step loop runs in float32 or float64, not ", dtype);
+    body(float{});
+  }
+}
+
 // One row of the LSTM cell's backward: the pre-activations' gradients from those of h and c
 // (dc becomes the previous c's gradient). Separate restrict pointers so that it vectorizes.
 template <typename T>
@@ -723,12 +734,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
   // Runs ``body(T{})`` with T the C++ type of the episode's dtype.
   template <typename Body>
   void by_dtype(Body&& body) const {
-    if (dtype_ == at::kDouble) {
-      body(double{});
-    } else {
-      TORCH_CHECK(dtype_ == at::kFloat, "the native step loop runs in float32 or float64, not ", dtype_);
-      body(float{});
-    }
+    dispatch(dtype_, std::forward<Body>(body));
   }
 
   // Zero the weight gradients the steps' backward accumulates into.
@@ -782,6 +788,131 @@ class Episode : public std::enable_shared_from_this<Episode> {
       heads_b_memory_grad_, action_grad_, centre_grad_, table_grad_, w_reads_grad_, w_h_grad_;
 };
 
+// The baseline's pre-reader (controllers.OfflineBaseline.read_tape): a torch-layout LSTM (gates
+// input, forget, candidate, output) over each row's one-hot input symbols, from a constant state;
+// a row keeps its state once its input has ended. Returns the final (h, c). The input product is a
+// row of table = w_ih^T + bias per symbol; the backward pass runs the steps in reverse.
+struct PreRead : public torch::autograd::Function<PreRead> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const Tensor& symbols,
+                                                const Tensor& lengths, const Tensor& w_ih, const Tensor& w_hh,
+                                                const Tensor& bias, double initial) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    TORCH_CHECK(symbols.scalar_type() == at::kLong && lengths.scalar_type() == at::kLong,
+                "pre_read takes long symbols and lengths");
+    const Tensor sym = symbols.contiguous(), len = lengths.contiguous();
+    const int64_t size = sym.size(0), width = sym.size(1), units = w_hh.size(1), columns = 4 * units;
+    const int64_t steps = size ? std::min(width, len.max().item<int64_t>()) : 0;
+    const Tensor table = (w_ih.t() + bias).contiguous();
+    const auto options = w_hh.options();
+    Tensor acts = at::empty({steps, size, columns}, options), tcs = at::empty({steps, size, units}, options);
+    Tensor hs = at::empty({steps + 1, size, units}, options), cs = at::empty({steps + 1, size, units}, options);
+    hs.select(0, 0).fill_(initial);
+    cs.select(0, 0).fill_(initial);
+    const Tensor w_hh_t = w_hh.t();
+    const int64_t* s = sym.data_ptr<int64_t>();
+    const int64_t* n = len.data_ptr<int64_t>();
+    for (int64_t t = 0; t < steps; ++t) {
+      Tensor z = acts.select(0, t), h = hs.select(0, t), c = cs.select(0, t);
+      dispatch(options.dtype().toScalarType(), [&](auto zero) {
+        using T = decltype(zero);
+        const T* rows = table.data_ptr<T>();
+        T* to = z.data_ptr<T>();
+        for (int64_t b = 0; b < size; ++b) std::copy(rows + s[b * width + t] * columns, rows + (s[b * width + t] + 1) * columns, to + b * columns);
+      });
+      z.addmm_(h, w_hh_t);
+      z.narrow(1, 0, 2 * units).sigmoid_();
+      z.narrow(1, 2 * units, units).tanh_();
+      z.narrow(1, 3 * units, units).sigmoid_();
+      Tensor c_next = cs.select(0, t + 1), h_next = hs.select(0, t + 1), tc = tcs.select(0, t);
+      dispatch(options.dtype().toScalarType(), [&](auto zero) {
+        using T = decltype(zero);
+        const T *a = z.data_ptr<T>(), *before = c.data_ptr<T>();
+        T* out = c_next.data_ptr<T>();
+        for (int64_t b = 0; b < size; ++b) {
+          const T* act = a + b * columns;
+          for (int64_t j = 0; j < units; ++j) {
+            out[b * units + j] = t < n[b] ? act[units + j] * before[b * units + j] + act[j] * act[2 * units + j]
+                                          : before[b * units + j];
+          }
+        }
+      });
+      at::tanh_out(tc, c_next);
+      dispatch(options.dtype().toScalarType(), [&](auto zero) {
+        using T = decltype(zero);
+        const T *a = z.data_ptr<T>(), *tanh_c = tc.data_ptr<T>(), *before = h.data_ptr<T>();
+        T* out = h_next.data_ptr<T>();
+        for (int64_t b = 0; b < size; ++b) {
+          for (int64_t j = 0; j < units; ++j) {
+            out[b * units + j] = t < n[b] ? a[b * columns + 3 * units + j] * tanh_c[b * units + j] : before[b * units + j];
+          }
+        }
+      });
+    }
+    ctx->save_for_backward({acts, tcs, hs, cs, sym, len, w_hh});
+    ctx->saved_data["symbols"] = w_ih.size(1);
+    return {hs.select(0, steps).clone(), cs.select(0, steps).clone()};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "the RL-NTM's pre-reader saves nothing for a second differentiation: use create_graph=False");
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &acts = saved[0], &tcs = saved[1], &hs = saved[2], &cs = saved[3], &sym = saved[4], &len = saved[5],
+                 &w_hh = saved[6];
+    const int64_t steps = acts.size(0), size = hs.size(1), units = hs.size(2), columns = 4 * units;
+    const int64_t width = sym.size(1), symbols = ctx->saved_data["symbols"].toInt();
+    Tensor dh = grads[0].defined() ? grads[0].contiguous().clone() : at::zeros({size, units}, hs.options());
+    Tensor dc = grads[1].defined() ? grads[1].contiguous().clone() : at::zeros({size, units}, hs.options());
+    Tensor dtable = at::zeros({symbols, columns}, hs.options()), dw_hh = at::zeros({columns, units}, hs.options());
+    Tensor dz = at::empty({size, columns}, hs.options());
+    const int64_t* s = sym.data_ptr<int64_t>();
+    const int64_t* n = len.data_ptr<int64_t>();
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      const Tensor z = acts.select(0, t), tc = tcs.select(0, t), c = cs.select(0, t);
+      dispatch(hs.scalar_type(), [&](auto zero) {
+        using T = decltype(zero);
+        const T *a = z.data_ptr<T>(), *tanh_c = tc.data_ptr<T>(), *before = c.data_ptr<T>();
+        T *dhp = dh.data_ptr<T>(), *dcp = dc.data_ptr<T>(), *d = dz.data_ptr<T>();
+        for (int64_t b = 0; b < size; ++b) {
+          T* grad = d + b * columns;
+          if (t >= n[b]) {  // the row's input had ended: its state went through unchanged
+            std::fill(grad, grad + columns, T(0));
+            continue;
+          }
+          const T* act = a + b * columns;
+          // Gates in torch's order: input, forget, candidate, output.
+          lstm_backward_row(units, act, act + units, act + 3 * units, act + 2 * units, tanh_c + b * units,
+                            before + b * units, dhp + b * units, dcp + b * units, grad, grad + units, grad + 3 * units,
+                            grad + 2 * units);
+        }
+      });
+      dw_hh.addmm_(dz.t(), hs.select(0, t));
+      dispatch(hs.scalar_type(), [&](auto zero) {
+        using T = decltype(zero);
+        const T* from = dz.data_ptr<T>();
+        T* to = dtable.data_ptr<T>();
+        for (int64_t b = 0; b < size; ++b) {
+          if (t >= n[b]) continue;
+          T* __restrict__ row = to + s[b * width + t] * columns;
+          const T* __restrict__ value = from + b * columns;
+          for (int64_t j = 0; j < columns; ++j) row[j] += value[j];
+        }
+      });
+      Tensor through = dz.mm(w_hh);
+      dispatch(hs.scalar_type(), [&](auto zero) {
+        using T = decltype(zero);
+        const T* from = through.data_ptr<T>();
+        T* to = dh.data_ptr<T>();
+        for (int64_t b = 0; b < size; ++b) {
+          if (t < n[b]) std::copy(from + b * units, from + (b + 1) * units, to + b * units);
+        }
+      });
+    }
+    return {Tensor(), Tensor(), dtable.t(), dw_hh, dtable.sum(0), Tensor()};
+  }
+};
+
 torch::autograd::variable_list StepNode::apply(torch::autograd::variable_list&& grads) {
   TORCH_CHECK(!at::GradMode::is_enabled(),
               "the RL-NTM's step loop saves nothing for a second differentiation: use create_graph=False");
@@ -811,4 +942,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("begin_backward", &Episode::begin_backward)
       .def("backward_step", &Episode::backward_step)
       .def("backward_start", &Episode::backward_start);
+  m.def(
+      "pre_read",
+      [](const Tensor& symbols, const Tensor& lengths, const Tensor& w_ih, const Tensor& w_hh, const Tensor& bias,
+         double initial) {
+        auto out = PreRead::apply(symbols, lengths, w_ih, w_hh, bias, initial);
+        return std::make_tuple(out[0], out[1]);
+      },
+      "The baseline's pre-reader over one-hot input symbols: its final (h, c).");
 }

@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from rlntm_demo import fused, native
-from rlntm_demo.config import ModelConfig
+from rlntm_demo.config import NUM_SYMBOLS, ModelConfig
+from rlntm_demo.controllers import OfflineBaseline
 from rlntm_demo.model import RLNTM, Rollout
 from rlntm_demo.objective import episode_losses
 from rlntm_demo.tasks import make_task
@@ -129,3 +130,30 @@ def test_a_native_episode_is_freed_with_its_graph(monkeypatch: pytest.MonkeyPatc
     assert len(episodes) == 1 and not isinstance(episodes[0](), fused.Episode)
     del rollout
     assert episodes[0]() is None
+
+
+@pytest.mark.usefixtures("fresh_extension")
+def test_native_pre_reader_matches_the_torch_lstm() -> None:
+    """The baseline's pre-reader in C++ against ``OfflineBaseline.read_tape`` (a ``torch.nn.LSTM``
+    over packed sequences), rows of different lengths, float64: final states and the gradients of
+    the reader's weights to relative 1e-12 (absolute 1e-14)."""
+    module = native.extension()
+    assert module is not None
+    baseline = OfflineBaseline(20, 7, initial_state=0.1).double()
+    generator = torch.Generator().manual_seed(6)
+    baseline.pre_reader.weight_hh_l0.data.normal_(0, 0.5, generator=generator)
+    tape = torch.randint(0, NUM_SYMBOLS, (6, 9), generator=generator)
+    lengths = torch.tensor([9, 3, 5, 9, 1, 7])
+    reader = baseline.pre_reader
+    expected = baseline.read_tape(tape, lengths, torch.float64)
+    actual = module.pre_read(tape, lengths, reader.weight_ih_l0, reader.weight_hh_l0, reader.bias_ih_l0 + reader.bias_hh_l0, 0.1)
+    weights = [torch.randn(6, 7, dtype=torch.float64, generator=generator) for _ in range(2)]
+
+    def gradients(state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        total = (state[0] * weights[0]).sum() + (state[1] * weights[1]).sum()
+        return torch.autograd.grad(total, list(reader.parameters()))
+
+    for a, b in zip(actual, expected):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    for a, b in zip(gradients(actual), gradients(expected)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
