@@ -356,14 +356,17 @@ class Episode : public std::enable_shared_from_this<Episode> {
     const int64_t head_columns = heads.size(1), decisions = decisions_;
     // The masked logits and their softmax (three entries per decision).
     Tensor logits = at::empty({size_, decisions, 3}, heads.options());
-    Tensor probs = at::empty_like(logits);
+    // (B, D, 3) probabilities stored decision-major, so that each decision's (B, 3) block, which
+    // torch.multinomial samples from, is contiguous.
+    Tensor probs = at::empty({decisions, size_, 3}, heads.options()).transpose(0, 1);
     const Tensor masks = mask.contiguous();
     by_dtype([&](auto zero) {
       using T = decltype(zero);
       const T *row = heads.data_ptr<T>(), *m = masks.data_ptr<T>();
-      T *l = logits.data_ptr<T>(), *p = probs.data_ptr<T>();
+      T *l = logits.data_ptr<T>(), *probabilities = probs.data_ptr<T>();
       for (int64_t b = 0; b < size_; ++b, row += head_columns) {
-        for (int64_t d = 0; d < decisions; ++d, m += 3, l += 3, p += 3) {
+        for (int64_t d = 0; d < decisions; ++d, m += 3, l += 3) {
+          T* p = probabilities + (d * size_ + b) * 3;
           for (int k = 0; k < 3; ++k) l[k] = row[3 * d + k] + m[k];
           const T top = std::max(l[0], std::max(l[1], l[2]));
           for (int k = 0; k < 3; ++k) p[k] = std::exp(l[k] - top);
@@ -506,9 +509,10 @@ class Episode : public std::enable_shared_from_this<Episode> {
       Tensor dlogits = at::empty({size_, logit_columns_}, grad.options());
       by_dtype([&](auto zero) {
         using T = decltype(zero);
-        const T *g = grad.data_ptr<T>(), *p = s.probs.data_ptr<T>();
+        const T *g = grad.data_ptr<T>(), *probabilities = s.probs.data_ptr<T>();
         T* out = dlogits.data_ptr<T>();
-        for (int64_t i = 0; i < size_ * decisions_; ++i, g += 3, p += 3, out += 3) {
+        for (int64_t i = 0; i < size_ * decisions_; ++i, g += 3, out += 3) {
+          const T* p = probabilities + ((i % decisions_) * size_ + i / decisions_) * 3;  // decision-major
           const T dot = g[0] * p[0] + g[1] * p[1] + g[2] * p[2];
           for (int k = 0; k < 3; ++k) out[k] = p[k] * (g[k] - dot);
         }
