@@ -20,6 +20,10 @@
 #include <tuple>
 #include <vector>
 
+#if defined(_MSC_VER) && !defined(__restrict__)
+#define __restrict__ __restrict
+#endif
+
 namespace {
 
 using at::Tensor;
