@@ -296,7 +296,8 @@ class Episode:
             if self.reads > self.window_cells:
                 window = window[:, : self.window_cells * width]
             z.addmm_(window, self.w_reads)
-            self.reads_list.append(window)
+            if self.want_windows:
+                self.reads_list.append(window)
             cells = reads.view(size, self.reads, width).unbind(1)
         sig = gates_ifo = candidate = tg = tc = None
         if units:

@@ -44,6 +44,38 @@ void dispatch(at::ScalarType dtype, Body&& body) {
   }
 }
 
+// out[b] = rows[index[b * stride]] for every row b of out.
+void gather_rows(const Tensor& rows, const int64_t* index, int64_t stride, Tensor& out) {
+  const int64_t n = out.size(0), columns = rows.size(1);
+  dispatch(rows.scalar_type(), [&](auto zero) {
+    using T = decltype(zero);
+    const T* from = rows.data_ptr<T>();
+    T* to = out.data_ptr<T>();
+    for (int64_t b = 0; b < n; ++b) {
+      const int64_t at = index[b * stride];
+      std::copy(from + at * columns, from + (at + 1) * columns, to + b * columns);
+    }
+  });
+}
+
+// rows[(index[b * stride] / divisor) % modulus] += values[b] for every row b of values, in order
+// (modulus 0: no modulus).
+void add_rows(Tensor& rows, const int64_t* index, int64_t stride, const Tensor& values, int64_t divisor = 1,
+              int64_t modulus = 0) {
+  const int64_t n = values.size(0), columns = rows.size(1);
+  dispatch(rows.scalar_type(), [&](auto zero) {
+    using T = decltype(zero);
+    T* to = rows.data_ptr<T>();
+    const T* from = values.data_ptr<T>();
+    for (int64_t b = 0; b < n; ++b) {
+      const int64_t at = index[b * stride] / divisor;
+      T* __restrict__ row = to + (modulus ? at % modulus : at) * columns;
+      const T* __restrict__ value = from + b * columns;
+      for (int64_t j = 0; j < columns; ++j) row[j] += value[j];
+    }
+  });
+}
+
 // One row of the LSTM cell's backward: the pre-activations' gradients from those of h and c
 // (dc becomes the previous c's gradient). Separate restrict pointers so that it vectorizes.
 template <typename T>
@@ -301,11 +333,12 @@ class Episode : public std::enable_shared_from_this<Episode> {
     if (extra_index) z += table_.index_select(0, *extra_index).view({size_, -1, z.size(1)}).sum(1);
     Tensor reads, window;
     if (memory_) {
-      reads = gather_rows(tape_, *read_rows);
+      reads = at::empty({read_rows->numel(), width_}, tape_.options());
+      gather_rows(tape_, read_rows->data_ptr<int64_t>(), 1, reads);
       window = reads.view({size_, -1});
       if (reads_ > window_cells_) window = window.narrow(1, 0, window_cells_ * width_);
       z.addmm_(window, w_reads_);
-      reads_list_.push_back(window);
+      if (want_windows_) reads_list_.push_back(window);
     }
     // z becomes the activations in place: the sigmoid gates, then the tanh part.
     const int64_t columns = z.size(1), units = units_;
@@ -631,8 +664,9 @@ class Episode : public std::enable_shared_from_this<Episode> {
     }
     // The combined table's rows are (previous decisions, centre symbol) pairs: each row's
     // gradient goes to both of its parts.
-    add_rows(action_grad_, s.table_index, dz, symbols_count_, 0);
-    add_rows(centre_grad_, s.table_index, dz, 1, symbols_count_);
+    const int64_t* index = s.table_index.data_ptr<int64_t>();
+    add_rows(action_grad_, index, 1, dz, symbols_count_);
+    add_rows(centre_grad_, index, 1, dz, 1, symbols_count_);
     if (s.extra_index.defined()) {
       const int64_t others = window_cells_ - 1;
       table_grad_.index_add_(0, s.extra_index, dz.unsqueeze(1).expand({-1, others, -1}).reshape({-1, dz.size(1)}));
@@ -708,37 +742,6 @@ class Episode : public std::enable_shared_from_this<Episode> {
   }
 
  private:
-  // rows[index[b]] for every b: a (len(index), columns) tensor.
-  Tensor gather_rows(const Tensor& rows, const Tensor& index) const {
-    const int64_t n = index.numel(), columns = rows.size(1);
-    Tensor out = at::empty({n, columns}, rows.options());
-    const int64_t* at = index.data_ptr<int64_t>();
-    by_dtype([&](auto zero) {
-      using T = decltype(zero);
-      const T* from = rows.data_ptr<T>();
-      T* to = out.data_ptr<T>();
-      for (int64_t b = 0; b < n; ++b) std::copy(from + at[b] * columns, from + (at[b] + 1) * columns, to + b * columns);
-    });
-    return out;
-  }
-
-  // rows[(index[b] / divisor) % modulus] += values[b] for every b, in order (modulus 0: none).
-  void add_rows(Tensor& rows, const Tensor& index, const Tensor& values, int64_t divisor, int64_t modulus) const {
-    const int64_t n = index.numel(), columns = rows.size(1);
-    const int64_t* at = index.data_ptr<int64_t>();
-    by_dtype([&](auto zero) {
-      using T = decltype(zero);
-      T* to = rows.data_ptr<T>();
-      const T* from = values.data_ptr<T>();
-      for (int64_t b = 0; b < n; ++b) {
-        const int64_t target = modulus ? (at[b] / divisor) % modulus : at[b] / divisor;
-        T* __restrict__ row = to + target * columns;
-        const T* __restrict__ value = from + b * columns;
-        for (int64_t j = 0; j < columns; ++j) row[j] += value[j];
-      }
-    });
-  }
-
   // Runs ``body(T{})`` with T the C++ type of the episode's dtype.
   template <typename Body>
   void by_dtype(Body&& body) const {
@@ -821,12 +824,7 @@ struct PreRead : public torch::autograd::Function<PreRead> {
     const int64_t* n = len.data_ptr<int64_t>();
     for (int64_t t = 0; t < steps; ++t) {
       Tensor z = acts.select(0, t), h = hs.select(0, t), c = cs.select(0, t);
-      dispatch(options.dtype().toScalarType(), [&](auto zero) {
-        using T = decltype(zero);
-        const T* rows = table.data_ptr<T>();
-        T* to = z.data_ptr<T>();
-        for (int64_t b = 0; b < size; ++b) std::copy(rows + s[b * width + t] * columns, rows + (s[b * width + t] + 1) * columns, to + b * columns);
-      });
+      gather_rows(table, s + t, width, z);
       z.addmm_(h, w_hh_t);
       z.narrow(1, 0, 2 * units).sigmoid_();
       z.narrow(1, 2 * units, units).tanh_();
@@ -896,17 +894,7 @@ struct PreRead : public torch::autograd::Function<PreRead> {
         }
       });
       dw_hh.addmm_(dz.t(), hs.select(0, t));
-      dispatch(hs.scalar_type(), [&](auto zero) {
-        using T = decltype(zero);
-        const T* from = dz.data_ptr<T>();
-        T* to = dtable.data_ptr<T>();
-        for (int64_t b = 0; b < size; ++b) {
-          if (t >= n[b]) continue;
-          T* __restrict__ row = to + s[b * width + t] * columns;
-          const T* __restrict__ value = from + b * columns;
-          for (int64_t j = 0; j < columns; ++j) row[j] += value[j];
-        }
-      });
+      add_rows(dtable, s + t, width, dz);  // rows whose input had ended add their zeros
       Tensor through = dz.mm(w_hh);
       dispatch(hs.scalar_type(), [&](auto zero) {
         using T = decltype(zero);
