@@ -154,7 +154,9 @@ def check_reinforce(
             ``loss`` is what the implementation minimizes for that episode. With ``batched=True``,
             ``episode(batch_size)`` runs that many independent episodes and returns per-row tensors of
             shape ``(batch_size,)``; rows that have finished must not branch (give them a distribution with
-            one action of nonzero probability), and rows must not interact.
+            one action of nonzero probability), and rows must not interact. A sampler call may draw
+            several decisions per episode at once: ``k * batch_size`` probability rows, the episode
+            first (row ``b * k + j`` is episode ``b``'s ``j``-th decision of the call).
         params: the parameters to check: a mapping name -> tensor (``dict(model.named_parameters())``),
             an iterable of tensors, or an ``nn.Module``. Leaf float64 tensors that require grad.
         rtol: relative tolerance of the elementwise comparison.

@@ -281,7 +281,12 @@ class PrefixChooser:
         in_range = (forced_action >= 0) & (forced_action < num_actions)
         safe_action = forced_action.clamp(0, num_actions - 1)
         feasible = in_range & support.gather(1, safe_action[:, None]).squeeze(1)
-        alive = ~self.invalid[episode]
+        # A row is alive at a slot if no earlier guess of its path failed, including a guess at an
+        # earlier slot of this same call: an invalid row must not spawn (its later slots follow
+        # first actions, so its spawns would repeat prefixes that valid rows cover).
+        fails = (in_forced & ~replayed & ~feasible).reshape(self.rows, per_row).to(torch.int8)
+        failed_before = (fails.cumsum(1) - fails).reshape(-1) > 0
+        alive = ~self.invalid[episode] & ~failed_before
 
         broken = replayed & ~feasible & alive
         if bool(broken.any()):

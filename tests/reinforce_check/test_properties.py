@@ -139,3 +139,84 @@ def test_sign_flipped_estimator_fails_whenever_the_gradient_is_not_zero(problem)
             check_reinforce(episode, {"logits": problem.logits}, rtol=1e-6, atol=1e-9)
     else:
         assert report.ok  # a (numerically) zero gradient is its own negative
+
+
+@dataclass
+class MultiDecisionProblem:
+    """``D`` decisions per step drawn in one ``torch.multinomial`` call over ``(rows * D, K)``
+    probabilities (the episode's rows first), each with logits, support and reward depending on the
+    step and the first decision of the previous step (index ``K`` at the first step)."""
+
+    K: int
+    T: int
+    D: int
+    logits: torch.Tensor  # (T, K + 1, D, K), requires grad
+    mask: torch.Tensor  # (T, K + 1, D, K) bool, at least one True per row
+    reward: torch.Tensor  # (T, K + 1, D, K)
+
+    def episode(self, rows: int):
+        previous = torch.full((rows,), self.K, dtype=torch.long)
+        policy = torch.softmax(self.logits.masked_fill(~self.mask, float("-inf")), -1)
+        log_probs, rewards = [], []
+        for t in range(self.T):
+            probs = policy[t, previous]  # (rows, D, K)
+            actions = torch.multinomial(probs.reshape(rows * self.D, self.K), 1).view(rows, self.D)
+            log_probs.append(torch.log(probs.gather(2, actions[..., None])).sum((1, 2)))
+            rewards.append(self.reward[t, previous[:, None], torch.arange(self.D), actions].sum(1))
+            previous = actions[:, 0]
+        reward = torch.stack(rewards, 1)
+        to_go = reward.flip(1).cumsum(1).flip(1)
+        return reward.sum(1), -(torch.stack(log_probs, 1) * to_go.detach()).sum(1)
+
+    def brute_force(self) -> tuple[int, torch.Tensor]:
+        """Number of feasible sequences and the exact J, by summing over every sequence."""
+        log_policy = torch.log_softmax(self.logits.masked_fill(~self.mask, float("-inf")), -1)
+        steps = list(itertools.product(range(self.K), repeat=self.D))
+        count, total = 0, torch.zeros((), dtype=torch.float64)
+        for sequence in itertools.product(steps, repeat=self.T):
+            previous, log_prob, reward = self.K, 0.0, 0.0
+            feasible = True
+            for t, actions in enumerate(sequence):
+                for d, action in enumerate(actions):
+                    if not bool(self.mask[t, previous, d, action]):
+                        feasible = False
+                    log_prob = log_prob + log_policy[t, previous, d, action]
+                    reward = reward + self.reward[t, previous, d, action]
+                previous = actions[0]
+            if feasible:
+                count += 1
+                total = total + torch.exp(log_prob) * reward
+        return count, total
+
+
+@st.composite
+def multi_decision_problems(draw) -> MultiDecisionProblem:
+    K = draw(st.integers(1, 3))
+    T = draw(st.integers(1, 3))
+    D = draw(st.integers(2, 3))
+    shape = (T, K + 1, D, K)
+    cells = T * (K + 1) * D * K
+    finite = st.floats(-3.0, 3.0, allow_nan=False, allow_infinity=False)
+    logits = torch.tensor(draw(st.lists(finite, min_size=cells, max_size=cells)), dtype=torch.float64)
+    reward = torch.tensor(draw(st.lists(finite, min_size=cells, max_size=cells)), dtype=torch.float64)
+    mask = torch.tensor(draw(st.lists(st.booleans(), min_size=cells, max_size=cells))).reshape(shape)
+    keep = torch.tensor(draw(st.lists(st.integers(0, K - 1), min_size=cells // K, max_size=cells // K)))
+    mask = mask | torch.nn.functional.one_hot(keep, K).bool().reshape(shape)  # never all masked
+    return MultiDecisionProblem(
+        K=K, T=T, D=D, logits=logits.reshape(shape).requires_grad_(), mask=mask, reward=reward.reshape(shape)
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(problem=multi_decision_problems())
+def test_several_decisions_per_call_enumerate_every_sequence_once(problem):
+    # A speculated guess that fails at one decision of a call must stop that row's spawns at the
+    # call's later decisions, or some sequences are counted twice (total probability above 1).
+    report = check_reinforce(problem.episode, {"logits": problem.logits}, batched=True, rtol=1e-6, atol=1e-9)
+    count, objective = problem.brute_force()
+    assert report.num_sequences == count
+    assert abs(report.total_probability - 1.0) <= 1e-12
+    assert report.objective == pytest.approx(float(objective.detach()), rel=1e-10, abs=1e-12)
+    (grad,) = torch.autograd.grad(objective, [problem.logits], allow_unused=True)
+    expected = torch.zeros_like(problem.logits) if grad is None else -grad
+    torch.testing.assert_close(report.parameters[0].target, expected, rtol=1e-9, atol=1e-12)
