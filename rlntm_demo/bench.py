@@ -13,7 +13,7 @@ What is measured:
   ``rollout_seconds`` (the episode, sampling included, recording the graph), ``loss_seconds``
   (the losses) and ``backward_seconds`` (the backward pass and the optimizer step); and
   ``sampling_seconds``, timed on its own: as many ``torch.multinomial`` calls as the rollout makes
-  (one per decision and step) on probabilities of the same shape.
+  (one per step, over every decision of every row) on probabilities of the same shape.
 
 **Why the bare LSTM is the yardstick.** The RL-NTM is, at its core, that LSTM run step by step in
 Python (the next input depends on the sampled actions, so no fused sequence kernel can run it).
@@ -121,12 +121,12 @@ def _measure(task_name: str, controller: str, batch_size: int, complexity: int, 
         steps_taken.append(int(rollout.mask.shape[1]))
 
     # What the rollout's sampling alone costs: as many torch.multinomial calls as it makes (one
-    # per decision and step), on probabilities of the same shape.
+    # per step, over the (batch_size * decisions, 3) rows), on probabilities of the same shape.
     decisions = 3 if task.interfaces.memory else 2
-    probabilities = torch.full((batch_size, 3), 1 / 3)
+    probabilities = torch.full((batch_size * decisions, 3), 1 / 3)
 
     def sampling() -> None:
-        for _ in range(steps * decisions):
+        for _ in range(steps):
             torch.multinomial(probabilities, 1)
 
     # The bare loop runs as many steps as the longest episode may (the batch's step bound); a

@@ -453,14 +453,15 @@ def _decide(probs: torch.Tensor, logits: torch.Tensor, greedy: bool) -> torch.Te
     """The decisions (B, D) from their probabilities and masked logits (B, D, 3): the most
     probable, or sampled.
 
-    One ``torch.multinomial`` call per decision, in the order input, memory, output (each (B, 3),
-    the batch first), which is what ``reinforce_check`` enumerates in batched mode. (A single call
-    over (B * D, 3) rows would be cheaper, but the check's batched enumeration then counts some
-    sequences twice.) Infeasible choices have probability exactly 0, so they are never drawn.
+    One ``torch.multinomial`` call per step over the (B * D, 3) rows, each row's decisions
+    together in the order input, memory, output: ``reinforce_check`` enumerates such a call in
+    batched mode as D decisions per episode. Infeasible choices have probability exactly 0, so
+    they are never drawn.
     """
     if greedy:
         return logits.argmax(-1)
-    return torch.cat([torch.multinomial(probs[:, d], 1) for d in range(probs.shape[1])], 1)
+    size, decisions, choices = probs.shape
+    return torch.multinomial(probs.reshape(size * decisions, choices), 1).view(size, decisions)
 
 
 def _mask_table(decisions: int, dtype: torch.dtype) -> torch.Tensor:

@@ -393,17 +393,16 @@ class Episode : public std::enable_shared_from_this<Episode> {
     const int64_t head_columns = heads.size(1), decisions = decisions_;
     // The masked logits and their softmax (three entries per decision).
     Tensor logits = at::empty({size_, decisions, 3}, heads.options());
-    // (B, D, 3) probabilities stored decision-major, so that each decision's (B, 3) block, which
-    // torch.multinomial samples from, is contiguous.
-    Tensor probs = at::empty({decisions, size_, 3}, heads.options()).transpose(0, 1);
+    // Contiguous (B, D, 3), so that the (B * D, 3) rows torch.multinomial samples from are a view.
+    Tensor probs = at::empty({size_, decisions, 3}, heads.options());
     const Tensor masks = mask.contiguous();
     by_dtype([&](auto zero) {
       using T = decltype(zero);
       const T *row = heads.data_ptr<T>(), *m = masks.data_ptr<T>();
       T *l = logits.data_ptr<T>(), *probabilities = probs.data_ptr<T>();
+      T* p = probabilities;
       for (int64_t b = 0; b < size_; ++b, row += head_columns) {
-        for (int64_t d = 0; d < decisions; ++d, m += 3, l += 3) {
-          T* p = probabilities + (d * size_ + b) * 3;
+        for (int64_t d = 0; d < decisions; ++d, m += 3, l += 3, p += 3) {
           for (int k = 0; k < 3; ++k) l[k] = row[3 * d + k] + m[k];
           const T top = std::max(l[0], std::max(l[1], l[2]));
           for (int k = 0; k < 3; ++k) p[k] = std::exp(l[k] - top);
@@ -548,8 +547,8 @@ class Episode : public std::enable_shared_from_this<Episode> {
         using T = decltype(zero);
         const T *g = grad.data_ptr<T>(), *probabilities = s.probs.data_ptr<T>();
         T* out = dlogits.data_ptr<T>();
-        for (int64_t i = 0; i < size_ * decisions_; ++i, g += 3, out += 3) {
-          const T* p = probabilities + ((i % decisions_) * size_ + i / decisions_) * 3;  // decision-major
+        const T* p = probabilities;
+        for (int64_t i = 0; i < size_ * decisions_; ++i, g += 3, out += 3, p += 3) {
           const T dot = g[0] * p[0] + g[1] * p[1] + g[2] * p[2];
           for (int k = 0; k < 3; ++k) out[k] = p[k] * (g[k] - dot);
         }

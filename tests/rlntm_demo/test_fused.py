@@ -62,9 +62,8 @@ def test_fused_loop_matches_plain_autograd(
     model, batch = build(task_name, controller, read_window=window, baseline=baseline, baseline_hidden_size=baseline_size)
     rollout = model.run_episode(batch, all_steps=True)
     decisions = 3 if model.config.interfaces.memory else 2
-    assert len(sampled_probs) == decisions * rollout.mask.shape[1]
-    probs = torch.stack(sampled_probs).view(-1, decisions, *sampled_probs[0].shape).transpose(0, 2)  # (B, D, T, 3)
-    probs = probs.transpose(1, 2)  # (B, T, D, 3)
+    assert len(sampled_probs) == rollout.mask.shape[1]  # one call per step, over (B * D, 3) rows
+    probs = torch.stack(sampled_probs).view(len(sampled_probs), batch.batch_size, decisions, 3).transpose(0, 1)  # (B, T, D, 3)
     reference = reference_replay(model, batch, rollout.actions)
     fast = {"probs": probs, "log_probs": rollout.log_probs, "rewards": rollout.rewards, "baselines": rollout.baselines}
     reference = {name: reference[name] for name in fast}

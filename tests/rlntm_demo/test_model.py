@@ -75,12 +75,12 @@ def test_finished_rows_are_masked_and_forced(monkeypatch: pytest.MonkeyPatch, se
     monkeypatch.setattr(torch, "multinomial", recording)
     rollout = model.run_episode(batch, all_steps=True)
     steps = rollout.mask.shape[1]
-    assert steps == int(batch.steps.max()) and len(seen) == 3 * steps
+    assert steps == int(batch.steps.max()) and len(seen) == steps  # one call per step, (B * 3, 3) rows
     assert not bool(rollout.mask.all())  # some row finished early
     for t in range(steps):
         done = ~rollout.mask[:, t]
         for k, stay in enumerate([STAY, STAY, OUTPUT_STAY]):
-            probs = seen[3 * t + k][done]
+            probs = seen[t].view(batch.batch_size, 3, 3)[:, k][done]
             assert bool((probs[:, stay] == 1).all()) and bool((probs.sum(1) == 1).all())
         assert bool((rollout.log_probs[:, t][done] == 0).all())
         assert bool((rollout.rewards[:, t][done] == 0).all())
