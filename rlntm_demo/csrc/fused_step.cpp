@@ -76,6 +76,32 @@ void add_rows(Tensor& rows, const int64_t* index, int64_t stride, const Tensor& 
   });
 }
 
+// tanh(x / 2) -> sigmoid(x), in place, for n entries.
+template <typename T>
+void sigmoid_from_half_tanh(int64_t n, T* __restrict__ a) {
+  for (int64_t j = 0; j < n; ++j) a[j] = T(0.5) * a[j] + T(0.5);
+}
+
+// One live row of the memory write's backward: the new content's gradient (the cell's, plus
+// ``ext``'s where given) goes to the keep gate, the value and the old content; the cell's
+// gradient is then used up.
+template <typename T>
+void write_backward_row(int64_t width, const T* __restrict__ ext, T* __restrict__ cell, const T* __restrict__ keep,
+                        const T* __restrict__ value, const T* __restrict__ old, T* __restrict__ dnew,
+                        T* __restrict__ dkeep_gate, T* __restrict__ dvalue, T* __restrict__ dold) {
+  if (ext) {
+    for (int64_t j = 0; j < width; ++j) dnew[j] = cell[j] + ext[j];
+  } else {
+    for (int64_t j = 0; j < width; ++j) dnew[j] = cell[j];
+  }
+  for (int64_t j = 0; j < width; ++j) {
+    cell[j] = 0;
+    dkeep_gate[j] = dnew[j] * old[j] * (1 - keep[j]) * keep[j];
+    dvalue[j] = dnew[j] * (1 - value[j] * value[j]);
+    dold[j] = dnew[j] * keep[j];
+  }
+}
+
 // One row of the LSTM cell's backward: the pre-activations' gradients from those of h and c
 // (dc becomes the previous c's gradient). Separate restrict pointers so that it vectorizes.
 template <typename T>
@@ -306,6 +332,24 @@ class Episode : public std::enable_shared_from_this<Episode> {
     heads_w_memory_t_ = heads_w.narrow(1, logit_columns_, heads_w.size(1) - logit_columns_).t().contiguous();
     if (w_h_.defined()) w_h_t_ = w_h_.t().contiguous();
     if (w_reads_controller_.defined()) w_reads_controller_t_ = w_reads_controller_.t().contiguous();
+    // The forward pass multiplies by copies whose sigmoid columns are halved, so that one tanh over
+    // the whole product gives every activation: sigmoid(x) = (1 + tanh(x / 2)) / 2, and halving is
+    // exact. The backward pass works with the weights as they are.
+    auto halved = [&](const Tensor& w, int64_t first, int64_t count) {
+      if (!w.defined() || count == 0) return w.defined() ? w.contiguous() : w;
+      Tensor copy = w.clone(at::MemoryFormat::Contiguous);
+      copy.narrow(-1, first, count).mul_(0.5);
+      return copy;
+    };
+    const int64_t gates = 3 * units_;
+    forward_action_table_ = halved(action_table_, 0, gates);
+    forward_centre_rows_ = halved(centre_rows_, 0, gates);
+    forward_table_ = window_cells_ > 1 ? halved(table_, 0, gates) : Tensor();
+    forward_w_reads_ = memory_ ? halved(w_reads_, 0, gates) : Tensor();
+    forward_w_h_ = halved(w_h_, 0, gates);
+    const int64_t write_gates = memory_ ? width_ + (direct_ ? 3 : 0) : 0;
+    forward_heads_w_ = halved(heads_w_, logit_columns_, write_gates);
+    forward_heads_b_ = halved(heads_b_, logit_columns_, write_gates);
     h_ = h0 ? h0->contiguous() : Tensor();
     c_ = c0 ? c0->contiguous() : Tensor();
     hs_.push_back(h_);
@@ -321,7 +365,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
       using T = decltype(zero);
       const int64_t columns = z.size(1);
       const int64_t* at = table_index.data_ptr<int64_t>();
-      const T *actions = action_table_.data_ptr<T>(), *centres = centre_rows_.data_ptr<T>();
+      const T *actions = forward_action_table_.data_ptr<T>(), *centres = forward_centre_rows_.data_ptr<T>();
       T* to = z.data_ptr<T>();
       for (int64_t b = 0; b < size_; ++b) {
         const T* __restrict__ first = actions + at[b] / symbols_count_ * columns;
@@ -330,29 +374,30 @@ class Episode : public std::enable_shared_from_this<Episode> {
         for (int64_t j = 0; j < columns; ++j) row[j] = first[j] + second[j];
       }
     });
-    if (extra_index) z += table_.index_select(0, *extra_index).view({size_, -1, z.size(1)}).sum(1);
+    if (extra_index) z += forward_table_.index_select(0, *extra_index).view({size_, -1, z.size(1)}).sum(1);
     Tensor reads, window;
     if (memory_) {
       reads = at::empty({read_rows->numel(), width_}, tape_.options());
       gather_rows(tape_, read_rows->data_ptr<int64_t>(), 1, reads);
       window = reads.view({size_, -1});
       if (reads_ > window_cells_) window = window.narrow(1, 0, window_cells_ * width_);
-      z.addmm_(window, w_reads_);
+      z.addmm_(window, forward_w_reads_);
       if (want_windows_) reads_list_.push_back(window);
     }
     // z becomes the activations in place: the sigmoid gates, then the tanh part.
     const int64_t columns = z.size(1), units = units_;
     Tensor c, tc, output;
     if (units) {
-      z.addmm_(h_, w_h_);
-      z.narrow(1, 0, 3 * units).sigmoid_();
-      z.narrow(1, 3 * units, columns - 3 * units).tanh_();
+      z.addmm_(h_, forward_w_h_);
+      z.tanh_();
       c = at::empty({size_, units}, z.options());
       by_dtype([&](auto zero) {
         using T = decltype(zero);
-        const T *a = z.data_ptr<T>(), *before = c_.data_ptr<T>();
+        T* a = z.data_ptr<T>();
+        const T* before = c_.data_ptr<T>();
         T* out = c.data_ptr<T>();
         for (int64_t b = 0; b < size_; ++b, a += columns, before += units, out += units) {
+          sigmoid_from_half_tanh(3 * units, a);
           for (int64_t j = 0; j < units; ++j) out[j] = a[units + j] * before[j] + a[j] * a[3 * units + j];
         }
       });
@@ -384,12 +429,12 @@ class Episode : public std::enable_shared_from_this<Episode> {
     Tensor heads = at::empty({size_, heads_b_.size(0)}, z.options());
     by_dtype([&](auto zero) {
       using T = decltype(zero);
-      const T* bias = heads_b_.data_ptr<T>();
+      const T* bias = forward_heads_b_.data_ptr<T>();
       T* to = heads.data_ptr<T>();
       const int64_t n = heads_b_.size(0);
       for (int64_t b = 0; b < size_; ++b) std::copy(bias, bias + n, to + b * n);
     });
-    heads.addmm_(output, heads_w_);
+    heads.addmm_(output, forward_heads_w_);
     const int64_t head_columns = heads.size(1), decisions = decisions_;
     // The masked logits and their softmax (three entries per decision).
     Tensor logits = at::empty({size_, decisions, 3}, heads.options());
@@ -415,18 +460,19 @@ class Episode : public std::enable_shared_from_this<Episode> {
     if (memory_) {
       // The write: keep gate (and the direct-access gates), then the value; activated in place.
       const int64_t width = width_, gate_width = width + (direct_ ? 3 : 0), first = logit_columns_;
-      heads.narrow(1, first, gate_width).sigmoid_();
-      heads.narrow(1, first + gate_width, width).tanh_();
+      heads.narrow(1, first, gate_width + width).tanh_();  // the gates' columns were halved
       Tensor written = direct_ ? at::empty({size_, width}, heads.options()) : Tensor();
       const Tensor alive = live.contiguous(), symbols = symbol.contiguous(), rows = write_row->contiguous();
       by_dtype([&](auto zero) {
         using T = decltype(zero);
-        const T *row = heads.data_ptr<T>(), *cells = reads.data_ptr<T>();
+        T* row = heads.data_ptr<T>();
+        const T* cells = reads.data_ptr<T>();
         const bool* is_live = alive.data_ptr<bool>();
         const int64_t *sym = symbols.data_ptr<int64_t>(), *target = rows.data_ptr<int64_t>();
         T* tape = tape_.data_ptr<T>();
         T* kept = direct_ ? written.data_ptr<T>() : nullptr;
         for (int64_t b = 0; b < size_; ++b, row += head_columns, cells += reads_ * width) {
+          sigmoid_from_half_tanh(gate_width, row + first);
           const T *keep = row + first, *value = row + first + gate_width, *old = cells + centre_ * width;
           T* cell = tape + target[b] * width;
           T* copy = kept ? kept + b * width : nullptr;
@@ -576,22 +622,24 @@ class Episode : public std::enable_shared_from_this<Episode> {
         T *dm = dmemory.data_ptr<T>(), *dkeep = dold.data_ptr<T>();
         T* dn = direct_ ? dneighbours.data_ptr<T>() : nullptr;
         std::vector<T> dnew(width);
+        T* __restrict__ dn_row = dnew.data();
         for (int64_t b = 0; b < size_; ++b, row += head_columns, cells += reads_ * width, dm += gate_width + width,
                      dkeep += width) {
           const T *keep = row + first, *value = row + first + gate_width, *old = cells + centre_ * width;
           const T* ext = extra ? extra + b * extra_stride : nullptr;
           T* cell = tape + target[b] * width;
-          const bool alive = is_live[b];
-          for (int64_t j = 0; j < width; ++j) {
-            dnew[j] = alive ? (ext ? cell[j] + ext[j] : cell[j]) : T(0);
-            if (alive) cell[j] = 0;
+          if (!is_live[b]) {  // the cell kept its content: its gradient stays there
+            std::fill(dn_row, dn_row + width, T(0));
+            std::fill(dm, dm + gate_width + width, T(0));
+            if (ext) {
+              std::copy(ext, ext + width, dkeep);
+            } else {
+              std::fill(dkeep, dkeep + width, T(0));
+            }
+            if (dn) std::fill(dn + b * 2 * width, dn + (b + 1) * 2 * width, T(0));
+            continue;
           }
-          for (int64_t j = 0; j < width; ++j) {
-            dm[j] = dnew[j] * old[j] * (1 - keep[j]) * keep[j];
-            dm[gate_width + j] = dnew[j] * (1 - value[j] * value[j]);
-            dkeep[j] = dnew[j] * keep[j];
-            if (ext && !alive) dkeep[j] += ext[j];
-          }
+          write_backward_row(width, ext, cell, keep, value, old, dn_row, dm, dm + gate_width, dkeep);
           if (direct_) {
             const T *left = cells + window_cells_ * width, *right = left + width;
             const T symbol_gate = keep[width], left_gate = keep[width + 1], right_gate = keep[width + 2];
@@ -781,6 +829,8 @@ class Episode : public std::enable_shared_from_this<Episode> {
   // Weights and what is derived from them once per episode.
   Tensor table_, action_table_, centre_rows_, w_reads_controller_, w_reads_, w_h_, heads_w_, heads_b_;
   Tensor heads_w_logits_t_, heads_w_memory_t_, w_h_t_, w_reads_controller_t_;
+  Tensor forward_action_table_, forward_centre_rows_, forward_table_, forward_w_reads_, forward_w_h_, forward_heads_w_,
+      forward_heads_b_;
   int64_t logit_columns_ = 0;
   bool has_reads_base_ = false;
 
