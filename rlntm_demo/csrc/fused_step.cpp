@@ -315,41 +315,76 @@ class Episode : public std::enable_shared_from_this<Episode> {
     TORCH_CHECK(table.device().is_cpu(), "the native step loop runs on the CPU; set RLNTM_NATIVE=0 for another device");
     dtype_ = table.scalar_type();
     if (memory_) tape_ = at::zeros({size_ * cells_, width_}, table.options());
-    table_ = table;
-    Tensor centre_rows = table.narrow(0, centre_ * symbols_count_, symbols_count_);
+    const Tensor centre_rows = table.narrow(0, centre_ * symbols_count_, symbols_count_);
     // A step's one-hot part starts from (previous decisions' row) + (centre symbol's row): the
     // Python loop gathers it from a table of every sum, this one adds the two rows.
-    action_table_ = action_table.contiguous();
-    centre_rows_ = centre_rows.contiguous();
-    w_reads_controller_ = value_or_undefined(w_reads);
+    //
+    // Inside this class the product's columns are ordered by LSTM: the controller's gates (input,
+    // forget, output, candidate), then the baseline's, then any feed-forward units. The two LSTMs
+    // never see each other's state, so the recurrent product is two blocks instead of one matrix
+    // that is half zeros (and likewise its backward). ``order_`` maps this order to the plan's
+    // columns (gate-major); the gradients are mapped back in backward_start.
+    const int64_t columns = action_table.size(1);
+    parts_.clear();
+    if (controller_units_) parts_.push_back({0, controller_units_});
+    if (units_ > controller_units_) parts_.push_back({controller_units_, units_ - controller_units_});
+    std::vector<int64_t> order;
+    for (const auto& [offset, n] : parts_) {
+      for (int64_t gate = 0; gate < 4; ++gate) {
+        for (int64_t j = 0; j < n; ++j) order.push_back(gate * units_ + offset + j);
+      }
+    }
+    for (int64_t k = 4 * units_; k < columns; ++k) order.push_back(k);
+    order_ = at::tensor(order, at::kLong);
+    inverse_ = at::empty_like(order_);
+    inverse_.index_put_({order_}, at::arange(columns, at::kLong));
+    auto ordered = [&](const Tensor& w) { return w.index_select(-1, order_); };
+    // The forward pass multiplies by copies whose sigmoid columns are halved, so that one tanh over
+    // the whole product gives every activation: sigmoid(x) = (1 + tanh(x / 2)) / 2, and halving is
+    // exact. The backward pass works with the weights as they are.
+    Tensor scale = at::ones({columns}, table.options());
+    scale.narrow(0, 0, 3 * units_).fill_(0.5);
+    scale = ordered(scale);
+    table_ = table;
+    action_table_ = ordered(action_table);
+    centre_rows_ = ordered(centre_rows);
+    forward_action_table_ = action_table_ * scale;
+    forward_centre_rows_ = centre_rows_ * scale;
+    forward_table_ = window_cells_ > 1 ? ordered(table) * scale : Tensor();
     has_reads_base_ = w_reads_base.has_value();
-    w_reads_ = has_reads_base_ ? w_reads_controller_ + *w_reads_base : w_reads_controller_;
-    w_h_ = value_or_undefined(w_h);
+    if (memory_) {
+      const Tensor controller_reads = ordered(*w_reads);
+      const Tensor reads = has_reads_base_ ? controller_reads + ordered(*w_reads_base) : controller_reads;
+      reads_shape_ = reads;
+      forward_w_reads_ = reads * scale;
+      // The gradient of the cells read comes from the controller's columns only (the baseline reads
+      // a detached copy): one contiguous range of the internal order.
+      const int64_t first = controller_units_ ? 0 : 4 * units_;
+      const int64_t count = controller_units_ ? 4 * controller_units_ : columns - 4 * units_;
+      controller_columns_ = {first, count};
+      w_reads_controller_t_ = controller_reads.narrow(1, first, count).t().contiguous();
+    }
+    forward_w_h_.clear();
+    w_h_t_.clear();
+    if (units_) {
+      const Tensor recurrent = ordered(*w_h);
+      w_h_shape_ = *w_h;
+      for (const auto& [offset, n] : parts_) {
+        const Tensor block = recurrent.narrow(0, offset, n).narrow(1, 4 * offset, 4 * n);
+        forward_w_h_.push_back((block * scale.narrow(0, 4 * offset, 4 * n)).contiguous());
+        w_h_t_.push_back(block.t().contiguous());
+      }
+    }
     heads_w_ = heads_w;
     heads_b_ = heads_b;
     logit_columns_ = 3 * decisions_;
     heads_w_logits_t_ = heads_w.narrow(1, 0, logit_columns_).t().contiguous();
     heads_w_memory_t_ = heads_w.narrow(1, logit_columns_, heads_w.size(1) - logit_columns_).t().contiguous();
-    if (w_h_.defined()) w_h_t_ = w_h_.t().contiguous();
-    if (w_reads_controller_.defined()) w_reads_controller_t_ = w_reads_controller_.t().contiguous();
-    // The forward pass multiplies by copies whose sigmoid columns are halved, so that one tanh over
-    // the whole product gives every activation: sigmoid(x) = (1 + tanh(x / 2)) / 2, and halving is
-    // exact. The backward pass works with the weights as they are.
-    auto halved = [&](const Tensor& w, int64_t first, int64_t count) {
-      if (!w.defined() || count == 0) return w.defined() ? w.contiguous() : w;
-      Tensor copy = w.clone(at::MemoryFormat::Contiguous);
-      copy.narrow(-1, first, count).mul_(0.5);
-      return copy;
-    };
-    const int64_t gates = 3 * units_;
-    forward_action_table_ = halved(action_table_, 0, gates);
-    forward_centre_rows_ = halved(centre_rows_, 0, gates);
-    forward_table_ = window_cells_ > 1 ? halved(table_, 0, gates) : Tensor();
-    forward_w_reads_ = memory_ ? halved(w_reads_, 0, gates) : Tensor();
-    forward_w_h_ = halved(w_h_, 0, gates);
     const int64_t write_gates = memory_ ? width_ + (direct_ ? 3 : 0) : 0;
-    forward_heads_w_ = halved(heads_w_, logit_columns_, write_gates);
-    forward_heads_b_ = halved(heads_b_, logit_columns_, write_gates);
+    forward_heads_w_ = heads_w_.clone(at::MemoryFormat::Contiguous);
+    forward_heads_b_ = heads_b_.clone(at::MemoryFormat::Contiguous);
+    forward_heads_w_.narrow(1, logit_columns_, write_gates).mul_(0.5);
+    forward_heads_b_.narrow(0, logit_columns_, write_gates).mul_(0.5);
     h_ = h0 ? h0->contiguous() : Tensor();
     c_ = c0 ? c0->contiguous() : Tensor();
     hs_.push_back(h_);
@@ -361,6 +396,11 @@ class Episode : public std::enable_shared_from_this<Episode> {
     // Nothing here is recorded: the step is one node of the graph, whose backward is below.
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     Tensor z = at::empty({size_, action_table_.size(1)}, action_table_.options());
+    // The recurrent products, one block per LSTM, added to the one-hot part below.
+    std::array<Tensor, 2> recurrent;
+    for (size_t p = 0; p < parts_.size(); ++p) {
+      recurrent[p] = at::mm(h_.narrow(1, parts_[p].first, parts_[p].second), forward_w_h_[p]);
+    }
     by_dtype([&](auto zero) {
       using T = decltype(zero);
       const int64_t columns = z.size(1);
@@ -371,7 +411,14 @@ class Episode : public std::enable_shared_from_this<Episode> {
         const T* __restrict__ first = actions + at[b] / symbols_count_ * columns;
         const T* __restrict__ second = centres + at[b] % symbols_count_ * columns;
         T* __restrict__ row = to + b * columns;
-        for (int64_t j = 0; j < columns; ++j) row[j] = first[j] + second[j];
+        int64_t j = 0;
+        for (size_t p = 0; p < parts_.size(); ++p) {
+          const int64_t n = 4 * parts_[p].second;
+          const T* __restrict__ product = recurrent[p].data_ptr<T>() + b * n;
+          for (int64_t i = 0; i < n; ++i) row[j + i] = first[j + i] + second[j + i] + product[i];
+          j += n;
+        }
+        for (; j < columns; ++j) row[j] = first[j] + second[j];
       }
     });
     if (extra_index) z += forward_table_.index_select(0, *extra_index).view({size_, -1, z.size(1)}).sum(1);
@@ -388,27 +435,32 @@ class Episode : public std::enable_shared_from_this<Episode> {
     const int64_t columns = z.size(1), units = units_;
     Tensor c, tc, output;
     if (units) {
-      z.addmm_(h_, forward_w_h_);
       z.tanh_();
       c = at::empty({size_, units}, z.options());
       by_dtype([&](auto zero) {
         using T = decltype(zero);
-        T* a = z.data_ptr<T>();
+        T* z_row = z.data_ptr<T>();
         const T* before = c_.data_ptr<T>();
         T* out = c.data_ptr<T>();
-        for (int64_t b = 0; b < size_; ++b, a += columns, before += units, out += units) {
-          sigmoid_from_half_tanh(3 * units, a);
-          for (int64_t j = 0; j < units; ++j) out[j] = a[units + j] * before[j] + a[j] * a[3 * units + j];
+        for (int64_t b = 0; b < size_; ++b, z_row += columns, before += units, out += units) {
+          for (const auto& [offset, n] : parts_) {
+            T* a = z_row + 4 * offset;
+            sigmoid_from_half_tanh(3 * n, a);
+            for (int64_t j = 0; j < n; ++j) out[offset + j] = a[n + j] * before[offset + j] + a[j] * a[3 * n + j];
+          }
         }
       });
       tc = c.tanh();
       Tensor h = at::empty_like(c);
       by_dtype([&](auto zero) {
         using T = decltype(zero);
-        const T *a = z.data_ptr<T>(), *tanh_c = tc.data_ptr<T>();
+        const T *z_row = z.data_ptr<T>(), *tanh_c = tc.data_ptr<T>();
         T* out = h.data_ptr<T>();
-        for (int64_t b = 0; b < size_; ++b, a += columns, tanh_c += units, out += units) {
-          for (int64_t j = 0; j < units; ++j) out[j] = a[2 * units + j] * tanh_c[j];
+        for (int64_t b = 0; b < size_; ++b, z_row += columns, tanh_c += units, out += units) {
+          for (const auto& [offset, n] : parts_) {
+            const T* a = z_row + 4 * offset;
+            for (int64_t j = 0; j < n; ++j) out[offset + j] = a[2 * n + j] * tanh_c[offset + j];
+          }
         }
       });
       h_ = h;
@@ -691,8 +743,12 @@ class Episode : public std::enable_shared_from_this<Episode> {
           if (controller && dout) {
             for (int64_t j = 0; j < controller; ++j) dh_row[j] += dout[b * out_columns + j];
           }
-          lstm_backward_row(units, act, act + units, act + 2 * units, act + 3 * units, tc_row, c_row, dh_row, dc_row,
-                            grad, grad + units, grad + 2 * units, grad + 3 * units);
+          for (const auto& [offset, n] : parts_) {
+            const T* a = act + 4 * offset;
+            T* g = grad + 4 * offset;
+            lstm_backward_row(n, a, a + n, a + 2 * n, a + 3 * n, tc_row + offset, c_row + offset, dh_row + offset,
+                              dc_row + offset, g, g + n, g + 2 * n, g + 3 * n);
+          }
           if (!controller) {  // a feed-forward controller's tanh units
             for (int64_t k = 4 * units; k < columns; ++k) {
               grad[k] = dout ? dout[b * out_columns + k - 4 * units] * (1 - act[k] * act[k]) : T(0);
@@ -705,9 +761,12 @@ class Episode : public std::enable_shared_from_this<Episode> {
         }
       }
     });
-    if (units) {
-      w_h_grad_.addmm_(hs_[t].t(), dz);
-      at::mm_out(dh_, dz, w_h_t_);
+    for (size_t p = 0; p < parts_.size(); ++p) {
+      const auto& [offset, n] = parts_[p];
+      const Tensor block = dz.narrow(1, 4 * offset, 4 * n);
+      w_h_grad_[p].addmm_(hs_[t].narrow(1, offset, n).t(), block);
+      Tensor into = dh_.narrow(1, offset, n);
+      at::mm_out(into, block, w_h_t_[p]);
     }
     // The combined table's rows are (previous decisions, centre symbol) pairs: each row's
     // gradient goes to both of its parts.
@@ -721,7 +780,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
     if (memory_) {
       w_reads_grad_.addmm_(s.window.t(), dz);
       // The reads: their gradient adds into the cells read (a cell read twice gets both).
-      Tensor dreads = dz.mm(w_reads_controller_t_);
+      Tensor dreads = dz.narrow(1, controller_columns_.first, controller_columns_.second).mm(w_reads_controller_t_);
       if (grad_window.defined()) dreads += grad_window;
       by_dtype([&](auto zero) {
         using T = decltype(zero);
@@ -759,15 +818,23 @@ class Episode : public std::enable_shared_from_this<Episode> {
       grads[0] = grad_token->narrow(0, 0, size_ * units_).view({size_, units_});
       grads[1] = grad_token->narrow(0, size_ * units_, size_ * units_).view({size_, units_});
     }
+    // Back to the plan's column order.
     Tensor dtable = table_grad_.defined() ? table_grad_ : at::zeros_like(table_);
     dtable.narrow(0, centre_ * symbols_count_, symbols_count_).add_(centre_grad_);
-    grads[2] = dtable;
-    grads[3] = action_grad_;
+    grads[2] = dtable.index_select(1, inverse_);
+    grads[3] = action_grad_.index_select(1, inverse_);
     if (memory_) {
-      grads[4] = w_reads_grad_;
-      if (has_reads_base_) grads[5] = w_reads_grad_.clone();
+      grads[4] = w_reads_grad_.index_select(1, inverse_);
+      if (has_reads_base_) grads[5] = grads[4]->clone();
     }
-    if (units_) grads[6] = w_h_grad_;
+    if (units_) {
+      Tensor recurrent = at::zeros_like(w_h_shape_);
+      for (size_t p = 0; p < parts_.size(); ++p) {
+        const auto& [offset, n] = parts_[p];
+        recurrent.narrow(0, offset, n).narrow(1, 4 * offset, 4 * n).copy_(w_h_grad_[p]);
+      }
+      grads[6] = recurrent.index_select(1, inverse_);
+    }
     grads[7] = heads_w_grad_;
     grads[8] = heads_b_grad_;
     if (grad_logits_.defined()) {
@@ -806,8 +873,9 @@ class Episode : public std::enable_shared_from_this<Episode> {
     action_grad_ = at::zeros_like(action_table_);
     centre_grad_ = at::zeros_like(centre_rows_);
     table_grad_ = window_cells_ > 1 ? at::zeros_like(table_) : Tensor();
-    w_reads_grad_ = memory_ ? at::zeros_like(w_reads_) : Tensor();
-    w_h_grad_ = units_ ? at::zeros_like(w_h_) : Tensor();
+    w_reads_grad_ = memory_ ? at::zeros_like(reads_shape_) : Tensor();
+    w_h_grad_.clear();
+    for (const auto& [offset, n] : parts_) w_h_grad_.push_back(at::zeros({n, 4 * n}, table_.options()));
     pass_open_ = true;
   }
 
@@ -827,9 +895,15 @@ class Episode : public std::enable_shared_from_this<Episode> {
   at::ScalarType dtype_ = at::kFloat;
 
   // Weights and what is derived from them once per episode.
-  Tensor table_, action_table_, centre_rows_, w_reads_controller_, w_reads_, w_h_, heads_w_, heads_b_;
-  Tensor heads_w_logits_t_, heads_w_memory_t_, w_h_t_, w_reads_controller_t_;
-  Tensor forward_action_table_, forward_centre_rows_, forward_table_, forward_w_reads_, forward_w_h_, forward_heads_w_,
+  // Columns of the product in this class's order (see begin): (offset, units) of each LSTM in the
+  // state, and the internal -> plan column maps.
+  std::vector<std::pair<int64_t, int64_t>> parts_;
+  std::pair<int64_t, int64_t> controller_columns_;
+  Tensor order_, inverse_;
+  Tensor table_, action_table_, centre_rows_, reads_shape_, w_h_shape_, heads_w_, heads_b_;
+  Tensor heads_w_logits_t_, heads_w_memory_t_, w_reads_controller_t_;
+  std::vector<Tensor> w_h_t_, forward_w_h_;
+  Tensor forward_action_table_, forward_centre_rows_, forward_table_, forward_w_reads_, forward_heads_w_,
       forward_heads_b_;
   int64_t logit_columns_ = 0;
   bool has_reads_base_ = false;
@@ -845,7 +919,8 @@ class Episode : public std::enable_shared_from_this<Episode> {
   Tensor grad_token_, dh_, dc_, tape_grad_, grad_logits_;
   bool pass_open_ = false;
   Tensor heads_w_grad_, heads_b_grad_, heads_w_logits_grad_, heads_w_memory_grad_, heads_b_logits_grad_,
-      heads_b_memory_grad_, action_grad_, centre_grad_, table_grad_, w_reads_grad_, w_h_grad_;
+      heads_b_memory_grad_, action_grad_, centre_grad_, table_grad_, w_reads_grad_;
+  std::vector<Tensor> w_h_grad_;
 };
 
 // The baseline's pre-reader (controllers.OfflineBaseline.read_tape): a torch-layout LSTM (gates
