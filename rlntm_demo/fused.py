@@ -10,8 +10,9 @@ tensors, and a backward operation or several). So the step loop records only the
   tandem part alongside), the decision logits and probabilities, and the memory write, computed
   with gradient recording off; takes the previous token and returns a new one and the
   probabilities (what ``torch.multinomial`` samples from, and what an exact check differentiates);
-* :class:`_Finish`, once per episode: returns everything the loss needs from every step (decision
-  logits, controller outputs, baseline LSTM states, written cells), stacked.
+* :class:`_Finish`, once per episode: returns everything the loss needs from every step (the
+  log-probabilities of the decisions taken, controller outputs, baseline LSTM states, written
+  cells), stacked.
 
 The tokens chain the nodes, so backward visits them in exactly the reverse order: ``_Finish``,
 the steps from last to first, ``_Start``. A token carries no values; its gradient is the gradient
@@ -48,7 +49,7 @@ from torch.autograd.function import once_differentiable
 from . import native
 from .config import NUM_SYMBOLS
 
-__all__ = ["Episode", "finish", "new_episode", "read_tape", "start", "step"]
+__all__ = ["Episode", "argmax_last", "finish", "new_episode", "read_tape", "start", "step"]
 
 _sigmoid_backward = torch.ops.aten.sigmoid_backward
 _tanh_backward = torch.ops.aten.tanh_backward
@@ -363,10 +364,15 @@ class Episode:
         return probs
 
     def stacked(self) -> tuple[torch.Tensor | None, ...]:
-        """Every step's decision logits (B, T, D, 3), controller outputs (B, T, hidden), baseline
-        LSTM states (B, T, units), written cells (B, T, width; direct access) and memory windows
-        read (B, T, window cells * width; when asked for), ``None`` for what does not exist."""
-        logits = torch.stack(self.logits, 1)
+        """Every step's log-probabilities of the decisions taken (B, T, D; :meth:`advance` recorded
+        them), controller outputs (B, T, hidden), baseline LSTM states (B, T, units), written cells
+        (B, T, width; direct access) and memory windows read (B, T, window cells * width; when asked
+        for), ``None`` for what does not exist."""
+        logits = torch.stack(self.logits, 1)  # (B, T, D, 3), infeasible at -inf (never taken)
+        actions = torch.stack(self.records["actions"], 1)
+        # The chosen logit minus the log-sum-exp: cheaper than a log-softmax over three entries.
+        chosen = logits.gather(3, actions[..., None])[..., 0] - logits.logsumexp(-1)
+        self.chosen = (logits, actions)
         units, controller = self.units, self.controller_units
         outputs = baseline = None
         if units:
@@ -381,17 +387,21 @@ class Episode:
         windows = None
         if self.want_windows and self.memory:
             windows = torch.stack(self.reads_list, 1)
-        return logits, outputs, baseline, written, windows
+        return chosen, outputs, baseline, written, windows
 
     # -- backward --------------------------------------------------------------------------
 
     def begin_backward(self, grads: tuple[torch.Tensor | None, ...]) -> None:
         """Before the steps' backward: the gradients of _Finish's outputs, turned into what each
         step adds to the gradient of its ``h`` (and of a feed-forward controller's output)."""
-        grad_logits, grad_outputs, grad_baseline, grad_written, grad_windows = grads
+        grad_chosen, grad_outputs, grad_baseline, grad_written, grad_windows = grads
         size, steps = self.size, len(self.logits)
-        through_logits = None
-        if grad_logits is not None:
+        through_logits = grad_logits = None
+        if grad_chosen is not None:
+            # d log p(a) / d logits = onehot(a) - p.
+            logits, actions = self.chosen
+            grad_logits = torch.softmax(logits, -1).mul_(-grad_chosen[..., None])
+            grad_logits.scatter_add_(3, actions[..., None], grad_chosen[..., None])
             grad_logits = grad_logits.reshape(size, steps, 3 * self.decisions)
             through_logits = grad_logits.matmul(self.heads_w_logits_t)
         if grad_outputs is not None:
@@ -648,3 +658,13 @@ def step(episode: Episode, token: torch.Tensor, t: int) -> tuple[torch.Tensor, t
 def finish(episode: Episode, token: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     """End the episode: :meth:`Episode.stacked`, differentiable."""
     return _Finish.apply(token, episode)
+
+
+def argmax_last(values: torch.Tensor) -> torch.Tensor:
+    """``values.argmax(-1)`` (the first of equal entries; a NaN counts as the largest), in one C++
+    pass where :mod:`rlntm_demo.native` is built: torch's argmax over a last dimension as short as
+    the 35 prediction symbols costs several times more. Not differentiable (an index)."""
+    module = native.extension()
+    if module is None or values.device.type != "cpu" or values.dtype not in (torch.float32, torch.float64):
+        return values.argmax(-1)
+    return module.argmax_last(values.detach())

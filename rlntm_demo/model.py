@@ -283,22 +283,22 @@ class RLNTM(nn.Module):
             token, probs = fused.step(episode, token, t)
             episode.advance(_decide(probs, episode.last_logits(), greedy))
 
-        logits, outputs, baseline_states, written, memory_windows = fused.finish(episode, token)
-        assert logits is not None and outputs is not None
+        chosen_log_probs, outputs, baseline_states, written, memory_windows = fused.finish(episode, token)
+        assert chosen_log_probs is not None and outputs is not None
         actions, live, symbols, input_at, output_at, memory_at = episode.stacked_records()
         assert actions is not None and live is not None and symbols is not None and input_at is not None and output_at is not None
         stacked = {"actions": actions, "mask": live, "symbols": symbols, "input_heads": input_at - input_origin[:, None],
                    "output_positions": output_at - output_origin[:, None]}
         if memory_at is not None:
             stacked["memory_heads"] = memory_at % config.memory_cells
-        return self._finish(batch, plan, stacked, logits, outputs, baseline_states, written, memory_windows, greedy)
+        return self._finish(batch, plan, stacked, chosen_log_probs, outputs, baseline_states, written, memory_windows, greedy)
 
     def _finish(
         self,
         batch: Batch,
         plan: _StepPlan,
         record: dict[str, torch.Tensor],
-        logits: torch.Tensor,
+        chosen_log_probs: torch.Tensor,
         hidden: torch.Tensor,
         baseline_states: torch.Tensor | None,
         cells: torch.Tensor | None,
@@ -310,10 +310,7 @@ class RLNTM(nn.Module):
         controller = self.controller
         size = batch.batch_size
         mask = record["mask"]
-        chosen = record["actions"]  # (B, T, D)
-        # logits: (B, T, D, 3), infeasible at -inf (a chosen one never is). The chosen logit
-        # minus the log-sum-exp: cheaper than a log-softmax over three entries.
-        chosen_log_probs = logits.gather(3, chosen[..., None])[..., 0] - logits.logsumexp(-1)
+        chosen = record["actions"]  # (B, T, D), their log-probabilities (B, T, D)
         steps = mask.shape[1]
         if chosen.shape[2] == 2:  # no memory: the memory "decision" is a forced stay
             stay = torch.full((size, steps, 1), STAY, dtype=torch.long)
@@ -332,7 +329,7 @@ class RLNTM(nn.Module):
         target_log_probs = prediction_logits.gather(2, targets[..., None])[..., 0] - prediction_logits.logsumexp(-1)
         predicting = chosen[..., OUTPUT] == OUTPUT_PREDICT
         rewards = torch.where(predicting, target_log_probs, torch.zeros_like(target_log_probs))
-        predictions = torch.where(predicting, prediction_logits.argmax(-1), -1)
+        predictions = torch.where(predicting, fused.argmax_last(prediction_logits), -1)
 
         baselines = torch.zeros(mask.shape, dtype=rewards.dtype)
         if self.config.online_baseline:

@@ -492,23 +492,26 @@ class Episode : public std::enable_shared_from_this<Episode> {
     Tensor logits = at::empty({size_, decisions, 3}, heads.options());
     // Contiguous (B, D, 3), so that the (B * D, 3) rows torch.multinomial samples from are a view.
     Tensor probs = at::empty({size_, decisions, 3}, heads.options());
+    // And each decision's log-sum-exp, from which stacked() takes the chosen log-probabilities.
+    Tensor lse = at::empty({size_, decisions}, heads.options());
     const Tensor masks = mask.contiguous();
     by_dtype([&](auto zero) {
       using T = decltype(zero);
       const T *row = heads.data_ptr<T>(), *m = masks.data_ptr<T>();
-      T *l = logits.data_ptr<T>(), *probabilities = probs.data_ptr<T>();
-      T* p = probabilities;
+      T *l = logits.data_ptr<T>(), *p = probs.data_ptr<T>(), *log_sum = lse.data_ptr<T>();
       for (int64_t b = 0; b < size_; ++b, row += head_columns) {
-        for (int64_t d = 0; d < decisions; ++d, m += 3, l += 3, p += 3) {
+        for (int64_t d = 0; d < decisions; ++d, m += 3, l += 3, p += 3, ++log_sum) {
           for (int k = 0; k < 3; ++k) l[k] = row[3 * d + k] + m[k];
           const T top = std::max(l[0], std::max(l[1], l[2]));
           for (int k = 0; k < 3; ++k) p[k] = std::exp(l[k] - top);
           const T sum = p[0] + p[1] + p[2];
           for (int k = 0; k < 3; ++k) p[k] /= sum;
+          *log_sum = top + std::log(sum);
         }
       }
     });
     logits_.push_back(logits);
+    lse_.push_back(lse);
     if (memory_) {
       // The write: keep gate (and the direct-access gates), then the value; activated in place.
       const int64_t width = width_, gate_width = width + (direct_ ? 3 : 0), first = logit_columns_;
@@ -558,7 +561,21 @@ class Episode : public std::enable_shared_from_this<Episode> {
   }
 
   std::tuple<Maybe, Maybe, Maybe, Maybe, Maybe> stacked() const {
-    Tensor logits = at::stack(logits_, 1);
+    // The log-probabilities of the decisions taken (B, T, D): chosen logit minus log-sum-exp.
+    const int64_t steps = static_cast<int64_t>(logits_.size()), decisions = decisions_;
+    TORCH_CHECK(static_cast<int64_t>(records_[0].size()) == steps, "stacked() needs advance() after every step");
+    Tensor chosen = at::empty({size_, steps, decisions}, at::TensorOptions().dtype(dtype_));
+    by_dtype([&](auto zero) {
+      using T = decltype(zero);
+      T* out = chosen.data_ptr<T>();
+      for (int64_t t = 0; t < steps; ++t) {
+        const int64_t* a = records_[0][t].data_ptr<int64_t>();
+        const T *l = logits_[t].data_ptr<T>(), *log_sum = lse_[t].data_ptr<T>();
+        for (int64_t i = 0; i < size_ * decisions; ++i) {
+          out[(i / decisions * steps + t) * decisions + i % decisions] = l[3 * i + a[i]] - log_sum[i];
+        }
+      }
+    });
     Tensor outputs, baseline;
     if (units_) {
       Tensor states = at::stack(std::vector<Tensor>(hs_.begin() + 1, hs_.end()), 1);
@@ -573,22 +590,40 @@ class Episode : public std::enable_shared_from_this<Episode> {
     if (!controller_units_) outputs = at::stack(outputs_, 1);
     Tensor written = written_.empty() ? Tensor() : at::stack(written_, 1);
     Tensor windows = want_windows_ && memory_ ? at::stack(reads_list_, 1) : Tensor();
-    return {maybe(logits), maybe(outputs), maybe(baseline), maybe(written), maybe(windows)};
+    return {chosen, maybe(outputs), maybe(baseline), maybe(written), maybe(windows)};
   }
 
   // -- backward --------------------------------------------------------------------------
 
   void begin_backward(const std::vector<Maybe>& grads) {
     TORCH_CHECK(grads.size() == 5, "begin_backward takes the gradients of the 5 outputs of stacked()");
-    Tensor grad_logits = value_or_undefined(grads[0]);
+    const Tensor grad_chosen = value_or_undefined(grads[0]);
     const Tensor grad_outputs = value_or_undefined(grads[1]);
     const Tensor grad_baseline = value_or_undefined(grads[2]);
     const Tensor grad_written = value_or_undefined(grads[3]);
     const Tensor grad_windows = value_or_undefined(grads[4]);
     const int64_t steps = static_cast<int64_t>(logits_.size());
-    Tensor through;
-    if (grad_logits.defined()) {
-      grad_logits = grad_logits.reshape({size_, steps, logit_columns_});
+    Tensor through, grad_logits;
+    if (grad_chosen.defined()) {
+      // d log p(a) / d logits = onehot(a) - p.
+      const Tensor grad = grad_chosen.contiguous();
+      const int64_t decisions = decisions_;
+      grad_logits = at::empty({size_, steps, logit_columns_}, grad.options());
+      by_dtype([&](auto zero) {
+        using T = decltype(zero);
+        const T* g = grad.data_ptr<T>();
+        T* out = grad_logits.data_ptr<T>();
+        for (int64_t t = 0; t < steps; ++t) {
+          const int64_t* a = records_[0][t].data_ptr<int64_t>();
+          const T* p = saved_[t].probs.data_ptr<T>();
+          for (int64_t i = 0; i < size_ * decisions; ++i) {
+            const int64_t index = (i / decisions * steps + t) * decisions + i % decisions;
+            T* row = out + 3 * index;
+            for (int k = 0; k < 3; ++k) row[k] = -g[index] * p[3 * i + k];
+            row[a[i]] += g[index];
+          }
+        }
+      });
       through = grad_logits.matmul(heads_w_logits_t_);
     }
     if (grad_outputs.defined()) through = add_or_take(through, grad_outputs);
@@ -910,7 +945,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
 
   // The loop's state and every step's values.
   Tensor tape_, h_, c_;
-  std::vector<Tensor> logits_, hs_, cs_, outputs_, written_, reads_list_;
+  std::vector<Tensor> logits_, lse_, hs_, cs_, outputs_, written_, reads_list_;
   std::vector<Saved> saved_;
 
   // One backward pass: the gradients from the finish node (step-major), the state's gradient.
@@ -1033,6 +1068,34 @@ struct PreRead : public torch::autograd::Function<PreRead> {
   }
 };
 
+// The index of each row's largest entry over the last dimension (the first of equal ones; a NaN
+// counts as the largest, as in torch.argmax), in one pass: torch's argmax over a last dimension
+// as short as the prediction's 35 symbols costs several times more.
+Tensor argmax_last(const Tensor& values) {
+  TORCH_CHECK(values.dim() >= 1 && values.size(-1) > 0, "argmax_last needs a nonempty last dimension");
+  const Tensor x = values.contiguous();
+  const int64_t n = x.size(-1), rows = x.numel() / n;
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
+  Tensor out = at::empty(shape, x.options().dtype(at::kLong));
+  int64_t* index = out.data_ptr<int64_t>();
+  dispatch(x.scalar_type(), [&](auto zero) {
+    using T = decltype(zero);
+    const T* row = x.data_ptr<T>();
+    for (int64_t r = 0; r < rows; ++r, row += n) {
+      int64_t best = 0;
+      T top = row[0];
+      for (int64_t k = 1; k < n && !std::isnan(top); ++k) {
+        if (row[k] > top || std::isnan(row[k])) {
+          top = row[k];
+          best = k;
+        }
+      }
+      index[r] = best;
+    }
+  });
+  return out;
+}
+
 torch::autograd::variable_list StepNode::apply(torch::autograd::variable_list&& grads) {
   TORCH_CHECK(!at::GradMode::is_enabled(),
               "the RL-NTM's step loop saves nothing for a second differentiation: use create_graph=False");
@@ -1062,6 +1125,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("begin_backward", &Episode::begin_backward)
       .def("backward_step", &Episode::backward_step)
       .def("backward_start", &Episode::backward_start);
+  m.def("argmax_last", &argmax_last, "The index of each row's largest entry over the last dimension.");
   m.def(
       "pre_read",
       [](const Tensor& symbols, const Tensor& lengths, const Tensor& w_ih, const Tensor& w_hh, const Tensor& bias,

@@ -157,3 +157,18 @@ def test_native_pre_reader_matches_the_torch_lstm() -> None:
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
     for a, b in zip(gradients(actual), gradients(expected)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_argmax_matches_torch_argmax_ties_and_nan_included(dtype: torch.dtype) -> None:
+    generator = torch.Generator().manual_seed(6)
+    values = torch.randint(0, 4, (5, 9, NUM_SYMBOLS), generator=generator).to(dtype)  # many ties
+    values[0, 0, 7] = float("nan")
+    values[1, 2, 0] = float("nan")
+    values[1, 2, 3] = float("nan")
+    values[2, :, :] = float("-inf")
+    module = native.extension()
+    assert module is not None
+    for case in (values, values.transpose(0, 1), values[:, :, :1]):
+        assert torch.equal(module.argmax_last(case), case.argmax(-1))
+        assert torch.equal(fused.argmax_last(case), case.argmax(-1))
