@@ -238,8 +238,8 @@ class Episode:
         self.symbols = symbols
         return _Step.apply(token, self, t, self.previous + centre, extra, mask, self.live[:, None], centre[:, None], self.memory_at, read_rows)
 
-    def advance(self, actions: torch.Tensor) -> None:
-        """Record the step's decisions (B, D) and move the heads."""
+    def advance(self, actions: torch.Tensor) -> bool:
+        """Record the step's decisions (B, D) and move the heads; returns :meth:`finished`."""
         record = self.records
         record["actions"].append(actions)
         record["mask"].append(self.live)
@@ -257,6 +257,7 @@ class Episode:
             self.memory_at = self.memory_moves.index_select(0, torch.add(actions[:, 1], self.memory_at, alpha=3))
         self.previous = (actions * self.powers).sum(1)
         self.live = self.output_at < self.output_end
+        return self.finished()
 
     def stacked_records(self) -> tuple[torch.Tensor | None, ...]:
         """Every step's decisions (B, T, D), live rows (B, T), symbols read (B, T[, window cells])

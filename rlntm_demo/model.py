@@ -277,11 +277,12 @@ class RLNTM(nn.Module):
             torch.tensor([k for k in range(window_cells) if k != window], dtype=torch.long),
             memory_at, read_table, move_table,
         )
+        finished = episode.finished()
         for t in range(steps_bound):
-            if not all_steps and episode.finished():
+            if finished and not all_steps:
                 break
             token, probs = fused.step(episode, token, t)
-            episode.advance(_decide(probs, episode.last_logits(), greedy))
+            finished = episode.advance(_decide(probs, episode.last_logits(), greedy))
 
         chosen_log_probs, outputs, baseline_states, written, memory_windows = fused.finish(episode, token)
         assert chosen_log_probs is not None and outputs is not None

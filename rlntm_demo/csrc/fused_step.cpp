@@ -252,8 +252,8 @@ class Episode : public std::enable_shared_from_this<Episode> {
     return {next, probs};
   }
 
-  // Record the step's decisions (B, D) and move the heads.
-  void advance(const Tensor& decided) {
+  // Record the step's decisions (B, D) and move the heads; returns finished().
+  bool advance(const Tensor& decided) {
     const Tensor actions = decided.contiguous();
     TORCH_CHECK(actions.scalar_type() == at::kLong && actions.dim() == 2 && actions.size(0) == size_ &&
                     actions.size(1) == decisions_,
@@ -277,6 +277,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
     int64_t *next_in = input_at.data_ptr<int64_t>(), *next_out = output_at.data_ptr<int64_t>();
     int64_t* next_previous = previous.data_ptr<int64_t>();
     bool* next_live = live.data_ptr<bool>();
+    bool finished = true;
     for (int64_t b = 0; b < size_; ++b, a += decisions_) {
       next_in[b] = input_moves ? input_moves[a[0] + 3 * in[b]] : in[b] + a[0] - 1;
       next_out[b] = out[b] + a[decisions_ - 1];
@@ -284,6 +285,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
       for (int64_t d = 0; d < decisions_; ++d) row += a[d] * powers[d];
       next_previous[b] = row;
       next_live[b] = next_out[b] < end[b];
+      finished = finished && !next_live[b];
     }
     if (memory_) {
       a = actions.data_ptr<int64_t>();
@@ -296,6 +298,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
     previous_ = previous;
     live_ = live;
     memory_at_ = memory_at;
+    return finished;
   }
 
   // Every step's decisions, live rows, symbols read and flat head positions (fused.Episode.stacked_records).
@@ -972,29 +975,34 @@ struct PreRead : public torch::autograd::Function<PreRead> {
     const Tensor sym = symbols.contiguous(), len = lengths.contiguous();
     const int64_t size = sym.size(0), width = sym.size(1), units = w_hh.size(1), columns = 4 * units;
     const int64_t steps = size ? std::min(width, len.max().item<int64_t>()) : 0;
-    const Tensor table = (w_ih.t() + bias).contiguous();
+    // Sigmoid columns halved, so that one tanh gives every activation (as in the step loop).
+    Tensor scale = at::ones({columns}, w_hh.options());
+    scale.narrow(0, 0, 2 * units).fill_(0.5);
+    scale.narrow(0, 3 * units, units).fill_(0.5);
+    const Tensor table = ((w_ih.t() + bias) * scale).contiguous();
     const auto options = w_hh.options();
     Tensor acts = at::empty({steps, size, columns}, options), tcs = at::empty({steps, size, units}, options);
     Tensor hs = at::empty({steps + 1, size, units}, options), cs = at::empty({steps + 1, size, units}, options);
     hs.select(0, 0).fill_(initial);
     cs.select(0, 0).fill_(initial);
-    const Tensor w_hh_t = w_hh.t();
+    const Tensor w_hh_t = (w_hh.t() * scale).contiguous();
     const int64_t* s = sym.data_ptr<int64_t>();
     const int64_t* n = len.data_ptr<int64_t>();
     for (int64_t t = 0; t < steps; ++t) {
       Tensor z = acts.select(0, t), h = hs.select(0, t), c = cs.select(0, t);
       gather_rows(table, s + t, width, z);
       z.addmm_(h, w_hh_t);
-      z.narrow(1, 0, 2 * units).sigmoid_();
-      z.narrow(1, 2 * units, units).tanh_();
-      z.narrow(1, 3 * units, units).sigmoid_();
+      z.tanh_();
       Tensor c_next = cs.select(0, t + 1), h_next = hs.select(0, t + 1), tc = tcs.select(0, t);
       dispatch(options.dtype().toScalarType(), [&](auto zero) {
         using T = decltype(zero);
-        const T *a = z.data_ptr<T>(), *before = c.data_ptr<T>();
+        T* a = z.data_ptr<T>();
+        const T* before = c.data_ptr<T>();
         T* out = c_next.data_ptr<T>();
         for (int64_t b = 0; b < size; ++b) {
-          const T* act = a + b * columns;
+          T* act = a + b * columns;
+          sigmoid_from_half_tanh(2 * units, act);
+          sigmoid_from_half_tanh(units, act + 3 * units);
           for (int64_t j = 0; j < units; ++j) {
             out[b * units + j] = t < n[b] ? act[units + j] * before[b * units + j] + act[j] * act[2 * units + j]
                                           : before[b * units + j];
