@@ -10,8 +10,9 @@ gradients agree with the Python loop's up to rounding (``tests/rlntm_demo/test_n
 a seeded run reproduces with the same loop, not across the two.
 
 The extension is built with :func:`torch.utils.cpp_extension.load` the first time a process needs
-it (about half a minute; a C++ compiler and ``ninja`` are needed), into a folder named for the
-source, torch and Python versions under ``$TORCH_EXTENSIONS_DIR`` (by default
+it (about half a minute; a C++ compiler and ``ninja`` are needed; with AVX2 instructions where
+the CPU has them), into a folder named for the source, the torch and Python versions and the
+compiler flags under ``$TORCH_EXTENSIONS_DIR`` (by default
 ``~/.cache/torch_extensions``), and loaded from there afterwards. Where it cannot be built, a
 :class:`RuntimeWarning` says why and the Python loop is used. The environment variable
 ``RLNTM_NATIVE=0`` turns it off.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import platform
 import shutil
 import sys
 import warnings
@@ -40,7 +42,17 @@ SWITCH = "RLNTM_NATIVE"
 """The environment variable that turns the native step loop off when set to ``0``."""
 
 _SOURCE = Path(__file__).with_name("csrc") / "fused_step.cpp"
-_FLAGS = ["-O3"]
+
+
+def _flags() -> list[str]:
+    """The compiler flags: optimized, and with AVX2 and FMA instructions where torch itself found
+    them on this CPU (x86-64, GCC or Clang), for the elementwise loops. The flags are part of the
+    build folder's name, so a machine without them never loads a build that uses them."""
+    flags = ["-O3"]
+    if sys.platform != "win32" and platform.machine().lower() in ("x86_64", "amd64"):
+        if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+            flags += ["-mavx2", "-mfma"]
+    return flags
 
 
 @functools.cache
@@ -50,7 +62,8 @@ def extension() -> ModuleType | None:
     if os.environ.get(SWITCH, "1").strip() == "0":
         return None
     source = _SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, torch.__version__.encode(), sys.version.encode(), " ".join(_FLAGS).encode()]))
+    flags = _flags()
+    key = hashlib.sha256(b"\0".join([source, torch.__version__.encode(), sys.version.encode(), " ".join(flags).encode()]))
     name = f"rlntm_fused_step_{key.hexdigest()[:12]}"
     base = os.environ.get("TORCH_EXTENSIONS_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "torch_extensions"
     folder = Path(base) / name
@@ -71,7 +84,7 @@ def extension() -> ModuleType | None:
             # torch warns about compiler versions it has not been tested with; the tests compare
             # the result with the Python loop instead.
             warnings.simplefilter("ignore")
-            return cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=_FLAGS, build_directory=str(folder))
+            return cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=flags, build_directory=str(folder))
     except Exception as error:  # noqa: BLE001 - any failure to build means: use the Python loop
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         warnings.warn(
