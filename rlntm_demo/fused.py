@@ -176,7 +176,7 @@ class Episode:
         input_moves: torch.Tensor | None,
         output_at: torch.Tensor,
         output_end: torch.Tensor,
-        output_code: torch.Tensor,
+        stay_after: torch.Tensor,
         mask_table: torch.Tensor,
         previous: torch.Tensor,
         powers: torch.Tensor,
@@ -195,7 +195,9 @@ class Episode:
             input_moves: (cells * 3,) where each input move takes a circular head, or ``None``
                 (the head moves by the decision minus one).
             output_at, output_end: (B,) the flat output position and the end of each row's targets.
-            output_code: (steps, B * positions) the output part of the feasibility code.
+            stay_after: (B,) the flat output position past which the output head may stay at the
+                first step (one more at each step after it: a row must predict once its targets
+                left equal its steps left).
             mask_table: (16, decisions * 3) the additive mask of each code.
             previous: (B,) the previous decisions' row of the combined table.
             powers: (decisions,) what each decision adds to that row.
@@ -205,7 +207,7 @@ class Episode:
             memory_moves: (memory cells * 3,) where each memory move takes the head.
         """
         self.padded, self.input_at, self.input_code, self.input_moves = padded, input_at, input_code, input_moves
-        self.output_at, self.output_end, self.output_code, self.mask_table = output_at, output_end, output_code, mask_table
+        self.output_at, self.output_end, self.stay_after, self.mask_table = output_at, output_end, stay_after, mask_table
         self.previous, self.powers = previous, powers
         self.other_cells = other_cells
         self.other_rows = other_cells * NUM_SYMBOLS
@@ -229,7 +231,7 @@ class Episode:
         else:
             symbols = centre = self.padded.index_select(0, self.input_at)
             extra = None
-        code = self.input_code.index_select(0, self.input_at) + self.output_code[t].index_select(0, self.output_at)
+        code = self.input_code.index_select(0, self.input_at) + 2 * self.live + (self.output_at > self.stay_after + t)
         mask = self.mask_table.index_select(0, code).view(size, self.decisions, 3)
         read_rows = None
         if self.read_table is not None:

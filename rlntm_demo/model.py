@@ -236,9 +236,7 @@ class RLNTM(nn.Module):
         output_origin = rows * positions
         output_end = output_origin + target_len
         steps_bound = int(batch.steps.max())
-        position = torch.arange(positions)
-        forced_after = (target_len - batch.steps)[None, :, None] + torch.arange(steps_bound)[:, None, None]
-        output_code = (2 * (position[None, None, :] < target_len[None, :, None]) + (position > forced_after)).view(steps_bound, -1)
+        stay_after = output_origin + target_len - batch.steps
         mask_table = _mask_table(decisions, dtype)
 
         memory_at = read_table = move_table = None
@@ -272,7 +270,7 @@ class RLNTM(nn.Module):
         # 35 * sum_d a_d 4 ** (D - 1 - d) + symbol (START for every decision at the first step).
         powers = NUM_SYMBOLS * 4 ** torch.arange(decisions - 1, -1, -1)
         episode.set_course(
-            padded, input_origin, input_code, input_move_table, output_origin, output_end, output_code, mask_table,
+            padded, input_origin, input_code, input_move_table, output_origin, output_end, stay_after, mask_table,
             (START * powers).sum().expand(size).contiguous(), powers,
             torch.tensor([k for k in range(window_cells) if k != window], dtype=torch.long),
             memory_at, read_table, move_table,

@@ -166,11 +166,11 @@ class Episode : public std::enable_shared_from_this<Episode> {
   // -- the course (fused.Episode.set_course): where the heads are, what they read, what may be decided
 
   void set_course(const Tensor& padded, const Tensor& input_at, const Tensor& input_code, const Maybe& input_moves,
-                  const Tensor& output_at, const Tensor& output_end, const Tensor& output_code,
+                  const Tensor& output_at, const Tensor& output_end, const Tensor& stay_after,
                   const Tensor& mask_table, const Tensor& previous, const Tensor& powers, const Tensor& other_cells,
                   const Maybe& memory_at, const Maybe& read_table, const Maybe& memory_moves) {
     TORCH_CHECK(padded.scalar_type() == at::kLong && input_code.scalar_type() == at::kLong &&
-                    output_code.scalar_type() == at::kLong,
+                    stay_after.scalar_type() == at::kLong,
                 "set_course takes long index tables (see fused.Episode.set_course)");
     padded_ = padded.contiguous();
     input_at_ = input_at.contiguous();
@@ -178,7 +178,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
     input_moves_ = input_moves ? input_moves->contiguous() : Tensor();
     output_at_ = output_at.contiguous();
     output_end_ = output_end.contiguous();
-    output_code_ = output_code.contiguous();
+    stay_after_ = stay_after.contiguous();
     mask_table_ = mask_table.contiguous();
     previous_ = previous.contiguous();
     powers_ = powers.to(at::kLong).contiguous();
@@ -205,7 +205,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
       if (memory_) read_rows = at::empty({size_ * reads_}, at::kLong);
       const int64_t *padded = padded_.data_ptr<int64_t>(), *input_at = input_at_.data_ptr<int64_t>();
       const int64_t *input_code = input_code_.data_ptr<int64_t>(), *output_at = output_at_.data_ptr<int64_t>();
-      const int64_t* output_code = output_code_.data_ptr<int64_t>() + t * output_code_.size(1);
+      const int64_t *stay_after = stay_after_.data_ptr<int64_t>(), *output_end = output_end_.data_ptr<int64_t>();
       const int64_t *previous = previous_.data_ptr<int64_t>(), *other = other_cells_.data_ptr<int64_t>();
       int64_t *index = table_index.data_ptr<int64_t>(), *centres = centre.data_ptr<int64_t>();
       int64_t* extras = centre_ ? extra.data_ptr<int64_t>() : nullptr;
@@ -221,7 +221,8 @@ class Episode : public std::enable_shared_from_this<Episode> {
             extras[b * (window_cells_ - 1) + k] = symbols[b * window_cells_ + other[k]] + other[k] * symbols_count_;
           }
         }
-        codes[b] = input_code[at] + output_code[output_at[b]];
+        // Input part, 2 * live, and whether the output head may stay (see fused.Episode.set_course).
+        codes[b] = input_code[at] + 2 * (output_at[b] < output_end[b]) + (output_at[b] > t + stay_after[b]);
       }
       by_dtype([&](auto zero) {
         using T = decltype(zero);
@@ -582,6 +583,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
     Tensor outputs, baseline;
     if (units_) {
       Tensor states = at::stack(std::vector<Tensor>(hs_.begin() + 1, hs_.end()), 1);
+      stacked_states_ = states;  // the heads' gradient over all steps reads them again
       if (controller_units_) {
         outputs = units_ > controller_units_ ? states.narrow(2, 0, controller_units_).contiguous() : states;
       }
@@ -877,11 +879,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
     grads[8] = heads_b_grad_;
     if (grad_logits_.defined()) {
       // The logits' part of the heads' gradient, over all steps at once.
-      const size_t steps = saved_.size();
-      Tensor outputs = controller_units_
-                           ? at::stack(std::vector<Tensor>(hs_.begin() + 1, hs_.begin() + 1 + steps), 1)
-                                 .narrow(2, 0, controller_units_)
-                           : at::stack(outputs_, 1);
+      Tensor outputs = controller_units_ ? stacked_states_.narrow(2, 0, controller_units_) : at::stack(outputs_, 1);
       heads_w_grad_.narrow(1, 0, logit_columns_).add_(outputs.flatten(0, 1).t().mm(grad_logits_.flatten(0, 1)));
       heads_b_grad_.narrow(0, 0, logit_columns_).add_(grad_logits_.sum({0, 1}));
     }
@@ -918,7 +916,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
   }
 
   // The course: tables, the heads' positions, and what each step recorded.
-  Tensor padded_, input_at_, input_code_, input_moves_, output_at_, output_end_, output_code_, mask_table_;
+  Tensor padded_, input_at_, input_code_, input_moves_, output_at_, output_end_, stay_after_, mask_table_;
   Tensor previous_, powers_, other_cells_, memory_at_, read_table_, memory_moves_, live_, symbols_;
   std::array<std::vector<Tensor>, 6> records_;
 
@@ -949,6 +947,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
   // The loop's state and every step's values.
   Tensor tape_, h_, c_;
   std::vector<Tensor> logits_, lse_, hs_, cs_, outputs_, written_, reads_list_;
+  mutable Tensor stacked_states_;  // set by stacked()
   std::vector<Saved> saved_;
 
   // One backward pass: the gradients from the finish node (step-major), the state's gradient.
