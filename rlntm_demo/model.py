@@ -68,6 +68,7 @@ True
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -237,7 +238,7 @@ class RLNTM(nn.Module):
         output_end = output_origin + target_len
         steps_bound = int(batch.steps.max())
         stay_after = output_origin + target_len - batch.steps
-        mask_table = _mask_table(decisions, dtype)
+        mask_table = _mask_table(decisions, dtype)  # cached: never modified
 
         memory_at = read_table = move_table = None
         if memory:
@@ -469,6 +470,7 @@ def _decide(probs: torch.Tensor, logits: torch.Tensor, greedy: bool) -> torch.Te
     return torch.multinomial(probs.reshape(size * decisions, choices), 1).view(size, decisions)
 
 
+@functools.cache
 def _mask_table(decisions: int, dtype: torch.dtype) -> torch.Tensor:
     """(16, decisions * 3) additive masks (0 feasible, -inf not) by feasibility code:
     ``4 * (input left ok + 2 * input right ok) + 2 * live + output may stay``."""
@@ -561,24 +563,23 @@ class _StepPlan:
             controller_rows.append(first.new_zeros(self.baseline_units, units))
         controller_weight = torch.cat(controller_rows, 0)
 
-        # Gate order of torch's LSTMs: input, forget, candidate, output.
-        sigmoid_columns: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[], [], []]
-        tanh_columns: list[tuple[torch.Tensor, torch.Tensor]] = []
-        lstms: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+        # Side by side: the controller's LSTM columns, the baseline's, the feed-forward units; then
+        # regrouped by gate with one gather (see _gate_major_order).
+        weights, biases, sizes = [], [], []
         if recurrent is not None:
-            lstms.append((controller_weight, bias, self.controller_units))
+            weights.append(controller_weight)
+            biases.append(bias)
+            sizes.append(self.controller_units)
         if baseline is not None:
-            lstms.append((torch.cat(baseline_rows, 0), base_bias, self.baseline_units))
-        for gate, slot in ((0, 0), (1, 1), (3, 2)):
-            for weight, b, n in lstms:
-                sigmoid_columns[slot].append((weight[:, gate * n : (gate + 1) * n], b[gate * n : (gate + 1) * n]))
-        for weight, b, n in lstms:
-            tanh_columns.append((weight[:, 2 * n : 3 * n], b[2 * n : 3 * n]))
+            weights.append(torch.cat(baseline_rows, 0))
+            biases.append(base_bias)
+            sizes.append(self.baseline_units)
         if recurrent is None:
-            tanh_columns.append((controller_weight, bias))
-        columns = [pair for group in sigmoid_columns for pair in group] + tanh_columns
-        weight = torch.cat([w for w, _ in columns], 1)
-        bias = torch.cat([b for _, b in columns], 0)
+            weights.append(controller_weight)
+            biases.append(bias)
+        order = _gate_major_order(tuple(sizes), units if recurrent is None else 0)
+        weight = torch.cat(weights, 1).index_select(1, order)
+        bias = torch.cat(biases, 0).index_select(0, order)
         # The one-hot part is a sum of table rows, one per window cell and one per previous
         # decision; the bias joins the rows of the first decision, of which every sum has one.
         fixed_rows = self.onehot_width
@@ -645,6 +646,23 @@ class _StepPlan:
             h.append(summary_h)
             c.append(summary_c)
         return torch.cat(h, 1), torch.cat(c, 1)
+
+
+@functools.cache
+def _gate_major_order(lstm_units: tuple[int, ...], feedforward_units: int) -> torch.Tensor:
+    """The columns of LSTMs side by side (each in torch's gate order: input, forget, candidate,
+    output), then feed-forward units, regrouped as the step's product wants them: every LSTM's
+    input gates, then forget gates, then output gates (the sigmoid part), then every LSTM's
+    candidates and the feed-forward units (the tanh part)."""
+    starts = [0]
+    for n in lstm_units:
+        starts.append(starts[-1] + 4 * n)
+    order = []
+    for gate in (0, 1, 3, 2):
+        for start, n in zip(starts, lstm_units):
+            order.extend(range(start + gate * n, start + (gate + 1) * n))
+    order.extend(range(starts[-1], starts[-1] + feedforward_units))
+    return torch.tensor(order)
 
 
 def _tensor(module: nn.Module, name: str) -> torch.Tensor:
