@@ -242,15 +242,8 @@ class RLNTM(nn.Module):
 
         memory_at = read_table = move_table = None
         if memory:
-            cells = config.memory_cells
-            cell = torch.arange(size * cells)
-            first = cell - cell % cells
-            memory_at = rows * cells
-            # Cells read from each head position: the window, then (direct access) the two
-            # neighbours the write adds in; and where each move takes the head (wrapping around).
-            read_offsets = list(range(-window, window + 1)) + ([-1, 1] if direct else [])
-            read_table = first[:, None] + (cell[:, None] + torch.tensor(read_offsets)) % cells
-            move_table = (first[:, None] + (cell[:, None] + torch.arange(-1, 2)) % cells).view(-1)
+            memory_at = rows * config.memory_cells
+            read_table, move_table = _memory_tables(size, config.memory_cells, window, direct)
         episode = fused.new_episode(
             size=size,
             dtype=dtype,
@@ -646,6 +639,19 @@ class _StepPlan:
             h.append(summary_h)
             c.append(summary_c)
         return torch.cat(h, 1), torch.cat(c, 1)
+
+
+@functools.lru_cache(maxsize=32)
+def _memory_tables(size: int, cells: int, window: int, direct: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """For the flat memory tapes of ``size`` rows: the cells read from each head position (the
+    window, then with direct access the two neighbours the write adds in), and where each move
+    takes the head (wrapping around). Cached: they depend on the sizes only, and are never modified."""
+    cell = torch.arange(size * cells)
+    first = cell - cell % cells
+    read_offsets = list(range(-window, window + 1)) + ([-1, 1] if direct else [])
+    read_table = first[:, None] + (cell[:, None] + torch.tensor(read_offsets)) % cells
+    move_table = (first[:, None] + (cell[:, None] + torch.arange(-1, 2)) % cells).view(-1)
+    return read_table, move_table
 
 
 @functools.cache
