@@ -367,8 +367,8 @@ class Episode:
         return probs
 
     def stacked(self) -> tuple[torch.Tensor | None, ...]:
-        """Every step's log-probabilities of the decisions taken (B, T, D; :meth:`advance` recorded
-        them), controller outputs (B, T, hidden), baseline LSTM states (B, T, units), written cells
+        """Every step's log-probabilities of the decisions taken (B, T, D; the decisions
+        :meth:`advance` recorded), controller outputs (B, T, hidden), baseline LSTM states (B, T, units), written cells
         (B, T, width; direct access) and memory windows read (B, T, window cells * width; when asked
         for), ``None`` for what does not exist."""
         logits = torch.stack(self.logits, 1)  # (B, T, D, 3), infeasible at -inf (never taken)

@@ -299,11 +299,12 @@ class RLNTM(nn.Module):
         greedy: bool,
     ) -> Rollout:
         """Everything that need not be inside the step loop, computed for all steps at once:
-        log-probabilities, predictions, rewards and baselines."""
+        predictions, rewards and baselines (the decisions' log-probabilities come from the
+        finish node)."""
         controller = self.controller
         size = batch.batch_size
         mask = record["mask"]
-        chosen = record["actions"]  # (B, T, D), their log-probabilities (B, T, D)
+        chosen = record["actions"]  # (B, T, D), with chosen_log_probs (B, T, D) from the finish node
         steps = mask.shape[1]
         if chosen.shape[2] == 2:  # no memory: the memory "decision" is a forced stay
             stay = torch.full((size, steps, 1), STAY, dtype=torch.long)
