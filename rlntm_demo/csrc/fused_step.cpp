@@ -584,12 +584,10 @@ class Episode : public std::enable_shared_from_this<Episode> {
     if (units_) {
       Tensor states = at::stack(std::vector<Tensor>(hs_.begin() + 1, hs_.end()), 1);
       stacked_states_ = states;  // the heads' gradient over all steps reads them again
-      if (controller_units_) {
-        outputs = units_ > controller_units_ ? states.narrow(2, 0, controller_units_).contiguous() : states;
-      }
+      // Views of the one stack (their rows are (B * T, units) blocks of it, so nothing is copied).
+      if (controller_units_) outputs = states.narrow(2, 0, controller_units_);
       if (units_ > controller_units_) {
-        baseline = controller_units_ ? states.narrow(2, controller_units_, units_ - controller_units_).contiguous()
-                                     : states;
+        baseline = states.narrow(2, controller_units_, units_ - controller_units_);
       }
     }
     if (!controller_units_) outputs = at::stack(outputs_, 1);
