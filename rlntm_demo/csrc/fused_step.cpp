@@ -76,6 +76,12 @@ void add_rows(Tensor& rows, const int64_t* index, int64_t stride, const Tensor& 
   });
 }
 
+// to[j] += from[j] for n entries.
+template <typename T>
+void add_row(int64_t n, const T* __restrict__ from, T* __restrict__ to) {
+  for (int64_t j = 0; j < n; ++j) to[j] += from[j];
+}
+
 // tanh(x / 2) -> sigmoid(x), in place, for n entries.
 template <typename T>
 void sigmoid_from_half_tanh(int64_t n, T* __restrict__ a) {
@@ -748,9 +754,13 @@ class Episode : public std::enable_shared_from_this<Episode> {
             }
           }
         }
+        // The memory heads' bias gradient: the column sums, in row order.
+        T* bias = heads_b_memory_grad_.data_ptr<T>();
+        const T* rows_done = dmemory.data_ptr<T>();
+        const int64_t n = gate_width + width;
+        for (int64_t b = 0; b < size_; ++b, rows_done += n) add_row(n, rows_done, bias);
       });
       heads_w_memory_grad_.addmm_(s.output.t(), dmemory);
-      heads_b_memory_grad_ += dmemory.sum(0);
       doutput = add_or_take(doutput, dmemory.mm(heads_w_memory_t_));
     }
     Tensor dz = at::empty_like(s.z);
