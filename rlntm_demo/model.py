@@ -274,7 +274,7 @@ class RLNTM(nn.Module):
             if finished and not all_steps:
                 break
             token, probs = fused.step(episode, token, t)
-            finished = episode.advance(_decide(probs, episode.last_logits(), greedy))
+            finished = episode.advance(episode.last_logits().argmax(-1) if greedy else _sample(probs))
 
         chosen_log_probs, outputs, baseline_states, written, memory_windows = fused.finish(episode, token)
         assert chosen_log_probs is not None and outputs is not None
@@ -449,17 +449,14 @@ class RLNTM(nn.Module):
         )
 
 
-def _decide(probs: torch.Tensor, logits: torch.Tensor, greedy: bool) -> torch.Tensor:
-    """The decisions (B, D) from their probabilities and masked logits (B, D, 3): the most
-    probable, or sampled.
+def _sample(probs: torch.Tensor) -> torch.Tensor:
+    """The sampled decisions (B, D) from their probabilities (B, D, 3).
 
     One ``torch.multinomial`` call per step over the (B * D, 3) rows, each row's decisions
     together in the order input, memory, output: ``reinforce_check`` enumerates such a call in
     batched mode as D decisions per episode. Infeasible choices have probability exactly 0, so
-    they are never drawn.
+    they are never drawn. (Greedy episodes take the largest masked logit instead.)
     """
-    if greedy:
-        return logits.argmax(-1)
     size, decisions, choices = probs.shape
     return torch.multinomial(probs.reshape(size * decisions, choices), 1).view(size, decisions)
 
@@ -597,18 +594,14 @@ class _StepPlan:
         self.w_reads_base = rest[reads_rows : 2 * reads_rows] if memory and baseline is not None else None
         self.w_h = rest[rest.shape[0] - self.lstm_units :] if self.lstm_units else None
 
-        # Output heads used inside the loop, reading the controller's output.
+        # Output heads used inside the loop, reading the controller's output: the decision logits
+        # times the inverse temperature (the output decision, last, gets a third, always
+        # infeasible, choice: a zero row), then the memory write's heads.
         tau = config.inverse_temperature
-        head_w, head_b = [], []
-        for weight, b in zip(
-            controller.action_head.weight.split(list(controller.action_sizes)),
-            controller.action_head.bias.split(list(controller.action_sizes)),
-        ):
-            if weight.shape[0] == 2:  # the output decision: a third, always infeasible, choice
-                weight = torch.cat([weight, weight.new_zeros(1, weight.shape[1])])
-                b = torch.cat([b, b.new_zeros(1)])
-            head_w.append(weight * tau)
-            head_b.append(b * tau)
+        action_w, action_b = controller.action_head.weight, controller.action_head.bias
+        assert controller.action_sizes[-1] == 2  # the output decision is the last one
+        head_w = [action_w * tau, action_w.new_zeros(1, action_w.shape[1])]
+        head_b = [action_b * tau, action_b.new_zeros(1)]
         if memory:
             head_w.append(_tensor(controller, "keep_head.weight"))
             head_b.append(_tensor(controller, "keep_head.bias"))
