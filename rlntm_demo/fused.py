@@ -49,7 +49,7 @@ from torch.autograd.function import once_differentiable
 from . import native
 from .config import NUM_SYMBOLS
 
-__all__ = ["Episode", "argmax_last", "finish", "new_episode", "read_tape", "start", "step"]
+__all__ = ["Episode", "argmax_last", "finish", "new_episode", "read_tape", "start"]
 
 _sigmoid_backward = torch.ops.aten.sigmoid_backward
 _tanh_backward = torch.ops.aten.tanh_backward
@@ -368,9 +368,9 @@ class Episode:
 
     def stacked(self) -> tuple[torch.Tensor | None, ...]:
         """Every step's log-probabilities of the decisions taken (B, T, D; the decisions
-        :meth:`advance` recorded), controller outputs (B, T, hidden), baseline LSTM states (B, T, units), written cells
-        (B, T, width; direct access) and memory windows read (B, T, window cells * width; when asked
-        for), ``None`` for what does not exist."""
+        :meth:`advance` recorded), controller outputs (B, T, hidden), baseline LSTM states (B, T,
+        units), written cells (B, T, width; direct access) and memory windows read (B, T, window
+        cells * width; when asked for), ``None`` for what does not exist."""
         logits = torch.stack(self.logits, 1)  # (B, T, D, 3), infeasible at -inf (never taken)
         actions = torch.stack(self.records["actions"], 1)
         # The chosen logit minus the log-sum-exp: cheaper than a log-softmax over three entries.
@@ -651,11 +651,6 @@ def read_tape(baseline: Any, tape: torch.Tensor, tape_len: torch.Tensor, dtype: 
 def start(episode: Episode, *tensors: torch.Tensor | None) -> torch.Tensor:
     """Begin the episode: the weights and initial state (see :meth:`Episode.begin`); returns the first token."""
     return _Start.apply(episode, *tensors)
-
-
-def step(episode: Episode, token: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Step ``t`` (see :meth:`Episode.step`): ``(token, probabilities)``."""
-    return episode.step(token, t)
 
 
 def finish(episode: Episode, token: torch.Tensor) -> tuple[torch.Tensor | None, ...]:

@@ -273,7 +273,7 @@ class RLNTM(nn.Module):
         for t in range(steps_bound):
             if finished and not all_steps:
                 break
-            token, probs = fused.step(episode, token, t)
+            token, probs = episode.step(token, t)
             finished = episode.advance(episode.last_logits().argmax(-1) if greedy else _sample(probs))
 
         chosen_log_probs, outputs, baseline_states, written, memory_windows = fused.finish(episode, token)

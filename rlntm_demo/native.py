@@ -4,7 +4,7 @@ The RL-NTM spends its update on the number of tensor operations a step runs, not
 arithmetic (:mod:`rlntm_demo.fused` explains why). ``csrc/fused_step.cpp`` is
 :class:`rlntm_demo.fused.Episode` in C++: each step is one C++ node of the autograd graph, the
 heads' bookkeeping and the elementwise arithmetic are plain loops, and torch runs only the matrix
-products and the vectorized ``sigmoid`` and ``tanh``. An update of the ``bench`` configuration
+products and the vectorized ``tanh``. An update of the ``bench`` configuration
 takes about half as long as with the Python loop (:ref:`training-speed`). The values and
 gradients agree with the Python loop's up to rounding (``tests/rlntm_demo/test_native.py``), so
 a seeded run reproduces with the same loop, not across the two.

@@ -4,7 +4,7 @@
 // At the paper's sizes a step costs the number of operations it runs, not their arithmetic. Here a
 // step and its backward pass never return to Python (each step is one StepNode of the autograd
 // graph), the heads' bookkeeping and the elementwise arithmetic are plain loops over the step's
-// buffers, and torch runs only the matrix products and the vectorized sigmoid and tanh. Python
+// buffers, and torch runs only the matrix products and the vectorized tanh. Python
 // still draws the samples between steps (torch.multinomial, which the exact check intercepts).
 // rlntm_demo/native.py builds and loads this file; tests/rlntm_demo/test_native.py checks that it
 // agrees with the Python loop up to rounding.
@@ -230,12 +230,8 @@ class Episode : public std::enable_shared_from_this<Episode> {
         // Input part, 2 * live, and whether the output head may stay (see fused.Episode.set_course).
         codes[b] = input_code[at] + 2 * (output_at[b] < output_end[b]) + (output_at[b] > t + stay_after[b]);
       }
-      by_dtype([&](auto zero) {
-        using T = decltype(zero);
-        const T* table = mask_table_.data_ptr<T>();
-        T* to = mask.data_ptr<T>();
-        for (int64_t b = 0; b < size_; ++b) std::copy(table + codes[b] * columns, table + (codes[b] + 1) * columns, to + b * columns);
-      });
+      Tensor mask_rows = mask.view({size_, columns});
+      gather_rows(mask_table_, codes.data(), 1, mask_rows);
       if (memory_) {
         const int64_t *memory_at = memory_at_.data_ptr<int64_t>(), *table = read_table_.data_ptr<int64_t>();
         int64_t* rows = read_rows.data_ptr<int64_t>();
@@ -365,7 +361,6 @@ class Episode : public std::enable_shared_from_this<Episode> {
     if (memory_) {
       const Tensor controller_reads = ordered(*w_reads);
       const Tensor reads = has_reads_base_ ? controller_reads + ordered(*w_reads_base) : controller_reads;
-      reads_shape_ = reads;
       forward_w_reads_ = reads * scale;
       // The gradient of the cells read comes from the controller's columns only (the baseline reads
       // a detached copy): one contiguous range of the internal order.
@@ -378,7 +373,6 @@ class Episode : public std::enable_shared_from_this<Episode> {
     w_h_t_.clear();
     if (units_) {
       const Tensor recurrent = ordered(*w_h);
-      w_h_shape_ = *w_h;
       for (const auto& [offset, n] : parts_) {
         const Tensor block = recurrent.narrow(0, offset, n).narrow(1, 4 * offset, 4 * n);
         forward_w_h_.push_back((block * scale.narrow(0, 4 * offset, 4 * n)).contiguous());
@@ -876,7 +870,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
       if (has_reads_base_) grads[5] = grads[4]->clone();
     }
     if (units_) {
-      Tensor recurrent = at::zeros_like(w_h_shape_);
+      Tensor recurrent = at::zeros({units_, action_table_.size(1)}, action_table_.options());
       for (size_t p = 0; p < parts_.size(); ++p) {
         const auto& [offset, n] = parts_[p];
         recurrent.narrow(0, offset, n).narrow(1, 4 * offset, 4 * n).copy_(w_h_grad_[p]);
@@ -917,7 +911,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
     action_grad_ = at::zeros_like(action_table_);
     centre_grad_ = at::zeros_like(centre_rows_);
     table_grad_ = window_cells_ > 1 ? at::zeros_like(table_) : Tensor();
-    w_reads_grad_ = memory_ ? at::zeros_like(reads_shape_) : Tensor();
+    w_reads_grad_ = memory_ ? at::zeros_like(forward_w_reads_) : Tensor();
     w_h_grad_.clear();
     for (const auto& [offset, n] : parts_) w_h_grad_.push_back(at::zeros({n, 4 * n}, table_.options()));
     pass_open_ = true;
@@ -944,7 +938,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
   std::vector<std::pair<int64_t, int64_t>> parts_;
   std::pair<int64_t, int64_t> controller_columns_;
   Tensor order_, inverse_;
-  Tensor table_, action_table_, centre_rows_, reads_shape_, w_h_shape_, heads_w_, heads_b_;
+  Tensor table_, action_table_, centre_rows_, heads_w_, heads_b_;
   Tensor heads_w_logits_t_, heads_w_memory_t_, w_reads_controller_t_;
   std::vector<Tensor> w_h_t_, forward_w_h_;
   Tensor forward_action_table_, forward_centre_rows_, forward_table_, forward_w_reads_, forward_heads_w_,
