@@ -41,6 +41,7 @@ second differentiation (``create_graph`` raises).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -140,31 +141,61 @@ class Episode:
 
     # -- forward ---------------------------------------------------------------------------
 
-    def begin(self, h0, c0, table, action_table, w_reads, w_reads_base, w_h, heads_w, heads_b) -> None:  # type: ignore[no-untyped-def]
-        """Keep the weights and the initial state, and build the lookup tables."""
+    def begin(self, h0, c0, table, action_table, w_reads, w_h_controller, w_h_baseline, heads_w, heads_b) -> None:  # type: ignore[no-untyped-def]
+        """Keep the weights and the initial state, and build the lookup tables.
+
+        The weights' columns come in the plan's order (each LSTM in torch's gate order, see
+        :class:`~rlntm_demo.model._StepPlan`); this loop regroups them by gate (the layout above)
+        and :meth:`backward_start` maps the gradients back."""
+        columns = action_table.shape[1]
+        self.order = _gate_major_order(self.units, self.controller_units, columns)
+        self.inverse = torch.argsort(self.order)
+        table = table.index_select(1, self.order)
+        action_table = action_table.index_select(1, self.order)
         self.table = table
         centre_rows = table[self.centre * NUM_SYMBOLS : (self.centre + 1) * NUM_SYMBOLS]
         # The previous decisions' rows plus the centre cell's symbol rows, every combination: one
         # gathered row per step instead of two and a sum.
         self.combined = (action_table[:, None, :] + centre_rows[None, :, :]).flatten(0, 1)
         self.action_rows = action_table.shape[0]
-        self.w_reads_controller = w_reads
-        self.w_reads = w_reads if w_reads_base is None else w_reads + w_reads_base
-        self.has_reads_base = w_reads_base is not None
-        self.w_h = w_h
+        self.w_reads = None if w_reads is None else w_reads.index_select(1, self.order)
+        controller_columns = torch.zeros(columns, dtype=table.dtype)
+        if self.controller_units:
+            controller_columns[: 4 * self.controller_units] = 1
+        else:
+            controller_columns[4 * self.units :] = 1
+        # The cells read get their gradient through the controller's columns only.
+        self.w_reads_controller = None if self.w_reads is None else self.w_reads * controller_columns[self.order]
+        self.w_h = None
+        if self.units:
+            # One matrix with a block per LSTM (zeros between them).
+            w_h = table.new_zeros(self.units, columns)
+            for offset, n, block in self._recurrent_parts(w_h_controller, w_h_baseline):
+                w_h[offset : offset + n, 4 * offset : 4 * (offset + n)] = block
+            self.w_h = w_h.index_select(1, self.order)
         self.heads_w = heads_w
         self.heads_b = heads_b
         logit_columns = 3 * self.decisions
         self.heads_w_logits_t = heads_w[:, :logit_columns].t().contiguous()
         self.heads_w_memory_t = heads_w[:, logit_columns:].t().contiguous()
-        self.w_h_t = w_h.t().contiguous() if w_h is not None else None
-        self.w_reads_controller_t = w_reads.t().contiguous() if w_reads is not None else None
+        self.w_h_t = self.w_h.t().contiguous() if self.w_h is not None else None
+        self.w_reads_controller_t = self.w_reads_controller.t().contiguous() if self.w_reads_controller is not None else None
         self.z_split = [3 * self.units, self.combined.shape[1] - 3 * self.units]
         self.head_split = [logit_columns, self.width + (3 if self.direct else 0), self.width]
         self.h = h0
         self.c = c0
         self.hs.append(h0)
         self.cs.append(c0)
+
+    def _recurrent_parts(self, controller: Any, baseline: Any) -> list[tuple[int, int, Any]]:
+        """(offset, units, its item) of each LSTM in the state: the controller's (an LSTM
+        controller) with ``controller``, then the baseline's with ``baseline``."""
+        parts = []
+        if self.controller_units:
+            parts.append((0, self.controller_units, controller))
+        if self.units > self.controller_units:
+            parts.append((self.controller_units, self.units - self.controller_units, baseline))
+        return parts
 
     # -- the course: where the heads are, what they read, what may be decided -------------
 
@@ -557,13 +588,15 @@ class Episode:
         if dtable is None:
             dtable = torch.zeros_like(self.table)
         dtable[self.centre * NUM_SYMBOLS : (self.centre + 1) * NUM_SYMBOLS] += combined.sum(0)
-        grads[2] = dtable
-        grads[3] = combined.sum(1)
+        # Back to the plan's column order.
+        grads[2] = dtable.index_select(1, self.inverse)
+        grads[3] = combined.sum(1).index_select(1, self.inverse)
         if self.memory:
-            grads[4] = accumulators["w_reads"]
-            grads[5] = accumulators["w_reads"].clone() if self.has_reads_base else None
+            grads[4] = accumulators["w_reads"].index_select(1, self.inverse)
         if units:
-            grads[6] = accumulators["w_h"]
+            w_h = accumulators["w_h"].index_select(1, self.inverse)
+            for offset, n, slot in self._recurrent_parts(5, 6):
+                grads[slot] = w_h[offset : offset + n, 4 * offset : 4 * (offset + n)]
         grads[7] = self.heads_w_grad
         grads[8] = self.heads_b_grad
         if self.grad_logits is not None:
@@ -583,12 +616,27 @@ class Episode:
         return tuple(grads)
 
 
+@functools.cache
+def _gate_major_order(units: int, controller_units: int, columns: int) -> torch.Tensor:
+    """The plan's columns (each LSTM in torch's gate order: input, forget, candidate, output; the
+    controller's LSTM first; then feed-forward units) regrouped as this loop's product wants them:
+    every LSTM's input gates, then forget gates, then output gates (the sigmoid part), then every
+    LSTM's candidates and the feed-forward units (the tanh part). Cached: never modified."""
+    parts = [(offset, n) for offset, n in ((0, controller_units), (controller_units, units - controller_units)) if n]
+    order = []
+    for gate in (0, 1, 3, 2):
+        for offset, n in parts:
+            order.extend(range(4 * offset + gate * n, 4 * offset + (gate + 1) * n))
+    order.extend(range(4 * units, columns))
+    return torch.tensor(order)
+
+
 class _Start(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, episode, h0, c0, table, action_table, w_reads, w_reads_base, w_h, heads_w, heads_b):  # type: ignore[no-untyped-def, override]
+    def forward(ctx, episode, h0, c0, table, action_table, w_reads, w_h_controller, w_h_baseline, heads_w, heads_b):  # type: ignore[no-untyped-def, override]
         ctx.set_materialize_grads(False)
         ctx.episode = episode
-        episode.begin(h0, c0, table, action_table, w_reads, w_reads_base, w_h, heads_w, heads_b)
+        episode.begin(h0, c0, table, action_table, w_reads, w_h_controller, w_h_baseline, heads_w, heads_b)
         return episode.token()
 
     @staticmethod

@@ -482,21 +482,24 @@ class _StepPlan:
 
     The controller's input x_t is a concatenation of embeddings and memory cells, and every
     embedding only ever meets the first layer's weights. So the embedding tables are mapped
-    through those weights once per episode, and a step multiplies a one-hot vector of the
-    symbols read and the previous decisions by the mapped tables instead. The memory cells read
-    and the recurrent state join the same vector: one matrix product gives every pre-activation.
+    through those weights once per episode (one product with a block-diagonal matrix of the
+    tables, whose identity block for the memory cells passes their weights through), and a step
+    multiplies a one-hot vector of the symbols read and the previous decisions by the mapped tables
+    instead. The memory cells read and the recurrent state are two more products.
 
-    With the baseline LSTM (and no deliberate bug), its tandem part runs in the same product,
+    With the baseline LSTM (and no deliberate bug), its tandem part runs in the same products,
     side by side with the controller: the baseline reads the one-hot part through tables built
-    from *detached* embeddings, its own copy of the memory cells *detached*, and its own state,
-    and its columns of the product have zeros wherever the controller's inputs would reach it
-    (and the other way round), so no gradient crosses from one to the other. The pre-reader runs
-    before the episode and gives the tandem part its initial state.
+    from *detached* embeddings, the memory cells through its own weights (the loop sends the
+    cells' gradient through the controller's columns only, so the baseline reads them
+    *detached*), and its own state (a recurrent block of its own), so no gradient crosses from one
+    to the other. The pre-reader runs before the episode and gives the tandem part its initial
+    state.
 
-    Column layout of the product: the sigmoid gates (input, forget, output) of every LSTM unit,
-    controller's first, then the tanh parts (the LSTM candidates; the feed-forward units). Rows:
-    the one-hot part (:attr:`table`, the bias folded into the first decision's rows), then the
-    memory cells read (the controller's rows, then the baseline's), then the LSTM state.
+    Column layout of the products: the controller's LSTM (an LSTM controller), the baseline LSTM,
+    each in torch's gate order (input, forget, candidate, output), then the controller's
+    feed-forward units (other controllers). Rows of the one-hot part: every window cell's
+    symbols (:attr:`symbol_table`), then every combination of the previous decisions
+    (:attr:`action_table`, one row per combination, the bias included).
 
     The output heads the loop needs (decision logits, times the inverse temperature, and the
     memory write) are one more product. The prediction head waits until after the episode.
@@ -518,81 +521,50 @@ class _StepPlan:
         self.controller_units = config.hidden_size
         self.baseline_units = baseline.tandem.hidden_size if baseline is not None else 0
         self.lstm_units = (self.controller_units if self.lstm else 0) + self.baseline_units
-        self.onehot_width = cells * NUM_SYMBOLS + 4 * decisions
 
+        # The rows a one-hot input meets, in the input's order: each window cell's symbol
+        # embedding, the memory cells (an identity: their rows are the weights themselves), each
+        # previous decision's embedding.
         actions = [controller.input_move_embedding.weight]
         if memory:
             actions.append(controller.memory_move_embedding.weight)
         actions.append(controller.output_embedding.weight)
         symbols = controller.symbol_embedding.weight
-        recurrent: torch.Tensor | None = None
+        blocks = [symbols] * cells + ([_identity(cells * width, symbols.dtype)] if memory else []) + actions
+        inputs = torch.block_diag(*blocks)
+
+        # Side by side, in the layout above: (rows, first layer's weight, bias) of each part. The
+        # baseline's one-hot rows come from detached embeddings: its loss must not train them.
+        parts = []
+        controller_recurrent = baseline_recurrent = None
         if isinstance(controller, LSTMController):
             cell = controller.cell
-            first, bias, recurrent = cell.weight_ih, cell.bias_ih + cell.bias_hh, cell.weight_hh.T
-        else:
-            first, bias = _tensor(controller, "layer.weight"), _tensor(controller, "layer.bias")
-        fixed, reads = _input_rows(first, symbols, actions, cells, width)
-        controller_rows = [fixed] + ([reads] if memory else [])
-        units = first.shape[0]
+            parts.append((inputs, cell.weight_ih, cell.bias_ih + cell.bias_hh))
+            controller_recurrent = cell.weight_hh.T
         if baseline is not None:
-            # Detached embeddings: the baseline's loss must not train the controller's tables.
-            base_fixed, base_reads = _input_rows(
-                _tensor(baseline, "tandem.weight_ih_l0"), symbols.detach(), [a.detach() for a in actions], cells, width
-            )
             base_bias = _tensor(baseline, "tandem.bias_ih_l0") + _tensor(baseline, "tandem.bias_hh_l0")
-            base_units = 4 * self.baseline_units
-            baseline_rows = [base_fixed]
-            if memory:
-                controller_rows.append(first.new_zeros(cells * width, units))
-                baseline_rows += [first.new_zeros(cells * width, base_units), base_reads]
-            if recurrent is not None:
-                baseline_rows.append(first.new_zeros(self.controller_units, base_units))
-            baseline_rows.append(_tensor(baseline, "tandem.weight_hh_l0").T)
-        if recurrent is not None:
-            controller_rows.append(recurrent)
-        if baseline is not None:
-            controller_rows.append(first.new_zeros(self.baseline_units, units))
-        controller_weight = torch.cat(controller_rows, 0)
+            parts.append((inputs.detach(), _tensor(baseline, "tandem.weight_ih_l0"), base_bias))
+            baseline_recurrent = _tensor(baseline, "tandem.weight_hh_l0").T
+        if controller_recurrent is None:
+            parts.append((inputs, _tensor(controller, "layer.weight"), _tensor(controller, "layer.bias")))
+        rows = torch.cat([rows_in @ weight.T for rows_in, weight, _ in parts], 1)
+        bias = torch.cat([part_bias for _, _, part_bias in parts])
 
-        # Side by side: the controller's LSTM columns, the baseline's, the feed-forward units; then
-        # regrouped by gate with one gather (see _gate_major_order).
-        weights, biases, sizes = [], [], []
-        if recurrent is not None:
-            weights.append(controller_weight)
-            biases.append(bias)
-            sizes.append(self.controller_units)
-        if baseline is not None:
-            weights.append(torch.cat(baseline_rows, 0))
-            biases.append(base_bias)
-            sizes.append(self.baseline_units)
-        if recurrent is None:
-            weights.append(controller_weight)
-            biases.append(bias)
-        order = _gate_major_order(tuple(sizes), units if recurrent is None else 0)
-        weight = torch.cat(weights, 1).index_select(1, order)
-        bias = torch.cat(biases, 0).index_select(0, order)
-        # The one-hot part is a sum of table rows, one per window cell and one per previous
-        # decision; the bias joins the rows of the first decision, of which every sum has one.
-        fixed_rows = self.onehot_width
-        first_decision = cells * NUM_SYMBOLS
-        self.table = torch.cat(
-            [weight[:first_decision], weight[first_decision : first_decision + 4] + bias, weight[first_decision + 4 : fixed_rows]]
-        )
-        self.weight = weight[fixed_rows:]
-        # Gathering one row for the previous decisions together (of 4 ** decisions combinations)
-        # moves less memory than a row per decision.
-        table = self.table
-        combined = table[first_decision : first_decision + 4]
+        symbol_rows = cells * NUM_SYMBOLS
+        reads_rows = cells * width
+        self.symbol_table = rows[:symbol_rows]
+        self.w_reads = rows[symbol_rows : symbol_rows + reads_rows] if memory else None
+        # Every combination of the previous decisions, one row each (a step gathers one row for
+        # them together instead of one per decision); the bias joins the first decision's rows,
+        # of which every combination has one.
+        first_decision = symbol_rows + reads_rows
+        combined = rows[first_decision : first_decision + 4] + bias
         for d in range(1, decisions):
-            rows = table[first_decision + 4 * d : first_decision + 4 * (d + 1)]
-            combined = (combined[:, None, :] + rows[None, :, :]).flatten(0, 1)
+            decision_rows = rows[first_decision + 4 * d : first_decision + 4 * (d + 1)]
+            combined = (combined[:, None, :] + decision_rows[None, :, :]).flatten(0, 1)
         self.action_table = combined
-        self.symbol_table = table[:first_decision]
-        reads_rows = cells * width if memory else 0
-        rest = self.weight
-        self.w_reads = rest[:reads_rows] if memory else None
-        self.w_reads_base = rest[reads_rows : 2 * reads_rows] if memory and baseline is not None else None
-        self.w_h = rest[rest.shape[0] - self.lstm_units :] if self.lstm_units else None
+        self.w_h_controller = controller_recurrent
+        self.w_h_baseline = baseline_recurrent
 
         # Output heads used inside the loop, reading the controller's output: the decision logits
         # times the inverse temperature (the output decision, last, gets a third, always
@@ -615,9 +587,12 @@ class _StepPlan:
 
     def weights(self) -> tuple[torch.Tensor | None, ...]:
         """What :func:`rlntm_demo.fused.start` takes after the initial state: the symbol rows of
-        the one-hot table, the previous decisions' combined rows, the memory reads' rows
-        (controller's, baseline's), the LSTM state's rows, the heads' weight and bias."""
-        return (self.symbol_table, self.action_table, self.w_reads, self.w_reads_base, self.w_h, self.heads_weight, self.heads_bias)
+        the one-hot table, the previous decisions' combined rows, the memory reads' rows, the
+        recurrent blocks (controller's, baseline's), the heads' weight and bias."""
+        return (
+            self.symbol_table, self.action_table, self.w_reads, self.w_h_controller, self.w_h_baseline,
+            self.heads_weight, self.heads_bias,
+        )
 
     def initial_state(self, batch: Batch, size: int, dtype: torch.dtype) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(h, c) of every LSTM unit before the first step (``None`` without any)."""
@@ -649,20 +624,9 @@ def _memory_tables(size: int, cells: int, window: int, direct: bool) -> tuple[to
 
 
 @functools.cache
-def _gate_major_order(lstm_units: tuple[int, ...], feedforward_units: int) -> torch.Tensor:
-    """The columns of LSTMs side by side (each in torch's gate order: input, forget, candidate,
-    output), then feed-forward units, regrouped as the step's product wants them: every LSTM's
-    input gates, then forget gates, then output gates (the sigmoid part), then every LSTM's
-    candidates and the feed-forward units (the tanh part)."""
-    starts = [0]
-    for n in lstm_units:
-        starts.append(starts[-1] + 4 * n)
-    order = []
-    for gate in (0, 1, 3, 2):
-        for start, n in zip(starts, lstm_units):
-            order.extend(range(start + gate * n, start + (gate + 1) * n))
-    order.extend(range(starts[-1], starts[-1] + feedforward_units))
-    return torch.tensor(order)
+def _identity(size: int, dtype: torch.dtype) -> torch.Tensor:
+    """An identity matrix (cached: a constant, never modified)."""
+    return torch.eye(size, dtype=dtype)
 
 
 def _tensor(module: nn.Module, name: str) -> torch.Tensor:
@@ -670,22 +634,3 @@ def _tensor(module: nn.Module, name: str) -> torch.Tensor:
     value = module.get_parameter(name)
     assert isinstance(value, torch.Tensor)
     return value
-
-
-def _input_rows(
-    weight: torch.Tensor, symbols: torch.Tensor, actions: list[torch.Tensor], cells: int, width: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A first layer's weights (units, input_size) seen from a one-hot input and the memory reads.
-
-    Returns the rows for the one-hot part (each window cell's symbol, then each previous
-    decision: the embedding tables mapped through the weights) and the rows for the memory cells.
-    """
-    units = weight.shape[0]
-    e = symbols.shape[1]
-    symbol_rows = torch.einsum("se,uje->jsu", symbols, weight[:, : cells * e].reshape(units, cells, e))
-    rows = [symbol_rows.reshape(cells * NUM_SYMBOLS, units)]
-    column = cells * e + cells * width
-    for table in actions:
-        rows.append(table @ weight[:, column : column + e].T)
-        column += e
-    return torch.cat(rows, 0), weight[:, cells * e : cells * e + cells * width].T

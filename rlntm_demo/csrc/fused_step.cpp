@@ -125,8 +125,8 @@ void lstm_backward_row(int64_t n, const T* __restrict__ in, const T* __restrict_
   }
 }
 
-// What backward needs from one step. ``z`` holds the activations (sigmoid gates, then the tanh
-// part), ``heads`` the raw logits and the write's activated gates and value, ``reads`` the memory
+// What backward needs from one step. ``z`` holds the activations (each LSTM's gates, then any
+// feed-forward units), ``heads`` the raw logits and the write's activated gates and value, ``reads`` the memory
 // cells read (window, then the direct-access neighbours).
 struct Saved {
   Tensor table_index, extra_index, live, symbol, write_row, read_rows, window, reads, z, tc, heads, probs, output;
@@ -316,68 +316,51 @@ class Episode : public std::enable_shared_from_this<Episode> {
   // -- forward ---------------------------------------------------------------------------
 
   void begin(const Maybe& h0, const Maybe& c0, const Tensor& table, const Tensor& action_table,
-             const Maybe& w_reads, const Maybe& w_reads_base, const Maybe& w_h, const Tensor& heads_w,
+             const Maybe& w_reads, const Maybe& w_h_controller, const Maybe& w_h_baseline, const Tensor& heads_w,
              const Tensor& heads_b) {
     TORCH_CHECK(table.device().is_cpu(), "the native step loop runs on the CPU; set RLNTM_NATIVE=0 for another device");
     dtype_ = table.scalar_type();
     if (memory_) tape_ = at::zeros({size_ * cells_, width_}, table.options());
-    const Tensor centre_rows = table.narrow(0, centre_ * symbols_count_, symbols_count_);
     // A step's one-hot part starts from (previous decisions' row) + (centre symbol's row): the
     // Python loop gathers it from a table of every sum, this one adds the two rows.
     //
-    // Inside this class the product's columns are ordered by LSTM: the controller's gates (input,
-    // forget, output, candidate), then the baseline's, then any feed-forward units. The two LSTMs
-    // never see each other's state, so the recurrent product is two blocks instead of one matrix
-    // that is half zeros (and likewise its backward). ``order_`` maps this order to the plan's
-    // columns (gate-major); the gradients are mapped back in backward_start.
+    // The product's columns come in the plan's order: each LSTM's gates (controller's, then the
+    // baseline's) in torch's order (input, forget, candidate, output), then any feed-forward
+    // units. The two LSTMs never see each other's state, so the recurrent product is one block
+    // per LSTM.
     const int64_t columns = action_table.size(1);
     parts_.clear();
     if (controller_units_) parts_.push_back({0, controller_units_});
     if (units_ > controller_units_) parts_.push_back({controller_units_, units_ - controller_units_});
-    std::vector<int64_t> order;
-    for (const auto& [offset, n] : parts_) {
-      for (int64_t gate = 0; gate < 4; ++gate) {
-        for (int64_t j = 0; j < n; ++j) order.push_back(gate * units_ + offset + j);
-      }
-    }
-    for (int64_t k = 4 * units_; k < columns; ++k) order.push_back(k);
-    order_ = at::tensor(order, at::kLong);
-    inverse_ = at::empty_like(order_);
-    inverse_.index_put_({order_}, at::arange(columns, at::kLong));
-    auto ordered = [&](const Tensor& w) { return w.index_select(-1, order_); };
     // The forward pass multiplies by copies whose sigmoid columns are halved, so that one tanh over
     // the whole product gives every activation: sigmoid(x) = (1 + tanh(x / 2)) / 2, and halving is
     // exact. The backward pass works with the weights as they are.
     Tensor scale = at::ones({columns}, table.options());
-    scale.narrow(0, 0, 3 * units_).fill_(0.5);
-    scale = ordered(scale);
+    for (const auto& [offset, n] : parts_) {
+      scale.narrow(0, 4 * offset, 2 * n).fill_(0.5);
+      scale.narrow(0, 4 * offset + 3 * n, n).fill_(0.5);
+    }
     table_ = table;
-    action_table_ = ordered(action_table);
-    centre_rows_ = ordered(centre_rows);
-    forward_action_table_ = action_table_ * scale;
+    action_table_ = action_table;
+    forward_action_table_ = action_table * scale;
+    centre_rows_ = table.narrow(0, centre_ * symbols_count_, symbols_count_);
     forward_centre_rows_ = centre_rows_ * scale;
-    forward_table_ = window_cells_ > 1 ? ordered(table) * scale : Tensor();
-    has_reads_base_ = w_reads_base.has_value();
+    forward_table_ = window_cells_ > 1 ? table * scale : Tensor();
     if (memory_) {
-      const Tensor controller_reads = ordered(*w_reads);
-      const Tensor reads = has_reads_base_ ? controller_reads + ordered(*w_reads_base) : controller_reads;
-      forward_w_reads_ = reads * scale;
+      forward_w_reads_ = *w_reads * scale;
       // The gradient of the cells read comes from the controller's columns only (the baseline reads
-      // a detached copy): one contiguous range of the internal order.
+      // them detached): one contiguous range.
       const int64_t first = controller_units_ ? 0 : 4 * units_;
       const int64_t count = controller_units_ ? 4 * controller_units_ : columns - 4 * units_;
       controller_columns_ = {first, count};
-      w_reads_controller_t_ = controller_reads.narrow(1, first, count).t().contiguous();
+      w_reads_controller_t_ = w_reads->narrow(1, first, count).t().contiguous();
     }
     forward_w_h_.clear();
     w_h_t_.clear();
-    if (units_) {
-      const Tensor recurrent = ordered(*w_h);
-      for (const auto& [offset, n] : parts_) {
-        const Tensor block = recurrent.narrow(0, offset, n).narrow(1, 4 * offset, 4 * n);
-        forward_w_h_.push_back((block * scale.narrow(0, 4 * offset, 4 * n)).contiguous());
-        w_h_t_.push_back(block.t().contiguous());
-      }
+    for (const auto& [offset, n] : parts_) {
+      const Tensor& block = offset == 0 && controller_units_ ? *w_h_controller : *w_h_baseline;
+      forward_w_h_.push_back((block * scale.narrow(0, 4 * offset, 4 * n)).contiguous());
+      w_h_t_.push_back(block.t().contiguous());
     }
     heads_w_ = heads_w;
     heads_b_ = heads_b;
@@ -435,7 +418,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
       z.addmm_(window, forward_w_reads_);
       if (want_windows_) reads_list_.push_back(window);
     }
-    // z becomes the activations in place: the sigmoid gates, then the tanh part.
+    // z becomes the activations in place (one tanh, then the sigmoid gates from it).
     const int64_t columns = z.size(1), units = units_;
     Tensor c, tc, output;
     if (units) {
@@ -449,8 +432,9 @@ class Episode : public std::enable_shared_from_this<Episode> {
         for (int64_t b = 0; b < size_; ++b, z_row += columns, before += units, out += units) {
           for (const auto& [offset, n] : parts_) {
             T* a = z_row + 4 * offset;
-            sigmoid_from_half_tanh(3 * n, a);
-            for (int64_t j = 0; j < n; ++j) out[offset + j] = a[n + j] * before[offset + j] + a[j] * a[3 * n + j];
+            sigmoid_from_half_tanh(2 * n, a);
+            sigmoid_from_half_tanh(n, a + 3 * n);
+            for (int64_t j = 0; j < n; ++j) out[offset + j] = a[n + j] * before[offset + j] + a[j] * a[2 * n + j];
           }
         }
       });
@@ -463,7 +447,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
         for (int64_t b = 0; b < size_; ++b, z_row += columns, tanh_c += units, out += units) {
           for (const auto& [offset, n] : parts_) {
             const T* a = z_row + 4 * offset;
-            for (int64_t j = 0; j < n; ++j) out[offset + j] = a[2 * n + j] * tanh_c[offset + j];
+            for (int64_t j = 0; j < n; ++j) out[offset + j] = a[3 * n + j] * tanh_c[offset + j];
           }
         }
       });
@@ -788,8 +772,8 @@ class Episode : public std::enable_shared_from_this<Episode> {
           for (const auto& [offset, n] : parts_) {
             const T* a = act + 4 * offset;
             T* g = grad + 4 * offset;
-            lstm_backward_row(n, a, a + n, a + 2 * n, a + 3 * n, tc_row + offset, c_row + offset, dh_row + offset,
-                              dc_row + offset, g, g + n, g + 2 * n, g + 3 * n);
+            lstm_backward_row(n, a, a + n, a + 3 * n, a + 2 * n, tc_row + offset, c_row + offset, dh_row + offset,
+                              dc_row + offset, g, g + n, g + 3 * n, g + 2 * n);
           }
           if (!controller) {  // a feed-forward controller's tanh units
             for (int64_t k = 4 * units; k < columns; ++k) {
@@ -860,23 +844,12 @@ class Episode : public std::enable_shared_from_this<Episode> {
       grads[0] = grad_token->narrow(0, 0, size_ * units_).view({size_, units_});
       grads[1] = grad_token->narrow(0, size_ * units_, size_ * units_).view({size_, units_});
     }
-    // Back to the plan's column order.
     Tensor dtable = table_grad_.defined() ? table_grad_ : at::zeros_like(table_);
     dtable.narrow(0, centre_ * symbols_count_, symbols_count_).add_(centre_grad_);
-    grads[2] = dtable.index_select(1, inverse_);
-    grads[3] = action_grad_.index_select(1, inverse_);
-    if (memory_) {
-      grads[4] = w_reads_grad_.index_select(1, inverse_);
-      if (has_reads_base_) grads[5] = grads[4]->clone();
-    }
-    if (units_) {
-      Tensor recurrent = at::zeros({units_, action_table_.size(1)}, action_table_.options());
-      for (size_t p = 0; p < parts_.size(); ++p) {
-        const auto& [offset, n] = parts_[p];
-        recurrent.narrow(0, offset, n).narrow(1, 4 * offset, 4 * n).copy_(w_h_grad_[p]);
-      }
-      grads[6] = recurrent.index_select(1, inverse_);
-    }
+    grads[2] = dtable;
+    grads[3] = action_grad_;
+    if (memory_) grads[4] = w_reads_grad_;
+    for (size_t p = 0; p < parts_.size(); ++p) grads[parts_[p].first == 0 && controller_units_ ? 5 : 6] = w_h_grad_[p];
     grads[7] = heads_w_grad_;
     grads[8] = heads_b_grad_;
     if (grad_logits_.defined()) {
@@ -933,18 +906,16 @@ class Episode : public std::enable_shared_from_this<Episode> {
   at::ScalarType dtype_ = at::kFloat;
 
   // Weights and what is derived from them once per episode.
-  // Columns of the product in this class's order (see begin): (offset, units) of each LSTM in the
-  // state, and the internal -> plan column maps.
+  // (offset, units) of each LSTM in the state (its columns of the product start at 4 * offset),
+  // and the controller's columns (first, count), whose rows of w_reads carry the cells' gradient.
   std::vector<std::pair<int64_t, int64_t>> parts_;
   std::pair<int64_t, int64_t> controller_columns_;
-  Tensor order_, inverse_;
   Tensor table_, action_table_, centre_rows_, heads_w_, heads_b_;
   Tensor heads_w_logits_t_, heads_w_memory_t_, w_reads_controller_t_;
   std::vector<Tensor> w_h_t_, forward_w_h_;
   Tensor forward_action_table_, forward_centre_rows_, forward_table_, forward_w_reads_, forward_heads_w_,
       forward_heads_b_;
   int64_t logit_columns_ = 0;
-  bool has_reads_base_ = false;
 
   // The loop's state and every step's values.
   Tensor tape_, h_, c_;
