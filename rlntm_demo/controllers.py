@@ -155,6 +155,13 @@ class Controller(nn.Module):
         """
         return self.prediction_head(h)
 
+    def prediction_weights(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """:meth:`prediction_logits` as one linear map and a gate count, for
+        :func:`rlntm_demo.fused.predict`: (weight, bias, gates), where the weight's rows beyond the
+        first ``NUM_SYMBOLS`` are the pre-activations of gates that add the one-hot symbol (the
+        first gate) and the memory cell (the second) to the logits."""
+        return self.prediction_head.weight, self.prediction_head.bias, 0
+
 
 class LSTMController(Controller):
     """A one-layer LSTM controller (Fig. 5 of the paper)."""
@@ -224,6 +231,13 @@ class DirectAccessController(LSTMController):
             return logits.scatter_add(-1, symbol[..., None], gates[..., 0:1])
         assert cell is not None
         return torch.addcmul(logits, gates[..., 4:5], cell).scatter_add_(-1, symbol[..., None], gates[..., 3:4])
+
+    def prediction_weights(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The prediction head's rows, then the symbol gate's (and with memory the cell gate's)."""
+        chosen = slice(3, 5) if self.memory else slice(0, 1)
+        weight = torch.cat([self.prediction_head.weight, self.gate_head.weight[chosen]])
+        bias = torch.cat([self.prediction_head.bias, self.gate_head.bias[chosen]])
+        return weight, bias, 2 if self.memory else 1
 
 
 def make_controller(config: ModelConfig) -> Controller:

@@ -706,6 +706,57 @@ def finish(episode: Episode, token: torch.Tensor) -> tuple[torch.Tensor | None, 
     return _Finish.apply(token, episode)
 
 
+def predict(
+    hidden: torch.Tensor,
+    cells: torch.Tensor | None,
+    symbols: torch.Tensor,
+    rows: torch.Tensor,
+    targets: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    gates: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prediction head at the predicting steps, with the rewards and predictions it gives.
+
+    Arguments:
+        hidden: (B, T, H), the controller's outputs.
+        cells: (B, T, width), the current memory cells after each step's write (needed with two
+            gates).
+        symbols: (N,) long, the centre input symbol at each predicting step.
+        rows: (N,) long, the predicting steps as flat indices ``b * T + t``.
+        targets: (N,) long, the target at each of them.
+        weight, bias: the head as one linear map, with ``gates`` gate rows after the
+            ``NUM_SYMBOLS`` logit rows (:meth:`~rlntm_demo.controllers.Controller.prediction_weights`).
+        gates: 0; 1 (a sigmoid gate adds the one-hot symbol to the logits); 2 (a second one adds
+            the memory cell).
+
+    Returns:
+        Rewards (B, T): the target's log-probability at the predicting steps, 0 elsewhere
+        (differentiable); predictions (B, T) long: the most probable symbol there, -1 elsewhere.
+        One C++ node where :mod:`rlntm_demo.native` is built (fewer operations, forward and
+        backward); the same values in torch otherwise.
+    """
+    module = native.extension()
+    if module is not None:
+        rewards, predictions = module.predict(hidden, cells, symbols, rows, targets, weight, bias, gates)
+        return rewards, predictions
+    size, steps, units = hidden.shape
+    out = torch.addmm(bias, hidden.reshape(size * steps, units).index_select(0, rows), weight.T)
+    logits = out[:, :NUM_SYMBOLS]
+    if gates:
+        gate = out[:, NUM_SYMBOLS:].sigmoid()
+        if gates == 2:
+            assert cells is not None
+            logits = torch.addcmul(logits, gate[:, 1:2], cells.reshape(size * steps, -1).index_select(0, rows))
+        logits = logits.scatter_add(1, symbols[:, None], gate[:, :1])
+    # The target's logit minus the log-sum-exp: torch's log-softmax over a last dimension this
+    # short costs several times more.
+    log_probs = logits.gather(1, targets[:, None])[:, 0] - logits.logsumexp(-1)
+    rewards = log_probs.new_zeros(size * steps).index_copy(0, rows, log_probs).view(size, steps)
+    predictions = torch.full((size * steps,), -1, dtype=torch.long).index_copy_(0, rows, argmax_last(logits.detach()))
+    return rewards, predictions.view(size, steps)
+
+
 def argmax_last(values: torch.Tensor) -> torch.Tensor:
     """``values.argmax(-1)`` (the first of equal entries; a NaN counts as the largest), in one C++
     pass where :mod:`rlntm_demo.native` is built: torch's argmax over a last dimension as short as

@@ -318,21 +318,14 @@ class RLNTM(nn.Module):
         # reward there is the target's log-probability, 0 elsewhere.
         predicting = chosen[..., OUTPUT] == OUTPUT_PREDICT
         rows = predicting.flatten().nonzero().squeeze(1)
-        prediction_logits = controller.prediction_logits(
-            hidden.reshape(size * steps, -1).index_select(0, rows),
-            centre.reshape(-1).index_select(0, rows),
-            None if cells is None else cells.reshape(size * steps, -1).index_select(0, rows),
-        )
         positions = record["output_positions"]
         index = positions.clamp(max=batch.target.shape[1] - 1)
         targets = torch.where(positions >= batch.target_len[:, None], BLANK, batch.target.gather(1, index))
-        targets = targets.reshape(-1).index_select(0, rows)
-        # The target's logit minus the log-sum-exp, as for the decisions: torch's log-softmax over
-        # a last dimension this short costs several times more.
-        target_log_probs = prediction_logits.gather(1, targets[:, None])[:, 0] - prediction_logits.logsumexp(-1)
-        rewards = target_log_probs.new_zeros(size * steps).index_copy(0, rows, target_log_probs).view(size, steps)
-        predictions = torch.full((size * steps,), -1, dtype=torch.long)
-        predictions = predictions.index_copy_(0, rows, fused.argmax_last(prediction_logits)).view(size, steps)
+        weight, bias, gates = controller.prediction_weights()
+        rewards, predictions = fused.predict(
+            hidden, cells, centre.reshape(-1).index_select(0, rows), rows, targets.reshape(-1).index_select(0, rows),
+            weight, bias, gates,
+        )
 
         baselines = torch.zeros(mask.shape, dtype=rewards.dtype)
         if self.config.online_baseline:

@@ -1048,6 +1048,141 @@ struct PreRead : public torch::autograd::Function<PreRead> {
   }
 };
 
+// The prediction head at the predicting steps (fused.predict): logits = weight h + bias over the
+// first ``symbols`` rows of weight; with ``gates`` 1 or 2, the next rows are pre-activations of
+// sigmoid gates that add the one-hot centre symbol (gate 1) and the current memory cell (gate 2)
+// to the logits (DirectAccessController.prediction_logits). Returns every step's reward (the
+// target's log-probability at the given rows, 0 elsewhere) and prediction (the argmax, -1
+// elsewhere), both (B, T), from hidden (B, T, H) and cells (B, T, width).
+struct Predict : public torch::autograd::Function<Predict> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const Tensor& hidden,
+                                                const Maybe& cells, const Tensor& symbol, const Tensor& rows,
+                                                const Tensor& targets, const Tensor& weight, const Tensor& bias,
+                                                int64_t gates) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    TORCH_CHECK(hidden.dim() == 3 && rows.scalar_type() == at::kLong && targets.scalar_type() == at::kLong &&
+                    symbol.scalar_type() == at::kLong && gates >= 0 && gates <= 2 && (gates < 2 || cells),
+                "predict takes hidden (B, T, H), long rows, targets and symbols, 0 to 2 gates (cells with 2)");
+    const Tensor h_all = hidden.stride(2) == 1 ? hidden : hidden.contiguous();
+    const Tensor at_rows = rows.contiguous(), target = targets.contiguous(), sym = symbol.contiguous();
+    const Tensor cell_all = cells ? cells->contiguous() : Tensor(), b_all = bias.contiguous();
+    const int64_t steps = h_all.size(1), units = h_all.size(2), n = at_rows.numel();
+    const int64_t columns = weight.size(0), symbols = columns - gates;
+    const auto options = h_all.options();
+    Tensor h = at::empty({n, units}, options), out = at::empty({n, columns}, options), lse = at::empty({n}, options);
+    Tensor rewards = at::zeros({h_all.size(0), steps}, options);
+    Tensor predictions = at::full({h_all.size(0), steps}, -1, options.dtype(at::kLong));
+    const int64_t* r = at_rows.data_ptr<int64_t>();
+    dispatch(options.dtype().toScalarType(), [&](auto zero) {
+      using T = decltype(zero);
+      const T* from = h_all.data_ptr<T>();
+      const T* b = b_all.data_ptr<T>();
+      T *to = h.data_ptr<T>(), *o = out.data_ptr<T>();
+      for (int64_t i = 0; i < n; ++i) {
+        const T* row = from + r[i] / steps * h_all.stride(0) + r[i] % steps * h_all.stride(1);
+        std::copy(row, row + units, to + i * units);
+        std::copy(b, b + columns, o + i * columns);
+      }
+    });
+    out.addmm_(h, weight.t());
+    dispatch(options.dtype().toScalarType(), [&](auto zero) {
+      using T = decltype(zero);
+      T* o = out.data_ptr<T>();
+      T *log_sum = lse.data_ptr<T>(), *reward = rewards.data_ptr<T>();
+      const T* cell = cell_all.defined() ? cell_all.data_ptr<T>() : nullptr;
+      const int64_t width = cell_all.defined() ? cell_all.size(2) : 0;
+      const int64_t *t = target.data_ptr<int64_t>(), *s = sym.data_ptr<int64_t>();
+      int64_t* predicted = predictions.data_ptr<int64_t>();
+      for (int64_t i = 0; i < n; ++i) {
+        T* logits = o + i * columns;
+        for (int64_t g = symbols; g < columns; ++g) logits[g] = T(1) / (T(1) + std::exp(-logits[g]));
+        if (gates == 2) {
+          const T gate = logits[symbols + 1];
+          const T* c = cell + r[i] * width;
+          for (int64_t j = 0; j < width; ++j) logits[j] += gate * c[j];
+        }
+        if (gates) logits[s[i]] += logits[symbols];
+        int64_t best = 0;
+        T top = logits[0];
+        for (int64_t k = 1; k < symbols && !std::isnan(top); ++k) {
+          if (logits[k] > top || std::isnan(logits[k])) {
+            top = logits[k];
+            best = k;
+          }
+        }
+        T sum = 0;
+        for (int64_t k = 0; k < symbols; ++k) sum += std::exp(logits[k] - top);
+        log_sum[i] = top + std::log(sum);
+        reward[r[i]] = logits[t[i]] - log_sum[i];
+        predicted[r[i]] = best;
+      }
+    });
+    ctx->mark_non_differentiable({predictions});
+    ctx->save_for_backward({h, out, lse, at_rows, target, sym, weight});
+    if (cell_all.defined()) ctx->saved_data["cells"] = cell_all;
+    ctx->saved_data["shape"] = hidden.sizes();
+    ctx->saved_data["gates"] = gates;
+    return {rewards, predictions};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    TORCH_CHECK(!at::GradMode::is_enabled(), "predict saves nothing for a second differentiation: use create_graph=False");
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &h = saved[0], &out = saved[1], &lse = saved[2], &at_rows = saved[3], &target = saved[4],
+                 &sym = saved[5], &weight = saved[6];
+    const int64_t gates = ctx->saved_data["gates"].toInt();
+    const Tensor cell_all = gates == 2 ? ctx->saved_data["cells"].toTensor() : Tensor();
+    const int64_t n = h.size(0), columns = out.size(1), symbols = columns - gates;
+    Tensor grad_cells;
+    Tensor d = at::empty({n, columns}, out.options());
+    if (grads[0].defined()) {
+      const Tensor grad = grads[0].contiguous();
+      if (cell_all.defined()) grad_cells = at::zeros_like(cell_all);
+      dispatch(out.scalar_type(), [&](auto zero) {
+        using T = decltype(zero);
+        const T *o = out.data_ptr<T>(), *log_sum = lse.data_ptr<T>(), *g = grad.data_ptr<T>();
+        const T* cell = cell_all.defined() ? cell_all.data_ptr<T>() : nullptr;
+        T* dcell = grad_cells.defined() ? grad_cells.data_ptr<T>() : nullptr;
+        const int64_t width = cell_all.defined() ? cell_all.size(2) : 0;
+        const int64_t *r = at_rows.data_ptr<int64_t>(), *t = target.data_ptr<int64_t>(), *s = sym.data_ptr<int64_t>();
+        T* dz = d.data_ptr<T>();
+        for (int64_t i = 0; i < n; ++i) {
+          const T* logits = o + i * columns;
+          T* dl = dz + i * columns;
+          const T gi = g[r[i]];
+          // d log p(target) / d logits = onehot(target) - softmax.
+          for (int64_t k = 0; k < symbols; ++k) dl[k] = -gi * std::exp(logits[k] - log_sum[i]);
+          dl[t[i]] += gi;
+          if (gates) {
+            const T gate = logits[symbols];
+            dl[symbols] = dl[s[i]] * gate * (1 - gate);
+          }
+          if (gates == 2) {
+            const T gate = logits[symbols + 1];
+            const T* c = cell + r[i] * width;
+            T* dc = dcell + r[i] * width;
+            T dgate = 0;
+            for (int64_t j = 0; j < width; ++j) {
+              dgate += dl[j] * c[j];
+              dc[j] = dl[j] * gate;
+            }
+            dl[symbols + 1] = dgate * gate * (1 - gate);
+          }
+        }
+      });
+    } else {
+      d.zero_();
+    }
+    const Tensor dh = d.mm(weight);
+    const auto shape = ctx->saved_data["shape"].toIntVector();
+    Tensor grad_hidden = at::zeros(shape, out.options());
+    Tensor flat = grad_hidden.view({-1, shape[2]});
+    add_rows(flat, at_rows.data_ptr<int64_t>(), 1, dh);
+    return {grad_hidden, grad_cells, Tensor(), Tensor(), Tensor(), d.t().mm(h), d.sum(0), Tensor()};
+  }
+};
+
 // The index of each row's largest entry over the last dimension (the first of equal ones; a NaN
 // counts as the largest, as in torch.argmax), in one pass: torch's argmax over a last dimension
 // as short as the prediction's 35 symbols costs several times more.
@@ -1106,6 +1241,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("backward_step", &Episode::backward_step)
       .def("backward_start", &Episode::backward_start);
   m.def("argmax_last", &argmax_last, "The index of each row's largest entry over the last dimension.");
+  m.def(
+      "predict",
+      [](const Tensor& hidden, const Maybe& cells, const Tensor& symbol, const Tensor& rows, const Tensor& targets,
+         const Tensor& weight, const Tensor& bias, int64_t gates) {
+        auto out = Predict::apply(hidden, cells, symbol, rows, targets, weight, bias, gates);
+        return std::make_tuple(out[0], out[1]);
+      },
+      "The prediction head at the predicting steps: every step's reward and prediction (see fused.predict).");
   m.def(
       "pre_read",
       [](const Tensor& symbols, const Tensor& lengths, const Tensor& w_ih, const Tensor& w_hh, const Tensor& bias,

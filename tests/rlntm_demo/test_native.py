@@ -172,3 +172,38 @@ def test_native_argmax_matches_torch_argmax_ties_and_nan_included(dtype: torch.d
     for case in (values, values.transpose(0, 1), values[:, :, :1]):
         assert torch.equal(module.argmax_last(case), case.argmax(-1))
         assert torch.equal(fused.argmax_last(case), case.argmax(-1))
+
+
+@pytest.mark.usefixtures("fresh_extension")
+@pytest.mark.parametrize("gates", [0, 1, 2])
+@pytest.mark.parametrize("predicting", [13, 0])
+def test_native_prediction_head_matches_the_torch_one(gates: int, predicting: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fused.predict`` in C++ against its torch version, float64, with the hidden states a
+    strided view (as the finish node hands them over) and with no predicting step at all: the
+    rewards and predictions, and the gradients of the states, the cells and the head, to relative
+    1e-12 (absolute 1e-14)."""
+    generator = torch.Generator().manual_seed(7)
+    size, steps, units, width = 4, 6, 5, NUM_SYMBOLS
+    states = torch.randn(size, steps, 2 * units, dtype=torch.float64, generator=generator, requires_grad=True)
+    cells = torch.randn(size, steps, width, dtype=torch.float64, generator=generator, requires_grad=True)
+    weight = torch.randn(NUM_SYMBOLS + gates, units, dtype=torch.float64, generator=generator, requires_grad=True)
+    bias = torch.randn(NUM_SYMBOLS + gates, dtype=torch.float64, generator=generator, requires_grad=True)
+    rows = torch.randperm(size * steps, generator=generator)[:predicting].sort().values
+    symbols = torch.randint(0, NUM_SYMBOLS, (predicting,), generator=generator)
+    targets = torch.randint(0, NUM_SYMBOLS, (predicting,), generator=generator)
+    upstream = torch.randn(size, steps, dtype=torch.float64, generator=generator)
+
+    def run(use_native: bool) -> tuple[torch.Tensor, ...]:
+        monkeypatch.setenv(native.SWITCH, "1" if use_native else "0")
+        native.extension.cache_clear()
+        assert (native.extension() is not None) == use_native
+        hidden = states[..., :units]  # not contiguous
+        rewards, predictions = fused.predict(hidden, cells if gates == 2 else None, symbols, rows, targets, weight, bias, gates)
+        inputs = [states, weight, bias] + ([cells] if gates == 2 else [])
+        return (rewards.detach(), predictions, *torch.autograd.grad((rewards * upstream).sum(), inputs, allow_unused=True))
+
+    expected, actual = run(False), run(True)
+    assert torch.equal(actual[1], expected[1])
+    assert bool((actual[1] >= 0).sum() == predicting)
+    for a, b in zip(actual[:1] + actual[2:], expected[:1] + expected[2:]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
