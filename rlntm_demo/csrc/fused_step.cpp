@@ -1069,7 +1069,7 @@ struct Predict : public torch::autograd::Function<Predict> {
     const int64_t steps = h_all.size(1), units = h_all.size(2), n = at_rows.numel();
     const int64_t columns = weight.size(0), symbols = columns - gates;
     const auto options = h_all.options();
-    Tensor h = at::empty({n, units}, options), out = at::empty({n, columns}, options), lse = at::empty({n}, options);
+    Tensor h = at::empty({n, units}, options), out = at::empty({n, columns}, options);
     Tensor rewards = at::zeros({h_all.size(0), steps}, options);
     Tensor predictions = at::full({h_all.size(0), steps}, -1, options.dtype(at::kLong));
     const int64_t* r = at_rows.data_ptr<int64_t>();
@@ -1085,13 +1085,15 @@ struct Predict : public torch::autograd::Function<Predict> {
       }
     });
     out.addmm_(h, weight.t());
+    // The gates and what they add, and each row's largest logit; then the softmax, whose
+    // exponentials torch computes vectorized (a scalar exp per entry costs several times more).
+    Tensor top = at::empty({n, 1}, options);
     dispatch(options.dtype().toScalarType(), [&](auto zero) {
       using T = decltype(zero);
-      T* o = out.data_ptr<T>();
-      T *log_sum = lse.data_ptr<T>(), *reward = rewards.data_ptr<T>();
+      T *o = out.data_ptr<T>(), *largest = top.data_ptr<T>();
       const T* cell = cell_all.defined() ? cell_all.data_ptr<T>() : nullptr;
       const int64_t width = cell_all.defined() ? cell_all.size(2) : 0;
-      const int64_t *t = target.data_ptr<int64_t>(), *s = sym.data_ptr<int64_t>();
+      const int64_t* s = sym.data_ptr<int64_t>();
       int64_t* predicted = predictions.data_ptr<int64_t>();
       for (int64_t i = 0; i < n; ++i) {
         T* logits = o + i * columns;
@@ -1103,22 +1105,33 @@ struct Predict : public torch::autograd::Function<Predict> {
         }
         if (gates) logits[s[i]] += logits[symbols];
         int64_t best = 0;
-        T top = logits[0];
-        for (int64_t k = 1; k < symbols && !std::isnan(top); ++k) {
-          if (logits[k] > top || std::isnan(logits[k])) {
-            top = logits[k];
+        T value = logits[0];
+        for (int64_t k = 1; k < symbols && !std::isnan(value); ++k) {
+          if (logits[k] > value || std::isnan(logits[k])) {
+            value = logits[k];
             best = k;
           }
         }
-        T sum = 0;
-        for (int64_t k = 0; k < symbols; ++k) sum += std::exp(logits[k] - top);
-        log_sum[i] = top + std::log(sum);
-        reward[r[i]] = logits[t[i]] - log_sum[i];
+        largest[i] = value;
         predicted[r[i]] = best;
       }
     });
+    Tensor probs = at::sub(out.narrow(1, 0, symbols), top).exp_();
+    dispatch(options.dtype().toScalarType(), [&](auto zero) {
+      using T = decltype(zero);
+      const T *o = out.data_ptr<T>(), *largest = top.data_ptr<T>();
+      T *p = probs.data_ptr<T>(), *reward = rewards.data_ptr<T>();
+      const int64_t* t = target.data_ptr<int64_t>();
+      for (int64_t i = 0; i < n; ++i, p += symbols) {
+        T sum = 0;
+        for (int64_t k = 0; k < symbols; ++k) sum += p[k];
+        reward[r[i]] = o[i * columns + t[i]] - (largest[i] + std::log(sum));
+        const T inverse = T(1) / sum;
+        for (int64_t k = 0; k < symbols; ++k) p[k] *= inverse;
+      }
+    });
     ctx->mark_non_differentiable({predictions});
-    ctx->save_for_backward({h, out, lse, at_rows, target, sym, weight});
+    ctx->save_for_backward({h, out, probs, at_rows, target, sym, weight});
     if (cell_all.defined()) ctx->saved_data["cells"] = cell_all;
     ctx->saved_data["shape"] = hidden.sizes();
     ctx->saved_data["gates"] = gates;
@@ -1129,7 +1142,7 @@ struct Predict : public torch::autograd::Function<Predict> {
                                                  torch::autograd::variable_list grads) {
     TORCH_CHECK(!at::GradMode::is_enabled(), "predict saves nothing for a second differentiation: use create_graph=False");
     const auto saved = ctx->get_saved_variables();
-    const Tensor &h = saved[0], &out = saved[1], &lse = saved[2], &at_rows = saved[3], &target = saved[4],
+    const Tensor &h = saved[0], &out = saved[1], &probs = saved[2], &at_rows = saved[3], &target = saved[4],
                  &sym = saved[5], &weight = saved[6];
     const int64_t gates = ctx->saved_data["gates"].toInt();
     const Tensor cell_all = gates == 2 ? ctx->saved_data["cells"].toTensor() : Tensor();
@@ -1141,7 +1154,7 @@ struct Predict : public torch::autograd::Function<Predict> {
       if (cell_all.defined()) grad_cells = at::zeros_like(cell_all);
       dispatch(out.scalar_type(), [&](auto zero) {
         using T = decltype(zero);
-        const T *o = out.data_ptr<T>(), *log_sum = lse.data_ptr<T>(), *g = grad.data_ptr<T>();
+        const T *o = out.data_ptr<T>(), *p = probs.data_ptr<T>(), *g = grad.data_ptr<T>();
         const T* cell = cell_all.defined() ? cell_all.data_ptr<T>() : nullptr;
         T* dcell = grad_cells.defined() ? grad_cells.data_ptr<T>() : nullptr;
         const int64_t width = cell_all.defined() ? cell_all.size(2) : 0;
@@ -1152,7 +1165,7 @@ struct Predict : public torch::autograd::Function<Predict> {
           T* dl = dz + i * columns;
           const T gi = g[r[i]];
           // d log p(target) / d logits = onehot(target) - softmax.
-          for (int64_t k = 0; k < symbols; ++k) dl[k] = -gi * std::exp(logits[k] - log_sum[i]);
+          for (int64_t k = 0; k < symbols; ++k) dl[k] = -gi * p[i * symbols + k];
           dl[t[i]] += gi;
           if (gates) {
             const T gate = logits[symbols];
