@@ -383,11 +383,6 @@ class Episode : public std::enable_shared_from_this<Episode> {
     // Nothing here is recorded: the step is one node of the graph, whose backward is below.
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     Tensor z = at::empty({size_, action_table_.size(1)}, action_table_.options());
-    // The recurrent products, one block per LSTM, added to the one-hot part below.
-    std::array<Tensor, 2> recurrent;
-    for (size_t p = 0; p < parts_.size(); ++p) {
-      recurrent[p] = at::mm(h_.narrow(1, parts_[p].first, parts_[p].second), forward_w_h_[p]);
-    }
     by_dtype([&](auto zero) {
       using T = decltype(zero);
       const int64_t columns = z.size(1);
@@ -398,16 +393,14 @@ class Episode : public std::enable_shared_from_this<Episode> {
         const T* __restrict__ first = actions + at[b] / symbols_count_ * columns;
         const T* __restrict__ second = centres + at[b] % symbols_count_ * columns;
         T* __restrict__ row = to + b * columns;
-        int64_t j = 0;
-        for (size_t p = 0; p < parts_.size(); ++p) {
-          const int64_t n = 4 * parts_[p].second;
-          const T* __restrict__ product = recurrent[p].data_ptr<T>() + b * n;
-          for (int64_t i = 0; i < n; ++i) row[j + i] = first[j + i] + second[j + i] + product[i];
-          j += n;
-        }
-        for (; j < columns; ++j) row[j] = first[j] + second[j];
+        for (int64_t j = 0; j < columns; ++j) row[j] = first[j] + second[j];
       }
     });
+    // The recurrent products, one block per LSTM, added into their columns.
+    for (size_t p = 0; p < parts_.size(); ++p) {
+      const auto& [offset, n] = parts_[p];
+      z.narrow(1, 4 * offset, 4 * n).addmm_(h_.narrow(1, offset, n), forward_w_h_[p]);
+    }
     if (extra_index) z += forward_table_.index_select(0, *extra_index).view({size_, -1, z.size(1)}).sum(1);
     Tensor reads, window;
     if (memory_) {
