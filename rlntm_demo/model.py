@@ -31,25 +31,26 @@ at the sizes of the paper a step costs the number of operations, not their arith
 
 * the embedding tables are mapped through the first layer once per episode, so the input part of
   a step is one gathered row of a table of (previous decisions, centre symbol) combinations
-  (plus one per other window cell); the memory cells read and the LSTM state (the controller's and
-  the baseline LSTM's, see below) go through one matrix product each (:class:`_StepPlan`);
+  (plus one per other window cell); the memory cells read and the LSTM states (the controller's
+  and the baseline LSTM's, see below) go through a matrix product each (:class:`_StepPlan`);
 * a step is one node of the autograd graph (:mod:`rlntm_demo.fused`): the controller, the decision
   heads, the probabilities and the memory write are computed without recording, and backward is
   written by hand; the memory touches only the cells read and written, forward and backward;
 * the head positions are rows of flat per-episode tables, so reading, masking infeasible
   decisions (an additive mask of 0 and ``-inf``, one gathered row) and moving are a few gathers;
 * what the loop does not need (the prediction head, rewards, log-probabilities, baselines) is
-  computed after it, for all steps at once, from the recorded states.
+  computed after it, for all steps at once, from the recorded states; the prediction head runs
+  only at the predicting steps, as one node (:func:`~rlntm_demo.fused.predict`).
 
 **Baselines** (``ModelConfig.baseline``) are computed by the model, from information available
 before the step's actions: the per-step moving average of R_t over past batches (a buffer, which
 :meth:`RLNTM.update_online_baseline` updates between batches and never during an episode), and
 the baseline LSTM of Appendix A (:class:`~rlntm_demo.controllers.OfflineBaseline`), which reads
 the controller's inputs with their gradient blocked. With ``"both"``, ``b_t`` is their sum. The
-baseline LSTM runs inside the step loop, side by side with the controller in the same products,
-with zero blocks between the two (and its own copy of the memory weights, whose gradient does not
-reach the cells read) so that no gradient crosses (the deliberate baseline bugs of the
-exact check's tests run it after the episode instead, over re-encoded inputs). Greedy episodes
+baseline LSTM runs inside the step loop, side by side with the controller in the same products
+(its own columns, its own recurrent block, and memory weights through which no gradient reaches
+the cells read), so that no gradient crosses (the deliberate baseline bugs of the exact check's
+tests run it after the episode instead, over re-encoded inputs). Greedy episodes
 may run past ``ModelConfig.max_steps``; the moving average's last slot then stands for every later
 step (evaluation does not use baselines; training episodes longer than ``max_steps`` raise).
 
