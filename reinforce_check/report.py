@@ -192,8 +192,11 @@ def _g(value: float) -> str:
 
 
 def _probability(value: float) -> str:
-    """A total probability as its distance from one, e.g. ``1 - 2.2e-16``."""
-    return f"1 {'-' if value <= 1 else '+'} {abs(1 - value):.1e}"
+    """A total probability as its distance from one, e.g. ``1 - 2.2e-16`` (``1 exactly`` when the
+    float64 sum is exactly one)."""
+    if value == 1:
+        return "1 exactly"
+    return f"1 {'-' if value < 1 else '+'} {abs(1 - value):.1e}"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:

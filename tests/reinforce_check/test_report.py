@@ -397,3 +397,13 @@ def test_batched_variance_with_an_episode_that_stops_when_every_row_is_done():
     )
     assert report.num_sequences == sequential.num_sequences == 1 + 2 + 4 * 3
     torch.testing.assert_close(report.parameters[0].variance, sequential.parameters[0].variance, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("total", "text"),
+    [(1.0, "1 exactly"), (1.0 - 2**-53, "1 - 1.1e-16"), (1.0 + 2**-52, "1 + 2.2e-16")],
+)
+def test_total_probability_is_written_as_its_distance_from_one(total: float, text: str) -> None:
+    from reinforce_check.report import _probability
+
+    assert _probability(total) == text
