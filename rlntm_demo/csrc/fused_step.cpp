@@ -82,6 +82,17 @@ void add_row(int64_t n, const T* __restrict__ from, T* __restrict__ to) {
   for (int64_t j = 0; j < n; ++j) to[j] += from[j];
 }
 
+// The index of the largest of n entries (the first of equal ones; a NaN counts as the largest, as in
+// torch.argmax).
+template <typename T>
+int64_t argmax_row(const T* row, int64_t n) {
+  int64_t best = 0;
+  for (int64_t k = 1; k < n && !std::isnan(row[best]); ++k) {
+    if (row[k] > row[best] || std::isnan(row[k])) best = k;
+  }
+  return best;
+}
+
 // tanh(x / 2) -> sigmoid(x), in place, for n entries.
 template <typename T>
 void sigmoid_from_half_tanh(int64_t n, T* __restrict__ a) {
@@ -1097,15 +1108,8 @@ struct Predict : public torch::autograd::Function<Predict> {
           for (int64_t j = 0; j < width; ++j) logits[j] += gate * c[j];
         }
         if (gates) logits[s[i]] += logits[symbols];
-        int64_t best = 0;
-        T value = logits[0];
-        for (int64_t k = 1; k < symbols && !std::isnan(value); ++k) {
-          if (logits[k] > value || std::isnan(logits[k])) {
-            value = logits[k];
-            best = k;
-          }
-        }
-        largest[i] = value;
+        const int64_t best = argmax_row(logits, symbols);
+        largest[i] = logits[best];
         predicted[r[i]] = best;
       }
     });
@@ -1202,17 +1206,7 @@ Tensor argmax_last(const Tensor& values) {
   dispatch(x.scalar_type(), [&](auto zero) {
     using T = decltype(zero);
     const T* row = x.data_ptr<T>();
-    for (int64_t r = 0; r < rows; ++r, row += n) {
-      int64_t best = 0;
-      T top = row[0];
-      for (int64_t k = 1; k < n && !std::isnan(top); ++k) {
-        if (row[k] > top || std::isnan(row[k])) {
-          top = row[k];
-          best = k;
-        }
-      }
-      index[r] = best;
-    }
+    for (int64_t r = 0; r < rows; ++r, row += n) index[r] = argmax_row(row, n);
   });
   return out;
 }
