@@ -386,7 +386,7 @@ def format_summary(records: list[CheckRecord]) -> list[str]:
     >>> print("\\n".join(format_summary([record])))
     test                            sequences  total probability  max rel error  seconds  result
     ------------------------------  ---------  -----------------  -------------  -------  ------
-    test_policy.py::test_reinforce  3          1 - 0.0e+00        2.5e-16        0.01     passed
+    test_policy.py::test_reinforce  3          1 exactly          2.5e-16        0.01     passed
     """
     # Only called once checks have run, so the library (and torch) are loaded already.
     from .report import _probability, _table

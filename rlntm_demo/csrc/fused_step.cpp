@@ -137,8 +137,8 @@ void lstm_backward_row(int64_t n, const T* __restrict__ in, const T* __restrict_
 }
 
 // What backward needs from one step. ``z`` holds the activations (each LSTM's gates, then any
-// feed-forward units), ``heads`` the raw logits and the write's activated gates and value, ``reads`` the memory
-// cells read (window, then the direct-access neighbours).
+// feed-forward units), ``heads`` the raw logits and the write's activated gates and value,
+// ``reads`` the memory cells read (window, then the direct-access neighbours).
 struct Saved {
   Tensor table_index, extra_index, live, symbol, write_row, read_rows, window, reads, z, tc, heads, probs, output;
 };
@@ -358,6 +358,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
     forward_centre_rows_ = centre_rows_ * scale;
     forward_table_ = window_cells_ > 1 ? table * scale : Tensor();
     if (memory_) {
+      TORCH_CHECK(w_reads.has_value(), "begin needs the memory reads' weights (see fused.Episode.begin)");
       forward_w_reads_ = *w_reads * scale;
       // The gradient of the cells read comes from the controller's columns only (the baseline reads
       // them detached): one contiguous range.
@@ -369,7 +370,9 @@ class Episode : public std::enable_shared_from_this<Episode> {
     forward_w_h_.clear();
     w_h_t_.clear();
     for (const auto& [offset, n] : parts_) {
-      const Tensor& block = offset == 0 && controller_units_ ? *w_h_controller : *w_h_baseline;
+      const Maybe& given = offset == 0 && controller_units_ ? w_h_controller : w_h_baseline;
+      TORCH_CHECK(given.has_value(), "begin needs the recurrent block of every LSTM (see fused.Episode.begin)");
+      const Tensor& block = *given;
       forward_w_h_.push_back((block * scale.narrow(0, 4 * offset, 4 * n)).contiguous());
       w_h_t_.push_back(block.t().contiguous());
     }
@@ -1090,7 +1093,7 @@ struct Predict : public torch::autograd::Function<Predict> {
     });
     out.addmm_(h, weight.t());
     // The gates and what they add, and each row's largest logit; then the softmax, whose
-    // exponentials torch computes vectorized (a scalar exp per entry costs several times more).
+    // exponentials torch computes vectorized over the whole block (kept for backward).
     Tensor top = at::empty({n, 1}, options);
     dispatch(options.dtype().toScalarType(), [&](auto zero) {
       using T = decltype(zero);
@@ -1137,7 +1140,8 @@ struct Predict : public torch::autograd::Function<Predict> {
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    TORCH_CHECK(!at::GradMode::is_enabled(), "predict saves nothing for a second differentiation: use create_graph=False");
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "predict saves nothing for a second differentiation: use create_graph=False");
     const auto saved = ctx->get_saved_variables();
     const Tensor &h = saved[0], &out = saved[1], &probs = saved[2], &at_rows = saved[3], &target = saved[4],
                  &sym = saved[5], &weight = saved[6];

@@ -414,7 +414,7 @@ def test_terminal_summary_lists_every_check(pytester: pytest.Pytester) -> None:
             "*= reinforce_check: 3 exact gradient check(s), 1 failed =*",
             "test *sequences  total probability  max rel error  seconds  result",
             "-*",
-            "test_policy.py::test_good  3 * 1 - 0.0e+00 * passed",
+            "test_policy.py::test_good  3 * 1 exactly * passed",
             "test_policy.py::test_good  3 * passed",
             "test_policy.py::test_bad   3 * 2 * FAILED",
         ]
@@ -435,5 +435,5 @@ def test_format_summary_aligns_columns() -> None:
         CheckRecord("t.py::long_name", 12_345, 1 + 2e-15, 0.5, 1.5, False),
     ]
     lines = format_summary(records)
-    assert lines[2] == "t.py::a          3          1 - 0.0e+00        0              0.00     passed"
+    assert lines[2] == "t.py::a          3          1 exactly          0              0.00     passed"
     assert lines[3] == "t.py::long_name  12,345     1 + 2.0e-15        0.5            1.50     FAILED"
