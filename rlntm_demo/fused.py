@@ -148,31 +148,31 @@ class Episode:
         :class:`~rlntm_demo.model._StepPlan`); this loop regroups them by gate (the layout above)
         and :meth:`backward_start` maps the gradients back."""
         columns = action_table.shape[1]
-        self.order = _gate_major_order(self.units, self.controller_units, columns)
-        self.inverse = torch.argsort(self.order)
-        table = table.index_select(1, self.order)
-        action_table = action_table.index_select(1, self.order)
+        order = _gate_major_order(self.units, self.controller_units, columns)
+        self.inverse = torch.argsort(order)
+        table = table.index_select(1, order)
+        action_table = action_table.index_select(1, order)
         self.table = table
         centre_rows = table[self.centre * NUM_SYMBOLS : (self.centre + 1) * NUM_SYMBOLS]
         # The previous decisions' rows plus the centre cell's symbol rows, every combination: one
         # gathered row per step instead of two and a sum.
         self.combined = (action_table[:, None, :] + centre_rows[None, :, :]).flatten(0, 1)
         self.action_rows = action_table.shape[0]
-        self.w_reads = None if w_reads is None else w_reads.index_select(1, self.order)
+        self.w_reads = None if w_reads is None else w_reads.index_select(1, order)
         controller_columns = torch.zeros(columns, dtype=table.dtype)
         if self.controller_units:
             controller_columns[: 4 * self.controller_units] = 1
         else:
             controller_columns[4 * self.units :] = 1
         # The cells read get their gradient through the controller's columns only.
-        self.w_reads_controller = None if self.w_reads is None else self.w_reads * controller_columns[self.order]
+        self.w_reads_controller = None if self.w_reads is None else self.w_reads * controller_columns[order]
         self.w_h = None
         if self.units:
             # One matrix with a block per LSTM (zeros between them).
             w_h = table.new_zeros(self.units, columns)
             for offset, n, block in self._recurrent_parts(w_h_controller, w_h_baseline):
                 w_h[offset : offset + n, 4 * offset : 4 * (offset + n)] = block
-            self.w_h = w_h.index_select(1, self.order)
+            self.w_h = w_h.index_select(1, order)
         self.heads_w = heads_w
         self.heads_b = heads_b
         logit_columns = 3 * self.decisions

@@ -1148,46 +1148,42 @@ struct Predict : public torch::autograd::Function<Predict> {
     const int64_t gates = ctx->saved_data["gates"].toInt();
     const Tensor cell_all = gates == 2 ? ctx->saved_data["cells"].toTensor() : Tensor();
     const int64_t n = h.size(0), columns = out.size(1), symbols = columns - gates;
-    Tensor grad_cells;
     Tensor d = at::empty({n, columns}, out.options());
-    if (grads[0].defined()) {
-      const Tensor grad = grads[0].contiguous();
-      if (cell_all.defined()) grad_cells = at::zeros_like(cell_all);
-      dispatch(out.scalar_type(), [&](auto zero) {
-        using T = decltype(zero);
-        const T *o = out.data_ptr<T>(), *p = probs.data_ptr<T>(), *g = grad.data_ptr<T>();
-        const T* cell = cell_all.defined() ? cell_all.data_ptr<T>() : nullptr;
-        T* dcell = grad_cells.defined() ? grad_cells.data_ptr<T>() : nullptr;
-        const int64_t width = cell_all.defined() ? cell_all.size(2) : 0;
-        const int64_t *r = at_rows.data_ptr<int64_t>(), *t = target.data_ptr<int64_t>(), *s = sym.data_ptr<int64_t>();
-        T* dz = d.data_ptr<T>();
-        for (int64_t i = 0; i < n; ++i) {
-          const T* logits = o + i * columns;
-          T* dl = dz + i * columns;
-          const T gi = g[r[i]];
-          // d log p(target) / d logits = onehot(target) - softmax.
-          for (int64_t k = 0; k < symbols; ++k) dl[k] = -gi * p[i * symbols + k];
-          dl[t[i]] += gi;
-          if (gates) {
-            const T gate = logits[symbols];
-            dl[symbols] = dl[s[i]] * gate * (1 - gate);
-          }
-          if (gates == 2) {
-            const T gate = logits[symbols + 1];
-            const T* c = cell + r[i] * width;
-            T* dc = dcell + r[i] * width;
-            T dgate = 0;
-            for (int64_t j = 0; j < width; ++j) {
-              dgate += dl[j] * c[j];
-              dc[j] = dl[j] * gate;
-            }
-            dl[symbols + 1] = dgate * gate * (1 - gate);
-          }
+    Tensor grad_cells = cell_all.defined() ? at::zeros_like(cell_all) : Tensor();
+    // The rewards' gradient (torch materializes it as zeros where the loss does not use them).
+    const Tensor grad = grads[0].contiguous();
+    dispatch(out.scalar_type(), [&](auto zero) {
+      using T = decltype(zero);
+      const T *o = out.data_ptr<T>(), *p = probs.data_ptr<T>(), *g = grad.data_ptr<T>();
+      const T* cell = cell_all.defined() ? cell_all.data_ptr<T>() : nullptr;
+      T* dcell = grad_cells.defined() ? grad_cells.data_ptr<T>() : nullptr;
+      const int64_t width = cell_all.defined() ? cell_all.size(2) : 0;
+      const int64_t *r = at_rows.data_ptr<int64_t>(), *t = target.data_ptr<int64_t>(), *s = sym.data_ptr<int64_t>();
+      T* dz = d.data_ptr<T>();
+      for (int64_t i = 0; i < n; ++i) {
+        const T* logits = o + i * columns;
+        T* dl = dz + i * columns;
+        const T gi = g[r[i]];
+        // d log p(target) / d logits = onehot(target) - softmax.
+        for (int64_t k = 0; k < symbols; ++k) dl[k] = -gi * p[i * symbols + k];
+        dl[t[i]] += gi;
+        if (gates) {
+          const T gate = logits[symbols];
+          dl[symbols] = dl[s[i]] * gate * (1 - gate);
         }
-      });
-    } else {
-      d.zero_();
-    }
+        if (gates == 2) {
+          const T gate = logits[symbols + 1];
+          const T* c = cell + r[i] * width;
+          T* dc = dcell + r[i] * width;
+          T dgate = 0;
+          for (int64_t j = 0; j < width; ++j) {
+            dgate += dl[j] * c[j];
+            dc[j] = dl[j] * gate;
+          }
+          dl[symbols + 1] = dgate * gate * (1 - gate);
+        }
+      }
+    });
     const Tensor dh = d.mm(weight);
     const auto shape = ctx->saved_data["shape"].toIntVector();
     Tensor grad_hidden = at::zeros(shape, out.options());

@@ -14,6 +14,27 @@ from torch.distributions import Categorical
 from reinforce_check import ReinforceCheckError, check_reinforce
 
 
+def brute_force(log_policy: torch.Tensor, mask: torch.Tensor, reward: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """Number of feasible sequences and the exact J of a policy given as (T, K + 1, D, K) tables
+    indexed by step, previous first decision (K at the start), decision and action: every step
+    takes D decisions, and a sequence is feasible when every decision of it is allowed."""
+    steps, _, decisions, actions = mask.shape
+    count, total = 0, torch.zeros((), dtype=torch.float64)
+    for sequence in itertools.product(itertools.product(range(actions), repeat=decisions), repeat=steps):
+        previous, log_prob, value = actions, 0.0, 0.0
+        feasible = True
+        for t, chosen in enumerate(sequence):
+            for d, action in enumerate(chosen):
+                feasible = feasible and bool(mask[t, previous, d, action])
+                log_prob = log_prob + log_policy[t, previous, d, action]
+                value = value + reward[t, previous, d, action]
+            previous = chosen[0]
+        if feasible:
+            count += 1
+            total = total + torch.exp(log_prob) * value
+    return count, total
+
+
 @dataclass
 class Problem:
     """A policy over ``K`` actions for ``T`` steps whose logits, support and reward depend on the step
@@ -55,22 +76,9 @@ class Problem:
 
     def brute_force(self) -> tuple[int, torch.Tensor]:
         """Number of feasible sequences and the exact J, by summing over every sequence."""
+        # One decision per step: the multi-decision sum with D = 1.
         log_policy = torch.log_softmax(self.masked_logits(), -1)
-        count, total = 0, torch.zeros((), dtype=torch.float64)
-        for sequence in itertools.product(range(self.K), repeat=self.T):
-            previous, log_prob, reward = self.K, 0.0, 0.0
-            feasible = True
-            for t, action in enumerate(sequence):
-                if not bool(self.mask[t, previous, action]):
-                    feasible = False
-                    break
-                log_prob = log_prob + log_policy[t, previous, action]
-                reward = reward + self.reward[t, previous, action]
-                previous = action
-            if feasible:
-                count += 1
-                total = total + torch.exp(log_prob) * reward
-        return count, total
+        return brute_force(log_policy[:, :, None], self.mask[:, :, None], self.reward[:, :, None])
 
 
 @st.composite
@@ -170,23 +178,7 @@ class MultiDecisionProblem:
 
     def brute_force(self) -> tuple[int, torch.Tensor]:
         """Number of feasible sequences and the exact J, by summing over every sequence."""
-        log_policy = torch.log_softmax(self.logits.masked_fill(~self.mask, float("-inf")), -1)
-        steps = list(itertools.product(range(self.K), repeat=self.D))
-        count, total = 0, torch.zeros((), dtype=torch.float64)
-        for sequence in itertools.product(steps, repeat=self.T):
-            previous, log_prob, reward = self.K, 0.0, 0.0
-            feasible = True
-            for t, actions in enumerate(sequence):
-                for d, action in enumerate(actions):
-                    if not bool(self.mask[t, previous, d, action]):
-                        feasible = False
-                    log_prob = log_prob + log_policy[t, previous, d, action]
-                    reward = reward + self.reward[t, previous, d, action]
-                previous = actions[0]
-            if feasible:
-                count += 1
-                total = total + torch.exp(log_prob) * reward
-        return count, total
+        return brute_force(torch.log_softmax(self.logits.masked_fill(~self.mask, float("-inf")), -1), self.mask, self.reward)
 
 
 @st.composite
