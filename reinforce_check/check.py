@@ -1,9 +1,12 @@
 """``check_reinforce``: does a REINFORCE implementation compute the gradient it claims to?
 
-The data path reads straight through: the episode runs under intercepted samplers
-(:mod:`~reinforce_check.patching`, :mod:`~reinforce_check.chooser`) once per terminating action
-sequence (:mod:`~reinforce_check.enumeration`); exact quantities follow
-(:mod:`~reinforce_check.exact`); a report compares them (:mod:`~reinforce_check.report`).
+The check is a sequence of named stages: validate the options and parameters; enumerate (the
+episode runs under intercepted samplers, :mod:`~reinforce_check.patching` and
+:mod:`~reinforce_check.chooser`, once per terminating action sequence,
+:mod:`~reinforce_check.enumeration`) while summing the exact quantities
+(:mod:`~reinforce_check.exact`); compare; attribute a bias to sequences; verify with finite
+differences; report (:mod:`~reinforce_check.report`). The mode, sequential or batched, is chosen
+once, as the runner the stages are handed.
 """
 
 from __future__ import annotations
@@ -15,10 +18,27 @@ from typing import Any, Literal, Union
 
 import torch
 
-from .enumeration import enumerate_sequences, verify_replay
+from .enumeration import BatchedRunner, Runner, SequentialRunner, enumerate_with
 from .errors import InvalidOptionError, ParameterError
-from . import exact as _exact
-from .report import CheckReport, ParameterReport, ReinforceCheckError, SequenceContribution, format_mismatch
+from .exact import (
+    ExactGradients,
+    bias_contributions,
+    exact_gradients,
+    finite_differences as finite_difference_checks,
+    sequence_statistics,
+)
+from .report import (
+    CheckReport,
+    DirectionalCheck,
+    DrawsWithoutGradient,
+    Note,
+    ParameterReport,
+    ReinforceCheckError,
+    ScopedDraws,
+    SequenceContribution,
+    format_mismatch,
+    format_note,
+)
 
 __all__ = ["check_reinforce"]
 
@@ -196,9 +216,55 @@ def check_reinforce(
     >>> check_reinforce(episode, {"logits": logits}).ok
     True
     """
+    _validate_options(
+        finite_differences=finite_differences,
+        tolerances={"rtol": rtol, "atol": atol, "fd_rtol": fd_rtol, "fd_atol": fd_atol},
+        fd_step=fd_step,
+        top_sequences=top_sequences,
+        max_sequences=max_sequences,
+    )
+    named = _named_parameters(params)
+    names = [n for n, _ in named]
+    tensors = [t for _, t in named]
+    start = time.perf_counter()
+
+    runner: Runner = (BatchedRunner if batched else SequentialRunner)(episode, max_sequences=max_sequences)
+    runner, exact = enumerate_with(runner, lambda passes: exact_gradients(passes, tensors, variance=variance))
+    # One more run of the first sequence: state kept between runs would change what it returns.
+    runner.verify_replay()
+    parameters = [_compare(n, t, e, rtol, atol) for n, t, e in zip(names, exact.target, exact.estimate)]
+    contributions, variances = _attribute(
+        runner, tensors, parameters, exact, top_sequences=top_sequences, variance=variance
+    )
+    directional, numeric = finite_difference_checks(
+        runner, names, tensors, exact, mode=finite_differences, step=fd_step, rtol=fd_rtol, atol=fd_atol, seed=seed
+    )
+    if variances is not None:
+        for p, v in zip(parameters, variances):
+            p.variance = v
+    if numeric is not None:
+        for p, n in zip(parameters, numeric):
+            p.numeric = n
+    report = _report(
+        runner,
+        exact,
+        parameters,
+        directional,
+        contributions,
+        settings=dict(rtol=rtol, atol=atol, fd_mode=finite_differences, fd_rtol=fd_rtol, fd_atol=fd_atol, batched=batched),
+        seconds=time.perf_counter() - start,
+    )
+    if not report.ok and raise_exception:
+        raise ReinforceCheckError(format_mismatch(report), report)
+    return report
+
+
+def _validate_options(
+    *, finite_differences: str, tolerances: dict[str, float], fd_step: float, top_sequences: int, max_sequences: int
+) -> None:
     if finite_differences not in _FD_MODES:
         raise InvalidOptionError(f"finite_differences must be one of {_FD_MODES}, not {finite_differences!r}.")
-    for label, value in (("rtol", rtol), ("atol", atol), ("fd_rtol", fd_rtol), ("fd_atol", fd_atol)):
+    for label, value in tolerances.items():
         if not (value >= 0 and math.isfinite(value)):
             raise InvalidOptionError(f"{label} must be a finite non-negative number, not {value!r}.")
     if not fd_step > 0:
@@ -207,68 +273,75 @@ def check_reinforce(
         raise InvalidOptionError(f"top_sequences must be a non-negative integer, not {top_sequences!r}.")
     if not (isinstance(max_sequences, int) and max_sequences >= 1):
         raise InvalidOptionError(f"max_sequences must be a positive integer, not {max_sequences!r}.")
-    named = _named_parameters(params)
-    names = [n for n, _ in named]
-    tensors = [t for _, t in named]
-    start = time.perf_counter()
 
-    accumulator = _exact.GradientAccumulator(tensors, variance=variance)
-    found = enumerate_sequences(episode, batched=batched, max_sequences=max_sequences, on_pass=accumulator)
-    # One more run of the first sequence: state kept between runs would change what it returns.
-    verify_replay(episode, found, batched=batched)
-    exact = accumulator.result()
-    parameters = [_compare(n, t, e, rtol, atol) for n, t, e in zip(names, exact.target, exact.estimate)]
-    biased = any(not p.ok for p in parameters)
 
-    contributions: list[SequenceContribution] = []
-    variances = accumulator.variance() if variance else None
-    attribute = biased and top_sequences > 0
+def _attribute(
+    runner: Runner,
+    tensors: list[torch.Tensor],
+    parameters: list[ParameterReport],
+    exact: ExactGradients,
+    *,
+    top_sequences: int,
+    variance: bool,
+) -> tuple[list[SequenceContribution], list[torch.Tensor] | None]:
+    """The sequences behind a bias, and the exact variance when asked for and not yet known.
+
+    Both need gradients of single sequences; when both are needed and the enumeration did not give
+    the variance, one replay of every sequence alone serves both.
+    """
+    attribute = top_sequences > 0 and any(not p.ok for p in parameters)
+    bias = [p.bias for p in parameters] if attribute else None
+    variances = exact.variance if variance else None
     scores: list[float] | None = None
-    if attribute and batched:
-        scores = _exact.batched_contributions(episode, found, tensors, [p.bias for p in parameters])
+    if attribute and not (variance and variances is None):
+        assert bias is not None
+        scores = bias_contributions(runner, tensors, bias)
     if (variance and variances is None) or (attribute and scores is None):
-        bias = [p.bias for p in parameters] if attribute else None
-        stats = _exact.sequence_statistics(episode, found, tensors, bias, batched=batched)
+        stats = sequence_statistics(runner, tensors, bias)
         variances = stats.variance if variance else None
         if attribute:
             scores = stats.contribution
-    if attribute and scores is not None:
-        ranked = scores
-        probability = found.log_prob.detach().exp()
-        order = sorted(range(len(found)), key=lambda i: -ranked[i])[:top_sequences]
-        contributions = [
-            SequenceContribution(
-                choices=found.choices(i),
-                probability=float(probability[i]),
-                objective=float(found.objective[i].detach()),
-                contribution=ranked[i],
-            )
-            for i in order
-        ]
+    if scores is None:
+        return [], variances
+    found = runner.found
+    probability = found.log_prob.exp()
+    order = sorted(range(len(found)), key=lambda i: -scores[i])[:top_sequences]
+    contributions = [
+        SequenceContribution(
+            choices=found.choices(i),
+            probability=float(probability[i]),
+            objective=float(found.objective[i]),
+            contribution=scores[i],
+        )
+        for i in order
+    ]
+    return contributions, variances
 
-    if variances is not None:
-        for p, v in zip(parameters, variances):
-            p.variance = v
 
-    directional, numeric = _exact.finite_differences(
-        episode,
-        found,
-        names,
-        tensors,
-        exact,
-        mode=finite_differences,
-        step=fd_step,
-        rtol=fd_rtol,
-        atol=fd_atol,
-        seed=seed,
-        batched=batched,
+def _report(
+    runner: Runner,
+    exact: ExactGradients,
+    parameters: list[ParameterReport],
+    directional: list[DirectionalCheck],
+    contributions: list[SequenceContribution],
+    *,
+    settings: dict[str, Any],
+    seconds: float,
+) -> CheckReport:
+    found = runner.found
+    notes: list[Note] = []
+    if found.scoped:
+        notes.append(ScopedDraws(outside_calls=found.outside_calls, runs=found.rows_run))
+    if found.no_grad_calls:
+        notes.append(DrawsWithoutGradient(calls=found.no_grad_calls))
+    probability_tolerance = max(1e-12 * len(found), 1e-10)
+    ok = (
+        all(p.ok for p in parameters)
+        and all(c.ok for c in directional)
+        and abs(exact.total_probability - 1.0) <= probability_tolerance
     )
-    if numeric is not None:
-        for p, n in zip(parameters, numeric):
-            p.numeric = n
-
-    report = CheckReport(
-        ok=False,
+    return CheckReport(
+        ok=ok,
         num_sequences=len(found),
         total_probability=exact.total_probability,
         objective=exact.objective,
@@ -277,33 +350,10 @@ def check_reinforce(
         parameters=parameters,
         finite_differences=directional,
         top_sequences=contributions,
-        rtol=rtol,
-        atol=atol,
-        fd_mode=finite_differences,
-        fd_rtol=fd_rtol,
-        fd_atol=fd_atol,
-        batched=batched,
         passes=found.passes,
         rows_run=found.rows_run,
-        seconds=0.0,
-        probability_tolerance=max(1e-12 * len(found), 1e-10),
+        seconds=seconds,
+        probability_tolerance=probability_tolerance,
+        notes=[format_note(note) for note in notes],
+        **settings,
     )
-    if found.mode.scoped:
-        report.notes.append(
-            "the episode uses @enumerate_actions: only draws inside it were enumerated; "
-            f"{found.unscoped_calls} other sampler call(s) in {found.rows_run} episode run(s), and any other "
-            "random draws, sampled for real from the generator state the check started with, restored "
-            "before every run, so every sequence saw the same random numbers."
-        )
-    if found.no_grad_calls:
-        report.notes.append(
-            f"{found.no_grad_calls} sampler call(s) ran under torch.no_grad(), so the probabilities they "
-            "recorded carry no gradient and -grad J misses their score terms; if they depend on the checked "
-            "parameters, finite differences disagree. Sample with gradient enabled inside the episode."
-        )
-    report.ok = not biased and all(c.ok for c in directional) and report.probability_ok
-    report.seconds = time.perf_counter() - start
-    if not report.ok and raise_exception:
-        raise ReinforceCheckError(format_mismatch(report), report)
-    return report
-

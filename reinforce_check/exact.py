@@ -9,26 +9,28 @@ With p(a) the probability of sequence a (a differentiable function of the parame
   sequence's contribution to the bias, c(a) = p(a) grad loss(a) + grad[p(a) objective(a)], whose sum
   over a is E[grad loss] + grad J.
 
-Gradients come from two :func:`torch.autograd.grad` calls on a graph, the first retaining it. In
-sequential mode they are taken pass by pass, as soon as each run ends, so the memory a check needs
-does not grow with the number of sequences; in batched mode, once, over the few rounds' graphs
-together (or over a replay of the sequences alone, see :mod:`reinforce_check.enumeration`).
+Every function here consumes what a runner (:mod:`reinforce_check.enumeration`) offers, in plain
+loops, whatever its mode. Gradients come from two :func:`torch.autograd.grad` calls on each block of
+rows the runner yields, the first retaining the graph: in sequential mode pass by pass, as soon as
+each run ends, so the memory a check needs does not grow with the number of sequences; in batched
+mode once, over the rounds' graphs together.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from .enumeration import Enumeration, Episode, evaluate_objective, replay_all, replay_sequence, replaying
+from .enumeration import Rows, Runner
 from .report import DirectionalCheck
 
 __all__ = [
     "ExactGradients",
     "SequenceStatistics",
-    "GradientAccumulator",
+    "bias_contributions",
+    "exact_gradients",
     "finite_differences",
     "sequence_statistics",
 ]
@@ -44,6 +46,8 @@ class ExactGradients:
     """-grad J: what E[grad loss] must equal."""
     estimate: list[torch.Tensor]
     """E[grad loss] = sum_a p(a) grad loss(a)."""
+    variance: list[torch.Tensor] | None = None
+    """Exact variance of grad loss(a), when every block held one sequence (sequential mode)."""
 
 
 @dataclass
@@ -63,74 +67,48 @@ def _grad(output: torch.Tensor, inputs: Sequence[torch.Tensor], *, retain_graph:
     return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs)]
 
 
-class GradientAccumulator:
-    """Accumulates J, -grad J and E[grad loss] pass by pass (the ``on_pass`` hook of an enumeration).
+def exact_gradients(blocks: Iterable[Rows], params: Sequence[torch.Tensor], *, variance: bool = False) -> ExactGradients:
+    """J, -grad J and E[grad loss] summed over the blocks of rows an enumeration yields.
 
-    With ``variance``, a pass that completed a single sequence (sequential mode) also adds
-    p(a) grad loss(a)**2, so the exact variance of the estimator comes at no extra cost; a batched
-    pass adds only the sums.
+    With ``variance``, a block of a single sequence also adds p(a) grad loss(a)**2, so the exact
+    variance of the estimator comes at no extra cost when every block is one sequence.
     """
-
-    def __init__(self, params: Sequence[torch.Tensor], *, variance: bool = True) -> None:
-        self.params = list(params)
-        self.track_variance = variance
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget everything accumulated (the enumeration restarted)."""
-        self.objective = 0.0
-        self.total_probability = 0.0
-        self.grad_objective = [torch.zeros_like(p) for p in self.params]
-        self.estimate = [torch.zeros_like(p) for p in self.params]
-        self.second_moment: list[torch.Tensor] | None = (
-            [torch.zeros_like(p) for p in self.params] if self.track_variance else None
-        )
-
-    def __call__(self, log_prob: torch.Tensor, objective: torch.Tensor, loss: torch.Tensor) -> None:
+    params = list(params)
+    objective = 0.0
+    total_probability = 0.0
+    grad_objective = [torch.zeros_like(p) for p in params]
+    estimate = [torch.zeros_like(p) for p in params]
+    second_moment: list[torch.Tensor] | None = [torch.zeros_like(p) for p in params] if variance else None
+    for log_prob, block_objective, loss in blocks:
         probability = log_prob.exp()
-        weighted = (probability * objective).sum()
-        grad_objective = _grad(weighted, self.params, retain_graph=True)
+        weighted = (probability * block_objective).sum()
+        for total, g in zip(grad_objective, _grad(weighted, params, retain_graph=True)):
+            total.add_(g)
         if probability.shape[0] == 1:
             weight = float(probability.detach()[0])
-            grad_loss = _grad(loss.sum(), self.params)
-            for total, g in zip(self.estimate, grad_loss):
+            grad_loss = _grad(loss.sum(), params)
+            for total, g in zip(estimate, grad_loss):
                 total.add_(g, alpha=weight)
-            if self.second_moment is not None:
-                for s, g in zip(self.second_moment, grad_loss):
+            if second_moment is not None:
+                for s, g in zip(second_moment, grad_loss):
                     s.addcmul_(g, g, value=weight)
         else:
-            estimate = _grad((probability.detach() * loss).sum(), self.params)
-            for total, g in zip(self.estimate, estimate):
+            for total, g in zip(estimate, _grad((probability.detach() * loss).sum(), params)):
                 total.add_(g)
-            self.second_moment = None
-        for total, g in zip(self.grad_objective, grad_objective):
-            total.add_(g)
-        self.objective += float(weighted.detach())
-        self.total_probability += float(probability.detach().sum())
-
-    def result(self) -> ExactGradients:
-        return ExactGradients(
-            objective=self.objective,
-            total_probability=self.total_probability,
-            target=[-g for g in self.grad_objective],
-            estimate=list(self.estimate),
-        )
-
-    def variance(self) -> list[torch.Tensor] | None:
-        """Exact variance of grad loss(a), if every pass completed one sequence; else None."""
-        if self.second_moment is None:
-            return None
-        return [(s - m * m).clamp_min(0) for s, m in zip(self.second_moment, self.estimate)]
+            second_moment = None
+        objective += float(weighted.detach())
+        total_probability += float(probability.detach().sum())
+    return ExactGradients(
+        objective=objective,
+        total_probability=total_probability,
+        target=[-g for g in grad_objective],
+        estimate=estimate,
+        variance=None if second_moment is None else [(s - m * m).clamp_min(0) for s, m in zip(second_moment, estimate)],
+    )
 
 
 def _shifted_objective(
-    episode: Episode,
-    found: Enumeration,
-    params: Sequence[torch.Tensor],
-    directions: Sequence[torch.Tensor | None],
-    step: float,
-    *,
-    batched: bool,
+    runner: Runner, params: Sequence[torch.Tensor], directions: Sequence[torch.Tensor | None], step: float
 ) -> float:
     saved = [p.detach().clone() for p in params]
     try:
@@ -141,7 +119,7 @@ def _shifted_objective(
                     p.copy_(original)
                     if direction is not None:
                         p.add_(direction, alpha=sign * step)
-            values.append(evaluate_objective(episode, found, batched=batched, guarded=False))
+            values.append(runner.objective())
     finally:
         with torch.no_grad():
             for p, original in zip(params, saved):
@@ -167,8 +145,7 @@ def _directional(
 
 
 def finite_differences(
-    episode: Episode,
-    found: Enumeration,
+    runner: Runner,
     names: Sequence[str],
     params: Sequence[torch.Tensor],
     exact: ExactGradients,
@@ -178,7 +155,6 @@ def finite_differences(
     rtol: float,
     atol: float,
     seed: int,
-    batched: bool,
 ) -> tuple[list[DirectionalCheck], list[torch.Tensor] | None]:
     """Check -grad J and E[grad loss] against central differences of the exact J.
 
@@ -200,21 +176,21 @@ def finite_differences(
         for index, (name, p) in enumerate(zip(names, params)):
             directions: list[torch.Tensor | None] = [None] * len(params)
             directions[index] = random_unit(p)
-            numeric = _shifted_objective(episode, found, params, directions, step, batched=batched)
+            numeric = _shifted_objective(runner, params, directions, step)
             checks.append(_directional(name, numeric, directions, exact, rtol, atol))
         return checks
 
     if mode not in ("tensor", "joint", "coordinate"):
         raise ValueError(f"unknown finite-difference mode {mode!r}")
     # Every evaluation of J replays the known sequences; they share one watch of the generators.
-    with replaying(found):
+    with runner.replaying():
         if mode == "tensor":
             return per_tensor(), None
         if mode == "joint":
             joint = [random_unit(p) for p in params]
             norm = sum(float((v * v).sum()) for v in joint) ** 0.5
             joint = [v / norm for v in joint]
-            numeric = _shifted_objective(episode, found, params, list(joint), step, batched=batched)
+            numeric = _shifted_objective(runner, params, list(joint), step)
             check = _directional("all parameters", numeric, list(joint), exact, rtol, atol)
             return ([check] if check.ok else [check, *per_tensor()]), None
         # mode == "coordinate"
@@ -227,7 +203,7 @@ def finite_differences(
                 unit[flat] = 1.0
                 directions: list[torch.Tensor | None] = [None] * len(params)
                 directions[index] = unit.reshape(p.shape)
-                numeric = _shifted_objective(episode, found, params, directions, step, batched=batched)
+                numeric = _shifted_objective(runner, params, directions, step)
                 numeric_grad.reshape(-1)[flat] = numeric
                 check = _directional(f"{name}[{flat}]", numeric, directions, exact, rtol, atol)
                 if not check.ok:
@@ -251,51 +227,59 @@ def _unit(bias: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
     return [b / norm for b in bias] if norm > 0 else None
 
 
-def batched_contributions(
-    episode: Episode, found: Enumeration, params: Sequence[torch.Tensor], bias: Sequence[torch.Tensor]
-) -> list[float] | None:
-    """Each sequence's contribution to the bias from one batched replay (batched mode).
+def _block_contributions(rows: Rows, params: Sequence[torch.Tensor], unit: Sequence[torch.Tensor]) -> list[float] | None:
+    """<c(a), u> for every row of a block, or None when the episode has no double backward.
 
-    The projection <c(a), u> of every row's gradient on the unit bias direction u is a
+    For a block of several rows, the projection of every row's gradient on ``u`` is a
     Jacobian-vector product; it comes from two backward passes (a vector-Jacobian product taken
     with ``create_graph``, then its gradient with respect to the row weights), however many rows
-    there are. Returns None when an operation of the episode has no double backward.
+    there are.
     """
-    unit = _unit(bias)
-    if unit is None:
-        return [0.0] * len(found)
-    log_prob, objective, loss = replay_all(episode, found)
-    probability = log_prob.exp()
-    per_row = probability.detach() * loss + probability * objective
+    probability = rows.log_prob.exp()
+    per_row = probability.detach() * rows.loss + probability * rows.objective
     if not per_row.requires_grad:
-        return [0.0] * len(found)
+        return [0.0] * per_row.shape[0]
+    if per_row.shape[0] == 1:
+        grads = _grad(per_row.sum(), params)
+        return [sum(float((g * u).sum()) for g, u in zip(grads, unit))]
     weights = torch.zeros_like(per_row, requires_grad=True)
     try:
         grads = torch.autograd.grad(per_row, list(params), grad_outputs=weights, create_graph=True, allow_unused=True)
         projected = sum(((g * u).sum() for g, u in zip(grads, unit) if g is not None), torch.zeros((), dtype=per_row.dtype))
         if not projected.requires_grad:
-            return [0.0] * len(found)
+            return [0.0] * per_row.shape[0]
         (contribution,) = torch.autograd.grad(projected, weights)
     except RuntimeError:
         return None
     return contribution.tolist()
 
 
+def bias_contributions(runner: Runner, params: Sequence[torch.Tensor], bias: Sequence[torch.Tensor]) -> list[float] | None:
+    """Each sequence's contribution to the bias, projected on the unit bias direction, from the
+    runner's replays of every sequence. Returns None when an operation of the episode has no double
+    backward (:func:`sequence_statistics` then gives them one sequence at a time)."""
+    unit = _unit(bias)
+    if unit is None:
+        return [0.0] * len(runner.found)
+    contributions: list[float] = []
+    for rows in runner.replay_blocks():
+        block = _block_contributions(rows, params, unit)
+        if block is None:
+            return None
+        contributions.extend(block)
+    return contributions
+
+
 def sequence_statistics(
-    episode: Episode,
-    found: Enumeration,
-    params: Sequence[torch.Tensor],
-    bias: Sequence[torch.Tensor] | None,
-    *,
-    batched: bool,
+    runner: Runner, params: Sequence[torch.Tensor], bias: Sequence[torch.Tensor] | None
 ) -> SequenceStatistics:
     """Replay every sequence alone to get its own gradients: variance and bias contributions."""
     mean = [torch.zeros_like(p, dtype=torch.float64) for p in params]
     second = [torch.zeros_like(p, dtype=torch.float64) for p in params]
     unit = _unit(bias) if bias is not None else None
     contributions = []
-    for index in range(len(found)):
-        log_prob, objective, loss = replay_sequence(episode, found, index, batched=batched)
+    for index in range(len(runner.found)):
+        log_prob, objective, loss = runner.replay(index)
         probability = log_prob.exp()
         weight = probability.detach()
         grad_loss = _grad(loss, params, retain_graph=True)

@@ -22,7 +22,7 @@ from typing import Any, TypeVar, overload
 
 import torch
 
-from . import patching
+from . import scope
 
 __all__ = ["enumerate_actions"]
 
@@ -33,7 +33,7 @@ class _Scope:
     """Context manager and decorator marking code whose draws a check enumerates."""
 
     def __enter__(self) -> _Scope:
-        patching.enter_scope()
+        scope.enter_scope()
         return self
 
     def __exit__(
@@ -42,8 +42,8 @@ class _Scope:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if exc_type is not patching.ScopeDetected:
-            patching.exit_scope()
+        if exc_type is not scope.ScopeDetected:
+            scope.exit_scope()
 
     def __call__(self, target: T) -> T:
         return enumerate_actions(target)

@@ -26,15 +26,10 @@ from typing import Any, Protocol
 import torch
 from torch import distributions
 
-__all__ = [
-    "Chooser",
-    "ScopeDetected",
-    "enter_scope",
-    "exit_scope",
-    "intercept_samplers",
-    "sampler_entry_points",
-    "unscoped_calls",
-]
+from . import scope
+from .scope import OutsideDraws
+
+__all__ = ["Chooser", "intercept_samplers", "sampler_entry_points"]
 
 _MISSING = object()
 _LOCK = threading.Lock()
@@ -59,51 +54,26 @@ class _State(threading.local):
         # lets ``torch.bernoulli`` recover probabilities that Bernoulli.sample detached.
         self.distributions: list[tuple[distributions.Distribution, str]] = []
         # Scoped mode: only draws inside @enumerate_actions code go to the chooser; the others
-        # sample for real from the generator state the enumeration resets before every run.
-        self.scoped = False
-        self.scope_depth = 0
-        self.unscoped_calls = 0
-        # Unmarked draws whose probabilities depend on parameters: J would depend on them too.
-        self.unscoped_with_grad = 0
+        # sample for real (from the generator state the enumeration resets before every run) and
+        # are counted here.
+        self.outside: OutsideDraws | None = None
 
 
 _STATE = _State()
 
 
-class ScopeDetected(BaseException):
-    """Raised when @enumerate_actions code runs during a check that enumerates every sampler.
-
-    A BaseException, so that an episode's own ``except Exception`` cannot swallow it: the
-    enumeration restarts in scoped mode.
-    """
-
-
-def enter_scope() -> None:
-    """Mark the start of code whose draws are enumerated (see :mod:`reinforce_check.handlers`)."""
-    if _STATE.chooser is not None and not _STATE.scoped:
-        raise ScopeDetected
-    _STATE.scope_depth += 1
-
-
-def exit_scope() -> None:
-    """Mark the end of code whose draws are enumerated."""
-    _STATE.scope_depth = max(_STATE.scope_depth - 1, 0)
-
-
-def unscoped_calls() -> tuple[int, int]:
-    """Sampler calls of the last check pass that sampled for real (outside @enumerate_actions code),
-    and how many of them had probabilities that require grad."""
-    return _STATE.unscoped_calls, _STATE.unscoped_with_grad
+def _outside_scope() -> bool:
+    """Whether a draw made now samples for real because the check is scoped and it is unmarked."""
+    return _STATE.outside is not None and not scope.inside()
 
 
 def _passthrough(probs: torch.Tensor | None = None) -> bool:
     """Whether a draw made now should sample for real instead of going to the chooser."""
     if _STATE.chooser is None:  # no check running (or another thread's)
         return True
-    if _STATE.scoped and _STATE.scope_depth == 0:
-        _STATE.unscoped_calls += 1
-        if probs is not None and probs.requires_grad:
-            _STATE.unscoped_with_grad += 1
+    if _outside_scope():
+        assert _STATE.outside is not None
+        _STATE.outside.count(requires_grad=probs is not None and probs.requires_grad)
         return True
     return False
 
@@ -227,10 +197,10 @@ def _tensor_bernoulli(function: Callable[..., torch.Tensor]) -> Callable[..., to
 def _distribution_sample(installed: Callable[..., Any], site: str) -> Callable[..., Any]:
     @functools.wraps(installed)
     def sample(self: distributions.Distribution, *args: Any, **kwargs: Any) -> Any:
-        if _STATE.chooser is None or (_STATE.scoped and _STATE.scope_depth == 0):
-            if _STATE.chooser is not None and isinstance(self, distributions.Bernoulli) and self.probs.requires_grad:
+        if _STATE.chooser is None or _outside_scope():
+            if _STATE.outside is not None and isinstance(self, distributions.Bernoulli) and self.probs.requires_grad:
                 # torch draws Bernoulli samples under no_grad, where the primitive cannot see this.
-                _STATE.unscoped_with_grad += 1
+                _STATE.outside.with_grad += 1
             return installed(self, *args, **kwargs)
         _STATE.distributions.append((self, site))
         try:
@@ -266,11 +236,11 @@ def _replacements() -> list[tuple[tuple[Any, str], Callable[..., Any]]]:
 
 
 @contextlib.contextmanager
-def intercept_samplers(chooser: Chooser, *, scoped: bool = False) -> Iterator[None]:
+def intercept_samplers(chooser: Chooser, *, outside: OutsideDraws | None = None) -> Iterator[None]:
     """Route every categorical draw to ``chooser`` for the duration of the block.
 
-    With ``scoped=True`` only draws made inside :func:`~reinforce_check.enumerate_actions` code go
-    to the chooser; the others sample for real.
+    With ``outside`` (scoped mode) only draws made inside :func:`~reinforce_check.enumerate_actions`
+    code go to the chooser; the others sample for real and are counted in ``outside``.
 
     >>> class First:
     ...     def choose(self, weights, num_samples, replacement, site):
@@ -293,18 +263,16 @@ def intercept_samplers(chooser: Chooser, *, scoped: bool = False) -> Iterator[No
         replacements = _replacements()
         _STATE.chooser = chooser
         _STATE.distributions = []
-        _STATE.scoped = scoped
-        _STATE.scope_depth = 0
-        _STATE.unscoped_calls = 0
-        _STATE.unscoped_with_grad = 0
+        _STATE.outside = outside
+        scope.activate(scoped=outside is not None)
         for (owner, name), function in replacements:
             setattr(owner, name, function)
         yield
     finally:
         _STATE.chooser = None
         _STATE.distributions = []
-        _STATE.scoped = False
-        _STATE.scope_depth = 0
+        _STATE.outside = None
+        scope.deactivate()
         for owner, name, previous in reversed(saved):
             if previous is _MISSING:
                 if name in vars(owner):

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Union
 
 import torch
 
 __all__ = [
     "CheckReport",
     "DirectionalCheck",
+    "DrawsWithoutGradient",
+    "Note",
     "ParameterReport",
     "ReinforceCheckError",
+    "ScopedDraws",
     "SequenceContribution",
     "format_mismatch",
+    "format_note",
     "format_report",
 ]
 
@@ -91,6 +95,46 @@ class SequenceContribution:
     objective: float
     contribution: float
     """p(a) grad loss(a) + grad[p(a) objective(a)], projected on the unit bias direction."""
+
+
+@dataclass(frozen=True)
+class ScopedDraws:
+    """A note: the check ran in scoped mode (the episode marks its policy with @enumerate_actions)."""
+
+    outside_calls: int
+    """Sampler calls outside marked code, sampled for real."""
+    runs: int
+    """Episode runs of the enumeration."""
+
+
+@dataclass(frozen=True)
+class DrawsWithoutGradient:
+    """A note: some sampler calls ran under ``torch.no_grad()``."""
+
+    calls: int
+
+
+Note = Union[ScopedDraws, DrawsWithoutGradient]
+
+
+def format_note(note: Note) -> str:
+    """The text of a note, as the report prints it.
+
+    >>> format_note(DrawsWithoutGradient(calls=2)).split(",")[0]
+    '2 sampler call(s) ran under torch.no_grad()'
+    """
+    if isinstance(note, ScopedDraws):
+        return (
+            "the episode uses @enumerate_actions: only draws inside it were enumerated; "
+            f"{note.outside_calls} other sampler call(s) in {note.runs} episode run(s), and any other "
+            "random draws, sampled for real from the generator state the check started with, restored "
+            "before every run, so every sequence saw the same random numbers."
+        )
+    return (
+        f"{note.calls} sampler call(s) ran under torch.no_grad(), so the probabilities they "
+        "recorded carry no gradient and -grad J misses their score terms; if they depend on the checked "
+        "parameters, finite differences disagree. Sample with gradient enabled inside the episode."
+    )
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The choosers on their own: the one-column fast path agrees with the general one; the replayer of
+"""The choosers on their own: the scalar and tensor paths of a pass agree; the replayer of
 sequential finite differences forces sequences and refuses what a replay must refuse."""
 
 from __future__ import annotations
@@ -9,26 +9,31 @@ import pytest
 import torch
 
 from reinforce_check import InvalidProbabilitiesError, NondeterministicEpisodeError
-from reinforce_check.chooser import PrefixChooser, SequenceReplayer
+from reinforce_check.chooser import Plan, PrefixChooser, SequenceReplayer
 
 
-class _RowsOnly(PrefixChooser):
-    """The same chooser, deciding one-decision-per-row calls by the general path."""
+class _TensorPath(PrefixChooser):
+    """The same chooser, deciding every call with tensor operations."""
 
-    def _decide_single(self, probs: torch.Tensor, site: str) -> torch.Tensor:
-        return self._decide_rows(probs, 1, site)
+    small_rows = 0
+
+
+class _ScalarPath(PrefixChooser):
+    """The same chooser, deciding every call in plain Python."""
+
+    small_rows = 10**9
+    small_decisions = 10**9
 
 
 def _scenario(seed: int, rows: int = 24, slots: int = 4, num_actions: int = 3):
-    """Random forced paths (replayed, then speculated, then free) and random supports."""
+    """A random plan (replayed, then speculated, then free slots) and random supports."""
     generator = torch.Generator().manual_seed(seed)
-    real_len = torch.randint(0, slots + 1, (rows,), generator=generator)
-    forced_len = torch.minimum(real_len + torch.randint(0, 3, (rows,), generator=generator), torch.tensor(slots))
+    replayed_len = torch.randint(0, slots + 1, (rows,), generator=generator)
+    forced_len = torch.minimum(replayed_len + torch.randint(0, 3, (rows,), generator=generator), torch.tensor(slots))
     forced = torch.randint(0, num_actions, (rows, slots), generator=generator)
     forced = forced.masked_fill(torch.arange(slots)[None, :] >= forced_len[:, None], -1)
-    speculation_index = torch.randint(0, 2, (rows, slots), generator=generator)
-    speculation_index = speculation_index.masked_fill(torch.arange(slots)[None, :] < real_len[:, None], 0)
-    guesses = {s: torch.rand(num_actions, generator=generator) < 0.7 for s in range(slots)}
+    canonical = torch.rand(rows, slots, generator=generator) < 0.6
+    guessed = {s: torch.rand(num_actions, generator=generator) < 0.7 for s in range(slots)}
     weights = []
     for _ in range(slots):
         w = torch.rand(rows, num_actions, generator=generator, dtype=torch.float64)
@@ -37,41 +42,38 @@ def _scenario(seed: int, rows: int = 24, slots: int = 4, num_actions: int = 3):
         weights.append(w)
     # Replayed slots take a feasible action, as they do in a real enumeration.
     for s in range(slots):
-        replayed = s < real_len
+        replayed = s < replayed_len
         feasible = weights[s].gather(1, forced[:, s].clamp(min=0)[:, None]).squeeze(1) > 0
         fix = replayed & ~feasible
         forced[fix, s] = weights[s][fix].argmax(1)
-    return forced, forced_len, real_len, speculation_index, guesses, weights
+    plan = Plan(forced, forced_len, replayed_len, guessed=guessed, canonical=canonical)
+    return plan, weights
 
 
+@pytest.mark.parametrize("per_row", [1, 2])
 @pytest.mark.parametrize("seed", range(12))
-def test_one_column_decisions_agree_with_the_general_path(seed):
-    forced, forced_len, real_len, speculation_index, guesses, weights = _scenario(seed)
+def test_scalar_and_tensor_decisions_record_the_same_pass(seed, per_row):
+    plan, weights = _scenario(seed, rows=24 // per_row, slots=4 * per_row)
     results = []
-    for cls in (PrefixChooser, _RowsOnly):
-        chooser = cls(
-            forced.shape[0],
-            forced=forced,
-            forced_len=forced_len,
-            real_len=real_len,
-            replay_probs=None,
-            guesses=guesses,
-            speculation_index=speculation_index,
-        )
-        for w in weights:
-            chooser.choose(w.clone().requires_grad_(), 1, True, "torch.multinomial")
+    for cls in (_ScalarPath, _TensorPath):
+        chooser = cls(plan)
+        for start in range(0, len(weights), per_row):
+            # per_row decisions of every episode in one call, episode first.
+            block = torch.stack(weights[start : start + per_row], dim=1).reshape(-1, weights[0].shape[1])
+            chooser.choose(block.clone().requires_grad_(), 1, True, "torch.multinomial")
         results.append(chooser.finish())
-    fast, general = results
-    assert torch.equal(fast.actions, general.actions)
-    assert torch.equal(fast.branching, general.branching)
-    assert torch.equal(fast.valid, general.valid)
-    torch.testing.assert_close(fast.probs, general.probs, rtol=0, atol=0)
-    torch.testing.assert_close(fast.log_prob, general.log_prob, rtol=1e-15, atol=0)
-    assert sorted(fast.spawns) == sorted(general.spawns)
+    scalar, tensor = results
+    assert torch.equal(scalar.actions, tensor.actions)
+    assert torch.equal(scalar.branching, tensor.branching)
+    assert torch.equal(scalar.valid, tensor.valid)
+    torch.testing.assert_close(scalar.probs, tensor.probs, rtol=1e-15, atol=0)
+    torch.testing.assert_close(scalar.log_prob, tensor.log_prob, rtol=1e-14, atol=0)
+    # The same prefixes, with probabilities equal to the last bit: both divide by the same totals.
+    assert sorted(scalar.spawns) == sorted(tensor.spawns)
 
 
 def test_a_pass_log_probability_sums_the_logs_of_the_probabilities_it_took_with_gradient():
-    chooser = PrefixChooser.free(rows=1)
+    chooser = PrefixChooser(Plan.free(rows=1))
     probs = torch.tensor([[0.5, 0.5]], dtype=torch.float64, requires_grad=True)
     for _ in range(3):
         chooser.choose(probs, 1, True, "torch.multinomial")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -12,6 +14,7 @@ from hypothesis import strategies as st
 from torch.distributions import Categorical
 
 from reinforce_check import ReinforceCheckError, check_reinforce
+from reinforce_check.chooser import PrefixChooser
 
 
 def brute_force(log_policy: torch.Tensor, mask: torch.Tensor, reward: torch.Tensor) -> tuple[int, torch.Tensor]:
@@ -103,15 +106,33 @@ def problems(draw) -> Problem:
 
 MODES = pytest.mark.parametrize("batched", [False, True], ids=["sequential", "batched"])
 
+# Every pass decides small calls in plain Python and large ones with tensor operations; forcing
+# one path everywhere holds each of them, alone, to the brute-force sums.
+PATHS = {"scalar": (10**9, 10**9), "tensor": (0, 0), "default": (PrefixChooser.small_rows, PrefixChooser.small_decisions)}
+
+DECISION_PATHS = pytest.mark.parametrize("decision_path", list(PATHS))
+
+
+@contextlib.contextmanager
+def deciding_by(path: str) -> Iterator[None]:
+    saved = PrefixChooser.small_rows, PrefixChooser.small_decisions
+    PrefixChooser.small_rows, PrefixChooser.small_decisions = PATHS[path]
+    try:
+        yield
+    finally:
+        PrefixChooser.small_rows, PrefixChooser.small_decisions = saved
+
 
 @MODES
+@DECISION_PATHS
 @settings(max_examples=25, deadline=None)
 @given(problem=problems())
-def test_total_probability_is_one(batched, problem):
-    report = check_reinforce(
-        problem.episode(batched=batched), {"logits": problem.logits}, batched=batched, rtol=1e-6, atol=1e-9,
-        raise_exception=False, finite_differences="none",
-    )
+def test_total_probability_is_one(batched, decision_path, problem):
+    with deciding_by(decision_path):
+        report = check_reinforce(
+            problem.episode(batched=batched), {"logits": problem.logits}, batched=batched, rtol=1e-6, atol=1e-9,
+            raise_exception=False, finite_differences="none",
+        )
     count, objective = problem.brute_force()
     assert report.num_sequences == count
     assert abs(report.total_probability - 1.0) <= 1e-12
@@ -199,12 +220,14 @@ def multi_decision_problems(draw) -> MultiDecisionProblem:
     )
 
 
+@DECISION_PATHS
 @settings(max_examples=40, deadline=None)
 @given(problem=multi_decision_problems())
-def test_several_decisions_per_call_enumerate_every_sequence_once(problem):
+def test_several_decisions_per_call_enumerate_every_sequence_once(decision_path, problem):
     # A speculated guess that fails at one decision of a call must stop that row's spawns at the
     # call's later decisions, or some sequences are counted twice (total probability above 1).
-    report = check_reinforce(problem.episode, {"logits": problem.logits}, batched=True, rtol=1e-6, atol=1e-9)
+    with deciding_by(decision_path):
+        report = check_reinforce(problem.episode, {"logits": problem.logits}, batched=True, rtol=1e-6, atol=1e-9)
     count, objective = problem.brute_force()
     assert report.num_sequences == count
     assert abs(report.total_probability - 1.0) <= 1e-12
