@@ -390,6 +390,18 @@ def test_report_header_shows_settings_with_the_flag(pytester: pytest.Pytester) -
     )
 
 
+def run_checks(pytester: pytest.Pytester, body: str) -> pytest.RunResult:
+    """Write the episodes and ``body`` as a test module and run it with ``--reinforce-check``."""
+    make_tests(pytester, body)
+    return pytester.runpytest("--reinforce-check")
+
+
+def assert_summary(result: pytest.RunResult, title: str, *rows: str) -> None:
+    """The run ends with the summary: ``title`` in pytest's separator, the header, the rule, then ``rows``."""
+    header = "test *sequences  total probability  max rel error  seconds  check verdict  test outcome"
+    result.stdout.fnmatch_lines([f"*= reinforce_check: {title} =*", header, "-*", *rows])
+
+
 def test_terminal_summary_lists_every_check(pytester: pytest.Pytester) -> None:
     make_tests(
         pytester,
@@ -409,16 +421,12 @@ def test_terminal_summary_lists_every_check(pytester: pytest.Pytester) -> None:
     )
     result = pytester.runpytest("--reinforce-check")
     result.assert_outcomes(passed=2, failed=1)
-    result.stdout.fnmatch_lines(
-        [
-            "*= reinforce_check: 3 exact gradient check(s) in 2 test(s); checks: 2 passed, 1 mismatch; "
-            "tests: 1 passed, 1 failed =*",
-            "test *sequences  total probability  max rel error  seconds  check verdict  test outcome",
-            "-*",
-            "test_policy.py::test_good  3 * 1 exactly * passed",
-            "test_policy.py::test_good  3 * passed",
-            "test_policy.py::test_bad   3 * 2 * FAILED",
-        ]
+    assert_summary(
+        result,
+        "3 exact gradient check(s) in 2 test(s); checks: 2 passed, 1 mismatch; tests: 1 passed, 1 failed",
+        "test_policy.py::test_good  3 * 1 exactly * passed",
+        "test_policy.py::test_good  3 * passed",
+        "test_policy.py::test_bad   3 * 2 * FAILED",
     )
     result.stdout.no_fnmatch_line("*test_unmarked  *")
 
@@ -450,7 +458,7 @@ def test_format_summary_shows_unknown_for_a_test_without_an_outcome() -> None:
 
 def test_summary_shows_an_expected_mismatch_as_a_passed_test(pytester: pytest.Pytester) -> None:
     # The check finds the bias (its verdict), the test asserted exactly that and passes (its outcome).
-    make_tests(
+    result = run_checks(
         pytester,
         """
         @pytest.mark.reinforce_check
@@ -463,23 +471,18 @@ def test_summary_shows_an_expected_mismatch_as_a_passed_test(pytester: pytest.Py
             assert reinforce_check(correct, {"logits": logits}).ok
         """,
     )
-    result = pytester.runpytest("--reinforce-check")
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(
-        [
-            "*= reinforce_check: 2 exact gradient check(s) in 2 test(s); checks: 1 passed, 1 mismatch; "
-            "tests: 2 passed =*",
-            "*check verdict  test outcome",
-            "-*",
-            "test_policy.py::test_detects_bias  3 * MISMATCH * passed",
-            "test_policy.py::test_reinforce     3 * passed * passed",
-        ]
+    assert_summary(
+        result,
+        "2 exact gradient check(s) in 2 test(s); checks: 1 passed, 1 mismatch; tests: 2 passed",
+        "test_policy.py::test_detects_bias  3 * MISMATCH * passed",
+        "test_policy.py::test_reinforce     3 * passed * passed",
     )
     result.stdout.no_fnmatch_line("*FAILED*")
 
 
 def test_summary_counts_a_test_that_fails_after_its_checks_passed_as_failed(pytester: pytest.Pytester) -> None:
-    make_tests(
+    result = run_checks(
         pytester,
         """
         @pytest.mark.reinforce_check
@@ -489,22 +492,18 @@ def test_summary_counts_a_test_that_fails_after_its_checks_passed_as_failed(pyte
             assert report.num_sequences == 4
         """,
     )
-    result = pytester.runpytest("--reinforce-check")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(
-        [
-            "*= reinforce_check: 2 exact gradient check(s) in 1 test(s); checks: 2 passed; tests: 1 failed =*",
-            "*check verdict  test outcome",
-            "-*",
-            "test_policy.py::test_wrong_count  3 * passed * FAILED",
-            "test_policy.py::test_wrong_count  3 * passed * FAILED",
-        ]
+    assert_summary(
+        result,
+        "2 exact gradient check(s) in 1 test(s); checks: 2 passed; tests: 1 failed",
+        "test_policy.py::test_wrong_count  3 * passed * FAILED",
+        "test_policy.py::test_wrong_count  3 * passed * FAILED",
     )
 
 
 def test_summary_counts_a_test_whose_teardown_errors_as_an_error(pytester: pytest.Pytester) -> None:
     # pytest's own line says "1 passed, 1 error" for the one test; the summary counts the test once, by its worst phase.
-    make_tests(
+    result = run_checks(
         pytester,
         """
         @pytest.fixture
@@ -517,13 +516,9 @@ def test_summary_counts_a_test_whose_teardown_errors_as_an_error(pytester: pytes
             reinforce_check(correct, {"logits": logits})
         """,
     )
-    result = pytester.runpytest("--reinforce-check")
     result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines(
-        [
-            "*= reinforce_check: 1 exact gradient check(s) in 1 test(s); checks: 1 passed; tests: 1 error =*",
-            "*check verdict  test outcome",
-            "-*",
-            "test_policy.py::test_checked  3 * passed * ERROR",
-        ]
+    assert_summary(
+        result,
+        "1 exact gradient check(s) in 1 test(s); checks: 1 passed; tests: 1 error",
+        "test_policy.py::test_checked  3 * passed * ERROR",
     )
