@@ -383,7 +383,8 @@ _OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
 """The categories of pytest's own final count that a test with checks can end in, in the order
 the summary's header counts them."""
 _SEVERITY = ("error", "failed", "xpassed", "xfailed", "skipped", "passed")
-"""The same, the one that decides first: a test whose call passed but whose teardown errored is an error."""
+"""The same categories, worst first: a test's worst phase decides its outcome, so a test whose call
+passed but whose teardown errored is an error."""
 NO_OUTCOME = "unknown"
 """The outcome of a test whose checks ran but whose report never came (an interrupted run)."""
 
