@@ -421,7 +421,7 @@ def _check(namespace: argparse.Namespace, kwargs: dict[str, Any], command: str, 
 
     from .check import check_reinforce
     from .errors import CheckUsageError, SequenceBudgetError
-    from .report import ReinforceCheckError
+    from .report import ReinforceCheckError, format_report
 
     message: str | None = None
     try:
@@ -442,7 +442,7 @@ def _check(namespace: argparse.Namespace, kwargs: dict[str, Any], command: str, 
     else:
         if message is not None:
             stdout.write(message + "\n\n")
-        stdout.write(str(report) + "\n")
+        stdout.write(format_report(report) + "\n")
     return EXIT_OK if report.ok else EXIT_MISMATCH
 
 

@@ -379,30 +379,122 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     return [f"reinforce_check: {resolve_settings(config).describe()}"]
 
 
-def format_summary(records: list[CheckRecord]) -> list[str]:
+_OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
+"""The categories of pytest's own final count that a test with checks can end in, in the order
+the summary's header counts them."""
+_SEVERITY = ("error", "failed", "xpassed", "xfailed", "skipped", "passed")
+"""The same categories, worst first: a test's worst phase decides its outcome, so a test whose call
+passed but whose teardown errored is an error."""
+NO_OUTCOME = "unknown"
+"""The outcome of a test whose checks ran but whose report never came (an interrupted run)."""
+
+
+def outcomes_by_test(stats: Mapping[str, list[Any]]) -> dict[str, str]:
+    """Each test's outcome, as pytest counts it, from the terminal reporter's ``stats``.
+
+    A test has a report for each of its phases (setup, call, teardown); its outcome is that of
+    its worst one, so a test whose call passed and whose teardown failed is an ``"error"``, as in
+    pytest's final line.
+
+    Arguments:
+        stats: ``terminalreporter.stats``: pytest's category (``"passed"``, ``"failed"``, ...) to
+            the reports in it.
+
+    Returns:
+        Test id to one of ``"passed"``, ``"failed"``, ``"error"``, ``"skipped"``, ``"xfailed"`` and
+        ``"xpassed"``.
+
+    >>> from types import SimpleNamespace as Report
+    >>> outcomes_by_test({"passed": [Report(nodeid="t.py::a"), Report(nodeid="t.py::b")],
+    ...                "error": [Report(nodeid="t.py::b")], "warnings": [Report(nodeid="t.py::a")]})
+    {'t.py::a': 'passed', 't.py::b': 'error'}
+    """
+    outcomes: dict[str, str] = {}
+    for category in _SEVERITY[::-1]:  # the least severe first, so that a worse one overwrites it
+        for report in stats.get(category, []):
+            outcomes[report.nodeid] = category
+    return outcomes
+
+
+def _outcome_word(outcome: str) -> str:
+    """How a row shows a test's outcome: failures in capitals, as pytest's own summary does."""
+    return outcome.upper() if outcome in ("failed", "error") else outcome
+
+
+def format_summary(records: list[CheckRecord], outcomes: Mapping[str, str]) -> list[str]:
     """The lines of the end-of-run table: one row per check.
 
+    Each row shows the check's verdict (``passed``, or ``MISMATCH`` when the gradients disagree)
+    apart from the outcome of the test that ran it: a test may expect a mismatch
+    (``raise_exception=False``, then ``assert not report.ok``) and pass, or fail after its checks
+    passed.
+
+    Arguments:
+        records: the checks, in the order they ran.
+        outcomes: test id to the test's outcome (see :func:`outcomes_by_test`); a test missing from it
+            shows ``unknown``.
+
+    Returns:
+        The table's lines: header, rule, rows.
+
     >>> record = CheckRecord("test_policy.py::test_reinforce", 3, 1.0, 2.5e-16, 0.01, True)
-    >>> print("\\n".join(format_summary([record])))
-    test                            sequences  total probability  max rel error  seconds  result
-    ------------------------------  ---------  -----------------  -------------  -------  ------
-    test_policy.py::test_reinforce  3          1 exactly          2.5e-16        0.01     passed
+    >>> print("\\n".join(format_summary([record], {"test_policy.py::test_reinforce": "passed"})))
+    test                            sequences  total probability  max rel error  seconds  check verdict  test outcome
+    ------------------------------  ---------  -----------------  -------------  -------  -------------  ------------
+    test_policy.py::test_reinforce  3          1 exactly          2.5e-16        0.01     passed         passed
     """
     # Only called once checks have run, so the library (and torch) are loaded already.
-    from .report import _probability, _table
+    from .report import format_probability, format_table
 
     rows = [
         [
             r.nodeid,
             f"{r.num_sequences:,}",
-            _probability(r.total_probability),
+            format_probability(r.total_probability),
             f"{r.max_rel_error:.2g}",
             f"{r.seconds:.2f}",
-            "passed" if r.ok else "FAILED",
+            "passed" if r.ok else "MISMATCH",
+            _outcome_word(outcomes.get(r.nodeid, NO_OUTCOME)),
         ]
         for r in records
     ]
-    return _table(["test", "sequences", "total probability", "max rel error", "seconds", "result"], rows)
+    header = ["test", "sequences", "total probability", "max rel error", "seconds", "check verdict", "test outcome"]
+    return format_table(header, rows)
+
+
+def _counts(counts: Mapping[str, int], order: tuple[str, ...]) -> str:
+    return ", ".join(f"{counts[name]} {name}" for name in order if counts.get(name))
+
+
+def summary_title(records: list[CheckRecord], outcomes: Mapping[str, str]) -> str:
+    """The title of the end-of-run table: how many checks ran in how many tests, and how each ended.
+
+    Checks are counted by their verdict, tests (each once, however many checks it ran) by their
+    outcome, so a test that expects a mismatch and gets it counts as a mismatch and a passed test.
+
+    Arguments:
+        records: the checks, in the order they ran.
+        outcomes: test id to the test's outcome (see :func:`outcomes_by_test`).
+
+    Returns:
+        One line, without the separator pytest draws around it.
+
+    >>> records = [CheckRecord("t.py::a", 3, 1.0, 0.0, 0.01, True),
+    ...            CheckRecord("t.py::a", 3, 1.0, 0.0, 0.01, True),
+    ...            CheckRecord("t.py::b", 3, 1.0, 2.0, 0.01, False)]
+    >>> summary_title(records, {"t.py::a": "failed", "t.py::b": "passed"})
+    'reinforce_check: 3 exact gradient check(s) in 2 test(s); checks: 2 passed, 1 mismatch; tests: 1 passed, 1 failed'
+    """
+    mismatches = sum(not r.ok for r in records)
+    checks = {"passed": len(records) - mismatches, "mismatch": mismatches}
+    tests: dict[str, int] = {}
+    for nodeid in dict.fromkeys(r.nodeid for r in records):
+        outcome = outcomes.get(nodeid, NO_OUTCOME)
+        tests[outcome] = tests.get(outcome, 0) + 1
+    return (
+        f"reinforce_check: {len(records)} exact gradient check(s) in {sum(tests.values())} test(s); "
+        f"checks: {_counts(checks, ('passed', 'mismatch'))}; tests: {_counts(tests, (*_OUTCOMES, NO_OUTCOME))}"
+    )
 
 
 def pytest_terminal_summary(
@@ -411,8 +503,7 @@ def pytest_terminal_summary(
     records = config.stash.get(CHECKS_KEY, [])
     if not config.getoption("reinforce_check") or not records:
         return
-    failed = sum(not r.ok for r in records)
-    title = f"reinforce_check: {len(records)} exact gradient check(s)" + (f", {failed} failed" if failed else "")
-    terminalreporter.write_sep("=", title)
-    for line in format_summary(records):
+    outcomes = outcomes_by_test(terminalreporter.stats)
+    terminalreporter.write_sep("=", summary_title(records, outcomes))
+    for line in format_summary(records, outcomes):
         terminalreporter.write_line(line)

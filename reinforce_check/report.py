@@ -2,7 +2,8 @@
 
 :class:`CheckReport` holds every figure; :func:`format_report` builds its table (``str(report)``)
 and :func:`format_mismatch` the message of :class:`ReinforceCheckError`. No other code writes
-report text.
+report text: the pytest plugin lays out its summary with :func:`format_table` and
+:func:`format_probability`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ __all__ = [
     "SequenceContribution",
     "format_mismatch",
     "format_note",
+    "format_probability",
     "format_report",
+    "format_table",
 ]
 
 
@@ -235,15 +238,43 @@ def _g(value: float) -> str:
     return f"{value:.3g}" if math.isfinite(value) else str(value)
 
 
-def _probability(value: float) -> str:
-    """A total probability as its distance from one, e.g. ``1 - 2.2e-16`` (``1 exactly`` when the
-    float64 sum is exactly one)."""
+def format_probability(value: float) -> str:
+    """A total probability as its distance from one, as the report and the pytest plugin write it.
+
+    Arguments:
+        value: the sum of the enumerated sequences' probabilities.
+
+    Returns:
+        ``1 exactly`` when the float64 sum is exactly one, else ``1 - d`` or ``1 + d`` with the
+        distance ``d`` to two significant digits.
+
+    >>> format_probability(1.0), format_probability(1 - 2.2e-16), format_probability(1.5)
+    ('1 exactly', '1 - 2.2e-16', '1 + 5.0e-01')
+    """
     if value == 1:
         return "1 exactly"
     return f"1 {'-' if value < 1 else '+'} {abs(1 - value):.1e}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def format_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Lay out a text table: the header, a rule of dashes, then the rows, columns left-aligned.
+
+    Each column is as wide as its widest cell, columns are two spaces apart, and trailing spaces
+    are dropped.
+
+    Arguments:
+        header: the column titles.
+        rows: the cells of each row, as many as ``header`` has titles.
+
+    Returns:
+        The lines of the table, without line endings.
+
+    >>> print("\\n".join(format_table(["name", "value"], [["rtol", "1e-06"], ["max_sequences", "10,000"]])))
+    name           value
+    -------------  ------
+    rtol           1e-06
+    max_sequences  10,000
+    """
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
     out = [line.rstrip(), "  ".join("-" * w for w in widths)]
@@ -263,7 +294,7 @@ def format_report(report: CheckReport) -> str:
     mode = "batched" if report.batched else "sequential"
     lines = [
         f"reinforce_check {verdict}: {report.num_sequences:,} action sequences, "
-        f"total probability {_probability(report.total_probability)}, J = {report.objective:.10g}",
+        f"total probability {format_probability(report.total_probability)}, J = {report.objective:.10g}",
         f"{mode} enumeration in {report.passes} episode call(s) ({report.rows_run:,} rows), "
         f"{report.seconds:.2f} s, float64; tolerance rtol={report.rtol:g}, atol={report.atol:g}",
         "",
@@ -286,14 +317,14 @@ def format_report(report: CheckReport) -> str:
         if with_variance:
             row.append(_g(float(p.variance.sum())) if p.variance is not None else "-")
         rows.append(row)
-    lines += _table(header, rows)
+    lines += format_table(header, rows)
     if report.finite_differences:
         lines += ["", f"finite differences ({report.fd_mode}; rtol={report.fd_rtol:g}, atol={report.fd_atol:g}):"]
         fd_rows = [
             [c.label, f"{c.numeric:.10g}", f"{c.autograd:.10g}", f"{c.estimate:.10g}", "ok" if c.ok else "MISMATCH"]
             for c in report.finite_differences
         ]
-        lines += _table(["direction", "numeric -dJ", "autograd -dJ", "E[d loss]", ""], fd_rows)
+        lines += format_table(["direction", "numeric -dJ", "autograd -dJ", "E[d loss]", ""], fd_rows)
     if not report.probability_ok:
         lines += [
             "",
@@ -306,7 +337,7 @@ def format_report(report: CheckReport) -> str:
             [_choices(s.choices), f"{s.probability:.4g}", f"{s.objective:.6g}", f"{s.contribution:.4g}"]
             for s in report.top_sequences
         ]
-        lines += _table(["actions", "p(a)", "objective", "contribution"], seq_rows)
+        lines += format_table(["actions", "p(a)", "objective", "contribution"], seq_rows)
     lines += [f"note: {n}" for n in report.notes]
     return "\n".join(lines)
 

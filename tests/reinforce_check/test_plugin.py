@@ -17,7 +17,7 @@ import pytest
 import torch
 import reinforce_check.report  # noqa: F401
 from reinforce_check.check import check_reinforce
-from reinforce_check.pytest_plugin import SETTINGS, Settings, format_summary, CheckRecord
+from reinforce_check.pytest_plugin import SETTINGS, CheckRecord, Settings, format_summary, summary_title
 
 pytest_plugins = ["pytester"]
 
@@ -251,7 +251,7 @@ def test_raise_exception_false_returns_the_report(pytester: pytest.Pytester) -> 
     )
     result = pytester.runpytest("--reinforce-check")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*test_policy.py::test_reinforce*FAILED"])
+    result.stdout.fnmatch_lines(["*test_policy.py::test_reinforce * MISMATCH * passed"])
 
 
 def test_usage_error_propagates(pytester: pytest.Pytester) -> None:
@@ -390,6 +390,18 @@ def test_report_header_shows_settings_with_the_flag(pytester: pytest.Pytester) -
     )
 
 
+def run_checks(pytester: pytest.Pytester, body: str) -> pytest.RunResult:
+    """Write the episodes and ``body`` as a test module and run it with ``--reinforce-check``."""
+    make_tests(pytester, body)
+    return pytester.runpytest("--reinforce-check")
+
+
+def assert_summary(result: pytest.RunResult, title: str, *rows: str) -> None:
+    """The run ends with the summary: ``title`` in pytest's separator, the header, the rule, then ``rows``."""
+    header = "test *sequences  total probability  max rel error  seconds  check verdict  test outcome"
+    result.stdout.fnmatch_lines([f"*= reinforce_check: {title} =*", header, "-*", *rows])
+
+
 def test_terminal_summary_lists_every_check(pytester: pytest.Pytester) -> None:
     make_tests(
         pytester,
@@ -409,15 +421,12 @@ def test_terminal_summary_lists_every_check(pytester: pytest.Pytester) -> None:
     )
     result = pytester.runpytest("--reinforce-check")
     result.assert_outcomes(passed=2, failed=1)
-    result.stdout.fnmatch_lines(
-        [
-            "*= reinforce_check: 3 exact gradient check(s), 1 failed =*",
-            "test *sequences  total probability  max rel error  seconds  result",
-            "-*",
-            "test_policy.py::test_good  3 * 1 exactly * passed",
-            "test_policy.py::test_good  3 * passed",
-            "test_policy.py::test_bad   3 * 2 * FAILED",
-        ]
+    assert_summary(
+        result,
+        "3 exact gradient check(s) in 2 test(s); checks: 2 passed, 1 mismatch; tests: 1 passed, 1 failed",
+        "test_policy.py::test_good  3 * 1 exactly * passed",
+        "test_policy.py::test_good  3 * passed",
+        "test_policy.py::test_bad   3 * 2 * FAILED",
     )
     result.stdout.no_fnmatch_line("*test_unmarked  *")
 
@@ -434,6 +443,82 @@ def test_format_summary_aligns_columns() -> None:
         CheckRecord("t.py::a", 3, 1.0, 0.0, 0.004, True),
         CheckRecord("t.py::long_name", 12_345, 1 + 2e-15, 0.5, 1.5, False),
     ]
-    lines = format_summary(records)
-    assert lines[2] == "t.py::a          3          1 exactly          0              0.00     passed"
-    assert lines[3] == "t.py::long_name  12,345     1 + 2.0e-15        0.5            1.50     FAILED"
+    lines = format_summary(records, {"t.py::a": "failed", "t.py::long_name": "passed"})
+    assert lines[2] == "t.py::a          3          1 exactly          0              0.00     passed         FAILED"
+    assert lines[3] == "t.py::long_name  12,345     1 + 2.0e-15        0.5            1.50     MISMATCH       passed"
+
+
+def test_format_summary_shows_unknown_for_a_test_without_an_outcome() -> None:
+    # A run interrupted inside a test leaves checks whose test never reported.
+    lines = format_summary([CheckRecord("t.py::a", 3, 1.0, 0.0, 0.004, True)], {})
+    assert lines[2].split()[-2:] == ["passed", "unknown"]
+    title = summary_title([CheckRecord("t.py::a", 3, 1.0, 0.0, 0.004, True)], {})
+    assert title.endswith("checks: 1 passed; tests: 1 unknown")
+
+
+def test_summary_shows_an_expected_mismatch_as_a_passed_test(pytester: pytest.Pytester) -> None:
+    # The check finds the bias (its verdict), the test asserted exactly that and passes (its outcome).
+    result = run_checks(
+        pytester,
+        """
+        @pytest.mark.reinforce_check
+        def test_detects_bias(reinforce_check):
+            report = reinforce_check(sign_flipped, {"logits": logits}, raise_exception=False)
+            assert not report.ok
+
+        @pytest.mark.reinforce_check
+        def test_reinforce(reinforce_check):
+            assert reinforce_check(correct, {"logits": logits}).ok
+        """,
+    )
+    result.assert_outcomes(passed=2)
+    assert_summary(
+        result,
+        "2 exact gradient check(s) in 2 test(s); checks: 1 passed, 1 mismatch; tests: 2 passed",
+        "test_policy.py::test_detects_bias  3 * MISMATCH * passed",
+        "test_policy.py::test_reinforce     3 * passed * passed",
+    )
+    result.stdout.no_fnmatch_line("*FAILED*")
+
+
+def test_summary_counts_a_test_that_fails_after_its_checks_passed_as_failed(pytester: pytest.Pytester) -> None:
+    result = run_checks(
+        pytester,
+        """
+        @pytest.mark.reinforce_check
+        def test_wrong_count(reinforce_check):
+            reinforce_check(correct, {"logits": logits})
+            report = reinforce_check(correct, logits, finite_differences="none")
+            assert report.num_sequences == 4
+        """,
+    )
+    result.assert_outcomes(failed=1)
+    assert_summary(
+        result,
+        "2 exact gradient check(s) in 1 test(s); checks: 2 passed; tests: 1 failed",
+        "test_policy.py::test_wrong_count  3 * passed * FAILED",
+        "test_policy.py::test_wrong_count  3 * passed * FAILED",
+    )
+
+
+def test_summary_counts_a_test_whose_teardown_errors_as_an_error(pytester: pytest.Pytester) -> None:
+    # pytest's own line says "1 passed, 1 error" for the one test; the summary counts the test once, by its worst phase.
+    result = run_checks(
+        pytester,
+        """
+        @pytest.fixture
+        def broken_teardown():
+            yield
+            raise RuntimeError("teardown failed")
+
+        @pytest.mark.reinforce_check
+        def test_checked(reinforce_check, broken_teardown):
+            reinforce_check(correct, {"logits": logits})
+        """,
+    )
+    result.assert_outcomes(passed=1, errors=1)
+    assert_summary(
+        result,
+        "1 exact gradient check(s) in 1 test(s); checks: 1 passed; tests: 1 error",
+        "test_policy.py::test_checked  3 * passed * ERROR",
+    )

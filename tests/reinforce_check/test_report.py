@@ -16,7 +16,7 @@ from reinforce_check import (
     SequenceContribution,
     check_reinforce,
 )
-from reinforce_check.report import _probability
+from reinforce_check.report import format_probability
 
 REWARD = torch.tensor([[1.0, -0.5, 2.0], [0.3, 1.2, -0.8]], dtype=torch.float64)
 
@@ -405,4 +405,4 @@ def test_batched_variance_with_an_episode_that_stops_when_every_row_is_done():
     [(1.0, "1 exactly"), (1.0 - 2**-53, "1 - 1.1e-16"), (1.0 + 2**-52, "1 + 2.2e-16")],
 )
 def test_total_probability_is_written_as_its_distance_from_one(total: float, text: str) -> None:
-    assert _probability(total) == text
+    assert format_probability(total) == text
