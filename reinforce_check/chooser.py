@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -128,6 +129,28 @@ def _row_totals(weights: torch.Tensor, site: str, replacement: bool) -> torch.Te
     return total
 
 
+class _Deferred(NamedTuple):
+    """A small call whose probability factors are taken when the pass ends."""
+
+    weights: torch.Tensor
+    version: int
+    """The weights' version counter at the call: an in-place change afterwards is refused."""
+    actions: list[int]
+    dead: list[bool]
+    per_row: int
+    site: str
+
+
+def _as_samples(columns: list[list[int]]) -> torch.Tensor:
+    """``(rows, num_samples)`` long tensor from the actions of each draw, contiguous as
+    torch.multinomial's own result (code may ``.view`` it)."""
+    if len(columns) == 1:
+        if len(columns[0]) == 1:
+            return torch.full((1, 1), columns[0][0], dtype=torch.long)  # the usual call, made cheapest
+        return torch.tensor([[action] for action in columns[0]], dtype=torch.long)
+    return torch.tensor(columns, dtype=torch.long).T.contiguous()
+
+
 def _replay_broken(row: int, slot: int, site: str) -> NondeterministicEpisodeError:
     return NondeterministicEpisodeError(
         f"replaying episode row {row}: at decision {slot} ({site}) the action "
@@ -190,6 +213,8 @@ class PrefixChooser:
             self._canonical = plan.canonical.tolist() if plan.canonical is not None else None
             self._guessed = {slot: set(mask.nonzero().flatten().tolist()) for slot, mask in plan.guessed.items()}
             self._invalid = [False] * self.rows
+            self._dead: list[bool] = []
+            self._deferred: list[_Deferred] = []
             self._actions: list[list[int]] = [[] for _ in range(self.rows)]
             self._probs: list[list[float]] = [[] for _ in range(self.rows)]
             self._branching: list[list[bool]] = [[] for _ in range(self.rows)]
@@ -219,28 +244,56 @@ class PrefixChooser:
         if not torch.is_grad_enabled():
             self.no_grad_calls += 1
         per_row = total_rows // self.rows
-        decide_call = self._decide_small if self._small and total_rows <= self.small_decisions else self._decide_tensors
+        if self._small and total_rows <= self.small_decisions:
+            return self._choose_small(weights, num_samples, replacement, site, per_row)
         available = weights
         columns = []
         for draw in range(num_samples):
             probs = available / _row_totals(available, site, replacement)
-            chosen, dead = decide_call(probs, per_row, site)
-            factor = probs.gather(1, chosen[:, None])
-            if dead is not None:
-                factor = factor.masked_fill(dead[:, None], 1.0)
-            self._factors.append(factor.reshape(self.rows, per_row))
-            self._sites.extend([site] * per_row)
+            chosen, dead = self._decide_tensors(probs, per_row, site)
+            self._record_factor(probs.gather(1, chosen[:, None]).squeeze(1), dead, per_row, site)
             columns.append(chosen)
             if not replacement and draw + 1 < num_samples:
                 available = available.masked_fill(torch.nn.functional.one_hot(chosen, weights.shape[1]).bool(), 0)
         return columns[0][:, None] if num_samples == 1 else torch.stack(columns, dim=1)
 
-    def _decide_small(self, probs: torch.Tensor, per_row: int, site: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Every decision of the call by :func:`~reinforce_check.decision.decide`, row by row."""
-        raw = probs.detach().tolist()
+    def _choose_small(
+        self, weights: torch.Tensor, num_samples: int, replacement: bool, site: str, per_row: int
+    ) -> torch.Tensor:
+        """:meth:`choose` for a small call of a small pass: the checks and decisions in plain
+        Python on the call's few weights. The probability factors, a few tensor operations each,
+        are taken for all such calls at once when the pass ends (:meth:`_deferred_log_prob`)."""
+        raw = weights.detach().tolist()
+        available = weights
+        columns: list[list[int]] = []
+        for draw in range(num_samples):
+            totals = [sum(row) for row in raw]
+            if not all(0 < total < math.inf for total in totals) or any(v < 0 for row in raw for v in row):
+                _row_totals(available, site, replacement)  # raises, saying what is wrong
+            chosen = self._decide_small([[v / total for v in row] for row, total in zip(raw, totals)], per_row, site)
+            self._deferred.append(_Deferred(available, available._version, chosen, self._dead, per_row, site))
+            self._sites.extend([site] * per_row)
+            columns.append(chosen)
+            if not replacement and draw + 1 < num_samples:
+                for row, action in zip(raw, chosen):
+                    row[action] = 0.0
+                taken = torch.nn.functional.one_hot(torch.tensor(chosen, dtype=torch.long), weights.shape[1])
+                available = available.masked_fill(taken.bool(), 0)
+        return _as_samples(columns)
+
+    def _record_factor(self, factor: torch.Tensor, dead: torch.Tensor | None, per_row: int, site: str) -> None:
+        """Keep the ``(rows * per_row,)`` probabilities of a call's actions (1 for dead rows)."""
+        if dead is not None:
+            factor = factor.masked_fill(dead, 1.0)
+        self._factors.append(factor.reshape(self.rows, per_row))
+        self._sites.extend([site] * per_row)
+
+    def _decide_small(self, probs: list[list[float]], per_row: int, site: str) -> list[int]:
+        """Every decision of the call by :func:`~reinforce_check.decision.decide`, row by row; which
+        rows are dead (invalid, or failing now) is left in ``self._dead``."""
         chosen: list[int] = []
         dead: list[bool] = []
-        for index, row in enumerate(raw):
+        for index, row in enumerate(probs):
             episode, slot = divmod(index, per_row)
             slot += self.cursor
             forced = self._forced[episode][slot] if slot < self._forced_len[episode] else -1
@@ -255,7 +308,8 @@ class PrefixChooser:
                     expected = self._replay[episode][slot]
                     if abs(prob - expected) > _REPLAY_ATOL + _REPLAY_RTOL * abs(expected):
                         raise _replay_changed(slot, site, prob, expected)
-            self._spawns.extend((episode, slot, k, row[k]) for k in decision.alternatives)
+            if decision.alternatives:
+                self._spawns.extend((episode, slot, k, row[k]) for k in decision.alternatives)
             if decision.failed and alive:
                 self._invalid[episode] = True
                 self.invalid[episode] = True
@@ -267,7 +321,8 @@ class PrefixChooser:
             chosen.append(decision.action)
             dead.append(not alive or decision.failed)
         self.cursor += per_row
-        return torch.tensor(chosen, dtype=torch.long), (torch.tensor(dead) if any(dead) else None)
+        self._dead = dead
+        return chosen
 
     def _covered(self, episode: int, slot: int, forced: int, replayed: bool, alive: bool) -> set[int] | tuple[()] | None:
         """What a row's node has covered elsewhere (see the module docstring)."""
@@ -383,15 +438,47 @@ class PrefixChooser:
             self._prob_blocks.append(probs)
             self._branching_blocks.append(branching)
 
+    def _deferred_log_prob(self) -> torch.Tensor:
+        """``(rows,)`` sum of the logs of the deferred calls' factors, with gradient: the weights of
+        every call with the same number of actions in one batch of tensor operations."""
+        groups: dict[tuple[int, torch.dtype, torch.device], list[_Deferred]] = {}
+        for call in self._deferred:
+            if call.weights._version != call.version:
+                raise InvalidProbabilitiesError(
+                    f"the episode changed, in place, the probabilities it passed to {call.site} after drawing "
+                    "from them; the check reads them again when the episode ends. Modify a copy instead "
+                    "(probs.clone())."
+                )
+            groups.setdefault((call.weights.shape[1], call.weights.dtype, call.weights.device), []).append(call)
+        total: torch.Tensor | None = None
+        for calls in groups.values():
+            weights = calls[0].weights if len(calls) == 1 else torch.cat([c.weights for c in calls])
+            actions = torch.tensor([a for c in calls for a in c.actions], dtype=torch.long)
+            log_factor = torch.log(weights.gather(1, actions[:, None]).squeeze(1) / weights.sum(dim=1))
+            dead = [d for c in calls for d in c.dead]
+            if any(dead):
+                log_factor = log_factor.masked_fill(torch.tensor(dead), 0.0)
+            if self.rows == 1:
+                summed = log_factor.to(torch.float64).sum().reshape(1)
+            else:
+                episode = torch.tensor([i // c.per_row for c in calls for i in range(len(c.actions))])
+                summed = torch.zeros(self.rows, dtype=torch.float64).index_add(0, episode, log_factor.to(torch.float64))
+            total = summed if total is None else total + summed
+        assert total is not None
+        return total
+
     def finish(self) -> Pass:
         """Close the pass and return what it produced.
 
         Raises:
             NondeterministicEpisodeError: a row stopped before replaying its whole prefix.
         """
-        short = (self.plan.replayed_len > self.cursor) & ~self.invalid
-        if bool(short.any()):
-            row = int(short.nonzero()[0, 0])
+        if self._small:
+            short = [r for r, (length, invalid) in enumerate(zip(self._replayed_len, self._invalid)) if length > self.cursor and not invalid]
+        else:
+            short = ((self.plan.replayed_len > self.cursor) & ~self.invalid).nonzero().flatten().tolist()
+        if short:
+            row = short[0]
             raise NondeterministicEpisodeError(
                 f"replaying episode row {row}: the episode made {self.cursor} decisions, but the prefix being "
                 f"replayed has {int(self.plan.replayed_len[row])}. The same actions led to a shorter episode, so the "
@@ -415,6 +502,10 @@ class PrefixChooser:
         if self._factors:
             factors = self._factors[0] if len(self._factors) == 1 else torch.cat(self._factors, dim=1)
             log_prob = torch.log(factors).sum(dim=1)
+            if self._small and self._deferred:
+                log_prob = log_prob + self._deferred_log_prob()
+        elif self._small and self._deferred:
+            log_prob = self._deferred_log_prob()
         else:
             log_prob = torch.zeros(self.rows, dtype=torch.float64)
         return Pass(
@@ -469,7 +560,7 @@ class SequenceReplayer:
 
     def choose(self, weights: torch.Tensor, num_samples: int, replacement: bool, site: str) -> torch.Tensor:
         _check_shape(weights, site)
-        raw = weights.detach().double().tolist()
+        raw = weights.detach().tolist()
         columns = []
         for _ in range(num_samples):
             taken = []
@@ -500,7 +591,7 @@ class SequenceReplayer:
                 if not replacement:
                     row[decision.action] = 0.0
             columns.append(taken)
-        return torch.tensor(columns, dtype=torch.long).T
+        return _as_samples(columns)
 
     def finish(self) -> None:
         """Close a run.

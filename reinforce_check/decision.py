@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -32,9 +33,8 @@ from .errors import InvalidProbabilitiesError
 __all__ = ["Decision", "RowDecisions", "decide", "decide_rows", "invalid_weights_error", "weights_are_valid"]
 
 
-@dataclass(frozen=True)
-class Decision:
-    """The rule's outcome for one row."""
+class Decision(NamedTuple):
+    """The rule's outcome for one row (a named tuple: one is made per decision of a pass)."""
 
     action: int
     """The action taken."""

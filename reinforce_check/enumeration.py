@@ -145,13 +145,17 @@ class _Sequences:
 
     def add(self, result: Pass, rows: Rows) -> Rows:
         """Keep the valid rows of a pass; return their differentiable quantities."""
-        keep = result.valid.nonzero().flatten()
-        self.blocks.append((result.actions[keep], result.branching[keep], result.sites))
-        kept = Rows(rows.log_prob[keep], rows.objective[keep], rows.loss[keep])
+        if bool(result.valid.all()):
+            self.blocks.append((result.actions, result.branching, result.sites))
+            kept = rows
+        else:
+            keep = result.valid.nonzero().flatten()
+            self.blocks.append((result.actions[keep], result.branching[keep], result.sites))
+            kept = Rows(rows.log_prob[keep], rows.objective[keep], rows.loss[keep])
         self.log_prob.append(kept.log_prob.detach())
         self.objective.append(kept.objective.detach())
         self.loss.append(kept.loss.detach())
-        self.count += int(keep.shape[0])
+        self.count += int(kept.log_prob.shape[0])
         return kept
 
     def build(self) -> Enumeration:
@@ -445,17 +449,24 @@ class SequentialRunner(Runner):
         return self.episode()
 
     def _outputs(self, output: Any, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-        converted = []
-        for name, value in zip(("objective", "loss"), _pair(output)):
-            value = _as_float64(value, name)
-            if value.numel() != 1:
-                raise EpisodeOutputError(
-                    f"the episode's {name} has shape {tuple(value.shape)}; it must be a scalar tensor. "
-                    "If the episode runs a batch of independent episodes, call check_reinforce(..., batched=True) "
-                    "and take the batch size as the episode's argument."
-                )
-            converted.append(_finite_on_cpu(value.reshape(1), name))
-        return converted[0], converted[1]
+        objective, loss = _pair(output)
+        return self._scalar(objective, "objective"), self._scalar(loss, "loss")
+
+    @staticmethod
+    def _scalar(value: Any, name: str) -> torch.Tensor:
+        """One of the episode's outputs as a ``(1,)`` float64 CPU tensor, after checking it."""
+        value = _as_float64(value, name)
+        if value.numel() != 1:
+            raise EpisodeOutputError(
+                f"the episode's {name} has shape {tuple(value.shape)}; it must be a scalar tensor. "
+                "If the episode runs a batch of independent episodes, call check_reinforce(..., batched=True) "
+                "and take the batch size as the episode's argument."
+            )
+        # One conversion to a Python number checks a scalar more cheaply than isfinite().all().
+        if not math.isfinite(value.item()):
+            raise EpisodeOutputError(f"the episode's {name} is not finite ({value.item()}).")
+        # Exact quantities are accumulated on the CPU, whatever device the episode ran on.
+        return value.reshape(1).to(device="cpu", dtype=torch.float64)
 
     def passes(self) -> Iterator[Rows]:
         sequences = _Sequences()
@@ -489,7 +500,7 @@ class SequentialRunner(Runner):
                 if self.replay_state is not None:
                     randomness.restore(self.replay_state)
                 replayer.start(index)
-                objective, _ = self._outputs(self.episode(), 1)
+                objective = self._scalar(_pair(self.episode())[0], "objective")
                 replayer.finish()
                 total += math.exp(replayer.log_prob) * float(objective)
         return total
@@ -499,7 +510,7 @@ class BatchedRunner(Runner):
     """``episode(batch_size)`` runs independent rows; passes run in batched rounds.
 
     >>> def episode(rows):
-    ...     coins = torch.distributions.Bernoulli(probs=torch.full((rows,), 0.25)).sample()
+    ...     coins = torch.distributions.Bernoulli(probs=torch.full((rows,), 0.25, dtype=torch.float64)).sample()
     ...     return coins, torch.zeros(rows)
     >>> runner = BatchedRunner(episode, max_sequences=10)
     >>> [rows.log_prob.exp().tolist() for rows in runner.passes()]

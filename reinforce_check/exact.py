@@ -82,19 +82,15 @@ def exact_gradients(blocks: Iterable[Rows], params: Sequence[torch.Tensor], *, v
     for log_prob, block_objective, loss in blocks:
         probability = log_prob.exp()
         weighted = (probability * block_objective).sum()
-        for total, g in zip(grad_objective, _grad(weighted, params, retain_graph=True)):
-            total.add_(g)
+        torch._foreach_add_(grad_objective, _grad(weighted, params, retain_graph=True))
         if probability.shape[0] == 1:
             weight = float(probability.detach()[0])
             grad_loss = _grad(loss.sum(), params)
-            for total, g in zip(estimate, grad_loss):
-                total.add_(g, alpha=weight)
+            torch._foreach_add_(estimate, grad_loss, alpha=weight)
             if second_moment is not None:
-                for s, g in zip(second_moment, grad_loss):
-                    s.addcmul_(g, g, value=weight)
+                torch._foreach_addcmul_(second_moment, grad_loss, grad_loss, value=weight)
         else:
-            for total, g in zip(estimate, _grad((probability.detach() * loss).sum(), params)):
-                total.add_(g)
+            torch._foreach_add_(estimate, _grad((probability.detach() * loss).sum(), params))
             second_moment = None
         objective += float(weighted.detach())
         total_probability += float(probability.detach().sum())
