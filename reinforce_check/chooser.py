@@ -453,16 +453,18 @@ class PrefixChooser:
         total: torch.Tensor | None = None
         for calls in groups.values():
             weights = calls[0].weights if len(calls) == 1 else torch.cat([c.weights for c in calls])
+            # The sums are exact only in float64, whatever precision the episode samples in.
+            weights = weights.to(torch.float64)
             actions = torch.tensor([a for c in calls for a in c.actions], dtype=torch.long)
             log_factor = torch.log(weights.gather(1, actions[:, None]).squeeze(1) / weights.sum(dim=1))
             dead = [d for c in calls for d in c.dead]
             if any(dead):
                 log_factor = log_factor.masked_fill(torch.tensor(dead), 0.0)
             if self.rows == 1:
-                summed = log_factor.to(torch.float64).sum().reshape(1)
+                summed = log_factor.sum().reshape(1)
             else:
                 episode = torch.tensor([i // c.per_row for c in calls for i in range(len(c.actions))])
-                summed = torch.zeros(self.rows, dtype=torch.float64).index_add(0, episode, log_factor.to(torch.float64))
+                summed = torch.zeros(self.rows, dtype=torch.float64).index_add(0, episode, log_factor)
             total = summed if total is None else total + summed
         assert total is not None
         return total
