@@ -324,26 +324,20 @@ class Runner:
             raise RuntimeError("the enumeration has not finished: exhaust passes() first")
         return self._found
 
-    @contextlib.contextmanager
-    def _enumerating(self) -> Iterator[None]:
-        """Around a whole enumeration: watch the global generators (unscoped), or restore them when it
-        ends (scoped)."""
+    def _enumerating(self) -> contextlib.AbstractContextManager[None]:
+        """Around a whole enumeration: :meth:`replaying`, from the generator state it starts with
+        (kept for a scoped restart)."""
         if self.replay_state is None:
             self.start_state = randomness.capture()
-            with randomness.watch(self.start_state):
-                yield
-            return
-        try:
-            yield
-        finally:
-            randomness.restore(self.replay_state)
+        return self.replaying(self.start_state)
 
     @contextlib.contextmanager
-    def replaying(self) -> Iterator[None]:
-        """The context in which known sequences are replayed: it watches the global generators
-        (unscoped mode), or leaves them as the check found them (scoped mode)."""
+    def replaying(self, before: randomness.RandomState | None = None) -> Iterator[None]:
+        """The context in which episodes run: it watches the global generators (unscoped mode; from
+        ``before``, a snapshot just taken, if given), or leaves them as the check found them when it
+        ends (scoped mode)."""
         if self.replay_state is None:
-            with randomness.watch():
+            with randomness.watch(before):
                 yield
             return
         try:

@@ -60,8 +60,10 @@ def _catches_import_error(node: ast.Try) -> bool:
 
 
 def third_party_imports(path: Path) -> list[Import]:
-    """The imports of ``path`` outside the standard library and the project's own packages."""
+    """The imports of ``path`` outside the standard library, the project's own packages and the
+    scripts beside it (a script run as ``python benchmarks/x.py`` imports its neighbours)."""
     found: list[Import] = []
+    neighbours = {sibling.stem for sibling in path.parent.glob("*.py")}
 
     def visit(node: ast.AST, eager: bool) -> None:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -71,7 +73,7 @@ def third_party_imports(path: Path) -> list[Import]:
                 modules = [alias.name for alias in node.names]
             for module in modules:
                 name = module.split(".")[0]
-                if name not in sys.stdlib_module_names and name not in OWN_PACKAGES:
+                if name not in sys.stdlib_module_names and name not in OWN_PACKAGES and name not in neighbours:
                     found.append(Import(name, f"{path.relative_to(ROOT)}:{node.lineno}", eager))
             return
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
