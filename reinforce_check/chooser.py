@@ -129,6 +129,18 @@ def _row_totals(weights: torch.Tensor, site: str, replacement: bool) -> torch.Te
     return total
 
 
+class _CallRows(NamedTuple):
+    """Where the rows of one call stand in a pass's plan."""
+
+    episode: torch.Tensor
+    slot: torch.Tensor
+    forced: torch.Tensor
+    replayed: torch.Tensor | None
+    """Whether each row's slot is replayed; None when none is."""
+    all_free: bool
+    """Every row is past its forced path."""
+
+
 class _Deferred(NamedTuple):
     """A small call whose probability factors are taken when the pass ends."""
 
@@ -228,7 +240,10 @@ class PrefixChooser:
             self._forced_table[torch.arange(width + 1)[None, :] >= plan.forced_len[:, None]] = -1
             self._width = width
             self._guess_table: dict[tuple[int, int], torch.Tensor] = {}
-            self._episode_of_row: dict[int, torch.Tensor] = {}
+            self._episode_of_row: dict[tuple[int, int], torch.Tensor] = {}
+            self._shortest_replay = int(plan.replayed_len.min()) if self.rows else 0
+            self._longest_replay = int(plan.replayed_len.max()) if self.rows else 0
+            self._longest_path = int(plan.forced_len.max()) if self.rows else 0
 
     def choose(self, weights: torch.Tensor, num_samples: int, replacement: bool, site: str) -> torch.Tensor:
         _check_shape(weights, site)
@@ -338,70 +353,87 @@ class PrefixChooser:
         """Every decision of the call by :func:`~reinforce_check.decision.decide_rows`."""
         plan = self.plan
         total_rows, num_actions = probs.shape
-        if per_row not in self._episode_of_row:
-            self._episode_of_row[per_row] = torch.arange(total_rows) // per_row
-        episode = self._episode_of_row[per_row]
-        if per_row == 1:
-            # Every row is at the same slot: read the plan one column at a time.
-            slot = torch.full((total_rows,), self.cursor, dtype=torch.long)
-            forced = self._forced_table[:, min(self.cursor, self._width)]
-            replayed = self.cursor < plan.replayed_len
-            invalid_before = self.invalid
-        else:
-            slot = self.cursor + torch.arange(total_rows) % per_row
-            forced = self._forced_table[episode, slot.clamp(max=self._width)]
-            replayed = slot < plan.replayed_len[episode]
-            invalid_before = self.invalid[episode]
+        rows = self._rows_of_call(per_row, total_rows)
         support = probs.detach() > 0
-        covered = self._covered_rows(episode, slot, forced, replayed, num_actions) if plan.spawn else None
-        decision = decide_rows(support, forced, covered)
-        # A row is alive at a slot if no earlier guess of its path failed, including a guess at an
-        # earlier slot of this same call: an invalid row must not spawn (its later slots follow
-        # first actions, so its spawns would repeat prefixes that valid rows cover).
-        fails = decision.failed.reshape(self.rows, per_row).to(torch.int8)
-        alive = ~invalid_before & ((fails.cumsum(1) - fails).reshape(-1) == 0)
-        broken = replayed & decision.failed & alive
-        if bool(broken.any()):
-            index = int(broken.nonzero()[0, 0])
-            raise _replay_broken(index // per_row, int(slot[index]), site)
+        decision = decide_rows(support, rows.forced, self._covered_rows(rows, num_actions))
+        if per_row == 1:
+            alive = ~self.invalid
+        else:
+            # A row is alive at a slot if no earlier guess of its path failed, including a guess at
+            # an earlier slot of this same call: an invalid row must not spawn (its later slots
+            # follow first actions, so its spawns would repeat prefixes that valid rows cover).
+            fails = decision.failed.reshape(self.rows, per_row).to(torch.int8)
+            alive = ~self.invalid[rows.episode] & ((fails.cumsum(1) - fails).reshape(-1) == 0)
         chosen = decision.action
         chosen_prob = probs.detach().gather(1, chosen[:, None]).squeeze(1).to(torch.float64)
-        if plan.replay_probs is not None and bool(replayed.any()):
-            expected = plan.replay_probs[episode, slot.clamp(max=max(self._width - 1, 0))]
-            differs = replayed & alive & ((chosen_prob - expected).abs() > _REPLAY_ATOL + _REPLAY_RTOL * expected.abs())
-            if bool(differs.any()):
-                index = int(differs.nonzero()[0, 0])
-                raise _replay_changed(int(slot[index]), site, float(chosen_prob[index]), float(expected[index]))
+        if rows.replayed is not None:
+            broken = rows.replayed & decision.failed & alive
+            if bool(broken.any()):
+                index = int(broken.nonzero()[0, 0])
+                raise _replay_broken(index // per_row, int(rows.slot[index]), site)
+            if plan.replay_probs is not None:
+                expected = plan.replay_probs[rows.episode, rows.slot.clamp(max=max(self._width - 1, 0))]
+                differs = rows.replayed & alive & ((chosen_prob - expected).abs() > _REPLAY_ATOL + _REPLAY_RTOL * expected.abs())
+                if bool(differs.any()):
+                    index = int(differs.nonzero()[0, 0])
+                    raise _replay_changed(int(rows.slot[index]), site, float(chosen_prob[index]), float(expected[index]))
         if decision.alternatives is not None:
-            self._spawn_from(decision.alternatives & alive[:, None], probs, slot, per_row)
-        newly_invalid = decision.failed & alive
+            self._spawn_from(decision.alternatives & alive[:, None], probs, rows.slot, per_row)
         dead = ~alive | decision.failed
+        newly_invalid = decision.failed & alive
         if bool(newly_invalid.any()):
-            self.invalid[episode[newly_invalid]] = True
+            self.invalid[rows.episode[newly_invalid]] = True
         if self.record_supports:
             for index in range(0, per_row):
-                self._supports[int(slot[index])] = support[index].clone()
+                self._supports[int(rows.slot[index])] = support[index].clone()
         self.cursor += per_row
         self._record(chosen.reshape(self.rows, per_row), chosen_prob.reshape(self.rows, per_row), decision.branching.reshape(self.rows, per_row))
         return chosen, (dead if bool(dead.any()) else None)
 
-    def _covered_rows(
-        self, episode: torch.Tensor, slot: torch.Tensor, forced: torch.Tensor, replayed: torch.Tensor, num_actions: int
-    ) -> torch.Tensor:
-        """``(rows, K)``: :meth:`_covered` for every row of a call (everything for rows that do not
-        spawn; dead rows are masked by the caller)."""
+    def _rows_of_call(self, per_row: int, total_rows: int) -> _CallRows:
+        """Where every row of a call stands in the plan (its episode, slot, forced action, and whether
+        the slot is replayed: None when no row's is)."""
         plan = self.plan
-        free = forced < 0
+        key = (per_row, total_rows)
+        if key not in self._episode_of_row:
+            self._episode_of_row[key] = torch.arange(total_rows) // per_row
+        episode = self._episode_of_row[key]
+        if per_row == 1:
+            # Every row is at the same slot: read the plan one column at a time, and decide in Python
+            # which kinds of rows exist there.
+            slot = torch.full((total_rows,), self.cursor, dtype=torch.long)
+            forced = self._forced_table[:, min(self.cursor, self._width)]
+            if self.cursor >= self._longest_replay:
+                replayed = None
+            elif self.cursor < self._shortest_replay:
+                replayed = torch.ones(total_rows, dtype=torch.bool)
+            else:
+                replayed = self.cursor < plan.replayed_len
+            return _CallRows(episode, slot, forced, replayed, self.cursor >= self._longest_path)
+        slot = self.cursor + torch.arange(total_rows) % per_row
+        forced = self._forced_table[episode, slot.clamp(max=self._width)]
+        replayed = slot < plan.replayed_len[episode]
+        return _CallRows(episode, slot, forced, replayed if bool(replayed.any()) else None, False)
+
+    def _covered_rows(self, rows: _CallRows, num_actions: int) -> torch.Tensor | None:
+        """``(rows, K)``: :meth:`_covered` for every row of a call (everything for rows that do not
+        spawn; dead rows are masked by the caller), or None when no row spawns."""
+        plan = self.plan
+        if not plan.spawn:
+            return None
+        if rows.all_free:
+            return torch.zeros(rows.forced.shape[0], num_actions, dtype=torch.bool)
+        free = rows.forced < 0
         covered = ~free[:, None].expand(-1, num_actions)
-        answers = ~free & ~replayed
+        answers = ~free if rows.replayed is None else ~free & ~rows.replayed
         if not bool(answers.any()):
             return covered
         if plan.canonical is not None:
             width = plan.canonical.shape[1]
-            answers = answers & plan.canonical[episode, slot.clamp(max=max(width - 1, 0))]
-        first, last = int(slot.min()), int(slot.max())
+            answers = answers & plan.canonical[rows.episode, rows.slot.clamp(max=max(width - 1, 0))]
+        first, last = int(rows.slot.min()), int(rows.slot.max())
         table = torch.stack([self._guessed_mask(s, num_actions) for s in range(first, last + 1)])
-        return torch.where(answers[:, None], table[slot - first], covered)
+        return torch.where(answers[:, None], table[rows.slot - first], covered)
 
     def _guessed_mask(self, slot: int, num_actions: int) -> torch.Tensor:
         """``(K,)`` bool: the actions guessed at ``slot``."""
