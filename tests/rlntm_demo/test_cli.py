@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -150,3 +151,19 @@ def test_interrupted_training_exits_130(tmp_path: Path, monkeypatch: pytest.Monk
     argv = ["train", "--task", "copy", "--controller", "direct", "--preset", "fast", "--out", str(tmp_path), *TINY]
     assert main(argv) == EXIT_INTERRUPTED
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "interrupted"
+
+
+def test_build_prints_where_the_native_loop_is(capsys: pytest.CaptureFixture[str]) -> None:
+    from rlntm_demo import native
+
+    assert main(["build"]) == EXIT_OK
+    out = capsys.readouterr().out.strip()
+    assert out == f"native step loop: {native.build().__file__}" and out.endswith(".so")
+
+
+def test_build_without_a_compiler_says_so_and_exits_1(tmp_path: Path) -> None:
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path), "CXX": "no-such-c++"}
+    result = subprocess.run([sys.executable, "-m", "rlntm_demo", "build"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == EXIT_MISMATCH
+    assert "the native step loop could not be built: no C++ compiler: 'no-such-c++' is not on the PATH" in result.stderr
