@@ -117,7 +117,9 @@ class ModelConfig:
     interfaces: InterfaceSpec = field(default_factory=InterfaceSpec)
     """Which tapes exist; take it from the task: ``ModelConfig(interfaces=task.interfaces)``."""
     memory_cells: int = 30
-    """Cells of the memory tape (the authors' code: 30). The memory head wraps around."""
+    """Cells of the memory tape (the authors' code: 30). The memory head wraps around.
+    Evaluation and traces use more where an instance needs more
+    (:meth:`~rlntm_demo.model.RLNTM.memory_cells_for`)."""
     memory_width: int = NUM_SYMBOLS
     """Real values per memory cell: 35 in the paper ("the memory consists of 35 real values").
     Direct access needs it equal to ``NUM_SYMBOLS``."""

@@ -164,7 +164,21 @@ class RLNTM(nn.Module):
             return {}
         return {f"baseline.{n}": p for n, p in self.baseline.named_parameters()}
 
-    def run_episode(self, batch: Batch, *, greedy: bool = False, all_steps: bool = False) -> Rollout:
+    def memory_cells_for(self, batch: Batch) -> int:
+        """Cells of a memory tape that holds ``batch``'s longest input with room to spare:
+        ``config.memory_cells``, or more where an instance is longer than training's.
+
+        A policy that stores its input in memory needs a cell per input symbol, and its read
+        window and a move past either end of what it wrote should not reach the other end round
+        the tape: so at least the longest input plus ``2 * read_window + 2`` cells. The training
+        lengths of every task fit in the default 30 cells (ForwardReverse at 15: 18); evaluation
+        at 2x, 5x and 10x does not (ForwardReverse at 10x: 153).
+        """
+        needed = int(batch.input_len.max()) + 2 * self.config.read_window + 2
+        return max(self.config.memory_cells, needed)
+
+    def run_episode(self, batch: Batch, *, greedy: bool = False, all_steps: bool = False,
+                    memory_cells: int | None = None) -> Rollout:
         """Run one episode per row of ``batch``.
 
         Arguments:
@@ -177,6 +191,8 @@ class RLNTM(nn.Module):
                 of decisions whatever the other rows do, which an exact check needs when it
                 replays one action sequence on its own. By default the batch stops as soon as
                 every row has finished.
+            memory_cells: cells of the memory tape (default ``config.memory_cells``); evaluation
+                passes :meth:`memory_cells_for` the batch, so that longer instances fit.
 
         Returns:
             A :class:`Rollout`.
@@ -241,10 +257,11 @@ class RLNTM(nn.Module):
         stay_after = output_origin + target_len - batch.steps
         mask_table = _mask_table(decisions, dtype)  # cached: never modified
 
+        cells = config.memory_cells if memory_cells is None else memory_cells
         memory_at = read_table = move_table = None
         if memory:
-            memory_at = rows * config.memory_cells
-            read_table, move_table = _memory_tables(size, config.memory_cells, window, direct)
+            memory_at = rows * cells
+            read_table, move_table = _memory_tables(size, cells, window, direct)
         episode = fused.new_episode(
             size=size,
             dtype=dtype,
@@ -252,7 +269,7 @@ class RLNTM(nn.Module):
             controller_units=plan.controller_units if plan.lstm else 0,
             decisions=decisions,
             window=window,
-            memory_cells=config.memory_cells if memory else 0,
+            memory_cells=cells if memory else 0,
             width=config.memory_width,
             direct=direct,
             grad=torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()),
@@ -284,7 +301,7 @@ class RLNTM(nn.Module):
         stacked = {"actions": actions, "mask": live, "symbols": symbols, "input_heads": input_at - input_origin[:, None],
                    "output_positions": output_at - output_origin[:, None]}
         if memory_at is not None:
-            stacked["memory_heads"] = memory_at % config.memory_cells
+            stacked["memory_heads"] = memory_at % cells
         return self._finish(batch, plan, stacked, chosen_log_probs, outputs, baseline_states, written, memory_windows, greedy)
 
     def _finish(
@@ -423,7 +440,8 @@ class RLNTM(nn.Module):
         from .traces import Step, Trace
 
         one = batch.select([row])
-        rollout = self.run_episode(one, greedy=greedy)
+        cells = self.memory_cells_for(one)
+        rollout = self.run_episode(one, greedy=greedy, memory_cells=cells)
         steps = []
         for t in range(int(rollout.lengths[0])):
             prediction = int(rollout.predictions[0, t])
@@ -439,7 +457,7 @@ class RLNTM(nn.Module):
             input_symbols=one.input[0, : int(one.input_len[0])].tolist(),
             target_symbols=one.target[0, : int(one.target_len[0])].tolist(),
             steps=steps,
-            memory_cells=self.config.memory_cells if self.config.interfaces.memory else None,
+            memory_cells=cells if self.config.interfaces.memory else None,
         )
 
 
