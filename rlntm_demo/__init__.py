@@ -48,7 +48,7 @@ _EXPORTS = {
     "InterfaceSpec": "config",
     "ModelConfig": "config",
     "ObjectiveConfig": "config",
-    "TrainConfig": "presets",
+    "TrainConfig": "config",
     "Trainer": "training",
     "make_config": "presets",
     "train": "training",
@@ -65,10 +65,10 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from .check import CheckReport, check_model
-    from .config import InterfaceSpec, ModelConfig, ObjectiveConfig
+    from .config import InterfaceSpec, ModelConfig, ObjectiveConfig, TrainConfig
     from .model import RLNTM, Rollout
     from .objective import episode_losses
-    from .presets import TrainConfig, make_config
+    from .presets import make_config
     from .training import Trainer, train
     from .tasks import TASKS, Batch, Task, make_task
 

@@ -17,7 +17,7 @@ tensors, and a backward operation or several). So the step loop records only the
 The tokens chain the nodes, so backward visits them in exactly the reverse order: ``_Finish``,
 the steps from last to first, ``_Start``. A token carries no values; its gradient is the gradient
 with respect to the loop's state after that step: the LSTM's ``h`` and ``c``, and the whole memory
-tape (as :class:`~rlntm_demo.interfaces.FastMemoryTape` does), in one flat buffer that each step's
+tape, in one flat buffer that each step's
 backward updates in place and hands on. The gradients with respect to the weights are accumulated
 by the steps' backward into buffers of the pass (the decision logits' part, which does not depend
 on the recursion, in one product over all steps), and ``_Start``'s backward, which autograd runs
