@@ -43,11 +43,9 @@ __all__ = [
     "CurriculumConfig",
     "EvaluationConfig",
     "InterfaceSpec",
-    "MODEL_BUGS",
     "ModelConfig",
     "NUM_DATA_SYMBOLS",
     "NUM_SYMBOLS",
-    "OBJECTIVE_BUGS",
     "OPTIMIZERS",
     "ObjectiveConfig",
     "OptimizerConfig",
@@ -82,10 +80,6 @@ BASELINES = ("none", "online", "offline", "both")
 """Baseline options: none, the per-step moving average, the baseline LSTM of Appendix A, or their sum."""
 RETURNS = ("reward-to-go", "total")
 """What multiplies the score of the actions of step t: R_t = sum_{s>=t} r_s, or the episode's total."""
-MODEL_BUGS = ("baseline-leaks-into-controller", "baseline-sees-current-action")
-"""Deliberate bugs in the model, for the tests of the exact check only."""
-OBJECTIVE_BUGS = ("reward-to-go-off-by-one", "missing-pathwise-term", "baseline-not-detached")
-"""Deliberate bugs in the loss, for the tests of the exact check only."""
 
 
 @dataclass(frozen=True)
@@ -160,16 +154,12 @@ class ModelConfig:
     initial_state: float = 0.0
     """The value every entry of the controller's initial hidden and cell state (and the baseline
     LSTM's) starts at. The paper: zero; the authors' code: 0.1."""
-    bug: str | None = None
-    """A deliberate bug, only for the tests of the exact check (see ``MODEL_BUGS``). Never set it."""
 
     def __post_init__(self) -> None:
         if self.controller not in CONTROLLERS:
             raise ValueError(f"unknown controller {self.controller!r}; choose one of: {', '.join(CONTROLLERS)}")
         if self.baseline not in BASELINES:
             raise ValueError(f"unknown baseline {self.baseline!r}; choose one of: {', '.join(BASELINES)}")
-        if self.bug is not None and self.bug not in MODEL_BUGS:
-            raise ValueError(f"unknown model bug {self.bug!r}; choose one of: {', '.join(MODEL_BUGS)}")
         for name in ("hidden_size", "embedding_size", "memory_cells", "memory_width", "baseline_hidden_size", "max_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
@@ -222,8 +212,6 @@ class ObjectiveConfig:
     """The entropy bonus once the curriculum is at its top level (``None``: ``entropy_bonus``
     throughout). The ``fast`` preset sets 0: the bonus explores while the instances grow, then
     the policy may sharpen, which is what greedy decoding needs."""
-    bug: str | None = None
-    """A deliberate bug, only for the tests of the exact check (see ``OBJECTIVE_BUGS``). Never set it."""
 
     def __post_init__(self) -> None:
         if not (isinstance(self.entropy_bonus, (int, float)) and self.entropy_bonus >= 0):
@@ -232,8 +220,6 @@ class ObjectiveConfig:
             raise ValueError(f"entropy_bonus_at_top must be a number >= 0 or null, not {self.entropy_bonus_at_top}")
         if self.returns not in RETURNS:
             raise ValueError(f"unknown returns {self.returns!r}; choose one of: {', '.join(RETURNS)}")
-        if self.bug is not None and self.bug not in OBJECTIVE_BUGS:
-            raise ValueError(f"unknown objective bug {self.bug!r}; choose one of: {', '.join(OBJECTIVE_BUGS)}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, for checkpoints and logs."""

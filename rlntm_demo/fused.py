@@ -80,8 +80,8 @@ class Episode:
         memory_cells, width: the memory tape (``memory_cells`` 0 for none).
         direct: the direct-access write (gated one-hot symbol and neighbour cells).
         grad: save what backward needs.
-        want_windows: :meth:`stacked` also returns the memory windows read (for the reference
-            baseline of the deliberate bugs).
+        want_windows: :meth:`stacked` also returns the memory windows read (for a baseline LSTM
+            run after the episode: :attr:`~rlntm_demo.model.RLNTM.fuses_baseline`).
     """
 
     def __init__(

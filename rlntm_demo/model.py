@@ -49,8 +49,11 @@ the baseline LSTM of Appendix A (:class:`~rlntm_demo.controllers.OfflineBaseline
 the controller's inputs with their gradient blocked. With ``"both"``, ``b_t`` is their sum. The
 baseline LSTM runs inside the step loop, side by side with the controller in the same products
 (its own columns, its own recurrent block, and memory weights through which no gradient reaches
-the cells read), so that no gradient crosses (the deliberate baseline bugs of the exact check's
-tests run it after the episode instead, over re-encoded inputs). Greedy episodes
+the cells read), so that no gradient crosses. A subclass that sets :attr:`RLNTM.fuses_baseline`
+to ``False`` runs it after the episode instead, over re-encoded inputs
+(:meth:`RLNTM.baseline_decisions`, :meth:`RLNTM.baseline_reads`): the same values and gradients
+(``tests/rlntm_demo/test_model.py``), and the place where the deliberate baseline bugs of
+:mod:`rlntm_demo.bugs` change one thing. Greedy episodes
 may run past ``ModelConfig.max_steps``; the moving average's last slot then stands for every later
 step (evaluation does not use baselines; training episodes longer than ``max_steps`` raise).
 
@@ -71,7 +74,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
@@ -137,6 +140,10 @@ class RLNTM(nn.Module):
         generator: where the initial weights are drawn from when ``config.init_std`` is set
             (torch's global generator when ``None``).
     """
+
+    fuses_baseline: ClassVar[bool] = True
+    """Whether the baseline LSTM runs inside the step loop, beside the controller; ``False``: it
+    runs after the episode over :meth:`baseline_reads` of the re-encoded inputs."""
 
     def __init__(self, config: ModelConfig, *, generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -210,10 +217,7 @@ class RLNTM(nn.Module):
         window_cells = 2 * window + 1
         direct = isinstance(controller, DirectAccessController)
         memory = spec.memory
-        # The fused step runs the baseline LSTM alongside the controller; the deliberate baseline
-        # bugs need the reference path (baseline run after the episode on re-encoded inputs).
-        fuse_baseline = self.baseline is not None and config.bug is None
-        plan = _StepPlan(controller, self.baseline if fuse_baseline else None, config)
+        plan = _StepPlan(controller, self.baseline if self.fuses_baseline else None, config)
         decisions = 3 if memory else 2
         rows = torch.arange(size)
 
@@ -351,7 +355,7 @@ class RLNTM(nn.Module):
         if self.baseline is not None:
             if plan.reference_baseline:
                 windows = symbols if symbols.dim() == 3 else symbols[..., None]
-                baselines = baselines + self._reference_baseline(batch, windows, memory_windows, chosen)
+                baselines = baselines + self._baseline_after_episode(batch, windows, memory_windows, chosen)
             else:
                 assert baseline_states is not None
                 baselines = baselines + self.baseline.head(baseline_states).squeeze(-1)
@@ -377,11 +381,11 @@ class RLNTM(nn.Module):
             raise ValueError(f"an episode ran {steps} steps, more than max_steps = {slots}")
         return torch.cat([self.online_baseline, self.online_baseline[-1:].expand(steps - slots)])
 
-    def _reference_baseline(
+    def _baseline_after_episode(
         self, batch: Batch, windows: torch.Tensor, memory_windows: torch.Tensor | None, chosen: torch.Tensor
     ) -> torch.Tensor:
-        """The baseline LSTM run after the episode over re-encoded inputs x_t (only for the
-        deliberate baseline bugs of the exact check's tests).
+        """The baseline LSTM run after the episode over re-encoded inputs x_t (where
+        :attr:`fuses_baseline` is ``False``).
 
         Arguments:
             windows: (B, T, window cells) long, the symbols read.
@@ -393,15 +397,22 @@ class RLNTM(nn.Module):
         windows = windows.flatten(0, 1)
         if memory_windows is not None:
             memory_windows = memory_windows.flatten(0, 1).view(size * steps, windows.shape[1], -1)
-        start = torch.full((size, 1, 3), START, dtype=torch.long)
-        previous = torch.cat([start, chosen[:, :-1]], 1)
-        if self.config.bug == "baseline-sees-current-action":
-            # Deliberately wrong: the baseline is told this step's actions instead of the last.
-            previous = chosen
+        previous = self.baseline_decisions(chosen)
         inputs = self.controller.encode(windows, memory_windows, previous.flatten(0, 1)).view(size, steps, -1)
-        if self.config.bug != "baseline-leaks-into-controller":
-            inputs = inputs.detach()  # the baseline must not train the controller
-        return self.baseline(batch.input, batch.input_len, inputs)
+        return self.baseline(batch.input, batch.input_len, self.baseline_reads(inputs))
+
+    def baseline_decisions(self, chosen: torch.Tensor) -> torch.Tensor:
+        """The decisions the baseline is told at each step, (B, T, 3) from the decisions taken
+        ``chosen``: those of the step before (``START`` at the first), as the controller is. A
+        baseline that knew the step's own decisions would be biased."""
+        start = torch.full_like(chosen[:, :1], START)
+        return torch.cat([start, chosen[:, :-1]], 1)
+
+    def baseline_reads(self, inputs: torch.Tensor) -> torch.Tensor:
+        """What the baseline LSTM reads of the controller's inputs x_t (B, T, input size): the
+        same values, with their gradient blocked, so that the baseline's regression loss never
+        trains the controller."""
+        return inputs.detach()
 
     @torch.no_grad()
     def update_online_baseline(self, returns: torch.Tensor, mask: torch.Tensor) -> None:
@@ -499,7 +510,7 @@ class _StepPlan:
     multiplies a one-hot vector of the symbols read and the previous decisions by the mapped tables
     instead. The memory cells read and the recurrent state are two more products.
 
-    With the baseline LSTM (and no deliberate bug), its tandem part runs in the same products,
+    With the baseline LSTM (fused: :attr:`RLNTM.fuses_baseline`), its tandem part runs in the same products,
     side by side with the controller: the baseline reads the one-hot part through tables built
     from *detached* embeddings, the memory cells through its own weights (the loop sends the
     cells' gradient through the controller's columns only, so the baseline reads them

@@ -89,11 +89,19 @@ def _build(cls: type, data: dict[str, Any], path: str) -> Any:
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    """A :class:`TrainConfig` from :meth:`TrainConfig.to_dict`'s output (missing keys: defaults).
+    """A :class:`~rlntm_demo.config.TrainConfig` from :meth:`~rlntm_demo.config.TrainConfig.to_dict`'s
+    output (missing keys: defaults).
+
+    Checkpoints written before the deliberate bugs left the configs (:mod:`rlntm_demo.bugs`)
+    record ``model.bug`` and ``objective.bug`` as null; those keys are dropped.
 
     Raises:
         ValueError: an unknown key (the message lists the valid ones) or an invalid value.
     """
+    data = dict(data)
+    for section in ("model", "objective"):
+        if isinstance(data.get(section), dict) and "bug" in data[section] and data[section]["bug"] is None:
+            data[section] = {key: value for key, value in data[section].items() if key != "bug"}
     return _build(TrainConfig, data, "")
 
 
