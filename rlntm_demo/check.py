@@ -91,7 +91,7 @@ def tiny_instance(
 
 def tiny_model(
     task_name: str, controller: str, *, seed: int = 0, baseline: str = "both", bug: str | None = None,
-    circular_input: bool = False,
+    circular_input: bool = False, step_impl: str = "fast",
 ) -> RLNTM:
     """A float64 RL-NTM for :func:`tiny_instance`, every component on, weights N(0, 1).
 
@@ -116,6 +116,7 @@ def tiny_model(
         baseline_hidden_size=3,
         max_steps=16,
         circular_input=circular_input,
+        step_impl=step_impl,
     )
     generator = torch.Generator().manual_seed(seed)
     model = (RLNTM if bug is None else BUGS[bug].model)(config, generator=generator).double()
@@ -141,6 +142,7 @@ def check_model(
     rollouts: int = 1,
     entropy_bonus: float = 0.0,
     circular_input: bool = False,
+    step_impl: str = "fast",
 ) -> list[CheckReport]:
     """Check the RL-NTM's gradient exactly on a tiny instance of a task.
 
@@ -166,6 +168,8 @@ def check_model(
         entropy_bonus: beta of :attr:`~rlntm_demo.config.ObjectiveConfig.entropy_bonus`; the
             policy check's objective is then ``sum_t r_t - beta sum_t log p(a_t)``.
         circular_input: the input head wraps around (:attr:`~rlntm_demo.config.ModelConfig.circular_input`).
+        step_impl: ``"fast"`` or ``"reference"`` (:attr:`~rlntm_demo.config.ModelConfig.step_impl`): the
+            tests check the reference step, which defines the model, and hold the fast one equal to it.
 
     Returns:
         :class:`reinforce_check.CheckReport` (a) of the policy and (b) of the baseline LSTM (when
@@ -180,7 +184,8 @@ def check_model(
     if rollouts < 1:
         raise ValueError(f"rollouts must be at least 1, not {rollouts}")
     instance = tiny_instance(task_name, seed=seed, complexity=complexity, num_symbols=num_symbols, slack=slack)
-    model = tiny_model(task_name, controller, seed=seed, baseline=baseline, bug=bug, circular_input=circular_input)
+    model = tiny_model(task_name, controller, seed=seed, baseline=baseline, bug=bug, circular_input=circular_input,
+                       step_impl=step_impl)
     variant = BUGS[bug] if bug is not None else Bug("none", "production")
     objective_config = ObjectiveConfig(returns=variant.returns, entropy_bonus=entropy_bonus)
 
@@ -207,6 +212,7 @@ def check_model(
         f"target {instance.target[0].tolist()}, {int(instance.steps[0])} steps"
         + (f", {rollouts} rollouts with a leave-one-out baseline" if rollouts > 1 else "")
         + (", circular input" if circular_input else "")
+        + (", reference step" if step_impl == "reference" else "")
         + (f", entropy bonus {entropy_bonus:g}" if entropy_bonus else "")
         + (f", deliberate bug {bug!r}" if bug else "")
     )

@@ -53,6 +53,7 @@ __all__ = [
     "REPEAT_2",
     "REPEAT_3",
     "RETURNS",
+    "STEP_IMPLS",
     "TrainConfig",
 ]
 
@@ -78,6 +79,9 @@ CONTROLLERS = ("lstm", "direct", "feedforward")
 """Controller names: an LSTM, the direct-access LSTM of Section 8.1, a one-layer feed-forward net."""
 BASELINES = ("none", "online", "offline", "both")
 """Baseline options: none, the per-step moving average, the baseline LSTM of Appendix A, or their sum."""
+STEP_IMPLS = ("fast", "reference")
+"""How an episode's steps are computed: :mod:`rlntm_demo.fast` (the default) or the readable
+:mod:`rlntm_demo.reference`, which defines the model (the two agree up to rounding)."""
 RETURNS = ("reward-to-go", "total")
 """What multiplies the score of the actions of step t: R_t = sum_{s>=t} r_s, or the episode's total."""
 
@@ -154,12 +158,19 @@ class ModelConfig:
     initial_state: float = 0.0
     """The value every entry of the controller's initial hidden and cell state (and the baseline
     LSTM's) starts at. The paper: zero; the authors' code: 0.1."""
+    step_impl: str = "fast"
+    """How the steps are computed (:data:`STEP_IMPLS`): ``"fast"``, the fused loop of
+    :mod:`rlntm_demo.fast` (in C++ where it is built), or ``"reference"``, the readable step of
+    :mod:`rlntm_demo.reference` that defines the model, several times slower. The same values,
+    decisions and gradients up to rounding."""
 
     def __post_init__(self) -> None:
         if self.controller not in CONTROLLERS:
             raise ValueError(f"unknown controller {self.controller!r}; choose one of: {', '.join(CONTROLLERS)}")
         if self.baseline not in BASELINES:
             raise ValueError(f"unknown baseline {self.baseline!r}; choose one of: {', '.join(BASELINES)}")
+        if self.step_impl not in STEP_IMPLS:
+            raise ValueError(f"unknown step_impl {self.step_impl!r}; choose one of: {', '.join(STEP_IMPLS)}")
         for name in ("hidden_size", "embedding_size", "memory_cells", "memory_width", "baseline_hidden_size", "max_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")

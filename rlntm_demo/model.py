@@ -208,6 +208,10 @@ class RLNTM(nn.Module):
             ValueError: a sampled (not greedy) episode ran more than ``config.max_steps`` steps
                 with the moving-average baseline on.
         """
+        if self.config.step_impl == "reference":
+            from . import reference
+
+            return reference.run_episode(self, batch, greedy=greedy, all_steps=all_steps, memory_cells=memory_cells)
         config = self.config
         controller = self.controller
         spec = config.interfaces
