@@ -16,7 +16,7 @@ Commands:
     Learning curves from the runs' ``metrics.csv``.
 ``build``
     Compile the native step loop now (otherwise the first model run compiles it; see
-    :mod:`rlntm_demo.native`) and print where it is.
+    :mod:`rlntm_demo.fast.native`) and print where it is.
 ``bench``
     Seconds per update against a bare LSTM measured in the same run (see :mod:`rlntm_demo.bench`).
 ``sweep --tasks T [T ...] --controllers C [C ...] --presets P [P ...] --seeds N [N ...] --out ROOT``
@@ -380,7 +380,7 @@ def _run_plot(args: argparse.Namespace) -> int:
 
 
 def _run_build(args: argparse.Namespace) -> int:
-    from .native import BuildError, build
+    from .fast.native import BuildError, build
 
     try:
         module = build()

@@ -23,7 +23,7 @@ in the authors' code, so every memory move is always feasible.
 **Memory writes** are differentiable. :class:`MemoryTape` is the plain version: the controller's
 new value for the current cell is blended in with a one-hot mask of the head, building a new
 tensor at every step, so autograd sees every write. That touches every cell at every step, forward
-and backward; :class:`~rlntm_demo.model.RLNTM`'s fused step (:mod:`rlntm_demo.fused`) computes the
+and backward; :class:`~rlntm_demo.model.RLNTM`'s fused step (:mod:`rlntm_demo.fast.fused`) computes the
 same values and gradients while touching only the cells read and written: it overwrites one
 buffer in place, and the gradient of the whole tape travels with the LSTM state's.
 

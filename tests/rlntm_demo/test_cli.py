@@ -154,7 +154,7 @@ def test_interrupted_training_exits_130(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_build_prints_where_the_native_loop_is(capsys: pytest.CaptureFixture[str]) -> None:
-    from rlntm_demo import native
+    from rlntm_demo.fast import native
 
     assert main(["build"]) == EXIT_OK
     out = capsys.readouterr().out.strip()

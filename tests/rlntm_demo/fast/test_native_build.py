@@ -1,4 +1,4 @@
-"""Building the native extension (:func:`rlntm_demo.native.load`): interrupted, concurrent, failing.
+"""Building the native extension (:func:`rlntm_demo.fast.native.load`): interrupted, concurrent, failing.
 
 Each test builds a one-function extension (a few seconds to compile, against half a minute for the
 step loop) into a fresh folder, most of them in child processes started as a user's commands are:
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from rlntm_demo import native
+from rlntm_demo.fast import native
 
 TINY = """
 #include <pybind11/pybind11.h>
@@ -33,7 +33,7 @@ CHILD = """
 import os, sys, time
 from pathlib import Path
 from torch.utils import cpp_extension
-from rlntm_demo import native
+from rlntm_demo.fast import native
 
 source, folder, mode, marker, wait = sys.argv[1:6]
 

@@ -1,4 +1,4 @@
-"""The fused step loop's custom autograd functions (:mod:`rlntm_demo.fused`): what the exact
+"""The fused step loop's custom autograd functions (:mod:`rlntm_demo.fast.fused`): what the exact
 check needs of them beyond equal values and gradients, which ``test_reference.py`` holds against
 the reference step (every controller and option, float64). The model runs whichever loop is
 built (the C++ one where it is; ``test_native.py`` checks that both give the same).
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from rlntm_demo import fused, native
+from rlntm_demo.fast import fused, native
 from rlntm_demo.config import ModelConfig
 from rlntm_demo.model import RLNTM
 from rlntm_demo.objective import episode_losses

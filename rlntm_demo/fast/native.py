@@ -1,12 +1,12 @@
-"""The native step loop: :mod:`rlntm_demo.fused`'s episode in C++, compiled on first use.
+"""The native step loop: :mod:`rlntm_demo.fast.fused`'s episode in C++, compiled on first use.
 
 The RL-NTM spends its update on the number of tensor operations a step runs, not on their
-arithmetic (:mod:`rlntm_demo.fused` explains why). ``csrc/fused_step.cpp`` is
-:class:`rlntm_demo.fused.Episode` in C++: each step is one C++ node of the autograd graph, the
+arithmetic (:mod:`rlntm_demo.fast.fused` explains why). ``csrc/fused_step.cpp`` is
+:class:`rlntm_demo.fast.fused.Episode` in C++: each step is one C++ node of the autograd graph, the
 heads' bookkeeping and the elementwise arithmetic are plain loops, and torch runs only the matrix
 products and the vectorized ``tanh``. An update of the ``bench`` configuration
 takes about half as long as with the Python loop (:ref:`training-speed`). The values and
-gradients agree with the Python loop's up to rounding (``tests/rlntm_demo/test_native.py``), so
+gradients agree with the Python loop's up to rounding (``tests/rlntm_demo/fast/test_native.py``), so
 a seeded run reproduces with the same loop, not across the two.
 
 The extension is built with :func:`torch.utils.cpp_extension.load` the first time a machine needs

@@ -1,4 +1,4 @@
-"""The native step loop (:mod:`rlntm_demo.native`) against the Python one it mirrors.
+"""The native step loop (:mod:`rlntm_demo.fast.native`) against the Python one it mirrors.
 
 The C++ loop computes the same quantities with its own elementwise loops, so the two agree up to
 rounding: a seeded rollout draws the same actions, and its values and gradients agree to relative
@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from rlntm_demo import fused, native
+from rlntm_demo.fast import fused, native
 from rlntm_demo.config import NUM_SYMBOLS, ModelConfig
 from rlntm_demo.controllers import OfflineBaseline
 from rlntm_demo.model import RLNTM, Rollout
