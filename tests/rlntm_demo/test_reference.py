@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from rlntm_demo import reference
-from rlntm_demo.config import ModelConfig
+from rlntm_demo.config import CONTROLLERS, ModelConfig
 from rlntm_demo.model import RLNTM, Rollout
 from rlntm_demo.tasks import Batch, make_task
 
@@ -84,7 +84,7 @@ def assert_equal_rollouts(model: RLNTM, batch: Batch, monkeypatch: pytest.Monkey
     return fast
 
 
-@pytest.mark.parametrize("controller", ["lstm", "direct", "feedforward"])
+@pytest.mark.parametrize("controller", CONTROLLERS)
 @pytest.mark.parametrize("task_name,options", [
     ("forward-reverse", {}),
     ("forward-reverse", {"baseline_hidden_size": 5}),
@@ -105,7 +105,7 @@ def test_the_fast_step_equals_the_reference(task_name: str, options: dict[str, o
     assert rollout.mask.shape[1] == int(batch.steps.max())
 
 
-@pytest.mark.parametrize("controller", ["lstm", "direct", "feedforward"])
+@pytest.mark.parametrize("controller", CONTROLLERS)
 @pytest.mark.parametrize("options", [{}, {"greedy": True}, {"greedy": True, "memory_cells": 9}])
 def test_the_fast_step_equals_the_reference_stopping_early_greedy_and_on_a_larger_tape(
     options: dict[str, object], controller: str, monkeypatch: pytest.MonkeyPatch

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from rlntm_demo.fast import fused, native
-from rlntm_demo.config import NUM_SYMBOLS, ModelConfig
+from rlntm_demo.config import CONTROLLERS, NUM_SYMBOLS, ModelConfig
 from rlntm_demo.controllers import OfflineBaseline
 from rlntm_demo.model import RLNTM, Rollout
 from rlntm_demo.objective import episode_losses
@@ -64,7 +64,7 @@ def run(use_native: bool, monkeypatch: pytest.MonkeyPatch, task_name: str, contr
 
 @pytest.mark.usefixtures("fresh_extension")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("controller", ["direct", "lstm", "feedforward"])
+@pytest.mark.parametrize("controller", CONTROLLERS)
 @pytest.mark.parametrize("task_name,options", [
     ("forward-reverse", {}),
     ("repeat-copy", {"read_window": 1}),
