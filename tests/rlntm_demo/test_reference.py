@@ -134,3 +134,22 @@ def test_a_replay_takes_the_given_decisions(monkeypatch: pytest.MonkeyPatch) -> 
 def test_step_impl_is_validated() -> None:
     with pytest.raises(ValueError, match="unknown step_impl 'slow'; choose one of: fast, reference"):
         ModelConfig(step_impl="slow")
+
+
+def test_training_with_the_reference_step_follows_the_fast_run_up_to_rounding() -> None:
+    """Three seeded updates of the ``fast`` preset (float32, Adam): the same decisions, so the
+    same curriculum and errors, and losses and weights that differ by rounding only."""
+    from rlntm_demo.presets import make_config
+    from rlntm_demo.training import Trainer
+
+    runs = []
+    for step_impl in ("fast", "reference"):
+        trainer = Trainer(make_config("forward-reverse", "direct", "fast", seed=2, overrides=[
+            "batch_size=16", "rollouts_per_input=4", f'model.step_impl="{step_impl}"']))
+        runs.append(([trainer.step() for _ in range(3)], dict(trainer.model.named_parameters())))
+    (fast_metrics, fast_weights), (reference_metrics, reference_weights) = runs
+    for fast, slow in zip(fast_metrics, reference_metrics):
+        assert (fast["level"], fast["error"]) == (slow["level"], slow["error"])
+        assert fast["loss"] == pytest.approx(slow["loss"], rel=1e-4, abs=1e-5)
+    for name, weight in fast_weights.items():
+        torch.testing.assert_close(reference_weights[name], weight, rtol=1e-4, atol=1e-5, msg=name)
