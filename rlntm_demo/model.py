@@ -73,7 +73,7 @@ if TYPE_CHECKING:
     from .tasks import Batch
     from .traces import Trace
 
-__all__ = ["RLNTM", "Rollout"]
+__all__ = ["RLNTM", "Rollout", "sample_decisions"]
 
 INPUT, MEMORY, OUTPUT = 0, 1, 2
 """Positions of the three decisions in ``Rollout.actions`` and ``Rollout.log_probs``."""
@@ -302,8 +302,10 @@ class RLNTM(nn.Module):
         )
 
 
-def _sample(probs: torch.Tensor) -> torch.Tensor:
-    """The sampled decisions (B, D) from their probabilities (B, D, 3).
+def sample_decisions(probs: torch.Tensor) -> torch.Tensor:
+    """The sampled decisions (B, D) from their probabilities (B, D, 3): how both steps
+    (:mod:`rlntm_demo.reference` and :mod:`rlntm_demo.fast`) draw, so that a seed gives both the
+    same decisions.
 
     One ``torch.multinomial`` call per step over the (B * D, 3) rows, each row's decisions
     together in the order input, memory, output: ``reinforce_check`` enumerates such a call in

@@ -42,9 +42,10 @@ import torch
 
 from .controllers import START
 from .interfaces import OUTPUT_PREDICT, OUTPUT_STAY, STAY, InputTape, MemoryTape, OutputTape
+from .model import Rollout, sample_decisions
 
 if TYPE_CHECKING:
-    from .model import RLNTM, Rollout
+    from .model import RLNTM
     from .tasks import Batch
 
 __all__ = ["run_episode"]
@@ -70,8 +71,6 @@ def run_episode(
     Returns:
         The :class:`~rlntm_demo.model.Rollout`.
     """
-    from .model import Rollout, _sample
-
     config, controller = model.config, model.controller
     dtype = controller.action_head.weight.dtype
     size = batch.batch_size
@@ -127,7 +126,7 @@ def run_episode(
             drawn = log_probs.detach().argmax(-1)
         else:
             # Differentiable: an exact check differentiates the probabilities of what it enumerates.
-            drawn = _sample(torch.stack(probs, 1))
+            drawn = sample_decisions(torch.stack(probs, 1))
         chosen_log_probs = log_probs.gather(2, drawn[..., None])[..., 0]
         if not memory_on:
             drawn = torch.stack([drawn[:, 0], torch.full_like(drawn[:, 0], STAY), drawn[:, 1]], 1)

@@ -32,7 +32,7 @@ from torch import nn
 from ..config import BLANK, NUM_SYMBOLS, ModelConfig
 from ..controllers import START, Controller, DirectAccessController, LSTMController, OfflineBaseline
 from ..interfaces import OUTPUT_PREDICT, STAY
-from ..model import OUTPUT, Rollout, _sample
+from ..model import OUTPUT, Rollout, sample_decisions
 from . import fused
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ def run_episode(model: RLNTM, batch: Batch, *, greedy: bool = False, all_steps: 
         if finished and not all_steps:
             break
         token, probs = episode.step(token, t)
-        finished = episode.advance(episode.last_logits().argmax(-1) if greedy else _sample(probs))
+        finished = episode.advance(episode.last_logits().argmax(-1) if greedy else sample_decisions(probs))
 
     chosen_log_probs, outputs, baseline_states, written, memory_windows = fused.finish(episode, token)
     assert chosen_log_probs is not None and outputs is not None
