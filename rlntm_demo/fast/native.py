@@ -155,7 +155,7 @@ def load(source: Path, stem: str, flags: Sequence[str], *, folder: Path | None =
         home.mkdir(parents=True, exist_ok=True)
         with _build_lock(home / "build.lock", library, wait_seconds) as locked:
             if not library.exists():
-                note = "" if locked else " (a private copy: another process holds the build lock)"
+                note = "" if locked or fcntl is None else " (a private copy: another process holds the build lock)"
                 print(f"rlntm_demo: compiling the native step loop into {home}{note} (once, about half a minute)",
                       file=sys.stderr, flush=True)
                 _LOADED[name] = _build(source, name, list(flags), home, library, tidy=locked)
