@@ -27,8 +27,8 @@ TINY = """
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {{ m.def("answer", [] {{ return 42; }}); }}
 """
 
-# The child process: with a mode, it stops for good at one point of its build, after writing a
-# marker file, so that the test can kill it exactly there.
+# The child process: with a mode, it stops at one point of its build after writing a marker file,
+# for good (so that the test can kill it exactly there) or, "hold", until the test releases it.
 CHILD = """
 import os, sys, time
 from pathlib import Path
@@ -40,13 +40,16 @@ source, folder, mode, marker, wait = sys.argv[1:6]
 def stop_here(original):
     def stopped(*args, **kwargs):
         Path(marker).write_text("stopped")
-        if mode == "slow":
-            time.sleep(3)
+        if mode == "hold":
+            release = Path(marker + ".release")
+            deadline = time.monotonic() + 120
+            while not release.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
             return original(*args, **kwargs)
         time.sleep(3600)
     return stopped
 
-if mode in ("compiling", "slow"):
+if mode in ("compiling", "hold"):
     cpp_extension._write_ninja_file_and_build_library = stop_here(cpp_extension._write_ninja_file_and_build_library)
 elif mode == "publishing":
     os.replace = stop_here(os.replace)
@@ -63,15 +66,21 @@ def tiny_source(tmp_path: Path) -> Path:
     return source
 
 
-def start(tmp_path: Path, mode: str = "", marker: str = "", wait: float = 120) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(tiny_source(tmp_path)), str(tmp_path / "ext"), mode, marker or str(tmp_path / "marker"), str(wait)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )
+def start(tmp_path: Path, mode: str = "", marker: str = "", wait: float = 120,
+          stderr: Path | None = None) -> subprocess.Popen[str]:
+    """The child, building into ``tmp_path / "ext"``; its stderr is piped, or written to ``stderr``."""
+    argv = [sys.executable, "-c", CHILD, str(tiny_source(tmp_path)), str(tmp_path / "ext"), mode,
+            marker or str(tmp_path / "marker"), str(wait)]
+    if stderr is None:
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    with stderr.open("w") as log:  # the child keeps its own handle
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
 
 
-def finish(process: subprocess.Popen[str], timeout: float = 240) -> tuple[str, str]:
+def finish(process: subprocess.Popen[str], timeout: float = 240, stderr: Path | None = None) -> tuple[str, str]:
     out, err = process.communicate(timeout=timeout)
+    if stderr is not None:
+        err = stderr.read_text()
     assert process.returncode == 0, err
     return out, err
 
@@ -103,16 +112,25 @@ def test_a_build_killed_half_way_leaves_the_next_run_able_to_build(point: str, t
 
 
 def test_two_processes_started_at_once_both_load_the_library_and_one_builds(tmp_path: Path) -> None:
-    """Both builds are slowed by three seconds, so the second process starts while the first one
-    builds: it says whom it waits for, then loads the first one's library."""
-    first, second = (start(tmp_path, "slow", str(tmp_path / f"marker{i}")) for i in range(2))
-    results = [finish(first), finish(second)]
+    """Started together: whichever takes the build lock holds inside its build until the other
+    has said whom it waits for (so the two overlap however fast the machine is); then both load
+    the one library, built once."""
+    marker = tmp_path / "marker"
+    logs = [tmp_path / f"stderr{i}" for i in range(2)]
+    processes = [start(tmp_path, "hold", str(marker), stderr=log) for log in logs]
+    deadline = time.monotonic() + 120
+    while not (marker.exists() and any("waiting for process" in log.read_text() for log in logs)):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in processes), [log.read_text() for log in logs]
+        time.sleep(0.1)
+    Path(str(marker) + ".release").touch()
+    results = [finish(process, stderr=log) for process, log in zip(processes, logs)]
     assert [out.strip() for out, _ in results] == ["answer 42", "answer 42"]
     errors = "".join(err for _, err in results)
     assert errors.count("rlntm_demo: compiling") == 1, errors
     assert errors.count("rlntm_demo: waiting for process") == 1, errors
-    builder, waiter = (first, results[1][1]) if "waiting" in results[1][1] else (second, results[0][1])
+    builder, waiter = (processes[0], results[1][1]) if "waiting" in results[1][1] else (processes[1], results[0][1])
     assert f"waiting for process {builder.pid} on " in waiter
+    assert len(list((tmp_path / "ext").glob("*/*.so"))) == 1
 
 
 def test_a_wait_past_its_bound_builds_a_private_copy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
