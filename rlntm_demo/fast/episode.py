@@ -115,7 +115,7 @@ def run_episode(model: RLNTM, batch: Batch, *, greedy: bool = False, all_steps: 
         width=config.memory_width,
         direct=direct,
         grad=torch.is_grad_enabled() and any(p.requires_grad for p in model.parameters()),
-        want_windows=plan.reference_baseline,
+        want_windows=plan.baseline_after_episode,
     )
     h, c = plan.initial_state(batch, size, dtype)
     token = fused.start(episode, h, c, *plan.weights())
@@ -193,7 +193,7 @@ def _finish(
     if model.config.online_baseline:
         baselines = baselines + model._online_values(steps, greedy).to(rewards.dtype)
     if model.baseline is not None:
-        if plan.reference_baseline:
+        if plan.baseline_after_episode:
             windows = symbols if symbols.dim() == 3 else symbols[..., None]
             baselines = baselines + model._baseline_after_episode(batch, windows, memory_windows, chosen)
         else:
@@ -264,7 +264,7 @@ class _StepPlan:
         decisions = 3 if memory else 2
         self.controller = controller
         self.baseline = baseline
-        self.reference_baseline = baseline is None and config.offline_baseline
+        self.baseline_after_episode = baseline is None and config.offline_baseline
         self.memory = memory
         self.direct = isinstance(controller, DirectAccessController)
         self.lstm = isinstance(controller, LSTMController)
