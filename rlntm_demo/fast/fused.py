@@ -32,11 +32,11 @@ between the two, the model samples with ``torch.multinomial``. :func:`new_episod
 twin of this class where :mod:`rlntm_demo.fast.native` is built: the same methods and values (up to
 rounding), without Python inside a step or its backward pass.
 
-The maths is that of the controller's per-step methods and
-:class:`~rlntm_demo.interfaces.MemoryTape`; ``tests/rlntm_demo/fast/test_fused.py`` compares values
-and gradients (of every output, the probabilities included) with plain autograd in float64, and
-the exact check compares the whole model's gradient with the exact one. Nothing is saved for a
-second differentiation (``create_graph`` raises).
+The maths is that of :mod:`rlntm_demo.reference` (the controller's per-step methods and
+:class:`~rlntm_demo.interfaces.MemoryTape`); ``tests/rlntm_demo/test_reference.py`` compares values
+and gradients (of every output, the probabilities included) with it in float64, and the exact
+check compares the whole model's gradient with the exact one. Nothing is saved for a second
+differentiation (``create_graph`` raises).
 """
 
 from __future__ import annotations
