@@ -165,7 +165,7 @@ def rlntm(out: Path) -> None:
     trace = trainer.model.trace(batch)
     print(render_text(trace))
     png = render_figure(trace, run / "trace.png", title="Copy, direct access, fast preset: greedy trace")
-    print(f"   wrote {png} and {run}/metrics.csv (plot it: rlntm-demo plot {run} --out curves.png)")
+    print(f"   wrote {png} and {run}/metrics.csv (plot it: rlntm-demo plot {run} --out {run}/curves.png)")
 
 
 if __name__ == "__main__":

@@ -13,10 +13,12 @@ Modules, in the order data flows through them:
 * :mod:`~rlntm_demo.interfaces`: the input, memory and output tapes;
 * :mod:`~rlntm_demo.controllers`: the controller networks and the baseline LSTM;
 * :mod:`~rlntm_demo.model`: :class:`~rlntm_demo.model.RLNTM` and its batched rollout;
-* :mod:`~rlntm_demo.fused`, :mod:`~rlntm_demo.native`: the rollout's step loop, one graph node per
-  step, in Python and (compiled on first use) in C++;
+* :mod:`~rlntm_demo.reference`: the step as the paper describes it, which defines the model;
+* :mod:`~rlntm_demo.fast`: the same step in few operations (one graph node per step, in Python
+  and, compiled on first use, in C++), held equal to the reference by the tests;
 * :mod:`~rlntm_demo.objective`: rewards-to-go, baselines and the surrogate loss;
-* :mod:`~rlntm_demo.check`: the exact gradient check of the whole model;
+* :mod:`~rlntm_demo.check`: the exact gradient check of the whole model, and
+  :mod:`~rlntm_demo.bugs`, the deliberate bugs it catches;
 * :mod:`~rlntm_demo.curriculum`: the curriculum of Section 7;
 * :mod:`~rlntm_demo.presets`: the training configuration and the ``paper``, ``authors`` and ``fast`` presets;
 * :mod:`~rlntm_demo.training`: the trainer, with checkpoints (:mod:`~rlntm_demo.checkpoints`)
@@ -48,7 +50,7 @@ _EXPORTS = {
     "InterfaceSpec": "config",
     "ModelConfig": "config",
     "ObjectiveConfig": "config",
-    "TrainConfig": "presets",
+    "TrainConfig": "config",
     "Trainer": "training",
     "make_config": "presets",
     "train": "training",
@@ -65,10 +67,10 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from .check import CheckReport, check_model
-    from .config import InterfaceSpec, ModelConfig, ObjectiveConfig
+    from .config import InterfaceSpec, ModelConfig, ObjectiveConfig, TrainConfig
     from .model import RLNTM, Rollout
     from .objective import episode_losses
-    from .presets import TrainConfig, make_config
+    from .presets import make_config
     from .training import Trainer, train
     from .tasks import TASKS, Batch, Task, make_task
 

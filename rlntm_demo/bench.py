@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import native
+from .fast import native
 from .config import ModelConfig
 from .model import RLNTM
 from .objective import episode_losses
@@ -77,7 +77,7 @@ def run_benchmark(
         ``sampling_seconds``, ``batch_size``, ``steps`` (the episode's number of steps, which the bare loop
         runs too), ``task``, ``controller``, ``complexity``, ``repeats``, ``torch_version``,
         ``threads`` and ``step_loop`` (``"native"`` or ``"python"``: which implementation of the
-        step loop ran, see :mod:`rlntm_demo.native`).
+        step loop ran, see :mod:`rlntm_demo.fast.native`).
 
     Raises:
         ValueError: ``repeats`` below 1, ``warmup`` below 0 or ``batch_size`` below 1.

@@ -21,21 +21,9 @@ cells, 3 hidden units. Weights are drawn N(0, 1) and the inverse temperature is 
 policy is far from uniform and every term of the gradient is large; RepeatCopy variants use m = 2.
 Every instance has at most a few thousand action sequences.
 
-**Deliberate bugs** (``bug=``), to show what the check catches:
-
-=================================  ==========================================================
-``reward-to-go-off-by-one``        R_{t+1} in place of R_t: biased (policy check fails)
-``missing-pathwise-term``          no backpropagation into predictions and writes: biased
-``baseline-leaks-into-controller`` the baseline reads the controller's inputs undetached, so
-                                   its regression loss trains the controller: policy check fails
-``baseline-sees-current-action``   the baseline is fed the step's own actions: biased
-``baseline-not-detached``          ``R_t - b_t`` not detached in the surrogate, so REINFORCE
-                                   trains the baseline: baseline check fails
-``total-return-with-baseline``     the whole return R_1 at every step, with the baselines:
-                                   **unbiased** (the check passes), only noisier, because the
-                                   rewards before step t do not depend on the actions of step
-                                   t, and the baseline does not either
-=================================  ==========================================================
+**Deliberate bugs** (``bug=``, a name of :data:`rlntm_demo.bugs.BUGS`) show what the check
+catches: each runs the check on a variant of the model or the loss with one function replaced
+(:mod:`rlntm_demo.bugs` lists them, and what the check says about each).
 
 >>> reports = check_model("copy", "lstm")
 >>> [report.ok for report in reports]
@@ -49,16 +37,14 @@ import torch
 
 from reinforce_check import CheckReport, check_reinforce
 
-from .config import CONTROLLERS, MODEL_BUGS, OBJECTIVE_BUGS, ModelConfig, ObjectiveConfig
+from .bugs import BUGS, Bug
+from .config import CONTROLLERS, ModelConfig, ObjectiveConfig
 from .model import RLNTM
 from .objective import Losses, episode_losses
 from .tasks import TASKS, Batch, make_task
 
 __all__ = ["BUGS", "CHECK_SIZES", "CheckReport", "check_model", "tiny_instance", "tiny_model"]
 
-BUGS = ("reward-to-go-off-by-one", "missing-pathwise-term", "baseline-leaks-into-controller",
-        "baseline-sees-current-action", "baseline-not-detached", "total-return-with-baseline")
-"""The deliberate bugs :func:`check_model` can switch on."""
 
 
 CHECK_SIZES: dict[str, tuple[int, int]] = {
@@ -105,14 +91,18 @@ def tiny_instance(
 
 def tiny_model(
     task_name: str, controller: str, *, seed: int = 0, baseline: str = "both", bug: str | None = None,
-    circular_input: bool = False,
+    circular_input: bool = False, step_impl: str = "fast",
 ) -> RLNTM:
     """A float64 RL-NTM for :func:`tiny_instance`, every component on, weights N(0, 1).
 
-    The moving-average baseline holds N(0, 1) values, so that it is exercised.
+    The moving-average baseline holds N(0, 1) values, so that it is exercised. ``bug`` names a
+    deliberate bug of :data:`~rlntm_demo.bugs.BUGS`: the model is then its variant (the same
+    weights).
     """
     if task_name not in TASKS:
         raise ValueError(f"unknown task {task_name!r}; choose one of: {', '.join(TASKS)}")
+    if bug is not None and bug not in BUGS:
+        raise ValueError(f"unknown bug {bug!r}; choose one of: {', '.join(BUGS)}")
     config = ModelConfig(
         controller=controller,
         hidden_size=3,
@@ -125,11 +115,11 @@ def tiny_model(
         baseline=baseline,
         baseline_hidden_size=3,
         max_steps=16,
-        bug=bug if bug in MODEL_BUGS else None,
         circular_input=circular_input,
+        step_impl=step_impl,
     )
     generator = torch.Generator().manual_seed(seed)
-    model = RLNTM(config, generator=generator).double()
+    model = (RLNTM if bug is None else BUGS[bug].model)(config, generator=generator).double()
     with torch.no_grad():
         model.online_baseline.copy_(torch.randn(config.max_steps, generator=generator, dtype=torch.float64))
     return model
@@ -152,6 +142,7 @@ def check_model(
     rollouts: int = 1,
     entropy_bonus: float = 0.0,
     circular_input: bool = False,
+    step_impl: str = "fast",
 ) -> list[CheckReport]:
     """Check the RL-NTM's gradient exactly on a tiny instance of a task.
 
@@ -165,7 +156,7 @@ def check_model(
             or the output decisions are all forced).
         baseline: ``"both"`` (default), ``"online"``, ``"offline"`` or ``"none"``; without the
             baseline LSTM only the policy is checked.
-        bug: one of :data:`BUGS`, to see what the check says about it.
+        bug: a name of :data:`~rlntm_demo.bugs.BUGS`, to see what the check says about it.
         variance: also compute the exact variance of the single-episode gradient estimate.
         rtol, atol: tolerances of the comparison.
         max_sequences: give up past this many action sequences.
@@ -177,6 +168,8 @@ def check_model(
         entropy_bonus: beta of :attr:`~rlntm_demo.config.ObjectiveConfig.entropy_bonus`; the
             policy check's objective is then ``sum_t r_t - beta sum_t log p(a_t)``.
         circular_input: the input head wraps around (:attr:`~rlntm_demo.config.ModelConfig.circular_input`).
+        step_impl: ``"fast"`` or ``"reference"`` (:attr:`~rlntm_demo.config.ModelConfig.step_impl`): the
+            tests check the reference step, which defines the model, and hold the fast one equal to it.
 
     Returns:
         :class:`reinforce_check.CheckReport` (a) of the policy and (b) of the baseline LSTM (when
@@ -188,17 +181,13 @@ def check_model(
     """
     if controller not in CONTROLLERS:
         raise ValueError(f"unknown controller {controller!r}; choose one of: {', '.join(CONTROLLERS)}")
-    if bug is not None and bug not in BUGS:
-        raise ValueError(f"unknown bug {bug!r}; choose one of: {', '.join(BUGS)}")
     if rollouts < 1:
         raise ValueError(f"rollouts must be at least 1, not {rollouts}")
     instance = tiny_instance(task_name, seed=seed, complexity=complexity, num_symbols=num_symbols, slack=slack)
-    model = tiny_model(task_name, controller, seed=seed, baseline=baseline, bug=bug, circular_input=circular_input)
-    objective_config = ObjectiveConfig(
-        returns="total" if bug == "total-return-with-baseline" else "reward-to-go",
-        bug=bug if bug in OBJECTIVE_BUGS else None,
-        entropy_bonus=entropy_bonus,
-    )
+    model = tiny_model(task_name, controller, seed=seed, baseline=baseline, bug=bug, circular_input=circular_input,
+                       step_impl=step_impl)
+    variant = BUGS[bug] if bug is not None else Bug("none", "production")
+    objective_config = ObjectiveConfig(returns=variant.returns, entropy_bonus=entropy_bonus)
 
     def make_episode(policy_check: bool) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
         def checked_objective(losses: Losses) -> torch.Tensor:
@@ -206,14 +195,14 @@ def check_model(
 
         def episode(batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
             rollout = model.run_episode(instance.select([0] * batch_size), all_steps=True)
-            losses = episode_losses(rollout, objective_config)
+            losses = episode_losses(rollout, objective_config, terms=variant.terms)
             return checked_objective(losses), losses.total
 
         def group_episode() -> tuple[torch.Tensor, torch.Tensor]:
             # One episode of the check = `rollouts` rollouts of the instance; the estimate of the
             # gradient of the mean objective is the mean of their losses.
             rollout = model.run_episode(instance.select([0] * rollouts), all_steps=True)
-            losses = episode_losses(rollout, objective_config, group_size=rollouts)
+            losses = episode_losses(rollout, objective_config, group_size=rollouts, terms=variant.terms)
             return checked_objective(losses).mean(), losses.total.mean()
 
         return episode if rollouts == 1 else group_episode
@@ -223,6 +212,7 @@ def check_model(
         f"target {instance.target[0].tolist()}, {int(instance.steps[0])} steps"
         + (f", {rollouts} rollouts with a leave-one-out baseline" if rollouts > 1 else "")
         + (", circular input" if circular_input else "")
+        + (", reference step" if step_impl == "reference" else "")
         + (f", entropy bonus {entropy_bonus:g}" if entropy_bonus else "")
         + (f", deliberate bug {bug!r}" if bug else "")
     )

@@ -14,6 +14,9 @@ Commands:
     What a trained run does on one fresh instance, as text and as a Figure 7-style PNG.
 ``plot RUN [RUN ...] --out PNG``
     Learning curves from the runs' ``metrics.csv``.
+``build``
+    Compile the native step loop now (otherwise the first model run compiles it; see
+    :mod:`rlntm_demo.fast.native`) and print where it is.
 ``bench``
     Seconds per update against a bare LSTM measured in the same run (see :mod:`rlntm_demo.bench`).
 ``sweep --tasks T [T ...] --controllers C [C ...] --presets P [P ...] --seeds N [N ...] --out ROOT``
@@ -28,7 +31,7 @@ Commands:
 
 Exit status: ``0`` success (every check passed; a training run, or every run of a sweep, that
 finished, solved or not); ``1`` a gradient disagrees, or training diverged (a sweep: some run
-diverged or failed); ``2`` the command could not be run (an unknown
+diverged or failed), or the native step loop could not be built; ``2`` the command could not be run (an unknown
 task, controller, preset, setting or option, a missing run, a check too large to enumerate); the
 reason goes to stderr and names the valid choices; ``130`` training was interrupted with Ctrl-C
 (after saving its checkpoint).
@@ -171,6 +174,11 @@ def make_parser() -> argparse.ArgumentParser:
     plot.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
     plot.add_argument("--out", required=True, metavar="PNG", help="the figure")
     plot.add_argument("--title", default=None, help="a title")
+
+    commands.add_parser("build", help="compile the native step loop now (else the first run does)",
+                        description="Compile the C++ step loop into $TORCH_EXTENSIONS_DIR (by default "
+                                    "~/.cache/torch_extensions) unless it is there already, and print where it is. "
+                                    "Exit status 1, with what failed on stderr, where it cannot be built.")
 
     bench = commands.add_parser("bench", help="seconds per update against a bare LSTM, same run",
                                 description="Time one training update (batch 200, ForwardReverse at its top "
@@ -371,6 +379,18 @@ def _run_plot(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_build(args: argparse.Namespace) -> int:
+    from .fast.native import BuildError, build
+
+    try:
+        module = build()
+    except BuildError as error:
+        sys.stderr.write(f"{PROG}: the native step loop could not be built: {error}\n")
+        return EXIT_MISMATCH
+    print(f"native step loop: {module.__file__}")
+    return EXIT_OK
+
+
 def _run_bench(args: argparse.Namespace) -> int:
     from .bench import run_benchmark
 
@@ -428,7 +448,7 @@ def _run_results(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"check": _run_check, "train": _run_train, "eval": _run_eval, "trace": _run_trace,
-             "plot": _run_plot, "bench": _run_bench, "sweep": _run_sweep, "results": _run_results}
+             "plot": _run_plot, "build": _run_build, "bench": _run_bench, "sweep": _run_sweep, "results": _run_results}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,7 @@
-"""Configuration dataclasses of the RL-NTM demo, one docstring per field.
+"""Configuration dataclasses of the RL-NTM demo, one docstring per field: the model
+(:class:`ModelConfig`), the loss (:class:`ObjectiveConfig`), and a training run
+(:class:`TrainConfig`, with its :class:`OptimizerConfig`, :class:`CurriculumConfig` and
+:class:`EvaluationConfig`; :mod:`rlntm_demo.presets` fills them in).
 
 Every default follows the paper (Zaremba & Sutskever, "Reinforcement Learning Neural Turing
 Machines"); where the paper is silent the default follows what the authors' released code did, and
@@ -26,6 +29,7 @@ REPEAT_3   34     "copy three times"
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -36,17 +40,21 @@ __all__ = [
     "EOS",
     "FIRST_DATA_SYMBOL",
     "BASELINES",
+    "CurriculumConfig",
+    "EvaluationConfig",
     "InterfaceSpec",
-    "MODEL_BUGS",
     "ModelConfig",
     "NUM_DATA_SYMBOLS",
     "NUM_SYMBOLS",
-    "OBJECTIVE_BUGS",
+    "OPTIMIZERS",
     "ObjectiveConfig",
+    "OptimizerConfig",
     "PLUS",
     "REPEAT_2",
     "REPEAT_3",
     "RETURNS",
+    "STEP_IMPLS",
+    "TrainConfig",
 ]
 
 BLANK = 0
@@ -71,12 +79,11 @@ CONTROLLERS = ("lstm", "direct", "feedforward")
 """Controller names: an LSTM, the direct-access LSTM of Section 8.1, a one-layer feed-forward net."""
 BASELINES = ("none", "online", "offline", "both")
 """Baseline options: none, the per-step moving average, the baseline LSTM of Appendix A, or their sum."""
+STEP_IMPLS = ("fast", "reference")
+"""How an episode's steps are computed: :mod:`rlntm_demo.fast` (the default) or the readable
+:mod:`rlntm_demo.reference`, which defines the model (the two agree up to rounding)."""
 RETURNS = ("reward-to-go", "total")
 """What multiplies the score of the actions of step t: R_t = sum_{s>=t} r_s, or the episode's total."""
-MODEL_BUGS = ("baseline-leaks-into-controller", "baseline-sees-current-action")
-"""Deliberate bugs in the model, for the tests of the exact check only."""
-OBJECTIVE_BUGS = ("reward-to-go-off-by-one", "missing-pathwise-term", "baseline-not-detached")
-"""Deliberate bugs in the loss, for the tests of the exact check only."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +124,9 @@ class ModelConfig:
     interfaces: InterfaceSpec = field(default_factory=InterfaceSpec)
     """Which tapes exist; take it from the task: ``ModelConfig(interfaces=task.interfaces)``."""
     memory_cells: int = 30
-    """Cells of the memory tape (the authors' code: 30). The memory head wraps around."""
+    """Cells of the memory tape (the authors' code: 30). The memory head wraps around.
+    Evaluation and traces use more where an instance needs more
+    (:meth:`~rlntm_demo.model.RLNTM.memory_cells_for`)."""
     memory_width: int = NUM_SYMBOLS
     """Real values per memory cell: 35 in the paper ("the memory consists of 35 real values").
     Direct access needs it equal to ``NUM_SYMBOLS``."""
@@ -149,16 +158,19 @@ class ModelConfig:
     initial_state: float = 0.0
     """The value every entry of the controller's initial hidden and cell state (and the baseline
     LSTM's) starts at. The paper: zero; the authors' code: 0.1."""
-    bug: str | None = None
-    """A deliberate bug, only for the tests of the exact check (see ``MODEL_BUGS``). Never set it."""
+    step_impl: str = "fast"
+    """How the steps are computed (:data:`STEP_IMPLS`): ``"fast"``, the fused loop of
+    :mod:`rlntm_demo.fast` (in C++ where it is built), or ``"reference"``, the readable step of
+    :mod:`rlntm_demo.reference` that defines the model, several times slower. The same values,
+    decisions and gradients up to rounding."""
 
     def __post_init__(self) -> None:
         if self.controller not in CONTROLLERS:
             raise ValueError(f"unknown controller {self.controller!r}; choose one of: {', '.join(CONTROLLERS)}")
         if self.baseline not in BASELINES:
             raise ValueError(f"unknown baseline {self.baseline!r}; choose one of: {', '.join(BASELINES)}")
-        if self.bug is not None and self.bug not in MODEL_BUGS:
-            raise ValueError(f"unknown model bug {self.bug!r}; choose one of: {', '.join(MODEL_BUGS)}")
+        if self.step_impl not in STEP_IMPLS:
+            raise ValueError(f"unknown step_impl {self.step_impl!r}; choose one of: {', '.join(STEP_IMPLS)}")
         for name in ("hidden_size", "embedding_size", "memory_cells", "memory_width", "baseline_hidden_size", "max_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
@@ -211,8 +223,6 @@ class ObjectiveConfig:
     """The entropy bonus once the curriculum is at its top level (``None``: ``entropy_bonus``
     throughout). The ``fast`` preset sets 0: the bonus explores while the instances grow, then
     the policy may sharpen, which is what greedy decoding needs."""
-    bug: str | None = None
-    """A deliberate bug, only for the tests of the exact check (see ``OBJECTIVE_BUGS``). Never set it."""
 
     def __post_init__(self) -> None:
         if not (isinstance(self.entropy_bonus, (int, float)) and self.entropy_bonus >= 0):
@@ -221,9 +231,218 @@ class ObjectiveConfig:
             raise ValueError(f"entropy_bonus_at_top must be a number >= 0 or null, not {self.entropy_bonus_at_top}")
         if self.returns not in RETURNS:
             raise ValueError(f"unknown returns {self.returns!r}; choose one of: {', '.join(RETURNS)}")
-        if self.bug is not None and self.bug not in OBJECTIVE_BUGS:
-            raise ValueError(f"unknown objective bug {self.bug!r}; choose one of: {', '.join(OBJECTIVE_BUGS)}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, for checkpoints and logs."""
         return asdict(self)
+
+
+@dataclass
+class CurriculumConfig:
+    """The curriculum of Section 7 and Table 3 of the paper.
+
+    >>> CurriculumConfig(max_level=10, probabilities=(0.5, 0.25, 0.5))
+    Traceback (most recent call last):
+    ...
+    ValueError: probabilities must sum to 1, not 1.25
+    """
+
+    max_level: int
+    """The largest complexity, and the level at which C stops growing."""
+    start_level: int = 1
+    """The level C at the start of training, between 1 and ``max_level``."""
+    threshold: float = 0.2
+    """C goes up when the average zero-one error normalized by target length falls strictly below
+    this value, in (0, 1] (the paper: 0.2; the authors' ForwardReverse run used 0.25)."""
+    min_updates_between: int = 100
+    """Refractory period: at least this many parameter updates separate two increases of C (the
+    paper: 100). The count starts at construction, so the first increase waits as long."""
+    probabilities: tuple[float, float, float] = (0.10, 0.25, 0.65)
+    """Probabilities of the three branches of Table 3: uniform over all complexities, uniform over
+    1 .. C + e, exactly C + e. Non-negative, summing to 1."""
+    smoothing: float = 0.0
+    """Decay s in [0, 1) of an exponential moving average of the error, which the rule then
+    compares with the threshold: ``e <- s * e + (1 - s) * error``, reset to 1 after every
+    increase. 0 (the paper) uses each update's error as it is; the authors' code used 0.8."""
+
+    def __post_init__(self) -> None:
+        if self.max_level < 1:
+            raise ValueError(f"max_level must be at least 1, not {self.max_level}")
+        if not 1 <= self.start_level <= self.max_level:
+            raise ValueError(f"start_level must be in [1, max_level = {self.max_level}], not {self.start_level}")
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], not {self.threshold}")
+        if self.min_updates_between < 0:
+            raise ValueError(f"min_updates_between must be at least 0, not {self.min_updates_between}")
+        probabilities = tuple(float(p) for p in self.probabilities)
+        if len(probabilities) != 3:
+            raise ValueError(f"probabilities must have 3 entries (one per branch), not {len(probabilities)}")
+        if any(not p >= 0.0 for p in probabilities):
+            raise ValueError(f"probabilities must be non-negative, not {probabilities}")
+        if not math.isclose(sum(probabilities), 1.0, rel_tol=0.0, abs_tol=1e-9):
+            raise ValueError(f"probabilities must sum to 1, not {sum(probabilities):g}")
+        self.probabilities = probabilities  # type: ignore[assignment]
+        if not 0.0 <= self.smoothing < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1), not {self.smoothing}")
+
+
+OPTIMIZERS = ("sgd", "adam")
+"""Optimizer names."""
+
+
+@dataclass
+class OptimizerConfig:
+    """How gradients become parameter updates.
+
+    >>> OptimizerConfig(name="rmsprop")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown optimizer 'rmsprop'; choose one of: sgd, adam
+    """
+
+    name: str = "sgd"
+    """``"sgd"`` (with momentum, as in the paper) or ``"adam"``."""
+    learning_rate: float = 0.05
+    """Step size (the paper: 0.05)."""
+    momentum: float = 0.9
+    """SGD momentum (the paper: 0.9); unused by Adam."""
+    clip_controller: float | None = 5.0
+    """The gradient norm of the controller's parameters is clipped to this (the paper: 5; the
+    authors' scripts: 2). ``None``: no clipping."""
+    clip_baseline: float | None = 2.0
+    """The same for the baseline LSTM's parameters (the paper: 2; the authors' scripts: 5)."""
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.name!r}; choose one of: {', '.join(OPTIMIZERS)}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be a positive number, not {self.learning_rate}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), not {self.momentum}")
+        for name in ("clip_controller", "clip_baseline"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive or None, not {value}")
+
+
+@dataclass
+class EvaluationConfig:
+    """Greedy evaluation on fresh instances, and what "solved" means.
+
+    >>> EvaluationConfig(multipliers=(2, 5))
+    Traceback (most recent call last):
+    ...
+    ValueError: multipliers must start with 1 (the training length), not (2, 5)
+    """
+
+    multipliers: tuple[int, ...] = (1, 2, 5, 10)
+    """Test lengths, as multiples of the training length (the top curriculum complexity)."""
+    instances: int = 1000
+    """Fresh instances per test length in the final evaluation."""
+    every: int = 50
+    """Once the curriculum is at its top level, evaluate greedily at the training length every
+    this many updates, to find out when the task is solved."""
+    check_instances: int = 200
+    """Instances of those periodic evaluations (the final one uses ``instances``)."""
+    solved_accuracy: float = 0.99
+    """"Solved": the curriculum is at its top level and the greedy exact-sequence accuracy at the
+    training length is at least this."""
+
+    def __post_init__(self) -> None:
+        self.multipliers = tuple(int(m) for m in self.multipliers)
+        if not self.multipliers or self.multipliers[0] != 1 or any(m < 1 for m in self.multipliers):
+            raise ValueError(f"multipliers must start with 1 (the training length), not {self.multipliers}")
+        for name in ("instances", "every", "check_instances"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if not 0.0 < self.solved_accuracy <= 1.0:
+            raise ValueError(f"solved_accuracy must be in (0, 1], not {self.solved_accuracy}")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on: equal configs and seeds give equal runs.
+
+    >>> TrainConfig(task="copy", batch_size=10, rollouts_per_input=4)
+    Traceback (most recent call last):
+    ...
+    ValueError: batch_size (10) must be a multiple of rollouts_per_input (4)
+    """
+
+    task: str = "copy"
+    """The task (a name of :data:`~rlntm_demo.tasks.TASKS`)."""
+    controller: str = "direct"
+    """``"lstm"``, ``"direct"`` or ``"feedforward"``; overrides ``model.controller``."""
+    preset: str = "custom"
+    """The preset this config started from (recorded, not used)."""
+    seed: int = 0
+    """Seeds the weights, the instances and the sampled actions."""
+    max_updates: int = 20_000
+    """Stop after this many parameter updates (the paper: tasks are solved within 20,000 or never)."""
+    batch_size: int = 200
+    """Episodes per update (the paper: 200; the authors' scripts: 300)."""
+    rollouts_per_input: int = 1
+    """Rollouts of each input in a batch; with 2 or more, each rollout's advantage is reduced by
+    the leave-one-out mean of the others' (:func:`~rlntm_demo.objective.leave_one_out`)."""
+    num_symbols: int | None = None
+    """Data symbols the inputs are drawn from; ``None``: the task's default (30, or base 3 for
+    addition)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The model; ``controller`` and ``interfaces`` are taken from this config and the task."""
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    """Returns (reward-to-go by default)."""
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    """Optimizer and gradient clipping."""
+    curriculum: CurriculumConfig = field(default_factory=lambda: CurriculumConfig(max_level=20))
+    """The curriculum; ``max_level`` is the training length (presets take it from the task)."""
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    """Greedy evaluation and the "solved" criterion."""
+    checkpoint_every: int = 100
+    """Save a checkpoint every this many updates (and always at the end, on Ctrl-C, on solving)."""
+    stop_when_solved: bool = True
+    """End the run as soon as the task is solved."""
+    tensorboard: bool = False
+    """Also log the metrics to TensorBoard (needs the ``tensorboard`` package)."""
+
+    def __post_init__(self) -> None:
+        from .tasks import TASKS  # tasks imports this module's symbols
+
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; choose one of: {', '.join(TASKS)}")
+        if self.controller not in CONTROLLERS:
+            raise ValueError(f"unknown controller {self.controller!r}; choose one of: {', '.join(CONTROLLERS)}")
+        for name in ("max_updates", "batch_size", "rollouts_per_input", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.batch_size % self.rollouts_per_input:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of rollouts_per_input ({self.rollouts_per_input})"
+            )
+        if self.num_symbols is not None:
+            self.task_instance()  # the task validates it
+        if self.model.controller != self.controller or self.model.interfaces != TASKS[self.task].interfaces:
+            self.model = dataclasses.replace(self.model, controller=self.controller, interfaces=TASKS[self.task].interfaces)
+
+    @property
+    def inputs_per_update(self) -> int:
+        """Distinct inputs per update: ``batch_size // rollouts_per_input``."""
+        return self.batch_size // self.rollouts_per_input
+
+    def task_instance(self) -> Any:
+        """The :class:`~rlntm_demo.tasks.Task` this config trains on."""
+        from .tasks import TASKS
+
+        options = {} if self.num_symbols is None else {"num_symbols": self.num_symbols}
+        return TASKS[self.task](**options)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested values (JSON-ready; also what checkpoints store)."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

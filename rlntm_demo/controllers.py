@@ -157,7 +157,7 @@ class Controller(nn.Module):
 
     def prediction_weights(self) -> tuple[torch.Tensor, torch.Tensor, int]:
         """:meth:`prediction_logits` as one linear map and a gate count, for
-        :func:`rlntm_demo.fused.predict`: (weight, bias, gates), where the weight's rows beyond the
+        :func:`rlntm_demo.fast.fused.predict`: (weight, bias, gates), where the weight's rows beyond the
         first ``NUM_SYMBOLS`` are the pre-activations of gates that add the one-hot symbol (the
         first gate) and the memory cell (the second) to the logits."""
         return self.prediction_head.weight, self.prediction_head.bias, 0

@@ -36,62 +36,13 @@ rest uniform, the remainder C + e), that is 10 / 22.5 / 67.5%; pass
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from .config import CurriculumConfig
+
 __all__ = ["Curriculum", "CurriculumConfig"]
-
-
-@dataclass
-class CurriculumConfig:
-    """The curriculum of Section 7 and Table 3 of the paper.
-
-    >>> CurriculumConfig(max_level=10, probabilities=(0.5, 0.25, 0.5))
-    Traceback (most recent call last):
-    ...
-    ValueError: probabilities must sum to 1, not 1.25
-    """
-
-    max_level: int
-    """The largest complexity, and the level at which C stops growing."""
-    start_level: int = 1
-    """The level C at the start of training, between 1 and ``max_level``."""
-    threshold: float = 0.2
-    """C goes up when the average zero-one error normalized by target length falls strictly below
-    this value, in (0, 1] (the paper: 0.2; the authors' ForwardReverse run used 0.25)."""
-    min_updates_between: int = 100
-    """Refractory period: at least this many parameter updates separate two increases of C (the
-    paper: 100). The count starts at construction, so the first increase waits as long."""
-    probabilities: tuple[float, float, float] = (0.10, 0.25, 0.65)
-    """Probabilities of the three branches of Table 3: uniform over all complexities, uniform over
-    1 .. C + e, exactly C + e. Non-negative, summing to 1."""
-    smoothing: float = 0.0
-    """Decay s in [0, 1) of an exponential moving average of the error, which the rule then
-    compares with the threshold: ``e <- s * e + (1 - s) * error``, reset to 1 after every
-    increase. 0 (the paper) uses each update's error as it is; the authors' code used 0.8."""
-
-    def __post_init__(self) -> None:
-        if self.max_level < 1:
-            raise ValueError(f"max_level must be at least 1, not {self.max_level}")
-        if not 1 <= self.start_level <= self.max_level:
-            raise ValueError(f"start_level must be in [1, max_level = {self.max_level}], not {self.start_level}")
-        if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in (0, 1], not {self.threshold}")
-        if self.min_updates_between < 0:
-            raise ValueError(f"min_updates_between must be at least 0, not {self.min_updates_between}")
-        probabilities = tuple(float(p) for p in self.probabilities)
-        if len(probabilities) != 3:
-            raise ValueError(f"probabilities must have 3 entries (one per branch), not {len(probabilities)}")
-        if any(not p >= 0.0 for p in probabilities):
-            raise ValueError(f"probabilities must be non-negative, not {probabilities}")
-        if not math.isclose(sum(probabilities), 1.0, rel_tol=0.0, abs_tol=1e-9):
-            raise ValueError(f"probabilities must sum to 1, not {sum(probabilities):g}")
-        self.probabilities = probabilities  # type: ignore[assignment]
-        if not 0.0 <= self.smoothing < 1.0:
-            raise ValueError(f"smoothing must be in [0, 1), not {self.smoothing}")
 
 
 class Curriculum:

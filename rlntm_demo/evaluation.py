@@ -85,7 +85,9 @@ def evaluate(
     """Greedy decoding on fresh instances at multiples of the training length.
 
     The instances come from their own generator, seeded by ``seed`` and the multiplier, so an
-    evaluation never touches the random streams of training.
+    evaluation never touches the random streams of training. The memory tape grows with the
+    instances (:meth:`~rlntm_demo.model.RLNTM.memory_cells_for`): the 30 cells of training hold
+    no ForwardReverse input longer than 30 symbols, so 2x the training length could not succeed.
 
     Arguments:
         model: the model (left in the mode it was in).
@@ -109,7 +111,7 @@ def evaluate(
             size = min(chunk, remaining)
             remaining -= size
             batch = task.sample(complexity, size, generator)
-            rollout = model.run_episode(batch, greedy=True)
+            rollout = model.run_episode(batch, greedy=True, memory_cells=model.memory_cells_for(batch))
             errors = row_errors(rollout, batch)
             exact += int((errors == 0).sum())
             correct += int((batch.target_len - errors).clamp(min=0).sum())

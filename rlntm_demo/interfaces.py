@@ -23,10 +23,9 @@ in the authors' code, so every memory move is always feasible.
 **Memory writes** are differentiable. :class:`MemoryTape` is the plain version: the controller's
 new value for the current cell is blended in with a one-hot mask of the head, building a new
 tensor at every step, so autograd sees every write. That touches every cell at every step, forward
-and backward; :class:`FastMemoryTape` computes the same values and gradients while touching only
-the cells read and written: it overwrites one buffer in place and carries the gradient of the whole
-tape through its own backward functions. :class:`~rlntm_demo.model.RLNTM` does the same inside its
-fused step (:mod:`rlntm_demo.fused`), where the tape's gradient travels with the LSTM state's.
+and backward; :class:`~rlntm_demo.model.RLNTM`'s fused step (:mod:`rlntm_demo.fast.fused`) computes the
+same values and gradients while touching only the cells read and written: it overwrites one
+buffer in place, and the gradient of the whole tape travels with the LSTM state's.
 
 **Output.** The output tape holds the position of the next target. Predicting emits the
 controller's prediction for that target and advances. A prediction is *forced* when the targets
@@ -51,7 +50,6 @@ __all__ = [
     "InputTape",
     "MOVE_LEFT",
     "MOVE_RIGHT",
-    "FastMemoryTape",
     "MemoryTape",
     "OUTPUT_PREDICT",
     "OUTPUT_STAY",
@@ -234,112 +232,3 @@ class OutputTape:
             raise ValueError("an output decision was infeasible (a forced or forbidden prediction)")
         self.position = self.position + (action.long() == OUTPUT_PREDICT).long()
         self.step += 1
-
-
-class FastMemoryTape:
-    """The memory of :class:`MemoryTape`, at a cost per step proportional to the cells touched.
-
-    The values live in one buffer, overwritten in place outside autograd. Differentiability comes
-    from two autograd functions chained by a *token*: every read and write takes the token of the
-    previous operation and returns a new one, so backward visits them in exactly the reverse
-    order. The token's gradient is the gradient with respect to the whole tape as it was at that
-    point: a read adds its output's gradient into the cells it read, a write hands the gradient of
-    its cell to the written value and clears it (the old content did not survive the write).
-    Reads return copies, so earlier results never change. Nothing is saved for a second
-    differentiation (``create_graph`` raises).
-
-    Arguments:
-        batch_size, cells, width, dtype: as for :class:`MemoryTape` (the tape starts at zero).
-
-    >>> tape = FastMemoryTape(1, cells=2, width=1, dtype=torch.float64)
-    >>> value = torch.tensor([[3.0]], dtype=torch.float64, requires_grad=True)
-    >>> tape.write(value, torch.tensor([True]))
-    >>> tape.move(torch.tensor([MOVE_RIGHT]))
-    >>> read = tape.read([-1, 0])  # cell 0 holds 3, cell 1 is empty
-    >>> read[0, :, 0].tolist()
-    [3.0, 0.0]
-    >>> (2 * read).sum().backward(); value.grad.tolist()
-    [[2.0]]
-    """
-
-    num_moves = 3
-
-    def __init__(self, batch_size: int, cells: int, width: int, *, dtype: torch.dtype | None = None) -> None:
-        self.values = torch.zeros(batch_size, cells, width, dtype=dtype)
-        self.head = torch.zeros(batch_size, dtype=torch.long)
-        # Cells are addressed by their row of the flattened (B * cells, width) buffer: plain
-        # index_select / index_copy_ are much cheaper than advanced indexing.
-        self._flat = self.values.view(batch_size * cells, width)
-        self._first = torch.arange(batch_size) * cells
-        self._offsets: dict[tuple[int, ...], torch.Tensor] = {}
-        self.token: torch.Tensor | None = None
-
-    @property
-    def cells(self) -> int:
-        """Number of cells."""
-        return int(self.values.shape[1])
-
-    def read(self, offsets: list[int]) -> torch.Tensor:
-        """Cells ``head + offset`` (wrapping around) for each offset: (B, len(offsets), width)."""
-        key = tuple(offsets)
-        if key not in self._offsets:
-            self._offsets[key] = torch.tensor(offsets)
-        index = (self._first[:, None] + (self.head[:, None] + self._offsets[key]) % self.cells).view(-1)
-        if self.token is None:  # nothing written yet: the tape is a constant
-            return self._flat.index_select(0, index).view(self.values.shape[0], len(offsets), -1)
-        read, self.token = _Read.apply(self.token, self._flat, index, len(offsets))
-        return read
-
-    def write(self, value: torch.Tensor, rows: torch.Tensor) -> None:
-        """Replace the current cell by ``value`` (B, width) in the rows where ``rows`` is True."""
-        token = self.token if self.token is not None else _token(self.values)
-        self.token = _Write.apply(token, value, self._flat, self._first + self.head, rows)
-
-    def move(self, action: torch.Tensor) -> None:
-        """Move every head by ``action - 1``, wrapping around."""
-        self.head = (self.head + _displacement(action)) % self.cells
-
-
-def _token(values: torch.Tensor) -> torch.Tensor:
-    # Only the token's shape matters (its gradient is the tape's); no memory is allocated.
-    return values.new_zeros(()).expand(values.shape)
-
-
-class _Read(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, token, flat, index, count):  # type: ignore[no-untyped-def, override]
-        ctx.set_materialize_grads(False)
-        ctx.index = index
-        ctx.shape = token.shape
-        return flat.index_select(0, index).view(ctx.shape[0], count, -1), _token(token)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_read, grad_tape):  # type: ignore[no-untyped-def, override]
-        if grad_read is not None:
-            if grad_tape is None:
-                grad_tape = grad_read.new_zeros(ctx.shape)
-            # index_add_ accumulates: a window wider than the tape reads some cells twice.
-            grad_tape.view(-1, ctx.shape[2]).index_add_(0, ctx.index, grad_read.reshape(-1, ctx.shape[2]))
-        return grad_tape, None, None, None
-
-
-class _Write(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, token, value, flat, index, live):  # type: ignore[no-untyped-def, override]
-        ctx.set_materialize_grads(False)
-        flat.index_copy_(0, index, torch.where(live[:, None], value.detach(), flat.index_select(0, index)))
-        ctx.index = index
-        ctx.live = live
-        return _token(token)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_tape):  # type: ignore[no-untyped-def, override]
-        if grad_tape is None:
-            return None, None, None, None, None
-        flat = grad_tape.view(-1, grad_tape.shape[2])
-        current = flat.index_select(0, ctx.index)
-        grad_value = torch.where(ctx.live[:, None], current, torch.zeros_like(current))
-        flat.index_copy_(0, ctx.index, current - grad_value)
-        return grad_tape, grad_value, None, None, None

@@ -56,6 +56,7 @@ action sequence; :attr:`Losses.entropy` is that term, for the exact check's obje
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -67,7 +68,9 @@ if TYPE_CHECKING:
     from .model import Rollout
 
 __all__ = [
+    "LossTerms",
     "Losses",
+    "advantages",
     "baseline_loss",
     "entropy_rewards",
     "episode_losses",
@@ -120,17 +123,16 @@ def total_return(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def returns(rewards: torch.Tensor, mask: torch.Tensor, config: ObjectiveConfig) -> torch.Tensor:
-    """The returns that reinforce each step's actions, as ``config.returns`` says.
-
-    With the deliberate bug ``"reward-to-go-off-by-one"``, ``R_{t+1}`` instead of ``R_t``: the
-    reward of the step itself is left out, although that step's output decision caused it.
-    """
+    """The returns that reinforce each step's actions, as ``config.returns`` says."""
     if config.returns == "total":
         return total_return(rewards, mask)
-    to_go = reward_to_go(rewards, mask)
-    if config.bug == "reward-to-go-off-by-one":
-        return torch.cat([to_go[:, 1:], torch.zeros_like(to_go[:, :1])], 1) * mask
-    return to_go
+    return reward_to_go(rewards, mask)
+
+
+def advantages(returns: torch.Tensor, baselines: torch.Tensor) -> torch.Tensor:
+    """``R_t - b_t``, detached: the surrogate's weights are constants, so that REINFORCE trains
+    the policy only (the baseline has its own loss, :func:`baseline_loss`)."""
+    return (returns - baselines).detach()
 
 
 def leave_one_out(values: torch.Tensor, mask: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -241,6 +243,19 @@ def episode_objective(rollout: Rollout) -> torch.Tensor:
     return (rollout.rewards * rollout.mask).sum(1)
 
 
+@dataclass(frozen=True)
+class LossTerms:
+    """The functions :func:`episode_losses` puts together, as one value: a deliberate bug
+    (:mod:`rlntm_demo.bugs`) is this with one of them replaced."""
+
+    returns: Callable[[torch.Tensor, torch.Tensor, ObjectiveConfig], torch.Tensor] = returns
+    """The returns ``R_t`` from the rewards and the mask (:func:`returns`)."""
+    advantages: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = advantages
+    """``R_t - b_t`` as the surrogate weighs it (:func:`advantages`)."""
+    pathwise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = pathwise_loss
+    """The part trained by backpropagation (:func:`pathwise_loss`)."""
+
+
 @dataclass
 class Losses:
     """The per-row parts of the loss of a batch of episodes, each of shape (B,)."""
@@ -265,15 +280,17 @@ class Losses:
         return self.policy + self.pathwise + self.baseline
 
 
-def episode_losses(rollout: Rollout, config: ObjectiveConfig | None = None, *, group_size: int = 1) -> Losses:
+def episode_losses(rollout: Rollout, config: ObjectiveConfig | None = None, *, group_size: int = 1,
+                   terms: LossTerms = LossTerms()) -> Losses:
     """Every part of the loss of a batch of episodes.
 
     Arguments:
         rollout: what :meth:`~rlntm_demo.model.RLNTM.run_episode` returned.
-        config: returns and (for the tests of the exact check) a deliberate bug.
+        config: the returns and the entropy bonus.
         group_size: with more than 1, the rows are groups of this many rollouts of one input, and
             each row's advantage ``R_t - b_t`` is further reduced by the :func:`leave_one_out`
             mean of the others' ``R_t - b_t``.
+        terms: the functions used (the tests of the exact check replace one with a deliberate bug).
 
     Returns:
         :class:`Losses`; average ``losses.total`` over the rows to train (the paper normalizes
@@ -284,22 +301,16 @@ def episode_losses(rollout: Rollout, config: ObjectiveConfig | None = None, *, g
     bonus = entropy_rewards(rollout.log_probs, mask, config.entropy_bonus)
     # The bonus is reinforced like any reward; its own pathwise gradient, -beta grad log p(a_t),
     # has expectation zero given the step's past, so it is left out (the exact check agrees).
-    r = returns(rollout.rewards + bonus.detach(), mask, config)
+    r = terms.returns(rollout.rewards + bonus.detach(), mask, config)
     baselines = rollout.baselines
-    if config.bug == "baseline-not-detached":
-        advantages = r.detach() - baselines  # deliberately wrong: the surrogate trains the baseline
-    else:
-        advantages = (r - baselines).detach()
+    weights = terms.advantages(r, baselines)
     if group_size > 1:
-        advantages = advantages - leave_one_out(advantages, mask, group_size)
-    pathwise = pathwise_loss(rollout.rewards, mask)
-    if config.bug == "missing-pathwise-term":
-        pathwise = torch.zeros_like(pathwise)  # deliberately wrong: predictions get no gradient
+        weights = weights - leave_one_out(weights, mask, group_size)
     return Losses(
         objective=episode_objective(rollout),
         entropy=bonus.sum(1),
-        policy=policy_surrogate(rollout.log_probs, advantages, mask),
-        pathwise=pathwise,
+        policy=policy_surrogate(rollout.log_probs, weights, mask),
+        pathwise=terms.pathwise(rollout.rewards, mask),
         baseline=baseline_loss(r, baselines, mask),
         returns=r.detach(),
     )

@@ -1,9 +1,10 @@
 """The training configuration and its three presets: ``paper``, ``authors`` and ``fast``.
 
-A run is fully described by a :class:`TrainConfig` and nothing else: the task, the controller,
+A run is fully described by a :class:`~rlntm_demo.config.TrainConfig` (defined in
+:mod:`rlntm_demo.config` with the other configs, and importable from here) and nothing else: the task, the controller,
 the seed, the model, the objective, the optimizer, the curriculum and the evaluation. A preset is a
 function of the task and the controller that fills one in; a file (JSON or TOML, the same nesting
-as :meth:`TrainConfig.to_dict`) and ``section.field=value`` overrides then change any field.
+as :meth:`~rlntm_demo.config.TrainConfig.to_dict`) and ``section.field=value`` overrides then change any field.
 
 =====================  =============================  ==============================  ===============================
                        ``paper``                      ``authors``                     ``fast``
@@ -40,16 +41,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import tomllib
 import typing
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import CONTROLLERS, ModelConfig, ObjectiveConfig
-from .curriculum import CurriculumConfig
+# The configs live in :mod:`rlntm_demo.config`; they are imported here too, where they were first.
+from .config import (
+    CONTROLLERS,
+    OPTIMIZERS,
+    EvaluationConfig,
+    OptimizerConfig,
+    TrainConfig,
+)
 from .tasks import TASKS
 
 __all__ = [
@@ -63,164 +68,6 @@ __all__ = [
     "load_config_file",
     "make_config",
 ]
-
-OPTIMIZERS = ("sgd", "adam")
-"""Optimizer names."""
-
-
-@dataclass
-class OptimizerConfig:
-    """How gradients become parameter updates.
-
-    >>> OptimizerConfig(name="rmsprop")
-    Traceback (most recent call last):
-    ...
-    ValueError: unknown optimizer 'rmsprop'; choose one of: sgd, adam
-    """
-
-    name: str = "sgd"
-    """``"sgd"`` (with momentum, as in the paper) or ``"adam"``."""
-    learning_rate: float = 0.05
-    """Step size (the paper: 0.05)."""
-    momentum: float = 0.9
-    """SGD momentum (the paper: 0.9); unused by Adam."""
-    clip_controller: float | None = 5.0
-    """The gradient norm of the controller's parameters is clipped to this (the paper: 5; the
-    authors' scripts: 2). ``None``: no clipping."""
-    clip_baseline: float | None = 2.0
-    """The same for the baseline LSTM's parameters (the paper: 2; the authors' scripts: 5)."""
-
-    def __post_init__(self) -> None:
-        if self.name not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.name!r}; choose one of: {', '.join(OPTIMIZERS)}")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ValueError(f"learning_rate must be a positive number, not {self.learning_rate}")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), not {self.momentum}")
-        for name in ("clip_controller", "clip_baseline"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be positive or None, not {value}")
-
-
-@dataclass
-class EvaluationConfig:
-    """Greedy evaluation on fresh instances, and what "solved" means.
-
-    >>> EvaluationConfig(multipliers=(2, 5))
-    Traceback (most recent call last):
-    ...
-    ValueError: multipliers must start with 1 (the training length), not (2, 5)
-    """
-
-    multipliers: tuple[int, ...] = (1, 2, 5, 10)
-    """Test lengths, as multiples of the training length (the top curriculum complexity)."""
-    instances: int = 1000
-    """Fresh instances per test length in the final evaluation."""
-    every: int = 50
-    """Once the curriculum is at its top level, evaluate greedily at the training length every
-    this many updates, to find out when the task is solved."""
-    check_instances: int = 200
-    """Instances of those periodic evaluations (the final one uses ``instances``)."""
-    solved_accuracy: float = 0.99
-    """"Solved": the curriculum is at its top level and the greedy exact-sequence accuracy at the
-    training length is at least this."""
-
-    def __post_init__(self) -> None:
-        self.multipliers = tuple(int(m) for m in self.multipliers)
-        if not self.multipliers or self.multipliers[0] != 1 or any(m < 1 for m in self.multipliers):
-            raise ValueError(f"multipliers must start with 1 (the training length), not {self.multipliers}")
-        for name in ("instances", "every", "check_instances"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
-        if not 0.0 < self.solved_accuracy <= 1.0:
-            raise ValueError(f"solved_accuracy must be in (0, 1], not {self.solved_accuracy}")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on: equal configs and seeds give equal runs.
-
-    >>> TrainConfig(task="copy", batch_size=10, rollouts_per_input=4)
-    Traceback (most recent call last):
-    ...
-    ValueError: batch_size (10) must be a multiple of rollouts_per_input (4)
-    """
-
-    task: str = "copy"
-    """The task (a name of :data:`~rlntm_demo.tasks.TASKS`)."""
-    controller: str = "direct"
-    """``"lstm"``, ``"direct"`` or ``"feedforward"``; overrides ``model.controller``."""
-    preset: str = "custom"
-    """The preset this config started from (recorded, not used)."""
-    seed: int = 0
-    """Seeds the weights, the instances and the sampled actions."""
-    max_updates: int = 20_000
-    """Stop after this many parameter updates (the paper: tasks are solved within 20,000 or never)."""
-    batch_size: int = 200
-    """Episodes per update (the paper: 200; the authors' scripts: 300)."""
-    rollouts_per_input: int = 1
-    """Rollouts of each input in a batch; with 2 or more, each rollout's advantage is reduced by
-    the leave-one-out mean of the others' (:func:`~rlntm_demo.objective.leave_one_out`)."""
-    num_symbols: int | None = None
-    """Data symbols the inputs are drawn from; ``None``: the task's default (30, or base 3 for
-    addition)."""
-    model: ModelConfig = field(default_factory=ModelConfig)
-    """The model; ``controller`` and ``interfaces`` are taken from this config and the task."""
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    """Returns (reward-to-go by default)."""
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    """Optimizer and gradient clipping."""
-    curriculum: CurriculumConfig = field(default_factory=lambda: CurriculumConfig(max_level=20))
-    """The curriculum; ``max_level`` is the training length (presets take it from the task)."""
-    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-    """Greedy evaluation and the "solved" criterion."""
-    checkpoint_every: int = 100
-    """Save a checkpoint every this many updates (and always at the end, on Ctrl-C, on solving)."""
-    stop_when_solved: bool = True
-    """End the run as soon as the task is solved."""
-    tensorboard: bool = False
-    """Also log the metrics to TensorBoard (needs the ``tensorboard`` package)."""
-
-    def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"unknown task {self.task!r}; choose one of: {', '.join(TASKS)}")
-        if self.controller not in CONTROLLERS:
-            raise ValueError(f"unknown controller {self.controller!r}; choose one of: {', '.join(CONTROLLERS)}")
-        for name in ("max_updates", "batch_size", "rollouts_per_input", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
-        if self.batch_size % self.rollouts_per_input:
-            raise ValueError(
-                f"batch_size ({self.batch_size}) must be a multiple of rollouts_per_input ({self.rollouts_per_input})"
-            )
-        if self.num_symbols is not None:
-            self.task_instance()  # the task validates it
-        if self.model.controller != self.controller or self.model.interfaces != TASKS[self.task].interfaces:
-            self.model = dataclasses.replace(self.model, controller=self.controller, interfaces=TASKS[self.task].interfaces)
-
-    @property
-    def inputs_per_update(self) -> int:
-        """Distinct inputs per update: ``batch_size // rollouts_per_input``."""
-        return self.batch_size // self.rollouts_per_input
-
-    def task_instance(self) -> Any:
-        """The :class:`~rlntm_demo.tasks.Task` this config trains on."""
-        options = {} if self.num_symbols is None else {"num_symbols": self.num_symbols}
-        return TASKS[self.task](**options)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain nested values (JSON-ready; also what checkpoints store)."""
-        return _plain(dataclasses.asdict(self))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
 
 def _build(cls: type, data: dict[str, Any], path: str) -> Any:
     """A ``cls`` dataclass from nested plain values, refusing unknown keys."""
@@ -242,11 +89,19 @@ def _build(cls: type, data: dict[str, Any], path: str) -> Any:
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    """A :class:`TrainConfig` from :meth:`TrainConfig.to_dict`'s output (missing keys: defaults).
+    """A :class:`~rlntm_demo.config.TrainConfig` from :meth:`~rlntm_demo.config.TrainConfig.to_dict`'s
+    output (missing keys: defaults).
+
+    Checkpoints written before the deliberate bugs left the configs (:mod:`rlntm_demo.bugs`)
+    record ``model.bug`` and ``objective.bug`` as null; those keys are dropped.
 
     Raises:
         ValueError: an unknown key (the message lists the valid ones) or an invalid value.
     """
+    data = dict(data)
+    for section in ("model", "objective"):
+        if isinstance(data.get(section), dict) and "bug" in data[section] and data[section]["bug"] is None:
+            data[section] = {key: value for key, value in data[section].items() if key != "bug"}
     return _build(TrainConfig, data, "")
 
 

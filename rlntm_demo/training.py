@@ -51,7 +51,8 @@ from .evaluation import LengthResult, evaluate, row_errors
 from .metrics import MetricsLog
 from .model import RLNTM
 from .objective import episode_losses
-from .presets import TrainConfig, apply_overrides, config_from_dict
+from .config import TrainConfig
+from .presets import apply_overrides, config_from_dict
 
 __all__ = ["CHECKPOINT_FORMAT", "RunExistsError", "Trainer", "TrainingDiverged", "resume", "train"]
 

@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from rlntm_demo import native
+from rlntm_demo.fast import native
 from rlntm_demo.bench import run_benchmark
 
 

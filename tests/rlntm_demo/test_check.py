@@ -9,10 +9,8 @@ from rlntm_demo.config import CONTROLLERS
 from rlntm_demo.tasks import TASKS
 
 
-@pytest.mark.parametrize("controller", CONTROLLERS)
-@pytest.mark.parametrize("task_name", list(TASKS))
-def test_every_task_and_controller_passes(task_name: str, controller: str) -> None:
-    policy, baseline = check_model(task_name, controller)
+def check_passes(task_name: str, controller: str, step_impl: str) -> None:
+    policy, baseline = check_model(task_name, controller, step_impl=step_impl)
     for report in (policy, baseline):
         assert report.ok, str(report)
         assert report.max_rel_error < 1e-8
@@ -25,6 +23,18 @@ def test_every_task_and_controller_passes(task_name: str, controller: str) -> No
     assert all(name.startswith("baseline.") for name in (p.name for p in baseline.parameters))
     if TASKS[task_name].interfaces.memory:
         assert any("value_head" in p.name for p in policy.parameters)
+
+
+@pytest.mark.parametrize("controller", CONTROLLERS)
+@pytest.mark.parametrize("task_name", list(TASKS))
+def test_every_task_and_controller_passes_with_the_reference_step(task_name: str, controller: str) -> None:
+    """The reference step defines the model (``test_reference.py`` holds the fast one equal to it)."""
+    check_passes(task_name, controller, "reference")
+
+
+@pytest.mark.parametrize("controller", CONTROLLERS)
+def test_the_fast_step_passes_too(controller: str) -> None:
+    check_passes("forward-reverse", controller, "fast")
 
 
 def test_check_sizes_cover_every_task() -> None:

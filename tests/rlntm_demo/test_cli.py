@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -150,3 +151,57 @@ def test_interrupted_training_exits_130(tmp_path: Path, monkeypatch: pytest.Monk
     argv = ["train", "--task", "copy", "--controller", "direct", "--preset", "fast", "--out", str(tmp_path), *TINY]
     assert main(argv) == EXIT_INTERRUPTED
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "interrupted"
+
+
+def test_build_prints_where_the_native_loop_is(capsys: pytest.CaptureFixture[str]) -> None:
+    from rlntm_demo.fast import native
+
+    assert main(["build"]) == EXIT_OK
+    out = capsys.readouterr().out.strip()
+    assert out == f"native step loop: {native.build().__file__}" and out.endswith(".so")
+
+
+def test_build_without_a_compiler_says_so_and_exits_1(tmp_path: Path) -> None:
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path), "CXX": "no-such-c++"}
+    result = subprocess.run([sys.executable, "-m", "rlntm_demo", "build"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == EXIT_MISMATCH
+    assert "the native step loop could not be built: no C++ compiler: 'no-such-c++' is not on the PATH" in result.stderr
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """Every ``rlntm-demo`` command line in the README, the docs and the examples, joined across
+    backslash continuations, with the file it is in."""
+    files = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.rst")), *sorted((ROOT / "examples").glob("*.py"))]
+    commands = []
+    for path in files:
+        text = path.read_text().replace("\\\n", " ")
+        commands += [(path.name, line[line.index("rlntm-demo"):]) for line in text.splitlines() if "rlntm-demo " in line]
+    return commands
+
+
+def test_documented_commands_write_under_runs_and_never_into_the_repository_root() -> None:
+    """``runs/`` is ignored by git; ``docs/`` holds the regenerated figures and tables the docs show."""
+    outputs = []
+    for where, command in documented_commands():
+        words = command.split()
+        if "--out" in words and words.index("--out") + 1 < len(words):
+            out = words[words.index("--out") + 1].strip("`'\")")
+            outputs.append(out)
+            assert out.startswith(("runs/", "docs/", "{run}/", "ROOT", "DIR", "PNG")), f"{where}: {command}"
+    assert "runs/copy/curves.png" in outputs and "runs/sweep-results" in outputs
+
+
+def test_plot_and_results_write_exactly_where_out_says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "runs" / "copy"
+    argv = ["train", "--task", "copy", "--controller", "direct", "--preset", "fast", "--max-updates", "2", "--out", str(run), *TINY]
+    assert main(argv) == EXIT_OK
+    monkeypatch.chdir(tmp_path)
+    before = {path.name for path in tmp_path.iterdir()}
+    assert main(["plot", "runs/copy", "--out", "runs/copy/curves.png"]) == EXIT_OK
+    assert main(["results", "runs", "--out", "runs/results"]) == EXIT_OK
+    capsys.readouterr()
+    assert {path.name for path in tmp_path.iterdir()} == before == {"runs"}
+    assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "runs" / "results" / "table4.csv").exists()

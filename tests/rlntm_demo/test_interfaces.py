@@ -12,7 +12,6 @@ from rlntm_demo.interfaces import (
     OUTPUT_PREDICT,
     OUTPUT_STAY,
     STAY,
-    FastMemoryTape,
     InputTape,
     MemoryTape,
     OutputTape,
@@ -106,44 +105,3 @@ def test_output_forced_and_forbidden() -> None:
 def test_output_rejects_too_many_targets() -> None:
     with pytest.raises(ValueError, match="more targets than steps"):
         OutputTape(torch.tensor([[4, 1]]), torch.tensor([2]), torch.tensor([1]))
-
-
-def test_fast_memory_matches_plain_memory_values_and_gradients() -> None:
-    """Random writes, moves and reads: the same values and gradients as MemoryTape's."""
-    generator = torch.Generator().manual_seed(0)
-    size, cells, width, steps = 4, 3, 2, 12
-    values = torch.randn(steps, size, width, dtype=torch.float64, generator=generator, requires_grad=True)
-    rows = torch.rand(steps, size, generator=generator) < 0.7
-    moves = torch.randint(0, 3, (steps, size), generator=generator)
-    weights = torch.randn(steps, size, 3, width, dtype=torch.float64, generator=generator)
-
-    def run(fast: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        memory: FastMemoryTape | MemoryTape
-        memory = FastMemoryTape(size, cells, width, dtype=torch.float64) if fast else MemoryTape(size, cells, width, dtype=torch.float64)
-        total = torch.zeros((), dtype=torch.float64)
-        for t in range(steps):
-            if isinstance(memory, FastMemoryTape):
-                read = memory.read([-1, 0, 1])
-            else:
-                read = torch.stack([memory.cell(-1), memory.cell(0), memory.cell(1)], 1)
-            total = total + (read * weights[t]).sum()
-            # The value written depends on what was read, as the controller's write does.
-            memory.write(values[t] + read[:, 1] * read[:, 0], rows[t])
-            memory.move(moves[t])
-        (grad,) = torch.autograd.grad(total, values)
-        return total.detach(), grad
-
-    slow_total, slow_grad = run(False)
-    fast_total, fast_grad = run(True)
-    torch.testing.assert_close(fast_total, slow_total)
-    torch.testing.assert_close(fast_grad, slow_grad)
-
-
-def test_fast_memory_wide_window_reads_a_cell_twice() -> None:
-    memory = FastMemoryTape(1, cells=2, width=1, dtype=torch.float64)
-    value = torch.tensor([[2.0]], dtype=torch.float64, requires_grad=True)
-    memory.write(value, torch.tensor([True]))
-    read = memory.read([-2, -1, 0, 1, 2])  # cells 0, 1, 0, 1, 0
-    assert read[0, :, 0].tolist() == [2.0, 0.0, 2.0, 0.0, 2.0]
-    read.sum().backward()
-    assert value.grad is not None and value.grad.tolist() == [[3.0]]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from rlntm_demo.presets import TrainConfig, config_from_dict, make_config
+from rlntm_demo.config import TrainConfig
+from rlntm_demo.presets import config_from_dict, make_config
 from rlntm_demo.tasks import TASKS
 
 

@@ -5,7 +5,7 @@ their arithmetic, and autograd adds its own cost to every operation it records (
 tensors, and a backward operation or several). So the step loop records only these nodes:
 
 * :class:`_Start`, once per episode: takes every weight the loop uses (as arranged by
-  :class:`~rlntm_demo.model._StepPlan`) and the initial LSTM state, and returns a *token*;
+  :class:`~rlntm_demo.fast.episode._StepPlan`) and the initial LSTM state, and returns a *token*;
 * :class:`_Step`, once per step: the controller (LSTM cell or tanh layer, the baseline LSTM's
   tandem part alongside), the decision logits and probabilities, and the memory write, computed
   with gradient recording off; takes the previous token and returns a new one and the
@@ -17,7 +17,7 @@ tensors, and a backward operation or several). So the step loop records only the
 The tokens chain the nodes, so backward visits them in exactly the reverse order: ``_Finish``,
 the steps from last to first, ``_Start``. A token carries no values; its gradient is the gradient
 with respect to the loop's state after that step: the LSTM's ``h`` and ``c``, and the whole memory
-tape (as :class:`~rlntm_demo.interfaces.FastMemoryTape` does), in one flat buffer that each step's
+tape, in one flat buffer that each step's
 backward updates in place and hands on. The gradients with respect to the weights are accumulated
 by the steps' backward into buffers of the pass (the decision logits' part, which does not depend
 on the recursion, in one product over all steps), and ``_Start``'s backward, which autograd runs
@@ -29,14 +29,14 @@ The episode also keeps the heads' course (:meth:`Episode.set_course`): the table
 :meth:`~rlntm_demo.model.RLNTM.run_episode`, from which :meth:`Episode.step` finds what each row
 reads and may decide, and :meth:`Episode.advance` records the sampled decisions and moves the heads;
 between the two, the model samples with ``torch.multinomial``. :func:`new_episode` returns the C++
-twin of this class where :mod:`rlntm_demo.native` is built: the same methods and values (up to
+twin of this class where :mod:`rlntm_demo.fast.native` is built: the same methods and values (up to
 rounding), without Python inside a step or its backward pass.
 
-The maths is that of the controller's per-step methods and
-:class:`~rlntm_demo.interfaces.MemoryTape`; ``tests/rlntm_demo/test_fused.py`` compares values
-and gradients (of every output, the probabilities included) with plain autograd in float64, and
-the exact check compares the whole model's gradient with the exact one. Nothing is saved for a
-second differentiation (``create_graph`` raises).
+The maths is that of :mod:`rlntm_demo.reference` (the controller's per-step methods and
+:class:`~rlntm_demo.interfaces.MemoryTape`); ``tests/rlntm_demo/test_reference.py`` compares values
+and gradients (of every output, the probabilities included) with it in float64, and the exact
+check compares the whole model's gradient with the exact one. Nothing is saved for a second
+differentiation (``create_graph`` raises).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import native
-from .config import NUM_SYMBOLS
+from ..config import NUM_SYMBOLS
 
 __all__ = ["Episode", "argmax_last", "finish", "new_episode", "read_tape", "start"]
 
@@ -80,8 +80,8 @@ class Episode:
         memory_cells, width: the memory tape (``memory_cells`` 0 for none).
         direct: the direct-access write (gated one-hot symbol and neighbour cells).
         grad: save what backward needs.
-        want_windows: :meth:`stacked` also returns the memory windows read (for the reference
-            baseline of the deliberate bugs).
+        want_windows: :meth:`stacked` also returns the memory windows read (for a baseline LSTM
+            run after the episode: :attr:`~rlntm_demo.model.RLNTM.fuses_baseline`).
     """
 
     def __init__(
@@ -145,7 +145,7 @@ class Episode:
         """Keep the weights and the initial state, and build the lookup tables.
 
         The weights' columns come in the plan's order (each LSTM in torch's gate order, see
-        :class:`~rlntm_demo.model._StepPlan`); this loop regroups them by gate (the layout above)
+        :class:`~rlntm_demo.fast.episode._StepPlan`); this loop regroups them by gate (the layout above)
         and :meth:`backward_start` maps the gradients back."""
         columns = action_table.shape[1]
         order = _gate_major_order(self.units, self.controller_units, columns)
@@ -675,7 +675,7 @@ class _Finish(torch.autograd.Function):
 
 
 def new_episode(**options: Any) -> Any:
-    """An :class:`Episode` with these keyword arguments, or its C++ twin from :mod:`rlntm_demo.native`
+    """An :class:`Episode` with these keyword arguments, or its C++ twin from :mod:`rlntm_demo.fast.native`
     where that is built (the same methods, values and gradients, fewer microseconds per operation)."""
     module = native.extension()
     if module is None:
@@ -686,7 +686,7 @@ def new_episode(**options: Any) -> Any:
 
 def read_tape(baseline: Any, tape: torch.Tensor, tape_len: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """The baseline's pre-reader over the input tapes (:meth:`~rlntm_demo.controllers.OfflineBaseline.read_tape`),
-    in C++ where :mod:`rlntm_demo.native` is built: the same final ``(h, c)`` up to rounding, for
+    in C++ where :mod:`rlntm_demo.fast.native` is built: the same final ``(h, c)`` up to rounding, for
     less than the ``torch.nn.LSTM`` over packed sequences costs at these sizes."""
     module = native.extension()
     if module is None:
@@ -733,7 +733,7 @@ def predict(
     Returns:
         Rewards (B, T): the target's log-probability at the predicting steps, 0 elsewhere
         (differentiable); predictions (B, T) long: the most probable symbol there, -1 elsewhere.
-        One C++ node where :mod:`rlntm_demo.native` is built (fewer operations, forward and
+        One C++ node where :mod:`rlntm_demo.fast.native` is built (fewer operations, forward and
         backward); the same values in torch otherwise.
     """
     module = native.extension()
@@ -759,7 +759,7 @@ def predict(
 
 def argmax_last(values: torch.Tensor) -> torch.Tensor:
     """``values.argmax(-1)`` (the first of equal entries; a NaN counts as the largest), in one C++
-    pass where :mod:`rlntm_demo.native` is built: torch's argmax over a last dimension as short as
+    pass where :mod:`rlntm_demo.fast.native` is built: torch's argmax over a last dimension as short as
     the 35 prediction symbols costs several times more. Not differentiable (an index)."""
     module = native.extension()
     if module is None or values.device.type != "cpu" or values.dtype not in (torch.float32, torch.float64):

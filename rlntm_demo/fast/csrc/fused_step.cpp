@@ -1,4 +1,4 @@
-// The RL-NTM's step loop in C++: the Episode of rlntm_demo/fused.py, whose docstrings are the
+// The RL-NTM's step loop in C++: the Episode of rlntm_demo/fast/fused.py, whose docstrings are the
 // reference for the maths, the layouts and the method names.
 //
 // At the paper's sizes a step costs the number of operations it runs, not their arithmetic. Here a
@@ -6,7 +6,7 @@
 // graph), the heads' bookkeeping and the elementwise arithmetic are plain loops over the step's
 // buffers, and torch runs only the matrix products and the vectorized tanh. Python
 // still draws the samples between steps (torch.multinomial, which the exact check intercepts).
-// rlntm_demo/native.py builds and loads this file; tests/rlntm_demo/test_native.py checks that it
+// rlntm_demo/fast/native.py builds and loads this file; tests/rlntm_demo/fast/test_native.py checks that it
 // agrees with the Python loop up to rounding.
 
 #include <torch/csrc/autograd/function.h>
