@@ -24,7 +24,9 @@ from .exact import (
     ExactGradients,
     bias_contributions,
     exact_gradients,
+    NumericReference,
     finite_differences as finite_difference_checks,
+    numeric_reference,
     sequence_statistics,
 )
 from .report import (
@@ -132,6 +134,46 @@ def _compare(name: str, target: torch.Tensor, estimate: torch.Tensor, rtol: floa
     )
 
 
+def _compare_numeric(
+    names: list[str], reference: NumericReference, exact: ExactGradients, rtol: float, atol: float
+) -> list[ParameterReport]:
+    """E[grad loss] against -grad J by central differences: elementwise where every coordinate was
+    taken, else along the reference's random unit direction."""
+    reports = []
+    for index, name in enumerate(names):
+        estimate = exact.estimate[index]
+        gradient, direction, numeric = reference.gradient[index], reference.direction[index], reference.numeric[index]
+        if gradient is not None:
+            report = _compare(name, gradient, estimate, rtol, atol)
+            report.reference = "central differences"
+            reports.append(report)
+            continue
+        assert direction is not None and numeric is not None
+        along = float((estimate * direction).sum())
+        # The closest reference consistent with what was measured: the estimate, its component
+        # along the direction replaced by the numeric derivative.
+        target = estimate + (numeric - along) * direction
+        difference = abs(numeric - along)
+        failed = difference > atol + rtol * abs(numeric)
+        relative = difference / abs(numeric) if numeric != 0 else (math.inf if failed else 0.0)
+        worst = _compare(name, target, estimate, 0.0, 0.0)
+        reports.append(
+            ParameterReport(
+                name=name,
+                shape=tuple(estimate.shape),
+                target=target,
+                estimate=estimate,
+                mismatches=int(failed),
+                max_abs_error=difference,
+                max_rel_error=relative,
+                worst_abs_index=worst.worst_abs_index,
+                worst_rel_index=worst.worst_abs_index,
+                reference="central differences along a random direction",
+            )
+        )
+    return reports
+
+
 def check_reinforce(
     episode: Callable[..., Any],
     params: Params,
@@ -159,7 +201,11 @@ def check_reinforce(
     .. math:: \sum_a p(a)\, \nabla_\theta \mathrm{loss}(a) = -\nabla_\theta J(\theta)
 
     elementwise within ``atol + rtol * |grad J|``, and central differences of the exact :math:`J`
-    agree with both sides.
+    agree with both sides. When some sampler call ran with gradient recording off
+    (``torch.no_grad()``, ``torch.inference_mode()``: a PPO-style rollout), autograd's -grad J may
+    miss score terms, so central differences of the exact :math:`J` decide instead, within
+    ``fd_atol + fd_rtol * |numeric|``: every coordinate of a tensor of at most 64 elements, one
+    random unit direction of a larger one. ``report.ground_truth`` says which decided.
 
     .. note::
         Everything runs in float64: checked parameters must be float64 (a float32 model is refused
@@ -232,13 +278,25 @@ def check_reinforce(
     runner, exact = enumerate_with(runner, lambda passes: exact_gradients(passes, tensors, variance=variance))
     # One more run of the first sequence: state kept between runs would change what it returns.
     runner.verify_replay()
-    parameters = [_compare(n, t, e, rtol, atol) for n, t, e in zip(names, exact.target, exact.estimate)]
+    # Autograd's -grad J is the reference only when every probability reaching a sampler carried
+    # its gradient; draws made with gradient recording off leave central differences of J to decide.
+    ground_truth = "finite differences" if runner.found.no_grad_calls else "autograd"
+    directional: list[DirectionalCheck] = []
+    numeric: list[torch.Tensor] | None = None
+    if ground_truth == "autograd":
+        parameters = [_compare(n, t, e, rtol, atol) for n, t, e in zip(names, exact.target, exact.estimate)]
+    else:
+        reference = numeric_reference(runner, tensors, step=fd_step, seed=seed)
+        parameters = _compare_numeric(names, reference, exact, fd_rtol, fd_atol)
+    # A sequence's share of the bias needs autograd's gradient of p(a) objective(a): not without it.
     contributions, variances = _attribute(
-        runner, tensors, parameters, exact, top_sequences=top_sequences, variance=variance
+        runner, tensors, parameters, exact, top_sequences=top_sequences if ground_truth == "autograd" else 0,
+        variance=variance,
     )
-    directional, numeric = finite_difference_checks(
-        runner, names, tensors, exact, mode=finite_differences, step=fd_step, rtol=fd_rtol, atol=fd_atol, seed=seed
-    )
+    if ground_truth == "autograd":
+        directional, numeric = finite_difference_checks(
+            runner, names, tensors, exact, mode=finite_differences, step=fd_step, rtol=fd_rtol, atol=fd_atol, seed=seed
+        )
     if variances is not None:
         for p, v in zip(parameters, variances):
             p.variance = v
@@ -251,7 +309,15 @@ def check_reinforce(
         parameters,
         directional,
         contributions,
-        settings=dict(rtol=rtol, atol=atol, fd_mode=finite_differences, fd_rtol=fd_rtol, fd_atol=fd_atol, batched=batched),
+        settings=dict(
+            rtol=rtol,
+            atol=atol,
+            fd_mode=finite_differences,
+            fd_rtol=fd_rtol,
+            fd_atol=fd_atol,
+            batched=batched,
+            ground_truth=ground_truth,
+        ),
         seconds=time.perf_counter() - start,
     )
     if not report.ok and raise_exception:

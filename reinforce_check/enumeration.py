@@ -100,7 +100,8 @@ class Enumeration:
     rows_run: int = 0
     """Episode rows run in all, including rows whose speculated actions proved infeasible."""
     no_grad_calls: int = 0
-    """Sampler calls made under ``torch.no_grad()`` during the enumeration."""
+    """Sampler calls the episode made with gradient recording off (``torch.no_grad()``,
+    ``torch.inference_mode()``) during the enumeration; the runner's own gradient-free runs excluded."""
     outside_calls: int = 0
     """In scoped mode, sampler calls outside @enumerate_actions code (sampled, not enumerated)."""
     scoped: bool = False
@@ -376,14 +377,18 @@ class Runner:
                 "@enumerate_actions too, or leave those parameters out of params."
             )
 
-    def _pass(self, plan: Plan, *, first: bool = False, record_supports: bool = False) -> tuple[Pass, Rows]:
-        """Run one pass of the enumeration and count it."""
+    def _pass(
+        self, plan: Plan, *, first: bool = False, record_supports: bool = False, own_no_grad: bool = False
+    ) -> tuple[Pass, Rows]:
+        """Run one pass of the enumeration and count it. ``own_no_grad``: the runner itself runs the
+        pass without gradient, so its sampler calls say nothing about the episode's."""
         chooser = PrefixChooser(plan, record_supports=record_supports)
         _, objective, loss = self._run(chooser, plan.rows, first=first)
         result = chooser.finish()
         self.passes_run += 1
         self.rows_run += plan.rows
-        self.no_grad_calls += result.no_grad_calls
+        if not own_no_grad:
+            self.no_grad_calls += result.no_grad_calls
         return result, Rows(result.log_prob, objective, loss)
 
     def _finish(self, sequences: _Sequences, *, replay_verified: bool) -> Enumeration:
@@ -544,7 +549,7 @@ class BatchedRunner(Runner):
             # with gradient, as the first row of round 1, which therefore also replays it in another
             # episode call (what verify_replay does in sequential mode) at the cost of one row.
             with torch.no_grad():
-                first, first_rows = self._pass(Plan.free(1), first=True, record_supports=True)
+                first, first_rows = self._pass(Plan.free(1), first=True, record_supports=True, own_no_grad=True)
             pending = [Prefix(first.actions[0].tolist(), first.probs[0].tolist()), *_spawned(first)]
             speculation = Speculation(first.supports, pending, max_sequences=self.max_sequences)
             kept: list[Rows] = []

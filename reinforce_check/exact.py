@@ -27,13 +27,20 @@ from .enumeration import Rows, Runner
 from .report import DirectionalCheck
 
 __all__ = [
+    "COORDINATE_LIMIT",
     "ExactGradients",
+    "NumericReference",
     "SequenceStatistics",
     "bias_contributions",
     "exact_gradients",
     "finite_differences",
+    "numeric_reference",
     "sequence_statistics",
 ]
+
+COORDINATE_LIMIT = 64
+"""Tensors of at most this many elements get every coordinate's central difference when finite
+differences are the ground truth; larger ones get one random unit direction (2 evaluations of J)."""
 
 
 @dataclass
@@ -216,6 +223,61 @@ def finite_differences(
                     )
                 )
         return checks, gradients
+
+
+@dataclass
+class NumericReference:
+    """-grad J by central differences of the exact J, for a check whose autograd reference is unsound.
+
+    For a tensor of at most :data:`COORDINATE_LIMIT` elements, ``gradient`` holds the whole numeric
+    gradient; for a larger one it is None and ``direction`` holds one random unit direction, along
+    which ``numeric`` is the numeric derivative.
+    """
+
+    gradient: list[torch.Tensor | None]
+    direction: list[torch.Tensor | None]
+    numeric: list[float | None]
+    evaluations: int
+    """Evaluations of the exact J spent."""
+
+
+def numeric_reference(
+    runner: Runner, params: Sequence[torch.Tensor], *, step: float, seed: int, coordinate_limit: int = COORDINATE_LIMIT
+) -> NumericReference:
+    """-grad J from central differences of the exact J alone, per parameter tensor.
+
+    Every coordinate of a tensor of at most ``coordinate_limit`` elements (2 evaluations of J each),
+    one random unit direction of a larger one (2 evaluations), drawn from a private generator seeded
+    with ``seed``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    gradients: list[torch.Tensor | None] = []
+    directions: list[torch.Tensor | None] = []
+    numerics: list[float | None] = []
+    evaluations = 0
+    with runner.replaying():
+        for index, p in enumerate(params):
+            shifted: list[torch.Tensor | None] = [None] * len(params)
+            if p.numel() <= coordinate_limit:
+                gradient = torch.zeros_like(p)
+                for flat in range(p.numel()):
+                    unit = torch.zeros_like(p)
+                    unit.reshape(-1)[flat] = 1.0
+                    shifted[index] = unit
+                    gradient.reshape(-1)[flat] = _shifted_objective(runner, params, shifted, step)
+                    evaluations += 2
+                gradients.append(gradient)
+                directions.append(None)
+                numerics.append(None)
+            else:
+                v = torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p)
+                v = v / v.norm().clamp_min(1e-300)
+                shifted[index] = v
+                numerics.append(_shifted_objective(runner, params, shifted, step))
+                evaluations += 2
+                gradients.append(None)
+                directions.append(v)
+    return NumericReference(gradients, directions, numerics, evaluations)
 
 
 def _unit(bias: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:

@@ -181,7 +181,12 @@ def _bernoulli(original: Callable[..., torch.Tensor], site: str) -> Callable[...
 def _choose(chooser: Chooser, weights: torch.Tensor, num_samples: int, replacement: bool, site: str) -> torch.Tensor:
     """The chooser's actions for ``weights``, on the device of ``weights``, as torch's samplers
     return them. The chooser's bookkeeping runs on the CPU: a policy on another device (a GPU)
-    hands it a copy, which autograd differentiates back to the device."""
+    hands it a copy, which autograd differentiates back to the device. Weights made under
+    :func:`torch.inference_mode` reach it as an ordinary copy (inference tensors keep no version
+    counter, which the chooser reads to refuse in-place changes); they carry no gradient either way."""
+    if weights.is_inference():
+        with torch.inference_mode(False):
+            weights = weights.clone()
     if weights.device.type == "cpu":
         return chooser.choose(weights, num_samples, replacement, site)
     return chooser.choose(weights.cpu(), num_samples, replacement, site).to(weights.device)
