@@ -231,12 +231,16 @@ def check_reinforce(
         raise_exception: raise :class:`~reinforce_check.ReinforceCheckError` on a mismatch (default);
             with ``False`` the report is returned and ``report.ok`` says whether the check passed.
         batched: call ``episode(batch_size)`` and enumerate in as few batched calls as possible.
-        finite_differences: ``"joint"`` (default): one random unit direction over all parameters, and
-            one per parameter tensor automatically when it disagrees, to name the tensor (2 evaluations
-            of J when the check passes); ``"tensor"``: one random unit direction per parameter tensor
-            always (2 evaluations per tensor); ``"coordinate"``: every coordinate; ``"none"``: skip.
-            Whatever the mode, the implementation's gradient is compared with autograd's exact -grad J
-            element by element; finite differences verify that -grad J itself is right.
+        finite_differences: ``"joint"`` (default): one random unit direction over all parameters (2
+            evaluations of J when the check passes); when it disagrees, the tensors are bisected to
+            name the culprits: one direction over each half, and only halves that disagree are split
+            again, down to single tensors, so d disagreeing tensors among k cost at most
+            ``2 * d * ceil(log2 k)`` more directions rather than k. ``"tensor"``: one random unit
+            direction per parameter tensor always (2 evaluations per tensor); ``"coordinate"``: every
+            coordinate; ``"none"``: skip. Whatever the mode, the implementation's gradient is compared
+            with autograd's exact -grad J element by element; finite differences verify that -grad J
+            itself is right. When draws without gradient make central differences the ground truth,
+            this cross-check is replaced by that comparison, whatever the mode (``"none"`` included).
         fd_step: step of the central differences.
         fd_rtol: relative tolerance of the finite-difference comparison.
         fd_atol: absolute tolerance of the finite-difference comparison.

@@ -146,3 +146,26 @@ def test_batched_check_with_gradient_has_no_draws_without_gradient_note(make_par
     report = check_reinforce(episode, {"theta": theta}, batched=True, rtol=1e-7, atol=1e-10)
     assert report.ok and report.ground_truth == "autograd"
     assert report.notes == []
+
+
+def test_joint_finite_differences_bisect_to_the_disagreeing_tensor(make_param):
+    # Eight tensors add up to the logits; tensor 5 reaches the sampler detached, so J depends on it
+    # but neither autograd nor the loss sees it. The joint direction disagrees, and bisection names
+    # t5 in 1 + 2 * 3 directions instead of 1 + 8 (fd_rtol 1e-5, fd_atol 1e-7).
+    thetas = [make_param(3, seed=20 + i, scale=0.5) for i in range(8)]
+    reward = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
+
+    def episode():
+        dist = Categorical(logits=sum(t.detach() if i == 5 else t for i, t in enumerate(thetas)))
+        action = dist.sample()
+        return reward[action], -dist.log_prob(action) * reward[action]
+
+    report = check_reinforce(
+        episode, {f"t{i}": t for i, t in enumerate(thetas)}, raise_exception=False, fd_rtol=1e-5, fd_atol=1e-7
+    )
+    labels = [c.label for c in report.finite_differences]
+    failing = [c.label for c in report.finite_differences if not c.ok]
+    assert all(p.ok for p in report.parameters)  # autograd and the loss agree: both miss t5
+    assert labels[0] == "all parameters"
+    assert len(labels) == 1 + 2 * 3
+    assert failing == ["all parameters", "4 tensors, t4 to t7", "2 tensors, t4 to t5", "t5"]
