@@ -227,7 +227,13 @@ def check_reinforce(
             an iterable of tensors, or an ``nn.Module``. Leaf float64 tensors that require grad.
         rtol: relative tolerance of the elementwise comparison.
         atol: absolute tolerance of the elementwise comparison.
-        max_sequences: stop with :class:`~reinforce_check.SequenceBudgetError` past this many sequences.
+        max_sequences: stop with :class:`~reinforce_check.SequenceBudgetError` past this many sequences:
+            as soon as the sequences completed plus the prefixes pending exceed it, or, in sequential
+            mode, once Knuth's estimate of the tree's size from the paths walked (the mean product of
+            the numbers of feasible actions along them) is at least 10 times it, after 32 runs and one
+            second, and the same estimate proved right within a factor 2 on a completed subtree of at
+            least 16 sequences. The estimate can be wrong (the walk's paths are not random): a tree
+            within budget that it refuses runs with a ``max_sequences`` above the estimate it states.
         raise_exception: raise :class:`~reinforce_check.ReinforceCheckError` on a mismatch (default);
             with ``False`` the report is returned and ``report.ok`` says whether the check passed.
         batched: call ``episode(batch_size)`` and enumerate in as few batched calls as possible.
