@@ -169,12 +169,9 @@ def _bisect(
     """One random unit direction over the tensors of ``group``; where it disagrees, the same for
     each half of the group, down to single tensors. With d disagreeing tensors among k, at most
     1 + 2 d ceil(log2 k) directions (2 evaluations of J each), instead of 1 + k."""
-    directions: list[torch.Tensor | None] = [None] * len(params)
-    for index in group:
-        directions[index] = random_unit(params[index])
-    norm = sum(float((directions[i] * directions[i]).sum()) for i in group) ** 0.5  # type: ignore[operator]
-    for index in group:
-        directions[index] = directions[index] / norm  # type: ignore[operator]
+    units = {index: random_unit(params[index]) for index in group}
+    norm = sum(float((v * v).sum()) for v in units.values()) ** 0.5
+    directions: list[torch.Tensor | None] = [units[i] / norm if i in units else None for i in range(len(params))]
     if top:
         label = "all parameters"
     elif len(group) == 1:
@@ -186,8 +183,10 @@ def _bisect(
     if check.ok or len(group) == 1:
         return [check]
     middle = len(group) // 2
-    halves = (group[:middle], group[middle:])
-    return [check, *(c for half in halves for c in _bisect(runner, names, params, exact, half, random_unit, step, rtol, atol, top=False))]
+    checks = [check]
+    for half in (group[:middle], group[middle:]):
+        checks += _bisect(runner, names, params, exact, half, random_unit, step, rtol, atol, top=False)
+    return checks
 
 
 def finite_differences(
@@ -294,6 +293,17 @@ def numeric_reference(
     Every coordinate of a tensor of at most ``coordinate_limit`` elements (2 evaluations of J each)
     while the coordinates taken stay within ``coordinate_budget``; one random unit direction of any
     other tensor (2 evaluations), drawn from a private generator seeded with ``seed``.
+
+    >>> from reinforce_check.enumeration import SequentialRunner
+    >>> theta = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    >>> def episode():
+    ...     coin = torch.distributions.Bernoulli(logits=theta[0]).sample()
+    ...     return coin, torch.zeros((), dtype=torch.float64)
+    >>> runner = SequentialRunner(episode, max_sequences=10)
+    >>> _ = list(runner.passes())
+    >>> reference = numeric_reference(runner, [theta], step=1e-6, seed=0)
+    >>> [round(g, 6) + 0.0 for g in reference.gradient[0].tolist()], reference.evaluations  # -grad J: J = sigmoid(theta0)
+    ([-0.25, 0.0], 4)
     """
     budget = coordinate_budget
     generator = torch.Generator().manual_seed(seed)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 import torch
@@ -263,8 +263,7 @@ def intercept_samplers(chooser: Chooser, *, outside: OutsideDraws | None = None)
         )
     saved: list[tuple[Any, str, Any]] = []
     try:
-        for owner, name in _targets():
-            saved.append((owner, name, vars(owner).get(name, _MISSING)))
+        saved = save_attributes(_targets())
         replacements = _replacements()
         _STATE.chooser = chooser
         _STATE.distributions = []
@@ -278,10 +277,28 @@ def intercept_samplers(chooser: Chooser, *, outside: OutsideDraws | None = None)
         _STATE.distributions = []
         _STATE.outside = None
         scope.deactivate()
-        for owner, name, previous in reversed(saved):
-            if previous is _MISSING:
-                if name in vars(owner):
-                    delattr(owner, name)
-            else:
-                setattr(owner, name, previous)
+        restore_attributes(saved)
         _LOCK.release()
+
+
+def save_attributes(targets: Iterable[tuple[Any, str]]) -> list[tuple[Any, str, Any]]:
+    """What each ``(owner, name)`` holds itself (not inherited), for :func:`restore_attributes`.
+
+    >>> class Owner:
+    ...     pass
+    >>> saved = save_attributes([(Owner, "draw")])
+    >>> Owner.draw = len
+    >>> restore_attributes(saved); hasattr(Owner, "draw")
+    False
+    """
+    return [(owner, name, vars(owner).get(name, _MISSING)) for owner, name in targets]
+
+
+def restore_attributes(saved: list[tuple[Any, str, Any]]) -> None:
+    """Put back what :func:`save_attributes` saw, deleting attributes the owner did not hold itself."""
+    for owner, name, previous in reversed(saved):
+        if previous is _MISSING:
+            if name in vars(owner):
+                delattr(owner, name)
+        else:
+            setattr(owner, name, previous)

@@ -25,6 +25,7 @@ import functools
 import os
 import random
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 
 from .errors import CheckUsageError, UninterceptedRandomnessError
+from .patching import restore_attributes, save_attributes
 
 __all__ = ["RandomState", "capture", "moved_since", "restore", "verify_unchanged", "watch"]
 
@@ -185,12 +187,11 @@ _LIBRARIES = tuple(
 _MAX_PLACES = 3
 
 
-class _Recorder:
-    """The places of draws seen while :func:`_recording_draws` is active (innermost block)."""
+class _Recorder(threading.local):
+    """The places of draws seen while :func:`_recording_draws` is active."""
 
     def __init__(self) -> None:
         self.places: list[tuple[str, str, int]] | None = None
-        self.depth = 0
 
 
 _RECORDER = _Recorder()
@@ -224,27 +225,16 @@ def _recorded(original: Callable[..., Any], label: str) -> Callable[..., Any]:
 def _recording_draws() -> Iterator[list[tuple[str, str, int]]]:
     """Wrap the draw functions for the block (re-entrant: an inner block shares the outer's places)."""
     if _RECORDER.places is not None:
-        _RECORDER.depth += 1
-        try:
-            yield _RECORDER.places
-        finally:
-            _RECORDER.depth -= 1
+        yield _RECORDER.places
         return
-    saved = [(owner, attr, vars(owner).get(attr, _MISSING)) for owner, attr, _ in _draw_functions()]
+    functions = _draw_functions()
+    saved = save_attributes((owner, attr) for owner, attr, _ in functions)
     places: list[tuple[str, str, int]] = []
     try:
-        for owner, attr, label in _draw_functions():
+        for owner, attr, label in functions:
             setattr(owner, attr, _recorded(getattr(owner, attr), label))
         _RECORDER.places = places
         yield places
     finally:
         _RECORDER.places = None
-        for owner, attr, previous in reversed(saved):
-            if previous is _MISSING:
-                if attr in vars(owner):
-                    delattr(owner, attr)
-            else:
-                setattr(owner, attr, previous)
-
-
-_MISSING = object()
+        restore_attributes(saved)
