@@ -24,7 +24,9 @@ from .exact import (
     ExactGradients,
     bias_contributions,
     exact_gradients,
+    NumericReference,
     finite_differences as finite_difference_checks,
+    numeric_reference,
     sequence_statistics,
 )
 from .report import (
@@ -132,6 +134,46 @@ def _compare(name: str, target: torch.Tensor, estimate: torch.Tensor, rtol: floa
     )
 
 
+def _compare_numeric(
+    names: list[str], reference: NumericReference, exact: ExactGradients, rtol: float, atol: float
+) -> list[ParameterReport]:
+    """E[grad loss] against -grad J by central differences: elementwise where every coordinate was
+    taken, else along the reference's random unit direction."""
+    reports = []
+    for index, name in enumerate(names):
+        estimate = exact.estimate[index]
+        gradient, direction, numeric = reference.gradient[index], reference.direction[index], reference.numeric[index]
+        if gradient is not None:
+            report = _compare(name, gradient, estimate, rtol, atol)
+            report.reference = "central differences"
+            reports.append(report)
+            continue
+        assert direction is not None and numeric is not None
+        along = float((estimate * direction).sum())
+        # The closest reference consistent with what was measured: the estimate, its component
+        # along the direction replaced by the numeric derivative.
+        target = estimate + (numeric - along) * direction
+        difference = abs(numeric - along)
+        failed = difference > atol + rtol * abs(numeric)
+        relative = difference / abs(numeric) if numeric != 0 else (math.inf if failed else 0.0)
+        worst = _compare(name, target, estimate, 0.0, 0.0)
+        reports.append(
+            ParameterReport(
+                name=name,
+                shape=tuple(estimate.shape),
+                target=target,
+                estimate=estimate,
+                mismatches=int(failed),
+                max_abs_error=difference,
+                max_rel_error=relative,
+                worst_abs_index=worst.worst_abs_index,
+                worst_rel_index=worst.worst_abs_index,
+                reference="central differences along a random direction",
+            )
+        )
+    return reports
+
+
 def check_reinforce(
     episode: Callable[..., Any],
     params: Params,
@@ -159,7 +201,11 @@ def check_reinforce(
     .. math:: \sum_a p(a)\, \nabla_\theta \mathrm{loss}(a) = -\nabla_\theta J(\theta)
 
     elementwise within ``atol + rtol * |grad J|``, and central differences of the exact :math:`J`
-    agree with both sides.
+    agree with both sides. When some sampler call ran with gradient recording off
+    (``torch.no_grad()``, ``torch.inference_mode()``: a PPO-style rollout), autograd's -grad J may
+    miss score terms, so central differences of the exact :math:`J` decide instead, within
+    ``fd_atol + fd_rtol * |numeric|``: every coordinate of a tensor of at most 64 elements, one
+    random unit direction of a larger one. ``report.ground_truth`` says which decided.
 
     .. note::
         Everything runs in float64: checked parameters must be float64 (a float32 model is refused
@@ -181,16 +227,26 @@ def check_reinforce(
             an iterable of tensors, or an ``nn.Module``. Leaf float64 tensors that require grad.
         rtol: relative tolerance of the elementwise comparison.
         atol: absolute tolerance of the elementwise comparison.
-        max_sequences: stop with :class:`~reinforce_check.SequenceBudgetError` past this many sequences.
+        max_sequences: stop with :class:`~reinforce_check.SequenceBudgetError` past this many sequences:
+            as soon as the sequences completed plus the prefixes pending exceed it, or, in sequential
+            mode, once Knuth's estimate of the tree's size from the paths walked (the mean product of
+            the numbers of feasible actions along them) is at least 10 times it, after 32 runs and one
+            second, and the same estimate proved right within a factor 2 on a completed subtree of at
+            least 16 sequences. The estimate can be wrong (the walk's paths are not random): a tree
+            within budget that it refuses runs with a ``max_sequences`` above the estimate it states.
         raise_exception: raise :class:`~reinforce_check.ReinforceCheckError` on a mismatch (default);
             with ``False`` the report is returned and ``report.ok`` says whether the check passed.
         batched: call ``episode(batch_size)`` and enumerate in as few batched calls as possible.
-        finite_differences: ``"joint"`` (default): one random unit direction over all parameters, and
-            one per parameter tensor automatically when it disagrees, to name the tensor (2 evaluations
-            of J when the check passes); ``"tensor"``: one random unit direction per parameter tensor
-            always (2 evaluations per tensor); ``"coordinate"``: every coordinate; ``"none"``: skip.
-            Whatever the mode, the implementation's gradient is compared with autograd's exact -grad J
-            element by element; finite differences verify that -grad J itself is right.
+        finite_differences: ``"joint"`` (default): one random unit direction over all parameters (2
+            evaluations of J when the check passes); when it disagrees, the tensors are bisected to
+            name the culprits: one direction over each half, and only halves that disagree are split
+            again, down to single tensors, so d disagreeing tensors among k cost at most
+            ``2 * d * ceil(log2 k)`` more directions rather than k. ``"tensor"``: one random unit
+            direction per parameter tensor always (2 evaluations per tensor); ``"coordinate"``: every
+            coordinate; ``"none"``: skip. Whatever the mode, the implementation's gradient is compared
+            with autograd's exact -grad J element by element; finite differences verify that -grad J
+            itself is right. When draws without gradient make central differences the ground truth,
+            this cross-check is replaced by that comparison, whatever the mode (``"none"`` included).
         fd_step: step of the central differences.
         fd_rtol: relative tolerance of the finite-difference comparison.
         fd_atol: absolute tolerance of the finite-difference comparison.
@@ -232,13 +288,25 @@ def check_reinforce(
     runner, exact = enumerate_with(runner, lambda passes: exact_gradients(passes, tensors, variance=variance))
     # One more run of the first sequence: state kept between runs would change what it returns.
     runner.verify_replay()
-    parameters = [_compare(n, t, e, rtol, atol) for n, t, e in zip(names, exact.target, exact.estimate)]
+    # Autograd's -grad J is the reference only when every probability reaching a sampler carried
+    # its gradient; draws made with gradient recording off leave central differences of J to decide.
+    ground_truth = "finite differences" if runner.found.no_grad_calls else "autograd"
+    directional: list[DirectionalCheck] = []
+    numeric: list[torch.Tensor] | None = None
+    if ground_truth == "autograd":
+        parameters = [_compare(n, t, e, rtol, atol) for n, t, e in zip(names, exact.target, exact.estimate)]
+    else:
+        reference = numeric_reference(runner, tensors, step=fd_step, seed=seed)
+        parameters = _compare_numeric(names, reference, exact, fd_rtol, fd_atol)
+    # A sequence's share of the bias needs autograd's gradient of p(a) objective(a): not without it.
     contributions, variances = _attribute(
-        runner, tensors, parameters, exact, top_sequences=top_sequences, variance=variance
+        runner, tensors, parameters, exact, top_sequences=top_sequences if ground_truth == "autograd" else 0,
+        variance=variance,
     )
-    directional, numeric = finite_difference_checks(
-        runner, names, tensors, exact, mode=finite_differences, step=fd_step, rtol=fd_rtol, atol=fd_atol, seed=seed
-    )
+    if ground_truth == "autograd":
+        directional, numeric = finite_difference_checks(
+            runner, names, tensors, exact, mode=finite_differences, step=fd_step, rtol=fd_rtol, atol=fd_atol, seed=seed
+        )
     if variances is not None:
         for p, v in zip(parameters, variances):
             p.variance = v
@@ -251,7 +319,15 @@ def check_reinforce(
         parameters,
         directional,
         contributions,
-        settings=dict(rtol=rtol, atol=atol, fd_mode=finite_differences, fd_rtol=fd_rtol, fd_atol=fd_atol, batched=batched),
+        settings=dict(
+            rtol=rtol,
+            atol=atol,
+            fd_mode=finite_differences,
+            fd_rtol=fd_rtol,
+            fd_atol=fd_atol,
+            batched=batched,
+            ground_truth=ground_truth,
+        ),
         seconds=time.perf_counter() - start,
     )
     if not report.ok and raise_exception:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
@@ -100,7 +101,8 @@ class Enumeration:
     rows_run: int = 0
     """Episode rows run in all, including rows whose speculated actions proved infeasible."""
     no_grad_calls: int = 0
-    """Sampler calls made under ``torch.no_grad()`` during the enumeration."""
+    """Sampler calls the episode made with gradient recording off (``torch.no_grad()``,
+    ``torch.inference_mode()``) during the enumeration; the runner's own gradient-free runs excluded."""
     outside_calls: int = 0
     """In scoped mode, sampler calls outside @enumerate_actions code (sampled, not enumerated)."""
     scoped: bool = False
@@ -197,6 +199,114 @@ def _budget_error(found: int, pending: int, max_sequences: int) -> SequenceBudge
         f"steps, fewer actions, a shorter horizon) or pass a larger max_sequences, for example "
         f"max_sequences={max(10 * max_sequences, found + pending):,}. The check runs the episode once per sequence."
     )
+
+
+def _path_widths(result: Pass, before: list[float]) -> list[float]:
+    """The product of the numbers of feasible actions up to each decision of a sequential pass's
+    path, given those products ``before`` along the prefix it replayed. Past the prefix, a
+    decision's number of feasible actions is one plus the alternatives spawned there."""
+    alternatives: dict[int, int] = {}
+    for _, slot, _, _ in result.spawns:
+        alternatives[slot] = alternatives.get(slot, 0) + 1
+    widths = list(before)
+    width = widths[-1] if widths else 1.0
+    for slot in range(len(before), int(result.actions.shape[1])):
+        width *= 1 + alternatives.get(slot, 0)
+        widths.append(width)
+    return widths
+
+
+class _TreeEstimate:
+    """Knuth's estimate of a tree's size (Knuth 1975, "Estimating the efficiency of backtrack
+    programs"): the product of the numbers of feasible actions along a path is an unbiased estimate of
+    the number of leaves when the path is drawn uniformly at each decision. Here the paths are the
+    depth-first walk's own, not random ones, so their mean is only a guess. It refuses a tree early
+    only when, after ``_ESTIMATE_AFTER_PASSES`` passes and ``_ESTIMATE_AFTER_SECONDS`` of enumeration,
+    the guess is at least ``_ESTIMATE_MARGIN`` times the budget *and* it is calibrated: on the largest
+    subtree the walk has completed (at least ``_CALIBRATION_LEAVES`` sequences), the same estimate is
+    within ``_CALIBRATION_RATIO`` of the exact count. A tree whose first branches are much bushier than
+    the rest (a stop action tried after "continue") fails the calibration and is not refused early."""
+
+    def __init__(self, max_sequences: int) -> None:
+        self.max_sequences = max_sequences
+        self.total = 0.0
+        self.paths: list[list[int]] = []
+        self.widths: list[list[float]] = []
+        self.start = time.perf_counter()
+
+    def add(self, actions: list[int], widths: list[float], pending: list[tuple[Prefix, list[float]]], found: int) -> None:
+        """Record a completed path and the products of feasible actions along it; raise
+        :class:`SequenceBudgetError` when the estimate says the tree is far over budget."""
+        self.total += widths[-1] if widths else 1.0
+        self.paths.append(actions)
+        self.widths.append(widths)
+        count = len(self.paths)
+        if count < _ESTIMATE_AFTER_PASSES or count % _ESTIMATE_AFTER_PASSES:
+            return
+        mean = self.total / count
+        if mean < _ESTIMATE_MARGIN * self.max_sequences or time.perf_counter() - self.start < _ESTIMATE_AFTER_SECONDS:
+            return
+        calibration = self._calibration(pending)
+        if calibration is None:
+            return
+        leaves, ratio = calibration
+        raise SequenceBudgetError(
+            f"the episode has an estimated {mean:.3g} action sequences, far more than max_sequences="
+            f"{self.max_sequences:,}: over the first {count:,} sequences of the depth-first walk "
+            f"({time.perf_counter() - self.start:.1f} s), the product of the numbers of feasible actions along "
+            f"each sequence averages {mean:.3g} (Knuth's estimate of a tree's size; on a completed subtree of "
+            f"{leaves:,} sequences the same estimate was {ratio:.2f} times the exact count; {found:,} sequences "
+            f"completed and {len(pending):,} prefixes pending so far). Shrink the problem (fewer steps, fewer "
+            f"actions, a shorter horizon) or, if the estimate is wrong, pass max_sequences={_round_up(mean):,} "
+            f"or more. The check runs the episode once per sequence."
+        )
+
+    def _calibration(self, pending: list[tuple[Prefix, list[float]]]) -> tuple[int, float] | None:
+        """``(leaves, estimate / leaves)`` on the largest completed subtree around the last path, or
+        None when that subtree is too small or the estimate is off there."""
+        last = self.paths[-1]
+        # The subtree of last[:depth] is complete when no pending prefix shares those actions.
+        shared = 0
+        for prefix, _ in pending:
+            common = 0
+            for a, b in zip(prefix.actions, last):
+                if a != b:
+                    break
+                common += 1
+            shared = max(shared, common)
+        depth = shared + 1
+        if depth > len(last):
+            return None
+        leaves = 0
+        estimate = 0.0
+        # A depth-first walk completes a subtree's sequences one after another.
+        for path, widths in zip(reversed(self.paths), reversed(self.widths)):
+            if path[:depth] != last[:depth]:
+                break
+            leaves += 1
+            estimate += widths[-1] / (widths[depth - 1] if depth > 0 else 1.0)
+        if leaves < _CALIBRATION_LEAVES:
+            return None
+        ratio = estimate / leaves / leaves
+        if not 1 / _CALIBRATION_RATIO <= ratio <= _CALIBRATION_RATIO:
+            return None
+        return leaves, ratio
+
+
+def _round_up(value: float) -> int:
+    """``value`` rounded up to two significant digits."""
+    magnitude = 10 ** max(int(math.floor(math.log10(max(value, 1.0)))) - 1, 0)
+    return int(math.ceil(value / magnitude) * magnitude)
+
+
+# Refuse a tree by its estimated size only past this many passes and seconds, and this many times
+# the budget: small trees finish first, and an estimate from a biased sample of paths needs room;
+# and only when the estimate was right, within this ratio, on a completed subtree of this many sequences.
+_ESTIMATE_AFTER_PASSES = 32
+_ESTIMATE_AFTER_SECONDS = 1.0
+_ESTIMATE_MARGIN = 10
+_CALIBRATION_LEAVES = 16
+_CALIBRATION_RATIO = 2.0
 
 
 def _verify_same(
@@ -376,14 +486,18 @@ class Runner:
                 "@enumerate_actions too, or leave those parameters out of params."
             )
 
-    def _pass(self, plan: Plan, *, first: bool = False, record_supports: bool = False) -> tuple[Pass, Rows]:
-        """Run one pass of the enumeration and count it."""
+    def _pass(
+        self, plan: Plan, *, first: bool = False, record_supports: bool = False, own_no_grad: bool = False
+    ) -> tuple[Pass, Rows]:
+        """Run one pass of the enumeration and count it. ``own_no_grad``: the runner itself runs the
+        pass without gradient, so its sampler calls say nothing about the episode's."""
         chooser = PrefixChooser(plan, record_supports=record_supports)
         _, objective, loss = self._run(chooser, plan.rows, first=first)
         result = chooser.finish()
         self.passes_run += 1
         self.rows_run += plan.rows
-        self.no_grad_calls += result.no_grad_calls
+        if not own_no_grad:
+            self.no_grad_calls += result.no_grad_calls
         return result, Rows(result.log_prob, objective, loss)
 
     def _finish(self, sequences: _Sequences, *, replay_verified: bool) -> Enumeration:
@@ -464,16 +578,22 @@ class SequentialRunner(Runner):
 
     def passes(self) -> Iterator[Rows]:
         sequences = _Sequences()
+        estimate = _TreeEstimate(self.max_sequences)
         with self._enumerating():
-            stack = [Prefix([], [])]
+            # Each pending prefix with the products of the numbers of feasible actions along it.
+            stack: list[tuple[Prefix, list[float]]] = [(Prefix([], []), [])]
             while stack:
-                prefix = stack.pop()
+                prefix, before = stack.pop()
                 result, rows = self._pass(Plan.prefix(prefix.actions, prefix.probs), first=self.passes_run == 0)
                 yield sequences.add(result, rows)
+                spawned = _spawned(result)
+                widths = _path_widths(result, before)
                 # Deepest slot on top, smaller actions above larger: sequences come out in lexicographic order.
-                stack.extend(sorted(_spawned(result), key=lambda p: (len(p.actions), -p.actions[-1])))
+                order = sorted(range(len(spawned)), key=lambda i: (len(spawned[i].actions), -spawned[i].actions[-1]))
+                stack.extend((spawned[i], widths[: len(spawned[i].actions)]) for i in order)
                 if sequences.count + len(stack) > self.max_sequences:
                     raise _budget_error(sequences.count, len(stack), self.max_sequences)
+                estimate.add(result.actions[0].tolist(), widths, stack, sequences.count)
         self._finish(sequences, replay_verified=False)
 
     def replay_blocks(self) -> Iterator[Rows]:
@@ -544,7 +664,7 @@ class BatchedRunner(Runner):
             # with gradient, as the first row of round 1, which therefore also replays it in another
             # episode call (what verify_replay does in sequential mode) at the cost of one row.
             with torch.no_grad():
-                first, first_rows = self._pass(Plan.free(1), first=True, record_supports=True)
+                first, first_rows = self._pass(Plan.free(1), first=True, record_supports=True, own_no_grad=True)
             pending = [Prefix(first.actions[0].tolist(), first.probs[0].tolist()), *_spawned(first)]
             speculation = Speculation(first.supports, pending, max_sequences=self.max_sequences)
             kept: list[Rows] = []

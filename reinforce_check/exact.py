@@ -18,7 +18,7 @@ mode once, over the rounds' graphs together.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,13 +27,26 @@ from .enumeration import Rows, Runner
 from .report import DirectionalCheck
 
 __all__ = [
+    "COORDINATE_BUDGET",
+    "COORDINATE_LIMIT",
     "ExactGradients",
+    "NumericReference",
     "SequenceStatistics",
     "bias_contributions",
     "exact_gradients",
     "finite_differences",
+    "numeric_reference",
     "sequence_statistics",
 ]
+
+COORDINATE_LIMIT = 64
+"""Tensors of at most this many elements get every coordinate's central difference when finite
+differences are the ground truth (while :data:`COORDINATE_BUDGET` lasts); larger ones get one
+random unit direction (2 evaluations of J)."""
+
+COORDINATE_BUDGET = 256
+"""At most this many coordinates in all, tensor by tensor in the order given, when finite
+differences are the ground truth: 2 evaluations of J each. Tensors past it get one direction."""
 
 
 @dataclass
@@ -140,6 +153,42 @@ def _directional(
     return DirectionalCheck(label, numeric, autograd, estimate, ok)
 
 
+def _bisect(
+    runner: Runner,
+    names: Sequence[str],
+    params: Sequence[torch.Tensor],
+    exact: ExactGradients,
+    group: list[int],
+    random_unit: Callable[[torch.Tensor], torch.Tensor],
+    step: float,
+    rtol: float,
+    atol: float,
+    *,
+    top: bool = True,
+) -> list[DirectionalCheck]:
+    """One random unit direction over the tensors of ``group``; where it disagrees, the same for
+    each half of the group, down to single tensors. With d disagreeing tensors among k, at most
+    1 + 2 d ceil(log2 k) directions (2 evaluations of J each), instead of 1 + k."""
+    units = {index: random_unit(params[index]) for index in group}
+    norm = sum(float((v * v).sum()) for v in units.values()) ** 0.5
+    directions: list[torch.Tensor | None] = [units[i] / norm if i in units else None for i in range(len(params))]
+    if top:
+        label = "all parameters"
+    elif len(group) == 1:
+        label = names[group[0]]
+    else:
+        label = f"{len(group)} tensors, {names[group[0]]} to {names[group[-1]]}"
+    numeric = _shifted_objective(runner, params, directions, step)
+    check = _directional(label, numeric, directions, exact, rtol, atol)
+    if check.ok or len(group) == 1:
+        return [check]
+    middle = len(group) // 2
+    checks = [check]
+    for half in (group[:middle], group[middle:]):
+        checks += _bisect(runner, names, params, exact, half, random_unit, step, rtol, atol, top=False)
+    return checks
+
+
 def finite_differences(
     runner: Runner,
     names: Sequence[str],
@@ -155,8 +204,9 @@ def finite_differences(
     """Check -grad J and E[grad loss] against central differences of the exact J.
 
     ``mode`` is ``"tensor"`` (one random unit direction per parameter tensor), ``"joint"`` (one random
-    unit direction over all of them, followed by per-tensor directions if it disagrees, to say which
-    tensor), ``"coordinate"`` (every coordinate; also returns the numeric gradient) or ``"none"``.
+    unit direction over all of them; where it disagrees, the tensors are bisected: one direction per
+    half, and only halves that disagree are split again, down to single tensors, to say which),
+    ``"coordinate"`` (every coordinate; also returns the numeric gradient) or ``"none"``.
     Directions come from a private generator seeded with ``seed``, so the user's RNG is untouched.
     """
     if mode == "none":
@@ -183,12 +233,7 @@ def finite_differences(
         if mode == "tensor":
             return per_tensor(), None
         if mode == "joint":
-            joint = [random_unit(p) for p in params]
-            norm = sum(float((v * v).sum()) for v in joint) ** 0.5
-            joint = [v / norm for v in joint]
-            numeric = _shifted_objective(runner, params, list(joint), step)
-            check = _directional("all parameters", numeric, list(joint), exact, rtol, atol)
-            return ([check] if check.ok else [check, *per_tensor()]), None
+            return _bisect(runner, names, params, exact, list(range(len(params))), random_unit, step, rtol, atol), None
         # mode == "coordinate"
         checks = []
         gradients = []
@@ -216,6 +261,80 @@ def finite_differences(
                     )
                 )
         return checks, gradients
+
+
+@dataclass
+class NumericReference:
+    """-grad J by central differences of the exact J, for a check whose autograd reference is unsound.
+
+    For a tensor of at most :data:`COORDINATE_LIMIT` elements, ``gradient`` holds the whole numeric
+    gradient; for a larger one it is None and ``direction`` holds one random unit direction, along
+    which ``numeric`` is the numeric derivative.
+    """
+
+    gradient: list[torch.Tensor | None]
+    direction: list[torch.Tensor | None]
+    numeric: list[float | None]
+    evaluations: int
+    """Evaluations of the exact J spent."""
+
+
+def numeric_reference(
+    runner: Runner,
+    params: Sequence[torch.Tensor],
+    *,
+    step: float,
+    seed: int,
+    coordinate_limit: int = COORDINATE_LIMIT,
+    coordinate_budget: int = COORDINATE_BUDGET,
+) -> NumericReference:
+    """-grad J from central differences of the exact J alone, per parameter tensor.
+
+    Every coordinate of a tensor of at most ``coordinate_limit`` elements (2 evaluations of J each)
+    while the coordinates taken stay within ``coordinate_budget``; one random unit direction of any
+    other tensor (2 evaluations), drawn from a private generator seeded with ``seed``.
+
+    >>> from reinforce_check.enumeration import SequentialRunner
+    >>> theta = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    >>> def episode():
+    ...     coin = torch.distributions.Bernoulli(logits=theta[0]).sample()
+    ...     return coin, torch.zeros((), dtype=torch.float64)
+    >>> runner = SequentialRunner(episode, max_sequences=10)
+    >>> _ = list(runner.passes())
+    >>> reference = numeric_reference(runner, [theta], step=1e-6, seed=0)
+    >>> [round(g, 6) + 0.0 for g in reference.gradient[0].tolist()], reference.evaluations  # -grad J: J = sigmoid(theta0)
+    ([-0.25, 0.0], 4)
+    """
+    budget = coordinate_budget
+    generator = torch.Generator().manual_seed(seed)
+    gradients: list[torch.Tensor | None] = []
+    directions: list[torch.Tensor | None] = []
+    numerics: list[float | None] = []
+    evaluations = 0
+    with runner.replaying():
+        for index, p in enumerate(params):
+            shifted: list[torch.Tensor | None] = [None] * len(params)
+            if p.numel() <= min(coordinate_limit, budget):
+                budget -= p.numel()
+                gradient = torch.zeros_like(p)
+                for flat in range(p.numel()):
+                    unit = torch.zeros_like(p)
+                    unit.reshape(-1)[flat] = 1.0
+                    shifted[index] = unit
+                    gradient.reshape(-1)[flat] = _shifted_objective(runner, params, shifted, step)
+                    evaluations += 2
+                gradients.append(gradient)
+                directions.append(None)
+                numerics.append(None)
+            else:
+                v = torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p)
+                v = v / v.norm().clamp_min(1e-300)
+                shifted[index] = v
+                numerics.append(_shifted_objective(runner, params, shifted, step))
+                evaluations += 2
+                gradients.append(None)
+                directions.append(v)
+    return NumericReference(gradients, directions, numerics, evaluations)
 
 
 def _unit(bias: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 import torch
@@ -181,7 +181,12 @@ def _bernoulli(original: Callable[..., torch.Tensor], site: str) -> Callable[...
 def _choose(chooser: Chooser, weights: torch.Tensor, num_samples: int, replacement: bool, site: str) -> torch.Tensor:
     """The chooser's actions for ``weights``, on the device of ``weights``, as torch's samplers
     return them. The chooser's bookkeeping runs on the CPU: a policy on another device (a GPU)
-    hands it a copy, which autograd differentiates back to the device."""
+    hands it a copy, which autograd differentiates back to the device. Weights made under
+    :func:`torch.inference_mode` reach it as an ordinary copy (inference tensors keep no version
+    counter, which the chooser reads to refuse in-place changes); they carry no gradient either way."""
+    if weights.is_inference():
+        with torch.inference_mode(False):
+            weights = weights.clone()
     if weights.device.type == "cpu":
         return chooser.choose(weights, num_samples, replacement, site)
     return chooser.choose(weights.cpu(), num_samples, replacement, site).to(weights.device)
@@ -258,8 +263,7 @@ def intercept_samplers(chooser: Chooser, *, outside: OutsideDraws | None = None)
         )
     saved: list[tuple[Any, str, Any]] = []
     try:
-        for owner, name in _targets():
-            saved.append((owner, name, vars(owner).get(name, _MISSING)))
+        saved = save_attributes(_targets())
         replacements = _replacements()
         _STATE.chooser = chooser
         _STATE.distributions = []
@@ -273,10 +277,28 @@ def intercept_samplers(chooser: Chooser, *, outside: OutsideDraws | None = None)
         _STATE.distributions = []
         _STATE.outside = None
         scope.deactivate()
-        for owner, name, previous in reversed(saved):
-            if previous is _MISSING:
-                if name in vars(owner):
-                    delattr(owner, name)
-            else:
-                setattr(owner, name, previous)
+        restore_attributes(saved)
         _LOCK.release()
+
+
+def save_attributes(targets: Iterable[tuple[Any, str]]) -> list[tuple[Any, str, Any]]:
+    """What each ``(owner, name)`` holds itself (not inherited), for :func:`restore_attributes`.
+
+    >>> class Owner:
+    ...     pass
+    >>> saved = save_attributes([(Owner, "draw")])
+    >>> Owner.draw = len
+    >>> restore_attributes(saved); hasattr(Owner, "draw")
+    False
+    """
+    return [(owner, name, vars(owner).get(name, _MISSING)) for owner, name in targets]
+
+
+def restore_attributes(saved: list[tuple[Any, str, Any]]) -> None:
+    """Put back what :func:`save_attributes` saw, deleting attributes the owner did not hold itself."""
+    for owner, name, previous in reversed(saved):
+        if previous is _MISSING:
+            if name in vars(owner):
+                delattr(owner, name)
+        else:
+            setattr(owner, name, previous)

@@ -66,6 +66,11 @@ class ParameterReport:
     """Exact variance of grad loss(a) under a ~ p, elementwise (when asked for)."""
     numeric: torch.Tensor | None = None
     """Finite-difference gradient of -J (coordinate mode only)."""
+    reference: str = "autograd"
+    """What ``target`` is: ``"autograd"`` (-grad J by autograd), ``"central differences"`` (every
+    coordinate of -grad J by central differences of the exact J) or ``"central differences along a
+    random direction"`` (``target`` is then the estimate with its component along that direction
+    replaced by the numeric one, and ``mismatches`` counts that one direction)."""
 
     @property
     def bias(self) -> torch.Tensor:
@@ -134,9 +139,10 @@ def format_note(note: Note) -> str:
             "before every run, so every sequence saw the same random numbers."
         )
     return (
-        f"{note.calls} sampler call(s) ran under torch.no_grad(), so the probabilities they "
-        "recorded carry no gradient and -grad J misses their score terms; if they depend on the checked "
-        "parameters, finite differences disagree. Sample with gradient enabled inside the episode."
+        f"{note.calls} sampler call(s) ran under torch.no_grad(), or torch.inference_mode(), so the "
+        "probabilities they recorded carry no gradient and autograd's -grad J may miss their score terms: "
+        "the verdict comes from central differences of the exact J instead (sampling with gradient "
+        "enabled lets autograd decide, at less cost)."
     )
 
 
@@ -179,6 +185,10 @@ class CheckReport:
     seconds: float
     probability_tolerance: float
     notes: list[str] = field(default_factory=list)
+    ground_truth: str = "autograd"
+    """What decided the verdict: ``"autograd"`` (the exact -grad J by autograd, cross-checked by
+    finite differences) or ``"finite differences"`` (central differences of the exact J, used when
+    some sampler calls ran with gradient recording off, so autograd's -grad J may miss score terms)."""
 
     @property
     def probability_ok(self) -> bool:
@@ -288,6 +298,21 @@ def _choices(choices: list[tuple[str, int]]) -> str:
     return " ".join(str(a) for _, a in choices)
 
 
+def _ground_truth(report: CheckReport) -> str:
+    if report.ground_truth == "autograd":
+        checked = "" if report.fd_mode == "none" else ", cross-checked by central differences of the exact J"
+        return f"autograd's -grad J{checked}"
+    return (
+        f"central differences of the exact J (fd_rtol={report.fd_rtol:g}, fd_atol={report.fd_atol:g}): "
+        "draws made without gradient leave autograd's -grad J without their score terms"
+    )
+
+
+def _compared(p: ParameterReport) -> str:
+    """What ``p.mismatches`` counts out of: elements, or the one direction of a directional reference."""
+    return "1 direction" if p.reference.endswith("direction") else str(math.prod(p.shape))
+
+
 def format_report(report: CheckReport) -> str:
     """Render a :class:`CheckReport` as a text table (what ``str(report)`` returns)."""
     verdict = "PASSED" if report.ok else "FAILED"
@@ -297,6 +322,7 @@ def format_report(report: CheckReport) -> str:
         f"total probability {format_probability(report.total_probability)}, J = {report.objective:.10g}",
         f"{mode} enumeration in {report.passes} episode call(s) ({report.rows_run:,} rows), "
         f"{report.seconds:.2f} s, float64; tolerance rtol={report.rtol:g}, atol={report.atol:g}",
+        f"ground truth: {_ground_truth(report)}",
         "",
     ]
     with_variance = any(p.variance is not None for p in report.parameters)
@@ -309,7 +335,7 @@ def format_report(report: CheckReport) -> str:
         row = [
             p.name,
             _index(p.shape) if p.shape else "()",
-            f"{p.mismatches}/{total}",
+            f"{p.mismatches}/{_compared(p)}",
             _g(p.max_abs_error),
             _g(p.max_rel_error),
             _g(float(p.bias.abs().max()) if total else 0.0),
@@ -346,22 +372,32 @@ def format_mismatch(report: CheckReport) -> str:
     """The message of :class:`ReinforceCheckError`: what disagrees, where, and by how much."""
     bad = sorted((p for p in report.parameters if not p.ok), key=lambda p: -p.max_rel_error)
     lines = []
+    autograd = report.ground_truth == "autograd"
+    rtol, atol = (report.rtol, report.atol) if autograd else (report.fd_rtol, report.fd_atol)
     if bad:
         lines.append(
             f"REINFORCE gradient mismatch: the expected gradient of the loss, sum_a p(a) grad loss(a), "
             f"differs from -grad J for {len(bad)} of {len(report.parameters)} parameter tensors."
         )
+        lines.append(f"Ground truth: {_ground_truth(report)}.")
         for p in bad:
             total = math.prod(p.shape)
             ai, ri = p.worst_abs_index, p.worst_rel_index
+            lines += ["", f"Parameter {p.name!r} (shape {_index(p.shape) if p.shape else '()'}):"]
+            if p.reference.endswith("direction"):
+                lines += [
+                    f"  Along a random unit direction: numeric -dJ and E[d loss] differ by {_g(p.max_abs_error)} "
+                    f"(up to {atol:g} + {rtol:g} * |numeric| allowed; relative difference {_g(p.max_rel_error)})",
+                    f"  At index {_index(ai)}: -dJ (estimate corrected along the direction) = "
+                    f"{float(p.target[ai]):.10g}, E[d loss] = {float(p.estimate[ai]):.10g}",
+                ]
+                continue
             lines += [
-                "",
-                f"Parameter {p.name!r} (shape {_index(p.shape) if p.shape else '()'}):",
                 f"  Mismatched elements: {p.mismatches} / {total} ({100.0 * p.mismatches / max(total, 1):.1f}%)",
                 f"  Greatest absolute difference: {_g(p.max_abs_error)} at index {_index(ai)} "
-                f"(up to {report.atol:g} allowed)",
+                f"(up to {atol:g} allowed)",
                 f"  Greatest relative difference: {_g(p.max_rel_error)} at index {_index(ri)} "
-                f"(up to {report.rtol:g} allowed)",
+                f"(up to {rtol:g} allowed)",
                 f"  At index {_index(ai)}: -dJ = {float(p.target[ai]):.10g}, "
                 f"E[d loss] = {float(p.estimate[ai]):.10g}",
             ]

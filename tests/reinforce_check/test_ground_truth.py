@@ -1,0 +1,171 @@
+"""Which ground truth decides: autograd's -grad J, or central differences of the exact J when the
+episode samples with gradient recording off (PPO and A2C rollouts under ``torch.no_grad()``)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Categorical
+
+from reinforce_check import ReinforceCheckError, check_reinforce
+from reinforce_check.exact import COORDINATE_LIMIT
+
+FEATURES = torch.tensor([[1.0, -0.5], [0.25, 2.0]], dtype=torch.float64)
+REWARD = torch.tensor([[1.0, -0.5, 2.0], [0.3, 1.2, -0.8]], dtype=torch.float64)
+# Central differences of the exact J at step 1e-6 in float64 agree with the exact gradient to about 1e-9.
+FD_RTOL, FD_ATOL = 1e-6, 1e-8
+
+
+def make_policy() -> torch.nn.Linear:
+    torch.manual_seed(3)
+    return torch.nn.Linear(2, 3, dtype=torch.float64)
+
+
+def rollout_episode(policy: torch.nn.Module, *, grad_off=torch.no_grad, sign: float = 1.0, normalize: bool = False):
+    """Two steps, PPO style: the rollout samples without gradient, the loss recomputes log-probabilities.
+
+    ``sign=-1`` flips the estimator; ``normalize`` divides the return by its own magnitude (biased).
+    """
+
+    def episode():
+        actions = []
+        with grad_off():
+            for t in range(2):
+                actions.append(Categorical(logits=policy(FEATURES[t])).sample())
+        actions = [a.clone() for a in actions]  # ordinary tensors, also when made under inference_mode
+        total = REWARD[0, actions[0]] + REWARD[1, actions[1]]
+        log_prob = sum(Categorical(logits=policy(FEATURES[t])).log_prob(a) for t, a in enumerate(actions))
+        weight = total / total.abs() if normalize else total
+        return total, -sign * log_prob * weight
+
+    return episode
+
+
+@pytest.mark.parametrize("grad_off", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"])
+def test_unbiased_estimator_sampling_without_gradient_passes_by_finite_differences(grad_off):
+    policy = make_policy()
+    before = {name: p.detach().clone() for name, p in policy.named_parameters()}
+    report = check_reinforce(rollout_episode(policy, grad_off=grad_off), policy, fd_rtol=FD_RTOL, fd_atol=FD_ATOL)
+    assert report.ok
+    assert report.ground_truth == "finite differences"
+    assert report.to_dict()["ground_truth"] == "finite differences"
+    assert "ground truth: central differences of the exact J" in str(report)
+    assert all(p.reference == "central differences" for p in report.parameters)
+    # The reference is the numeric gradient, not autograd's zero: no infinite relative error.
+    assert math.isfinite(report.max_rel_error)
+    assert all(float(p.target.abs().max()) > 1e-3 for p in report.parameters)
+    # The check leaves parameters, their .grad and the grad mode as it found them.
+    for name, p in policy.named_parameters():
+        assert torch.equal(p.detach(), before[name])
+        assert p.grad is None
+    assert torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize("bug", ["sign", "normalize"])
+def test_biased_estimator_sampling_under_no_grad_fails_naming_the_parameter(bug):
+    policy = make_policy()
+    episode = rollout_episode(policy, sign=-1.0 if bug == "sign" else 1.0, normalize=bug == "normalize")
+    with pytest.raises(ReinforceCheckError) as caught:
+        check_reinforce(episode, policy, fd_rtol=FD_RTOL, fd_atol=FD_ATOL)
+    message = str(caught.value)
+    assert "REINFORCE gradient mismatch" in message
+    assert "Parameter 'weight'" in message
+    assert "Ground truth: central differences of the exact J" in message
+    report = caught.value.report
+    assert report.ground_truth == "finite differences"
+    assert not report.parameters[0].ok
+
+
+def test_no_grad_sampling_in_batched_mode_is_decided_by_finite_differences():
+    policy = make_policy()
+
+    def episode(rows):
+        with torch.no_grad():
+            actions = [Categorical(logits=policy(FEATURES[t]).expand(rows, 3)).sample() for t in range(2)]
+        total = REWARD[0, actions[0]] + REWARD[1, actions[1]]
+        log_prob = sum(Categorical(logits=policy(FEATURES[t]).expand(rows, 3)).log_prob(a) for t, a in enumerate(actions))
+        return total, -log_prob * total
+
+    report = check_reinforce(episode, policy, batched=True, fd_rtol=FD_RTOL, fd_atol=FD_ATOL)
+    assert report.ok and report.ground_truth == "finite differences"
+
+
+def test_large_tensor_is_compared_along_a_random_direction():
+    # A tensor above COORDINATE_LIMIT elements costs one direction (2 evaluations of J), not one per element.
+    size = COORDINATE_LIMIT + 6
+    theta = torch.linspace(-1, 1, 3 * size, dtype=torch.float64).reshape(3, size).requires_grad_()
+    features = torch.linspace(0.5, -0.5, size, dtype=torch.float64)
+    reward = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
+
+    def episode(sign: float):
+        def run():
+            with torch.no_grad():
+                action = Categorical(logits=theta @ features).sample()
+            return reward[action], -sign * Categorical(logits=theta @ features).log_prob(action) * reward[action]
+
+        return run
+
+    report = check_reinforce(episode(1.0), {"theta": theta}, fd_rtol=FD_RTOL, fd_atol=FD_ATOL)
+    assert report.ok
+    assert report.parameters[0].reference == "central differences along a random direction"
+    assert "0/1 direction" in str(report)
+    with pytest.raises(ReinforceCheckError, match="Along a random unit direction") as caught:
+        check_reinforce(episode(-1.0), {"theta": theta}, fd_rtol=FD_RTOL, fd_atol=FD_ATOL)
+    assert caught.value.report.parameters[0].mismatches == 1
+
+
+def test_policy_independent_of_parameters_keeps_autograd_as_ground_truth():
+    # Probabilities that do not depend on the checked parameter carry no gradient, rightly: grad J is
+    # all pathwise and autograd is exact, so it decides (rtol 1e-7, atol 1e-10 against it).
+    scale = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    probs = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    reward = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
+
+    def episode():
+        action = Categorical(probs=probs).sample()
+        objective = scale * reward[action] - scale**2
+        return objective, -objective
+
+    report = check_reinforce(episode, {"scale": scale}, rtol=1e-7, atol=1e-10)
+    assert report.ok and report.ground_truth == "autograd"
+    assert report.parameters[0].reference == "autograd"
+    assert "ground truth: autograd's -grad J" in str(report)
+
+
+def test_batched_check_with_gradient_has_no_draws_without_gradient_note(make_param):
+    # The batched runner's own discovery round runs without gradient; it is not the episode's doing.
+    theta = make_param(3, seed=4)
+
+    def episode(rows):
+        dist = Categorical(logits=theta.expand(rows, 3))
+        action = dist.sample()
+        return REWARD[0, action], -dist.log_prob(action) * REWARD[0, action]
+
+    report = check_reinforce(episode, {"theta": theta}, batched=True, rtol=1e-7, atol=1e-10)
+    assert report.ok and report.ground_truth == "autograd"
+    assert report.notes == []
+
+
+def test_joint_finite_differences_bisect_to_the_disagreeing_tensor(make_param):
+    # Eight tensors add up to the logits; tensor 5 reaches the sampler detached, so J depends on it
+    # but neither autograd nor the loss sees it. The joint direction disagrees, and bisection names
+    # t5 in 1 + 2 * 3 directions instead of 1 + 8 (fd_rtol 1e-5, fd_atol 1e-7).
+    thetas = [make_param(3, seed=20 + i, scale=0.5) for i in range(8)]
+    reward = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
+
+    def episode():
+        dist = Categorical(logits=sum(t.detach() if i == 5 else t for i, t in enumerate(thetas)))
+        action = dist.sample()
+        return reward[action], -dist.log_prob(action) * reward[action]
+
+    report = check_reinforce(
+        episode, {f"t{i}": t for i, t in enumerate(thetas)}, raise_exception=False, fd_rtol=1e-5, fd_atol=1e-7
+    )
+    labels = [c.label for c in report.finite_differences]
+    failing = [c.label for c in report.finite_differences if not c.ok]
+    assert all(p.ok for p in report.parameters)  # autograd and the loss agree: both miss t5
+    assert labels[0] == "all parameters"
+    assert len(labels) == 1 + 2 * 3
+    assert failing == ["all parameters", "4 tensors, t4 to t7", "2 tensors, t4 to t5", "t5"]
