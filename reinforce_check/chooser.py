@@ -139,6 +139,8 @@ class _CallRows(NamedTuple):
     """Whether each row's slot is replayed; None when none is."""
     all_free: bool
     """Every row is past its forced path."""
+    all_forced: bool
+    """Every row is inside its forced path (one slot per row)."""
 
 
 class _Deferred(NamedTuple):
@@ -208,6 +210,8 @@ class PrefixChooser:
         self.cursor = 0
         self.no_grad_calls = 0
         self.invalid = torch.zeros(self.rows, dtype=torch.bool)
+        # Whether any row has turned invalid yet (until then no row needs a liveness mask).
+        self._some_invalid = False
         # Probability of the action taken at every decision, (rows, n) blocks in call order (1 for
         # rows that are invalid); their logs are summed once, when the pass ends.
         self._factors: list[torch.Tensor] = []
@@ -244,6 +248,8 @@ class PrefixChooser:
             self._shortest_replay = int(plan.replayed_len.min()) if self.rows else 0
             self._longest_replay = int(plan.replayed_len.max()) if self.rows else 0
             self._longest_path = int(plan.forced_len.max()) if self.rows else 0
+            self._shortest_path = int(plan.forced_len.min()) if self.rows else 0
+            self._column_max = plan.forced.max(dim=0).values.tolist() if self.rows and width else []
 
     def choose(self, weights: torch.Tensor, num_samples: int, replacement: bool, site: str) -> torch.Tensor:
         _check_shape(weights, site)
@@ -264,9 +270,8 @@ class PrefixChooser:
         available = weights
         columns = []
         for draw in range(num_samples):
-            probs = available / _row_totals(available, site, replacement)
-            chosen, dead = self._decide_tensors(probs, per_row, site)
-            self._record_factor(probs.gather(1, chosen[:, None]).squeeze(1), dead, per_row, site)
+            chosen, factor, dead = self._decide_tensors(available, _row_totals(available, site, replacement), per_row, site)
+            self._record_factor(factor, dead, per_row, site)
             columns.append(chosen)
             if not replacement and draw + 1 < num_samples:
                 available = available.masked_fill(torch.nn.functional.one_hot(chosen, weights.shape[1]).bool(), 0)
@@ -328,6 +333,7 @@ class PrefixChooser:
             if decision.failed and alive:
                 self._invalid[episode] = True
                 self.invalid[episode] = True
+                self._some_invalid = True
             if self.record_supports and episode == 0:
                 self._supports[slot] = torch.tensor([value > 0 for value in row])
             self._actions[episode].append(decision.action)
@@ -349,14 +355,27 @@ class PrefixChooser:
             return None
         return self._guessed.get(slot, set())
 
-    def _decide_tensors(self, probs: torch.Tensor, per_row: int, site: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Every decision of the call by :func:`~reinforce_check.decision.decide_rows`."""
+    def _decide_tensors(
+        self, weights: torch.Tensor, total: torch.Tensor, per_row: int, site: str
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Every decision of the call by :func:`~reinforce_check.decision.decide_rows`, for weights
+        with row sums ``total``: the actions, their differentiable probabilities, and which rows are
+        dead (None if none is)."""
         plan = self.plan
-        total_rows, num_actions = probs.shape
+        total_rows, num_actions = weights.shape
         rows = self._rows_of_call(per_row, total_rows)
-        support = probs.detach() > 0
-        decision = decide_rows(support, rows.forced, self._covered_rows(rows, num_actions))
-        if per_row == 1:
+        support = weights.detach() > 0
+        all_forced = rows.all_forced and self._column_max[self.cursor] < num_actions
+        decision = decide_rows(support, rows.forced, self._covered_rows(rows, num_actions), all_forced=all_forced)
+        chosen = decision.action
+        # Only the chosen weights are normalized: a row sum is all the rest of the row is needed for.
+        factor = (weights.gather(1, chosen[:, None]) / total).squeeze(1)
+        chosen_prob = factor.detach().to(torch.float64)
+        # Which rows are alive needs tensor operations only where a row is or may turn invalid.
+        quiet = decision.none_failed and not self._some_invalid
+        if quiet:
+            alive = None
+        elif per_row == 1:
             alive = ~self.invalid
         else:
             # A row is alive at a slot if no earlier guess of its path failed, including a guess at
@@ -364,31 +383,38 @@ class PrefixChooser:
             # follow first actions, so its spawns would repeat prefixes that valid rows cover).
             fails = decision.failed.reshape(self.rows, per_row).to(torch.int8)
             alive = ~self.invalid[rows.episode] & ((fails.cumsum(1) - fails).reshape(-1) == 0)
-        chosen = decision.action
-        chosen_prob = probs.detach().gather(1, chosen[:, None]).squeeze(1).to(torch.float64)
         if rows.replayed is not None:
-            broken = rows.replayed & decision.failed & alive
-            if bool(broken.any()):
-                index = int(broken.nonzero()[0, 0])
-                raise _replay_broken(index // per_row, int(rows.slot[index]), site)
+            if alive is not None:
+                broken = rows.replayed & decision.failed & alive
+                if bool(broken.any()):
+                    index = int(broken.nonzero()[0, 0])
+                    raise _replay_broken(index // per_row, int(rows.slot[index]), site)
             if plan.replay_probs is not None:
                 expected = plan.replay_probs[rows.episode, rows.slot.clamp(max=max(self._width - 1, 0))]
-                differs = rows.replayed & alive & ((chosen_prob - expected).abs() > _REPLAY_ATOL + _REPLAY_RTOL * expected.abs())
+                differs = rows.replayed & ((chosen_prob - expected).abs() > _REPLAY_ATOL + _REPLAY_RTOL * expected.abs())
+                if alive is not None:
+                    differs &= alive
                 if bool(differs.any()):
                     index = int(differs.nonzero()[0, 0])
                     raise _replay_changed(int(rows.slot[index]), site, float(chosen_prob[index]), float(expected[index]))
         if decision.alternatives is not None:
-            self._spawn_from(decision.alternatives & alive[:, None], probs, rows.slot, per_row)
-        dead = ~alive | decision.failed
-        newly_invalid = decision.failed & alive
-        if bool(newly_invalid.any()):
-            self.invalid[rows.episode[newly_invalid]] = True
+            alternatives = decision.alternatives if alive is None else decision.alternatives & alive[:, None]
+            self._spawn_from(alternatives, weights, total, rows.slot, per_row)
+        dead = None
+        if alive is not None:
+            newly_invalid = decision.failed & alive
+            if bool(newly_invalid.any()):
+                self.invalid[rows.episode[newly_invalid]] = True
+                self._some_invalid = True
+            dead = ~alive | decision.failed
+            if not bool(dead.any()):
+                dead = None
         if self.record_supports:
             for index in range(0, per_row):
                 self._supports[int(rows.slot[index])] = support[index].clone()
         self.cursor += per_row
         self._record(chosen.reshape(self.rows, per_row), chosen_prob.reshape(self.rows, per_row), decision.branching.reshape(self.rows, per_row))
-        return chosen, (dead if bool(dead.any()) else None)
+        return chosen, factor, dead
 
     def _rows_of_call(self, per_row: int, total_rows: int) -> _CallRows:
         """Where every row of a call stands in the plan (its episode, slot, forced action, and whether
@@ -409,11 +435,12 @@ class PrefixChooser:
                 replayed = torch.ones(total_rows, dtype=torch.bool)
             else:
                 replayed = self.cursor < plan.replayed_len
-            return _CallRows(episode, slot, forced, replayed, self.cursor >= self._longest_path)
+            all_forced = self.cursor < self._shortest_path
+            return _CallRows(episode, slot, forced, replayed, self.cursor >= self._longest_path, all_forced)
         slot = self.cursor + torch.arange(total_rows) % per_row
         forced = self._forced_table[episode, slot.clamp(max=self._width)]
         replayed = slot < plan.replayed_len[episode]
-        return _CallRows(episode, slot, forced, replayed if bool(replayed.any()) else None, False)
+        return _CallRows(episode, slot, forced, replayed if bool(replayed.any()) else None, False, False)
 
     def _covered_rows(self, rows: _CallRows, num_actions: int) -> torch.Tensor | None:
         """``(rows, K)``: :meth:`_covered` for every row of a call (everything for rows that do not
@@ -447,13 +474,15 @@ class PrefixChooser:
             self._guess_table[key] = mask
         return self._guess_table[key]
 
-    def _spawn_from(self, alternatives: torch.Tensor, probs: torch.Tensor, slot: torch.Tensor, per_row: int) -> None:
+    def _spawn_from(
+        self, alternatives: torch.Tensor, weights: torch.Tensor, total: torch.Tensor, slot: torch.Tensor, per_row: int
+    ) -> None:
         found = alternatives.nonzero()
         if found.shape[0]:
             rows, actions = found[:, 0], found[:, 1]
+            probs = weights.detach()[rows, actions] / total.detach()[rows, 0]
             block = torch.stack(
-                [(rows // per_row).double(), slot[rows].double(), actions.double(), probs.detach()[rows, actions].double()],
-                dim=1,
+                [(rows // per_row).double(), slot[rows].double(), actions.double(), probs.double()], dim=1
             )
             self._spawn_blocks.append(block)
 

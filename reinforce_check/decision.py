@@ -21,6 +21,7 @@ the finite-difference replayer) goes through one of them.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -84,9 +85,13 @@ class RowDecisions:
     """``(rows, K)`` actions to spawn (None when no row spawns)."""
     branching: torch.Tensor
     """``(rows,)`` whether the decision offered more than one feasible action."""
+    none_failed: bool = False
+    """True when the rule already knows that no row failed (every forced action was feasible)."""
 
 
-def decide_rows(support: torch.Tensor, forced: torch.Tensor, covered: torch.Tensor | None) -> RowDecisions:
+def decide_rows(
+    support: torch.Tensor, forced: torch.Tensor, covered: torch.Tensor | None, *, all_forced: bool = False
+) -> RowDecisions:
     """The decision rule of :func:`decide` for every row at once.
 
     Arguments:
@@ -95,18 +100,32 @@ def decide_rows(support: torch.Tensor, forced: torch.Tensor, covered: torch.Tens
             ``K - 1`` is infeasible).
         covered: ``(rows, K)`` bool, the actions other rows take at each row's node (all True for
             a row that spawns nothing), or ``None`` when no row spawns.
+        all_forced: the caller knows that every row has a forced action below ``K``; when all of
+            them prove feasible (a replay of known sequences), the fallback is skipped.
 
     >>> out = decide_rows(torch.tensor([[False, True, True]]), torch.tensor([-1]), torch.zeros(1, 3, dtype=torch.bool))
     >>> out.action.tolist(), out.alternatives.tolist()
     ([1], [[False, False, True]])
     """
     num_actions = support.shape[1]
+    if all_forced:
+        feasible = support.gather(1, forced[:, None]).squeeze(1)
+        if bool(feasible.all()):
+            decided = _with_alternatives(support, forced, torch.zeros_like(feasible), covered)
+            decided.none_failed = True
+            return decided
     first = support.to(torch.int8).argmax(dim=1)
     has_forced = forced >= 0
     in_range = has_forced & (forced < num_actions)
     feasible = in_range & support.gather(1, forced.clamp(0, num_actions - 1)[:, None]).squeeze(1)
-    action = torch.where(feasible, forced, first)
-    failed = has_forced & ~feasible
+    return _with_alternatives(support, torch.where(feasible, forced, first), has_forced & ~feasible, covered)
+
+
+def _with_alternatives(
+    support: torch.Tensor, action: torch.Tensor, failed: torch.Tensor, covered: torch.Tensor | None
+) -> RowDecisions:
+    """The rule's second half, once the actions are taken: what each row spawns."""
+    num_actions = support.shape[1]
     alternatives = None
     if covered is not None:
         own = torch.nn.functional.one_hot(action, num_actions).bool() & ~failed[:, None]
@@ -123,12 +142,16 @@ def weights_are_valid(weights: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """
     # A product with a column of ones is a row sum several times faster than sum(dim=1) for the
     # few actions of a decision (and as exact: the same few additions).
-    ones = torch.ones(weights.shape[1], 1, dtype=weights.dtype, device=weights.device)
-    total = weights @ ones
+    total = weights @ _ones(weights.shape[1], weights.dtype, weights.device)
     # NaN fails every comparison; an infinite weight makes its total infinite.
     smallest, largest = torch.aminmax(total.detach())
     valid = weights.detach().amin().item() >= 0 and smallest.item() > 0 and largest.item() < math.inf
     return total, valid
+
+
+@functools.lru_cache(maxsize=64)
+def _ones(size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.ones(size, 1, dtype=dtype, device=device)
 
 
 def invalid_weights_error(weights: torch.Tensor, site: str, replacement: bool) -> InvalidProbabilitiesError | None:

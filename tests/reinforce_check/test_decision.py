@@ -73,3 +73,19 @@ def test_a_free_row_spawns_every_other_feasible_action():
 def test_a_failed_guess_spawns_its_first_feasible_action_unless_covered():
     assert decide([0.0, 1.0, 1.0], forced=0, covered={0}).alternatives == (1, 2)
     assert decide([0.0, 1.0, 1.0], forced=0, covered={0, 1}).alternatives == (2,)
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=decision_rows())
+def test_the_all_forced_shortcut_decides_as_the_full_rule(case):
+    num_actions, rows = case
+    support = torch.tensor([[w > 0 for w in weights] for weights, _, _ in rows])
+    # Every row forced to an action in range, feasible or not.
+    forced = torch.tensor([max(f, 0) % num_actions for _, f, _ in rows])
+    covered = torch.tensor([[c is None or k in c for k in range(num_actions)] for _, _, c in rows])
+    full = decide_rows(support, forced, covered)
+    short = decide_rows(support, forced, covered, all_forced=True)
+    assert torch.equal(full.action, short.action)
+    assert torch.equal(full.failed, short.failed)
+    assert torch.equal(full.alternatives, short.alternatives)
+    assert torch.equal(full.branching, short.branching)
