@@ -290,23 +290,24 @@ def check_reinforce(
     runner.verify_replay()
     # Autograd's -grad J is the reference only when every probability reaching a sampler carried
     # its gradient; draws made with gradient recording off leave central differences of J to decide.
-    ground_truth = "finite differences" if runner.found.no_grad_calls else "autograd"
-    directional: list[DirectionalCheck] = []
-    numeric: list[torch.Tensor] | None = None
-    if ground_truth == "autograd":
-        parameters = [_compare(n, t, e, rtol, atol) for n, t, e in zip(names, exact.target, exact.estimate)]
-    else:
+    directional: list[DirectionalCheck]
+    numeric: list[torch.Tensor] | None
+    if runner.found.no_grad_calls:
+        ground_truth = "finite differences"
         reference = numeric_reference(runner, tensors, step=fd_step, seed=seed)
         parameters = _compare_numeric(names, reference, exact, fd_rtol, fd_atol)
-    # A sequence's share of the bias needs autograd's gradient of p(a) objective(a): not without it.
-    contributions, variances = _attribute(
-        runner, tensors, parameters, exact, top_sequences=top_sequences if ground_truth == "autograd" else 0,
-        variance=variance,
-    )
-    if ground_truth == "autograd":
+        # A sequence's share of the bias needs autograd's gradient of p(a) objective(a): not without it.
+        directional, numeric, attributed = [], None, 0
+    else:
+        ground_truth = "autograd"
+        parameters = [_compare(n, t, e, rtol, atol) for n, t, e in zip(names, exact.target, exact.estimate)]
         directional, numeric = finite_difference_checks(
             runner, names, tensors, exact, mode=finite_differences, step=fd_step, rtol=fd_rtol, atol=fd_atol, seed=seed
         )
+        attributed = top_sequences
+    contributions, variances = _attribute(
+        runner, tensors, parameters, exact, top_sequences=attributed, variance=variance
+    )
     if variances is not None:
         for p, v in zip(parameters, variances):
             p.variance = v

@@ -129,6 +129,25 @@ def _row_totals(weights: torch.Tensor, site: str, replacement: bool) -> torch.Te
     return total
 
 
+class _PlanTables:
+    """A plan as the tensor path reads it, built at a pass's first call that needs it (a small pass
+    may never make one)."""
+
+    def __init__(self, plan: Plan) -> None:
+        rows, width = plan.forced.shape
+        # Padded by one column of -1, so that every slot past the paths reads "free".
+        self.forced = torch.cat([plan.forced, torch.full((rows, 1), -1, dtype=torch.long)], dim=1)
+        self.forced[torch.arange(width + 1)[None, :] >= plan.forced_len[:, None]] = -1
+        self.width = width
+        self.shortest_replay = int(plan.replayed_len.min()) if rows else 0
+        self.longest_replay = int(plan.replayed_len.max()) if rows else 0
+        self.shortest_path = int(plan.forced_len.min()) if rows else 0
+        self.longest_path = int(plan.forced_len.max()) if rows else 0
+        self.column_max = plan.forced.max(dim=0).values.tolist() if rows and width else []
+        self.guessed: dict[tuple[int, int], torch.Tensor] = {}
+        self.episode_of_row: dict[tuple[int, int], torch.Tensor] = {}
+
+
 class _CallRows(NamedTuple):
     """Where the rows of one call stand in a pass's plan."""
 
@@ -219,6 +238,8 @@ class PrefixChooser:
         self._spawns: list[tuple[int, int, int, float]] = []
         self._spawn_blocks: list[torch.Tensor] = []
         self._supports: dict[int, torch.Tensor] = {}
+        # Small calls' probability factors, taken together when the pass ends.
+        self._deferred: list[_Deferred] = []
         self._small = self.rows <= self.small_rows
         if self._small:
             # Small passes keep their records as Python lists.
@@ -230,7 +251,6 @@ class PrefixChooser:
             self._guessed = {slot: set(mask.nonzero().flatten().tolist()) for slot, mask in plan.guessed.items()}
             self._invalid = [False] * self.rows
             self._dead: list[bool] = []
-            self._deferred: list[_Deferred] = []
             self._actions: list[list[int]] = [[] for _ in range(self.rows)]
             self._probs: list[list[float]] = [[] for _ in range(self.rows)]
             self._branching: list[list[bool]] = [[] for _ in range(self.rows)]
@@ -238,18 +258,7 @@ class PrefixChooser:
             self._action_blocks: list[torch.Tensor] = []
             self._prob_blocks: list[torch.Tensor] = []
             self._branching_blocks: list[torch.Tensor] = []
-            width = plan.forced.shape[1]
-            # Padded by one column of -1, so that every slot past the paths reads "free".
-            self._forced_table = torch.cat([plan.forced, torch.full((self.rows, 1), -1, dtype=torch.long)], dim=1)
-            self._forced_table[torch.arange(width + 1)[None, :] >= plan.forced_len[:, None]] = -1
-            self._width = width
-            self._guess_table: dict[tuple[int, int], torch.Tensor] = {}
-            self._episode_of_row: dict[tuple[int, int], torch.Tensor] = {}
-            self._shortest_replay = int(plan.replayed_len.min()) if self.rows else 0
-            self._longest_replay = int(plan.replayed_len.max()) if self.rows else 0
-            self._longest_path = int(plan.forced_len.max()) if self.rows else 0
-            self._shortest_path = int(plan.forced_len.min()) if self.rows else 0
-            self._column_max = plan.forced.max(dim=0).values.tolist() if self.rows and width else []
+        self._tables: _PlanTables | None = None
 
     def choose(self, weights: torch.Tensor, num_samples: int, replacement: bool, site: str) -> torch.Tensor:
         _check_shape(weights, site)
@@ -365,7 +374,7 @@ class PrefixChooser:
         total_rows, num_actions = weights.shape
         rows = self._rows_of_call(per_row, total_rows)
         support = weights.detach() > 0
-        all_forced = rows.all_forced and self._column_max[self.cursor] < num_actions
+        all_forced = rows.all_forced and self._plan_tables().column_max[self.cursor] < num_actions
         decision = decide_rows(support, rows.forced, self._covered_rows(rows, num_actions), all_forced=all_forced)
         chosen = decision.action
         # Only the chosen weights are normalized: a row sum is all the rest of the row is needed for.
@@ -390,7 +399,7 @@ class PrefixChooser:
                     index = int(broken.nonzero()[0, 0])
                     raise _replay_broken(index // per_row, int(rows.slot[index]), site)
             if plan.replay_probs is not None:
-                expected = plan.replay_probs[rows.episode, rows.slot.clamp(max=max(self._width - 1, 0))]
+                expected = plan.replay_probs[rows.episode, rows.slot.clamp(max=max(self._plan_tables().width - 1, 0))]
                 differs = rows.replayed & ((chosen_prob - expected).abs() > _REPLAY_ATOL + _REPLAY_RTOL * expected.abs())
                 if alive is not None:
                     differs &= alive
@@ -416,29 +425,35 @@ class PrefixChooser:
         self._record(chosen.reshape(self.rows, per_row), chosen_prob.reshape(self.rows, per_row), decision.branching.reshape(self.rows, per_row))
         return chosen, factor, dead
 
+    def _plan_tables(self) -> _PlanTables:
+        if self._tables is None:
+            self._tables = _PlanTables(self.plan)
+        return self._tables
+
     def _rows_of_call(self, per_row: int, total_rows: int) -> _CallRows:
         """Where every row of a call stands in the plan (its episode, slot, forced action, and whether
         the slot is replayed: None when no row's is)."""
         plan = self.plan
+        tables = self._plan_tables()
         key = (per_row, total_rows)
-        if key not in self._episode_of_row:
-            self._episode_of_row[key] = torch.arange(total_rows) // per_row
-        episode = self._episode_of_row[key]
+        if key not in tables.episode_of_row:
+            tables.episode_of_row[key] = torch.arange(total_rows) // per_row
+        episode = tables.episode_of_row[key]
         if per_row == 1:
             # Every row is at the same slot: read the plan one column at a time, and decide in Python
             # which kinds of rows exist there.
             slot = torch.full((total_rows,), self.cursor, dtype=torch.long)
-            forced = self._forced_table[:, min(self.cursor, self._width)]
-            if self.cursor >= self._longest_replay:
+            forced = tables.forced[:, min(self.cursor, tables.width)]
+            if self.cursor >= tables.longest_replay:
                 replayed = None
-            elif self.cursor < self._shortest_replay:
+            elif self.cursor < tables.shortest_replay:
                 replayed = torch.ones(total_rows, dtype=torch.bool)
             else:
                 replayed = self.cursor < plan.replayed_len
-            all_forced = self.cursor < self._shortest_path
-            return _CallRows(episode, slot, forced, replayed, self.cursor >= self._longest_path, all_forced)
+            all_forced = self.cursor < tables.shortest_path
+            return _CallRows(episode, slot, forced, replayed, self.cursor >= tables.longest_path, all_forced)
         slot = self.cursor + torch.arange(total_rows) % per_row
-        forced = self._forced_table[episode, slot.clamp(max=self._width)]
+        forced = tables.forced[episode, slot.clamp(max=tables.width)]
         replayed = slot < plan.replayed_len[episode]
         return _CallRows(episode, slot, forced, replayed if bool(replayed.any()) else None, False, False)
 
@@ -465,14 +480,15 @@ class PrefixChooser:
     def _guessed_mask(self, slot: int, num_actions: int) -> torch.Tensor:
         """``(K,)`` bool: the actions guessed at ``slot``."""
         key = (slot, num_actions)
-        if key not in self._guess_table:
+        cache = self._plan_tables().guessed
+        if key not in cache:
             mask = torch.zeros(num_actions, dtype=torch.bool)
             guess = self.plan.guessed.get(slot)
             if guess is not None:
                 size = min(num_actions, guess.shape[0])
                 mask[:size] = guess[:size]
-            self._guess_table[key] = mask
-        return self._guess_table[key]
+            cache[key] = mask
+        return cache[key]
 
     def _spawn_from(
         self, alternatives: torch.Tensor, weights: torch.Tensor, total: torch.Tensor, slot: torch.Tensor, per_row: int
@@ -565,9 +581,9 @@ class PrefixChooser:
         if self._factors:
             factors = self._factors[0] if len(self._factors) == 1 else torch.cat(self._factors, dim=1)
             log_prob = torch.log(factors).sum(dim=1)
-            if self._small and self._deferred:
+            if self._deferred:
                 log_prob = log_prob + self._deferred_log_prob()
-        elif self._small and self._deferred:
+        elif self._deferred:
             log_prob = self._deferred_log_prob()
         else:
             log_prob = torch.zeros(self.rows, dtype=torch.float64)

@@ -431,3 +431,25 @@ def test_batched_replay_of_every_sequence_must_reproduce_its_outputs(make_param)
 
     with pytest.raises(NondeterministicEpisodeError, match="keeps state between runs"):
         check_reinforce(episode, {"theta": theta}, batched=True)
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["sequential", "batched"])
+def test_a_call_with_more_decisions_than_the_python_path_takes_is_enumerated_exactly(make_param, batched):
+    # 70 decisions per episode in one torch.multinomial call: a sequential pass decides it with
+    # tensor operations. Two decisions branch; the others have a single feasible action.
+    theta = make_param(2, 2, seed=71)
+    forced = torch.tensor([[1.0, 0.0]], dtype=torch.float64).expand(68, 2)
+
+    def run(rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        probs = torch.cat([torch.softmax(theta, -1), forced]).repeat(rows, 1)
+        actions = torch.multinomial(probs, 1).view(rows, 70)
+        log_prob = torch.log(probs.gather(1, actions.reshape(-1, 1))).view(rows, 70).sum(1)
+        reward = actions[:, :2].double().sum(1)
+        return reward, -log_prob * reward
+
+    episode = run if batched else (lambda: tuple(value[0] for value in run(1)))
+    report = check_reinforce(episode, {"theta": theta}, batched=batched)
+    p = torch.softmax(theta.detach(), -1)[:, 1]
+    assert report.num_sequences == 4
+    assert report.total_probability == pytest.approx(1.0, abs=1e-12)
+    assert report.objective == pytest.approx(float(p.sum()), rel=1e-12)
