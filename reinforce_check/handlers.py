@@ -22,7 +22,7 @@ from typing import Any, TypeVar, overload
 
 import torch
 
-from . import scope
+from . import recording, scope
 
 __all__ = ["enumerate_actions"]
 
@@ -56,6 +56,8 @@ def _wrap_function(function: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(function)
     def scoped(*args: Any, **kwargs: Any) -> Any:
         with _Scope():
+            if scope.records() and not recording.active():
+                return recording.call(function, args, kwargs)
             return function(*args, **kwargs)
 
     scoped.__reinforce_check_scoped__ = True  # type: ignore[attr-defined]
