@@ -36,6 +36,7 @@ from .report import (
     DrawsWithoutGradient,
     Note,
     ParameterReport,
+    RecordedGraph,
     ReinforceCheckError,
     ScopedDraws,
     SequenceContribution,
@@ -465,8 +466,16 @@ def _report(
     notes: list[Note] = []
     if found.scoped:
         notes.append(ScopedDraws(outside_calls=found.outside_calls, runs=found.rows_run))
+    if found.calls_recorded:
+        notes.append(RecordedGraph(calls=found.calls_recorded, runs=found.rows_run))
     if found.calls_without_gradient:
-        notes.append(DrawsWithoutGradient(calls=found.calls_without_gradient, gradient_off=found.calls_gradient_off))
+        notes.append(
+            DrawsWithoutGradient(
+                calls=found.calls_without_gradient,
+                gradient_off=found.calls_gradient_off,
+                inference_mode=found.calls_inference_mode,
+            )
+        )
     if disagreed:
         notes.append(AutogradDisagreed(directions=disagreed))
     probability_tolerance = max(1e-12 * len(found), 1e-10)

@@ -21,6 +21,7 @@ __all__ = [
     "DrawsWithoutGradient",
     "Note",
     "ParameterReport",
+    "RecordedGraph",
     "ReinforceCheckError",
     "ScopedDraws",
     "SequenceContribution",
@@ -126,6 +127,19 @@ class DrawsWithoutGradient:
     calls: int
     gradient_off: int = 0
     """Of those, calls made with gradient recording off (``torch.no_grad()``, ``torch.inference_mode()``)."""
+    inference_mode: int = 0
+    """Of those, calls made under ``torch.inference_mode()``, which a check cannot record."""
+
+
+@dataclass(frozen=True)
+class RecordedGraph:
+    """A note: code marked with ``enumerate_actions`` sampled where gradient recording was off, and
+    the check recorded its graph anyway (see :mod:`reinforce_check.recording`)."""
+
+    calls: int
+    """Sampler calls whose probabilities carry gradient only because the check recorded it."""
+    runs: int
+    """Episode runs of the enumeration."""
 
 
 @dataclass(frozen=True)
@@ -135,7 +149,7 @@ class AutogradDisagreed:
     directions: int
 
 
-Note = Union[ScopedDraws, DrawsWithoutGradient, AutogradDisagreed]
+Note = Union[ScopedDraws, DrawsWithoutGradient, RecordedGraph, AutogradDisagreed]
 
 
 def format_note(note: Note) -> str:
@@ -143,6 +157,8 @@ def format_note(note: Note) -> str:
 
     >>> format_note(DrawsWithoutGradient(calls=2, gradient_off=2)).split(" (")[0]
     '2 sampler call(s) received probabilities that carry no gradient'
+    >>> format_note(RecordedGraph(calls=4, runs=2)).split(",")[0]
+    '4 sampler call(s) in 2 episode run(s) drew inside code marked with enumerate_actions where gradient recording was off'
     """
     if isinstance(note, ScopedDraws):
         return (
@@ -150,6 +166,14 @@ def format_note(note: Note) -> str:
             f"{note.outside_calls} other sampler call(s) in {note.runs} episode run(s), and any other "
             "random draws, sampled for real from the generator state the check started with, restored "
             "before every run, so every sequence saw the same random numbers."
+        )
+    if isinstance(note, RecordedGraph):
+        return (
+            f"{note.calls} sampler call(s) in {note.runs} episode run(s) drew inside code marked with "
+            "enumerate_actions where gradient recording was off, under torch.no_grad() or "
+            "torch.set_grad_enabled(False) (or from tensors made there): the check recorded their graph "
+            "anyway, so autograd's -grad J includes their score terms. The marked code computed the same "
+            "values, and what it returned came back detached, as it does outside a check."
         )
     if isinstance(note, AutogradDisagreed):
         return (
@@ -164,10 +188,19 @@ def format_note(note: Note) -> str:
         "or computed outside torch), so autograd's -grad J may miss their score terms"
     )
     if note.gradient_off:
-        return (
-            f"{text}: the verdict comes from central differences of the exact J instead (probabilities that "
-            "keep their gradient let autograd decide, at less cost)."
-        )
+        if note.inference_mode:
+            advice = (
+                f"{note.inference_mode} of them ran under torch.inference_mode(), which a check cannot "
+                "record, even in marked code: to let autograd decide, at less cost, sample under "
+                "torch.no_grad() there and mark the function that samples with enumerate_actions."
+            )
+        else:
+            advice = (
+                "To let autograd decide, at less cost, mark the function that samples with "
+                "enumerate_actions (policy.act = enumerate_actions(policy.act)): during a check, marked "
+                "code records its graph through torch.no_grad()."
+            )
+        return f"{text}: the verdict comes from central differences of the exact J instead. {advice}"
     return f"{text}: central differences of the exact J checked it, and would have decided had it disagreed."
 
 
