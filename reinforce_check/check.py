@@ -176,6 +176,9 @@ def _compare_numeric(
     return reports
 
 
+# A check is about gradients: it runs with gradient recording on whatever its caller's grad mode
+# (what it runs under torch.no_grad() itself, and marked code, tell their runs apart by it).
+@torch.enable_grad()
 def check_reinforce(
     episode: Callable[..., Any],
     params: Params,
