@@ -212,7 +212,10 @@ def check_reinforce(
     ``fd_atol + fd_rtol * |numeric|``: every coordinate of a tensor of at most 64 elements, one
     random unit direction of a larger one. They decide too wherever autograd's -grad J disagrees
     with them (probabilities detached on their way to a sampler, say). ``report.ground_truth`` says
-    which decided.
+    which decided. A function marked with :func:`~reinforce_check.enumerate_actions` records its
+    graph through ``torch.no_grad()`` during a check (not through ``torch.inference_mode()``), so
+    marking the function that samples keeps autograd as the ground truth. The check itself runs
+    with gradient recording on, whatever its caller's grad mode.
 
     .. note::
         Everything runs in float64: checked parameters must be float64 (a float32 model is refused
@@ -373,9 +376,11 @@ def _autograd_reference(
     and none of this is run. Probabilities detached (or computed outside torch) with recording on
     may or may not depend on the parameters, and a tensor detached on its way to the sampler cannot
     be seen at all: the cross-check runs even when ``mode`` is ``"none"`` if some call's
-    probabilities carried no gradient or the estimate ``mismatched`` autograd's -grad J (a bias is
-    never reported on autograd's word alone), and if autograd disagrees with central differences
-    (an objective term computed from detached values would do it too), central differences decide.
+    probabilities carried no gradient, or carried a graph that marked code recorded where gradient
+    recording was off (a path it could not record leaves no trace either), or the estimate
+    ``mismatched`` autograd's -grad J (a bias is never reported on autograd's word alone), and if
+    autograd disagrees with central differences (an objective term computed from detached values
+    would do it too), central differences decide.
 
     Returns:
         The directional checks (``None`` when central differences decide), the numeric gradient of
@@ -384,7 +389,7 @@ def _autograd_reference(
     found = runner.found
     if found.calls_gradient_off:
         return None, None, 0
-    if mode == "none" and (found.calls_without_gradient or mismatched):
+    if mode == "none" and (found.calls_without_gradient or found.calls_recorded or mismatched):
         mode = "joint"
     directional, numeric = finite_difference_checks(
         runner, names, tensors, exact, mode=mode, step=step, rtol=rtol, atol=atol, seed=seed

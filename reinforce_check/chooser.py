@@ -279,6 +279,7 @@ class PrefixChooser:
             self._branching_blocks: list[torch.Tensor] = []
         self._tables: _PlanTables | None = None
 
+    @recording.draws
     def choose(self, weights: torch.Tensor, num_samples: int, replacement: bool, site: str) -> torch.Tensor:
         _check_shape(weights, site)
         total_rows = weights.shape[0]
@@ -294,7 +295,7 @@ class PrefixChooser:
             self.calls_without_gradient += 1
             self.calls_gradient_off += not torch.is_grad_enabled()
             self.calls_inference_mode += torch.is_inference_mode_enabled()
-        elif recording.recorded(weights) and _branches(weights):
+        elif recording.draw_recorded() and _branches(weights):
             self.calls_recorded += 1
         per_row = total_rows // self.rows
         if self._small and total_rows <= self.small_decisions:

@@ -8,8 +8,10 @@ environment's own randomness, say), samples for real, from the generator state t
 with, restored before every run, so each action sequence sees the same random numbers and the
 episode stays a deterministic function of the enumerated actions. The report says so.
 
-Outside a check, marked code behaves exactly as before: the wrapper draws nothing and changes no
-generator state.
+During a check, a marked function records its graph through ``torch.no_grad()`` and its kin
+(:mod:`~reinforce_check.recording`), so that autograd's exact -grad J decides for PPO-style
+rollouts. Outside a check, marked code behaves exactly as before: the wrapper draws nothing,
+changes no generator state and records nothing.
 """
 
 from __future__ import annotations
@@ -32,8 +34,17 @@ T = TypeVar("T")
 class _Scope:
     """Context manager and decorator marking code whose draws a check enumerates."""
 
+    def __init__(self) -> None:
+        # What each entry (innermost last) began recording, if anything.
+        self._recordings: list[recording.Recording | None] = []
+
     def __enter__(self) -> _Scope:
         scope.enter_scope()
+        try:
+            self._recordings.append(recording.begin())
+        except BaseException:
+            scope.exit_scope()
+            raise
         return self
 
     def __exit__(
@@ -42,8 +53,13 @@ class _Scope:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if exc_type is not scope.ScopeDetected:
-            scope.exit_scope()
+        started = self._recordings.pop()
+        try:
+            if started is not None:
+                recording.end(started)
+        finally:
+            if exc_type is not scope.ScopeDetected:
+                scope.exit_scope()
 
     def __call__(self, target: T) -> T:
         return enumerate_actions(target)
@@ -56,8 +72,6 @@ def _wrap_function(function: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(function)
     def scoped(*args: Any, **kwargs: Any) -> Any:
         with _Scope():
-            if scope.records() and not recording.active():
-                return recording.call(function, args, kwargs)
             return function(*args, **kwargs)
 
     scoped.__reinforce_check_scoped__ = True  # type: ignore[attr-defined]
@@ -100,6 +114,15 @@ def enumerate_actions(target: Any = None) -> Any:
     generator state the check started with, restored before every run, so that each enumerated
     sequence sees the same random numbers; the report notes how many such draws there were. Outside
     a check the marked code behaves exactly as before.
+
+    During a check, a marked function (not a ``with`` block) also records its graph where gradient
+    recording would be off: ``torch.no_grad()`` and ``torch.set_grad_enabled(False)`` inside it, as
+    a decorator on it (``generate()`` in ``transformers``), or around its call (a PPO rollout), so
+    the probabilities reaching the sampler keep their dependence on the parameters and autograd's
+    exact -grad J decides. The code sees the values and the grad mode it sees outside a check, and
+    what the function returns that a real run makes without gradient comes back detached. See
+    ``reinforce_check/recording.py`` for how, and the documentation for the limits;
+    ``torch.inference_mode()`` cannot be recorded.
 
     Arguments:
         target: what to mark; ``None`` returns a context manager.

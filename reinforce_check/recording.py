@@ -2,44 +2,52 @@
 
 PPO and A2C code samples its rollouts under ``torch.no_grad()``, and ``transformers``'
 ``generate()`` is decorated with ``@torch.no_grad()``: the probabilities reaching the sampler carry
-no gradient, so autograd's -grad J cannot see their score terms. During a check, a function marked
-with :func:`~reinforce_check.enumerate_actions` runs through :func:`call`, which keeps gradient
-recording on whatever the code asks for, and keeps what it asks for as a *virtual* grad mode:
+no gradient, so autograd's -grad J cannot see their score terms. During a check, code marked with
+:func:`~reinforce_check.enumerate_actions` runs inside :func:`begin` ... :func:`end`, which keep
+gradient recording on whatever the code asks for, and keep what it asks for as a *virtual* grad
+mode:
 
 * ``torch.no_grad()``, ``torch.enable_grad()`` and ``torch.set_grad_enabled()`` (context managers,
   decorators or functions) change the virtual mode only, and the caller's grad mode is the virtual
-  mode the function starts with. Recording stays on, so the probabilities reaching the sampler carry
-  their dependence on the parameters.
-* Everything else stays as a real run has it. A :class:`~torch.overrides.TorchFunctionMode` notes
-  the tensors that a real run makes without gradient (*tainted* tensors: made with the virtual
-  mode off, or with it on from tainted tensors only), which here carry a recorded graph. An
-  operation made with the virtual mode on from tainted and untainted tensors that carry gradient
-  takes the tainted ones detached, as a real run has them (the recorded graph loses that path). An
-  in-place change made with the virtual mode off, of a tensor whose storage was not made there (the
-  caller's buffers, the parameters, a module's state), runs with recording really off. ``numpy()``,
-  ``__array__`` and ``__deepcopy__`` get tainted tensors detached.
-* Tensors saved for the backward pass where a real run records nothing are copies (a saved-tensor
-  hook), so that an in-place change afterwards (a static KV cache, a buffer filled step by step)
-  cannot break the backward pass. Other saved tensors keep autograd's check that they did not
-  change.
-* When the function returns, every tainted tensor it returns is detached (in tuples, lists, dicts,
-  named tuples and dataclasses, ``transformers``' ``ModelOutput`` among them), and the caller gets
-  the grad mode the function leaves, the virtual one. A detached tensor handed back this way and
-  passed, unchanged, to a marked function later in the same episode run (a recurrent state) enters
-  it as the recorded tensor it was.
+  mode the marked code starts with.
+* Every tensor the code gets is what a real run makes. An operation that a real run makes without
+  recording (the virtual mode off, or on with no input that carries gradient) is run recorded on
+  the inputs' *recorded forms*, and the code gets the result detached, its recorded form kept aside
+  (a :class:`~torch.overrides.TorchFunctionMode` does this, operation by operation). An operation
+  that mixes tensors with recorded forms and tensors that carry gradient for real (a head with
+  gradient on features made under ``torch.no_grad()``) runs twice: as a real run makes it, and
+  recorded. So the code sees the values, ``requires_grad`` and ``grad_fn`` it sees outside a check,
+  and so does the caller, whatever reaches it (the return value, an attribute, a buffer).
+* A sampler call inside marked code draws from the recorded form of its probabilities
+  (:func:`draws`), which carries their dependence on the parameters.
+* In-place changes are mirrored on the recorded forms. One made with the virtual mode off, of a
+  tensor whose storage the marked code did not make (the caller's buffers, the parameters, a
+  module's state), runs with recording really off, as a real run makes it.
+* Tensors saved for the backward pass of recorded operations are copies (a saved-tensor hook), so
+  that an in-place change afterwards (a static KV cache, a buffer filled step by step) cannot
+  break the backward pass. Other saved tensors keep autograd's check that they did not change.
+* When the marked code ends, the caller gets the grad mode the code leaves, the virtual one. A
+  tensor it got and passes, unchanged, to marked code later in the same episode run (a recurrent
+  state) comes with its recorded form.
 
 ``torch.is_grad_enabled()`` inside marked code answers the real mode, ``True``: code asks it to
 choose between a differentiable path and a faster one that is not (``nn.MultiheadAttention``'s
 fast path, custom kernels), and the path taken here must be differentiable. Inside
 ``torch.inference_mode()`` nothing can be recorded: marked code there runs as it is.
+
+Wherever a recorded form is lost (changed outside marked code, a different episode run, an
+in-place change of a tensor made elsewhere) the code still gets what a real run gets, and the
+recorded graph misses that path: central differences of the exact J, which always cross-check a
+recorded graph, then disagree with autograd and decide.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import threading
+import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch.autograd import grad_mode
@@ -50,33 +58,53 @@ from torch.utils.weak import WeakIdKeyDictionary
 from . import scope
 from .patching import restore_attributes, save_attributes
 
-__all__ = ["active", "call", "recorded"]
+__all__ = ["Recording", "active", "begin", "draw_recorded", "draws", "end"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 _set_real = torch._C._set_grad_enabled
+
+
+class _Entry:
+    """The recorded form of a tensor the marked code got."""
+
+    __slots__ = ("run", "recorded", "alias", "sealed")
+
+    def __init__(self, run: int, recorded: torch.Tensor, alias: bool) -> None:
+        self.run = run
+        self.recorded = recorded
+        self.alias = alias
+        """Whether the tensor is ``recorded.detach()`` (same storage); else a separate computation."""
+        self.sealed: int | None = None
+        """The tensor's version when marked code last ended; a change since loses the recorded form."""
 
 
 class _State(threading.local):
     def __init__(self) -> None:
         self.active = False
-        """Whether a marked function records its graph in this thread now."""
+        """Whether marked code records its graph in this thread now."""
         self.virtual = True
         """The grad mode the marked code would run with."""
         self.copying = False
-        """Whether the operation running now records where a real run would not."""
+        """Whether the operation running now is recorded where a real run records nothing."""
+        self.paused = False
+        """Whether a chooser is running (its operations are its own)."""
+        self.draw_recorded = False
+        """Whether the chooser running now draws from a recorded form."""
         self.run = 0
         """The check's episode run that the marked code runs in."""
         self.storages: set[int] = set()
-        """Storages (data pointers) that the running marked call made where a real run records nothing."""
-        self.records = WeakIdKeyDictionary()
-        """Tainted tensor -> ``(run, None, None)``; detached tensor handed back to a caller ->
-        ``(run, recorded tensor, version handed back)``."""
+        """Storages (data pointers) that the running marked code made where a real run records nothing."""
+        self.entries = WeakIdKeyDictionary()
+        """Tensor the marked code got -> its :class:`_Entry`."""
+        self.unsealed: list[weakref.ref[torch.Tensor]] = []
 
 
 _STATE = _State()
 
 
 def active() -> bool:
-    """Whether a marked function records its graph in this thread now.
+    """Whether marked code records its graph in this thread now.
 
     >>> active()
     False
@@ -84,16 +112,35 @@ def active() -> bool:
     return _STATE.active
 
 
-def recorded(weights: torch.Tensor) -> bool:
-    """Whether probabilities reaching a sampler now carry a graph that a real run would not record.
+def draw_recorded() -> bool:
+    """Whether the chooser running now (see :func:`draws`) draws from probabilities that carry
+    gradient only because marked code recorded their graph.
 
-    >>> recorded(torch.ones(2, requires_grad=True) * 2)
+    >>> draw_recorded()
     False
     """
-    if not _STATE.active or weights.grad_fn is None:
-        return False
-    entry = _STATE.records.get(weights)
-    return entry is not None and entry[0] == _STATE.run and entry[1] is None
+    return _STATE.draw_recorded
+
+
+def draws(choose: F) -> F:
+    """Decorate a chooser's ``choose(self, weights, ...)``: inside marked code that records its
+    graph, it gets the recorded form of ``weights``, and its own operations are not recorded forms.
+    """
+
+    @functools.wraps(choose)
+    def recorded_choose(self: Any, weights: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if not _STATE.active:
+            return choose(self, weights, *args, **kwargs)
+        recorded = _recorded_form(weights)
+        before = _STATE.paused, _STATE.draw_recorded
+        _STATE.paused = True
+        _STATE.draw_recorded = recorded is not None and recorded.requires_grad
+        try:
+            return choose(self, weights if recorded is None else recorded, *args, **kwargs)
+        finally:
+            _STATE.paused, _STATE.draw_recorded = before
+
+    return recorded_choose  # type: ignore[return-value]
 
 
 # The virtual grad mode.
@@ -182,13 +229,23 @@ _PATCHES: list[tuple[Any, str, Callable[..., Any]]] = [
     (grad_mode.set_grad_enabled, "__enter__", _set_enter),
     (grad_mode.set_grad_enabled, "__exit__", _set_exit),
 ]
-"""The grad-mode context managers' methods that a recording call replaces while it runs."""
+"""The grad-mode context managers' methods that recording replaces while marked code runs."""
 
 
-# What a real run makes of each operation.
+# Recorded forms.
 
-_DETACHED_SELF = frozenset({"numpy", "__array__", "__deepcopy__"})
-"""Tensor methods that refuse a tensor that requires grad: they get tainted tensors detached."""
+_DIFFERENTIABLE_PROPERTIES = frozenset({"T", "mT", "H", "mH", "real", "imag"})
+"""Tensor properties that are operations; the others (``requires_grad``, ``grad_fn``, ``data``,
+``shape``, ...) describe the tensor the code holds."""
+_AS_HELD = frozenset(
+    {
+        "requires_grad_", "retain_grad", "register_hook", "register_post_accumulate_grad_hook", "backward",
+        "detach", "detach_", "numpy", "__array__", "tolist", "item", "__repr__", "__format__",
+        "__deepcopy__", "__reduce_ex__", "__getstate__", "__setstate__", "data_ptr", "untyped_storage",
+        "storage", "_typed_storage", "__set__", "__delete__", "is_inference",
+    }
+)
+"""Methods about the tensor the code holds rather than operations on its values."""
 _NOT_INPLACE = frozenset({"requires_grad_", "retain_grad", "detach_", "share_memory_"})
 """Methods whose trailing underscore does not mean a change of the tensor's values."""
 _NOT_AUGMENTED = frozenset({"__index__", "__int__", "__invert__", "__iter__", "__init__", "__init_subclass__"})
@@ -223,20 +280,17 @@ def _tensors(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torch.Tensor
     return found
 
 
-def _outputs(result: Any) -> list[torch.Tensor]:
-    if isinstance(result, torch.Tensor):
-        return [result]
-    if isinstance(result, (tuple, list)):
-        return [r for r in result if isinstance(r, torch.Tensor)]
-    return []
-
-
-def _map(value: Any, form: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+def _swap(value: Any, forms: dict[int, torch.Tensor]) -> Any:
+    """``value`` with every tensor that has a recorded form replaced by it."""
     if isinstance(value, torch.Tensor):
-        return form(value)
-    if isinstance(value, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in value):
-        return type(value)(form(v) if isinstance(v, torch.Tensor) else v for v in value)
+        return forms.get(id(value), value)
+    if isinstance(value, (tuple, list)) and any(isinstance(v, torch.Tensor) and id(v) in forms for v in value):
+        return type(value)(forms.get(id(v), v) if isinstance(v, torch.Tensor) else v for v in value)
     return value
+
+
+def _swapped(args: tuple[Any, ...], kwargs: dict[str, Any], forms: dict[int, torch.Tensor]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return tuple(_swap(a, forms) for a in args), {k: _swap(v, forms) for k, v in kwargs.items()}
 
 
 def _storage(tensor: torch.Tensor) -> int:
@@ -246,47 +300,35 @@ def _storage(tensor: torch.Tensor) -> int:
         return 0
 
 
-def _tainted(tensor: torch.Tensor) -> bool:
-    """Whether a real run of this episode run makes ``tensor`` without gradient (and here it has some)."""
-    if tensor.grad_fn is None:
-        return False
-    entry = _STATE.records.get(tensor)
-    return entry is not None and entry[0] == _STATE.run and entry[1] is None
+def _entry(tensor: torch.Tensor) -> _Entry | None:
+    """The tensor's entry, if its recorded form is still good."""
+    entry = _STATE.entries.get(tensor)
+    if entry is None or entry.run != _STATE.run:
+        return None
+    if entry.sealed is not None and tensor._version != entry.sealed:
+        return None
+    return entry
 
 
-def _as_made(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor`` as a real run has it."""
-    return tensor.detach() if _tainted(tensor) else tensor
+def _recorded_form(tensor: torch.Tensor) -> torch.Tensor | None:
+    entry = _entry(tensor)
+    return None if entry is None else entry.recorded
 
 
-def _resolved(tensor: torch.Tensor) -> torch.Tensor:
-    """What an operation takes for ``tensor``: the recorded tensor behind a detached one handed back
-    in this episode run, unchanged since; a tensor tainted in an earlier run (its graph used up),
-    detached; else ``tensor`` itself."""
-    entry = _STATE.records.get(tensor)
-    if entry is None:
-        return tensor
-    run, recorded_tensor, version = entry
-    if run != _STATE.run:
-        return tensor.detach() if tensor.grad_fn is not None else tensor
-    if recorded_tensor is not None and tensor._version == version:
-        return recorded_tensor
-    return tensor
+def _remember(tensor: torch.Tensor, recorded: torch.Tensor, *, alias: bool) -> None:
+    _STATE.entries[tensor] = _Entry(_STATE.run, recorded, alias)
+    _STATE.unsealed.append(weakref.ref(tensor))
 
 
-def _taint(outputs: list[torch.Tensor], inputs: list[torch.Tensor]) -> None:
-    """Note ``outputs`` as tainted, and the storages among them that the operation made."""
-    records, run, storages = _STATE.records, _STATE.run, _STATE.storages
-    taken = {_storage(t) for t in inputs}
-    for output in outputs:
-        records[output] = (run, None, None)
-        pointer = _storage(output)
-        if pointer and pointer not in taken:
-            storages.add(pointer)
+def _touched(tensor: torch.Tensor, entry: _Entry) -> None:
+    """The marked code changed ``tensor`` in place, and its recorded form with it."""
+    if entry.sealed is not None:
+        entry.sealed = None
+        _STATE.unsealed.append(weakref.ref(tensor))
 
 
 def _recording_anyway(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Run an operation that a real run does not record; the tensors it saves are copied."""
+    """Run an operation recorded; the tensors it saves for the backward pass are copied."""
     before = _STATE.copying
     _STATE.copying = True
     try:
@@ -295,67 +337,123 @@ def _recording_anyway(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) 
         _STATE.copying = before
 
 
+def _as_got(result: Any, held: list[torch.Tensor], forms: dict[int, torch.Tensor]) -> Any:
+    """What the code gets of a recorded result: each tensor detached, its recorded form kept (an
+    input handed back as it is stays the input)."""
+    given_back = {id(form): tensor for tensor in held if (form := forms.get(id(tensor))) is not None}
+    given_back.update((id(t), t) for t in held)
+
+    def got(recorded: torch.Tensor) -> torch.Tensor:
+        same = given_back.get(id(recorded))
+        if same is not None:
+            return same
+        tensor = recorded.detach()
+        _remember(tensor, recorded, alias=True)
+        return tensor
+
+    if isinstance(result, torch.Tensor):
+        return got(result)
+    if isinstance(result, (tuple, list)) and any(isinstance(r, torch.Tensor) for r in result):
+        items = [got(r) if isinstance(r, torch.Tensor) else r for r in result]
+        return items if type(result) is list else type(result)(items)
+    return result
+
+
+def _note_made(result: Any, inputs: list[torch.Tensor]) -> None:
+    """Note the storages a recorded operation made (not those of its inputs)."""
+    outputs = [result] if isinstance(result, torch.Tensor) else [r for r in result if isinstance(r, torch.Tensor)] if isinstance(result, (tuple, list)) else []
+    if not outputs:
+        return
+    taken = {_storage(t) for t in inputs}
+    for output in outputs:
+        pointer = _storage(output)
+        if pointer and pointer not in taken:
+            _STATE.storages.add(pointer)
+
+
+def _pair(real: Any, recorded: Any) -> None:
+    """Keep ``recorded``'s tensors as the recorded forms of ``real``'s (separate computations)."""
+    if isinstance(real, torch.Tensor) and isinstance(recorded, torch.Tensor):
+        _remember(real, recorded, alias=False)
+    elif isinstance(real, (tuple, list)) and isinstance(recorded, (tuple, list)):
+        for a, b in zip(real, recorded):
+            if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+                _remember(a, b, alias=False)
+
+
 class _Provenance(TorchFunctionMode):
-    """Active while a marked function records its graph (see the module's docstring)."""
+    """Active while marked code records its graph (see the module's docstring)."""
 
     def __torch_function__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
     ) -> Any:
         kwargs = kwargs or {}
-        if len(_STATE.records):
-            args = tuple(_map(a, _resolved) for a in args)
-            kwargs = {k: _map(v, _resolved) for k, v in kwargs.items()}
-        name = getattr(func, "__name__", "")
-        target = _inplace_target(name, args, kwargs)
-        if not _STATE.virtual and torch._C.is_grad_enabled():
-            return _gradient_off(func, name, target, args, kwargs)
-        return _gradient_on(func, name, target, args, kwargs)
-
-
-def _gradient_off(
-    func: Any, name: str, target: torch.Tensor | None, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """An operation made where a real run records nothing: recorded, its results tainted."""
-    if target is not None:
-        if _storage(target) in _STATE.storages:
-            return _recording_anyway(func, args, kwargs)
-        # Made before (the caller's buffer, a parameter, a module's state): a real run changes it
-        # without recording, and so does this one.
-        _set_real(False)
-        try:
+        if _STATE.paused:
             return func(*args, **kwargs)
-        finally:
-            _set_real(True)
-    if name in _DETACHED_SELF and args and isinstance(args[0], torch.Tensor):
-        args = (args[0].detach(), *args[1:])
-    result = _recording_anyway(func, args, kwargs)
-    _taint(_outputs(result), _tensors(args, kwargs))
-    return result
+        name = getattr(func, "__name__", "")
+        if name in _AS_HELD or (name == "__get__" and getattr(getattr(func, "__self__", None), "__name__", "") not in _DIFFERENTIABLE_PROPERTIES):
+            return func(*args, **kwargs)
+        tensors = _tensors(args, kwargs)
+        forms: dict[int, torch.Tensor] = {}
+        if len(_STATE.entries):
+            for tensor in tensors:
+                form = _recorded_form(tensor)
+                if form is not None:
+                    forms[id(tensor)] = form
+        gradient_off = not _STATE.virtual and torch._C.is_grad_enabled()
+        target = _inplace_target(name, args, kwargs)
+        if target is not None:
+            return _in_place(func, args, kwargs, target, forms, gradient_off)
+        if not gradient_off:
+            if not forms:
+                return func(*args, **kwargs)
+            if any(t.requires_grad for t in tensors):
+                # Some inputs carry gradient for real: run as a real run makes it, and recorded.
+                real = func(*args, **kwargs)
+                recorded = _recording_anyway(func, *_swapped(args, kwargs, forms))
+                _note_made(recorded, [forms.get(id(t), t) for t in tensors])
+                _pair(real, recorded)
+                return real
+        recorded_args, recorded_kwargs = _swapped(args, kwargs, forms)
+        result = _recording_anyway(func, recorded_args, recorded_kwargs)
+        _note_made(result, [forms.get(id(t), t) for t in tensors])
+        return _as_got(result, tensors, forms)
 
 
-def _gradient_on(
-    func: Any, name: str, target: torch.Tensor | None, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """An operation made where a real run records: as a real run makes it, but for a result made
-    from tainted tensors only, which is recorded and tainted."""
-    tensors = _tensors(args, kwargs)
-    tainted = {id(t) for t in tensors if _tainted(t)}
-    if not tainted:
+def _without_recording(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    _set_real(False)
+    try:
         return func(*args, **kwargs)
-    if name in _DETACHED_SELF:
-        return func(*_map(args, _as_made), **kwargs)
-    if target is not None:
-        if id(target) in tainted:
-            return _recording_anyway(func, args, kwargs)
-        sources = (args[0], *(_map(a, _as_made) for a in args[1:]))
-        return func(*sources, **{k: (v if k == "out" else _map(v, _as_made)) for k, v in kwargs.items()})
-    if any(t.requires_grad and id(t) not in tainted for t in tensors):
-        # Some inputs carry gradient in a real run too: as a real run makes it. The recorded graph
-        # loses the tainted inputs' path; if probabilities depend on it, central differences decide.
-        return func(*(_map(a, _as_made) for a in args), **{k: _map(v, _as_made) for k, v in kwargs.items()})
-    result = _recording_anyway(func, args, kwargs)
-    _taint(_outputs(result), tensors)
-    return result
+    finally:
+        _set_real(True)
+
+
+def _in_place(
+    func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], target: torch.Tensor, forms: dict[int, torch.Tensor], gradient_off: bool
+) -> Any:
+    """An in-place change of ``target``, mirrored on its recorded form."""
+    entry = _entry(target) if id(target) in forms else None
+    if entry is None:
+        # Made outside marked code, or for real: as a real run changes it.
+        return _without_recording(func, args, kwargs) if gradient_off else func(*args, **kwargs)
+    recorded_args, recorded_kwargs = _swapped(args, kwargs, forms)
+    if entry.alias:
+        if gradient_off and _storage(entry.recorded) not in _STATE.storages:
+            # A view of a tensor made elsewhere (the caller's buffer): a real run records nothing.
+            return _without_recording(func, args, kwargs)
+        sources = [t for t in _tensors(args, kwargs) if t is not target]
+        if not gradient_off and any(t.requires_grad for t in sources):
+            # The tensor gets gradient for real: as a real run changes it; its recorded form is lost.
+            del _STATE.entries[target]
+            return func(*args, **kwargs)
+        result = _recording_anyway(func, recorded_args, recorded_kwargs)
+        _touched(target, entry)
+        return target if result is entry.recorded else result
+    # A separate computation: change both.
+    real = _without_recording(func, args, kwargs) if gradient_off else func(*args, **kwargs)
+    _recording_anyway(func, recorded_args, recorded_kwargs)
+    _touched(target, entry)
+    return real
 
 
 # Saved tensors.
@@ -371,14 +469,14 @@ class _Saved:
 
 def _pack(tensor: torch.Tensor) -> _Saved:
     if _STATE.copying and not (tensor.is_leaf and tensor.requires_grad):
-        # Saved where a real run saves nothing, so the code may change it in place afterwards.
+        # Saved by a recorded operation: the code may change the tensor in place afterwards.
         return _Saved(tensor.detach().clone(), None)
     return _Saved(tensor, tensor._version)
 
 
 def _unpack(saved: _Saved) -> torch.Tensor:
     if saved.version is not None and saved.tensor._version != saved.version:
-        # What autograd says when nothing intervenes (the hook takes its check's place).
+        # What autograd says when no hook intervenes (the hook takes its check's place).
         raise RuntimeError(
             "one of the variables needed for gradient computation has been modified by an inplace "
             f"operation: [{saved.tensor.type()} {list(saved.tensor.shape)}] is at version "
@@ -387,72 +485,28 @@ def _unpack(saved: _Saved) -> torch.Tensor:
     return saved.tensor
 
 
-# What the caller gets.
+# Beginning and end.
 
 
-def _hand_back(tensor: torch.Tensor) -> torch.Tensor:
-    if not _tainted(tensor):
-        return tensor
-    detached = tensor.detach()
-    _STATE.records[detached] = (_STATE.run, tensor, detached._version)
-    return detached
+class Recording:
+    """What :func:`begin` changed, for :func:`end` to restore."""
+
+    def __init__(self) -> None:
+        self.saved = save_attributes([(owner, name) for owner, name, _ in _PATCHES])
+        self.mode = _Provenance()
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(_pack, _unpack)
 
 
-def _handed_back(value: Any) -> Any:
-    """``value`` with every tainted tensor detached; containers are rebuilt only where something
-    changed."""
-    if isinstance(value, torch.Tensor):
-        return _hand_back(value)
-    if isinstance(value, (list, tuple)):
-        items = [_handed_back(v) for v in value]
-        if all(a is b for a, b in zip(items, value)):
-            return value
-        if isinstance(value, list):
-            return items
-        if hasattr(value, "_fields"):  # a named tuple
-            return type(value)(*items)
-        try:
-            return type(value)(items)
-        except TypeError:
-            return tuple(items)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        changes = {}
-        for field in dataclasses.fields(value):
-            if field.init and hasattr(value, field.name):
-                current = getattr(value, field.name)
-                new = _handed_back(current)
-                if new is not current:
-                    changes[field.name] = new
-        return dataclasses.replace(value, **changes) if changes else value
-    if isinstance(value, dict):
-        changed = {k: _handed_back(v) for k, v in value.items()}
-        if all(changed[k] is v for k, v in value.items()):
-            return value
-        if type(value) is dict:
-            return changed
-        copy = value.copy()
-        copy.update(changed)
-        return copy
-    return value
+def begin() -> Recording | None:
+    """Start recording the graph of the marked code about to run, if a check asks for it and none
+    is being recorded; ``None`` otherwise (under ``torch.inference_mode()`` too).
 
-
-def call(function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """``function(*args, **kwargs)``, recording its graph through its gradient-off regions.
-
-    Everything is restored when it returns or raises: the grad-mode context managers, the grad mode
-    (to the virtual one, as a real run leaves it), the torch-function mode and the saved-tensor
-    hooks. Under ``torch.inference_mode()`` the function runs as it is.
-
-    >>> w = torch.ones(2, requires_grad=True)
-    >>> @torch.no_grad()
-    ... def double():
-    ...     return w * 2
-    >>> double().grad_fn is None and call(double, (), {}).grad_fn is None
+    >>> begin() is None  # no check is running
     True
     """
-    if torch.is_inference_mode_enabled():
-        return function(*args, **kwargs)
-    saved = save_attributes([(owner, name) for owner, name, _ in _PATCHES])
+    if _STATE.active or not scope.records() or torch.is_inference_mode_enabled():
+        return None
+    recording = Recording()
     state = _STATE
     state.virtual = torch.is_grad_enabled()
     state.run = scope.run()
@@ -462,12 +516,32 @@ def call(function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, 
         for owner, name, replacement in _PATCHES:
             setattr(owner, name, replacement)
         _set_real(True)
-        with _Provenance(), torch.autograd.graph.saved_tensors_hooks(_pack, _unpack):
-            result = function(*args, **kwargs)
+        recording.mode.__enter__()
+        recording.hooks.__enter__()
+    except BaseException:
+        end(recording)
+        raise
+    return recording
+
+
+def end(recording: Recording) -> None:
+    """Stop recording: the hooks, the torch-function mode and the grad-mode context managers as they
+    were, and the grad mode the marked code leaves."""
+    state = _STATE
+    try:
+        recording.hooks.__exit__(None, None, None)
     finally:
-        state.active = False
-        state.copying = False
-        state.storages = set()
-        restore_attributes(saved)
-        _set_real(state.virtual)
-    return _handed_back(result)
+        try:
+            recording.mode.__exit__(None, None, None)
+        finally:
+            state.active = False
+            state.copying = False
+            state.storages = set()
+            restore_attributes(recording.saved)
+            _set_real(state.virtual)
+            for reference in state.unsealed:
+                tensor = reference()
+                entry = None if tensor is None else state.entries.get(tensor)
+                if entry is not None and entry.sealed is None:
+                    entry.sealed = tensor._version
+            state.unsealed = []

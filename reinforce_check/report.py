@@ -246,8 +246,10 @@ class CheckReport:
     ground_truth: str = "autograd"
     """What decided the verdict: ``"autograd"`` (the exact -grad J by autograd, cross-checked by
     finite differences) or ``"finite differences"`` (central differences of the exact J, used when
-    some sampler calls ran with gradient recording off, so autograd's -grad J may miss score terms,
-    or when autograd's -grad J disagreed with them)."""
+    some sampler calls ran with gradient recording off outside code marked with
+    ``enumerate_actions``, which records its graph during a check, or under
+    ``torch.inference_mode()``, so autograd's -grad J may miss score terms, or when autograd's
+    -grad J disagreed with them)."""
 
     @property
     def probability_ok(self) -> bool:

@@ -285,25 +285,29 @@ def test_caller_buffers_filled_under_no_grad_acquire_no_graph(float64_default):
             assert tensor.grad_fn is None and not tensor.requires_grad
 
 
-def test_a_buffer_written_in_place_inside_marked_code_acquires_no_graph_and_autograd_still_decides():
-    # The marked function writes its log-probability into the caller's buffer itself, under
-    # torch.no_grad(). rtol 1e-9, atol 1e-12 against autograd.
+def test_buffers_written_in_place_inside_marked_code_acquire_no_graph_and_autograd_still_decides():
+    # The marked function writes, under torch.no_grad(), into the caller's buffers (by index, through
+    # a view, and a copy of the parameter itself) and scales the parameter in place by 1, as a
+    # rollout may keep statistics: a real run records none of it. rtol 1e-9, atol 1e-12 against autograd.
     theta = torch.tensor([[0.3, -0.2, 0.5], [0.1, 0.4, -0.6]], dtype=torch.float64, requires_grad=True)
     reward = torch.tensor([[1.0, -0.5, 2.0], [0.3, 1.2, -0.8]], dtype=torch.float64)
     buffers = []
 
     @enumerate_actions
-    def act(step, buffer):
+    def act(step, buffer, snapshot):
         dist = Categorical(logits=theta[step])
         action = dist.sample()
-        buffer[step] = dist.log_prob(action)
+        buffer[step, 0] = dist.log_prob(action)
+        buffer[step, 1:].copy_(dist.probs[:2])
+        snapshot.copy_(theta)
+        theta.mul_(1.0)
         return action
 
     def episode():
-        buffer = torch.zeros(2, dtype=torch.float64)
+        buffer, snapshot = torch.zeros(2, 3, dtype=torch.float64), torch.zeros(2, 3, dtype=torch.float64)
         with torch.no_grad():
-            chosen = [act(step, buffer) for step in range(2)]
-        buffers.append(buffer)
+            chosen = [act(step, buffer, snapshot) for step in range(2)]
+        buffers.extend([buffer, snapshot])
         total = reward[0, chosen[0]] + reward[1, chosen[1]]
         log_prob = sum(Categorical(logits=theta[s]).log_prob(a) for s, a in enumerate(chosen))
         return total, -log_prob * total
@@ -377,8 +381,9 @@ def test_outside_a_check_marked_code_under_no_grad_returns_exactly_what_unmarked
 
 
 def test_grad_mode_inside_marked_code_is_virtual_and_is_grad_enabled_answers_the_real_mode():
-    # The code sees no_grad's bookkeeping as outside a check (the mode it leaves, what nested
-    # context managers restore), and torch.is_grad_enabled() answers what autograd does: True.
+    # The code sees no_grad's bookkeeping and its tensors as outside a check (the mode it leaves,
+    # what nested context managers restore, requires_grad and grad_fn), and torch.is_grad_enabled()
+    # answers what autograd does: True. rtol 1e-9, atol 1e-12 against autograd.
     theta = torch.zeros(2, dtype=torch.float64, requires_grad=True)
     answers = []
 
@@ -389,7 +394,8 @@ def test_grad_mode_inside_marked_code_is_virtual_and_is_grad_enabled_answers_the
                 inner = (theta * 2).requires_grad
             with torch.no_grad():
                 pass
-            answers.append((torch.is_grad_enabled(), inner))
+            doubled = theta * 2  # made without gradient, as outside a check
+            answers.append((torch.is_grad_enabled(), inner, doubled.requires_grad, doubled.grad_fn))
             action = Categorical(logits=theta).sample()
         torch.set_grad_enabled(False)  # left off for the caller, as outside a check
         return action
@@ -404,7 +410,8 @@ def test_grad_mode_inside_marked_code_is_virtual_and_is_grad_enabled_answers_the
     report = check_reinforce(episode, {"theta": theta}, rtol=RTOL, atol=ATOL)
     assert report.ok and report.ground_truth == "autograd" and recorded_note(report)
     recording_runs = [a for a in answers if a[0]]
-    assert recording_runs and all(inner for _, inner in recording_runs)
+    assert recording_runs
+    assert all(inner and not made and grad_fn is None for _, inner, made, grad_fn in recording_runs)
 
 
 # Patterns inside marked code.
@@ -509,11 +516,12 @@ def test_recurrent_state_handed_back_and_passed_in_again_keeps_autograd_exact(de
     assert report.ground_truth == "autograd" and recorded_note(report)
 
 
-def test_trunk_under_no_grad_feeding_a_head_with_gradient_leaves_the_trunk_to_central_differences():
-    # Limit: an operation with gradient on that mixes a tensor made under no_grad with one that
-    # carries gradient (the head's weights) takes the former detached, as outside a check, so the
-    # recorded graph loses the trunk's path. Checking the head alone, autograd decides (rtol 1e-9,
-    # atol 1e-12); checking the trunk too, central differences do (fd_rtol 1e-5, fd_atol 1e-7).
+def test_trunk_under_no_grad_feeding_a_head_with_gradient_is_recorded_and_returned_as_outside_a_check():
+    # The policy computes its features under torch.no_grad() and its logits with gradient on, and
+    # returns the log-probability: outside a check it carries the head's gradient only. The check
+    # records the trunk's path to the sampler too, so autograd's -grad J is exact for both, and the
+    # loss built on the returned log-probability is right for the head and biased for the trunk
+    # (rtol 1e-9, atol 1e-12 against autograd).
     torch.manual_seed(3)
     trunk, head = nn.Linear(2, 4).double(), nn.Linear(4, 3).double()
     features = torch.tensor([1.0, -0.5], dtype=torch.float64)
@@ -523,17 +531,91 @@ def test_trunk_under_no_grad_feeding_a_head_with_gradient_leaves_the_trunk_to_ce
     def act():
         with torch.no_grad():
             hidden = torch.tanh(trunk(features))
-        return Categorical(logits=head(hidden)).sample()
+        dist = Categorical(logits=head(hidden))
+        action = dist.sample()
+        return action, dist.log_prob(action)
 
     def episode():
-        action = act()
-        log_prob = Categorical(logits=head(torch.tanh(trunk(features)))).log_prob(action)
+        action, log_prob = act()
         return reward[action], -log_prob * reward[action]
 
-    head_only = check_reinforce(episode, dict(head.named_parameters()), rtol=RTOL, atol=ATOL)
-    assert head_only.ok and head_only.ground_truth == "autograd"
-    both = check_reinforce(episode, {**dict(head.named_parameters()), "trunk.weight": trunk.weight}, rtol=RTOL, atol=ATOL)
-    assert both.ok and both.ground_truth == "finite differences"
+    params = {"head.weight": head.weight, "head.bias": head.bias, "trunk.weight": trunk.weight}
+    report = check_reinforce(episode, params, rtol=RTOL, atol=ATOL, raise_exception=False)
+    assert report.ground_truth == "autograd" and recorded_note(report)
+    by_name = {p.name: p for p in report.parameters}
+    assert by_name["head.weight"].ok and by_name["head.bias"].ok
+    assert not by_name["trunk.weight"].ok
+    assert float(by_name["trunk.weight"].estimate.abs().max()) == 0.0
+    assert float(by_name["trunk.weight"].target.abs().max()) > 1e-3
+
+
+def test_a_log_prob_kept_on_the_policy_under_no_grad_has_no_gradient_as_outside_a_check():
+    # Whatever route a tensor made under torch.no_grad() takes out of marked code (here an
+    # attribute, as PyTorch's REINFORCE example keeps saved_log_probs), it carries no gradient:
+    # a loss built on it is biased, as outside a check, and autograd says so (rtol 1e-9, atol 1e-12).
+    theta = torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64, requires_grad=True)
+    reward = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
+
+    class Policy:
+        saved_log_probs: list = []
+
+        @torch.no_grad()
+        def act(self):
+            dist = Categorical(logits=theta)
+            action = dist.sample()
+            self.saved_log_probs.append(dist.log_prob(action))
+            return action
+
+    policy = Policy()
+    policy.act = enumerate_actions(policy.act)
+
+    def episode():
+        policy.saved_log_probs = []
+        action = policy.act()
+        assert not policy.saved_log_probs[0].requires_grad
+        return reward[action], -policy.saved_log_probs[0] * reward[action] + 0.0 * theta.sum()
+
+    report = check_reinforce(episode, {"theta": theta}, rtol=RTOL, atol=ATOL, raise_exception=False)
+    assert not report.ok and report.ground_truth == "autograd"
+    assert float(report.parameters[0].estimate.abs().max()) == 0.0
+
+
+def test_a_tensor_changed_in_place_outside_marked_code_keeps_its_values_and_loses_its_recorded_form():
+    # The marked code returns logits computed with gradient on from features made under
+    # torch.no_grad(); the caller shifts them in place before sampling from them in marked code.
+    # The sampler must see the shifted values (J below, to 1e-12); the recorded trunk path is lost
+    # with the change, so autograd disagrees with central differences, which decide (fd_rtol 1e-5,
+    # fd_atol 1e-7) and pass the unbiased loss.
+    torch.manual_seed(6)
+    trunk, head = nn.Linear(2, 3).double(), nn.Linear(3, 3).double()
+    features = torch.tensor([1.0, -0.5], dtype=torch.float64)
+    shift = torch.tensor([0.7, -0.4, 0.1], dtype=torch.float64)
+    reward = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
+
+    @enumerate_actions
+    def logits_of():
+        with torch.no_grad():
+            hidden = torch.tanh(trunk(features))
+        return head(hidden)
+
+    @enumerate_actions
+    @torch.no_grad()
+    def act(logits):
+        return Categorical(logits=logits).sample()
+
+    def episode():
+        logits = logits_of()
+        with torch.no_grad():
+            logits.add_(shift)
+        action = act(logits)
+        log_prob = Categorical(logits=head(torch.tanh(trunk(features))) + shift).log_prob(action)
+        return reward[action], -log_prob * reward[action]
+
+    report = check_reinforce(episode, {"trunk.weight": trunk.weight, "head.weight": head.weight})
+    assert report.ok and report.ground_truth == "finite differences"
+    with torch.no_grad():
+        probs = torch.softmax(head(torch.tanh(trunk(features))) + shift, dim=-1)
+    assert abs(report.objective - float((probs * reward).sum())) < 1e-12
 
 
 def test_numpy_and_deepcopy_of_tensors_made_under_no_grad_work_in_marked_code():
