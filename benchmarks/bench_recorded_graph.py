@@ -1,8 +1,9 @@
 """What recording the graph of marked code costs, and what it saves.
 
-Per call: a marked function run the way a check runs it (``reinforce_check.recording.call``: the
-virtual grad mode, the torch-function mode, copies of saved tensors, detached outputs) against the
-same call under ``torch.no_grad()`` as a rollout makes it, and with gradient recording on. Cases:
+Per call: a marked function called under ``torch.no_grad()`` the way a check runs it (recording
+its graph: the virtual grad mode, the torch-function mode and its recorded forms, copies of saved
+tensors; the draws are not intercepted here) against the same call under ``torch.no_grad()`` as a
+rollout makes it, and with gradient recording on. Cases:
 CleanRL's PPO agent (``get_action_and_value``), and ``transformers``' ``generate()`` on a tiny GPT-2
 (two new tokens). Per check: CleanRL's PPO iteration on a two-step environment with the agent
 marked (autograd decides) against the same episode unmarked (central differences of every
@@ -25,8 +26,7 @@ from pathlib import Path
 
 import torch
 
-from reinforce_check import check_reinforce, enumerate_actions
-from reinforce_check.recording import call
+from reinforce_check import check_reinforce, enumerate_actions, scope
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,9 +47,15 @@ def per_call(label: str, function: Callable[[], object], repeats: int, inner: in
         with torch.no_grad():
             return function()
 
+    marked = enumerate_actions(function)
+
     def recorded() -> object:
-        with torch.no_grad():
-            return call(function, (), {})
+        scope.activate(scoped=True)  # as a check's episode run starts, with gradient recording on
+        try:
+            with torch.no_grad():
+                return marked()
+        finally:
+            scope.deactivate()
 
     def with_grad() -> object:
         with torch.enable_grad():

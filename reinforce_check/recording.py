@@ -53,7 +53,6 @@ import torch
 from torch.autograd import grad_mode
 from torch.overrides import TorchFunctionMode
 from torch.utils._contextlib import _DecoratorContextManager
-from torch.utils.weak import WeakIdKeyDictionary
 
 from . import scope
 from .patching import restore_attributes, save_attributes
@@ -68,9 +67,10 @@ _set_real = torch._C._set_grad_enabled
 class _Entry:
     """The recorded form of a tensor the marked code got."""
 
-    __slots__ = ("run", "recorded", "alias", "sealed")
+    __slots__ = ("tensor", "run", "recorded", "alias", "sealed")
 
-    def __init__(self, run: int, recorded: torch.Tensor, alias: bool) -> None:
+    def __init__(self, tensor: torch.Tensor, run: int, recorded: torch.Tensor, alias: bool) -> None:
+        self.tensor = weakref.ref(tensor)
         self.run = run
         self.recorded = recorded
         self.alias = alias
@@ -95,11 +95,14 @@ class _State(threading.local):
         """The check's episode run that the marked code runs in."""
         self.storages: set[int] = set()
         """Storages (data pointers) that the running marked code made where a real run records nothing."""
-        self.entries = WeakIdKeyDictionary()
-        """Tensor the marked code got -> its :class:`_Entry`."""
-        self.unsealed: list[weakref.ref[torch.Tensor]] = []
+        self.entries: dict[int, _Entry] = {}
+        """``id`` of a tensor the marked code got -> its :class:`_Entry` (which checks the tensor is
+        still that one); entries of dead tensors and earlier runs are dropped now and then."""
+        self.purge_at = _PURGE_AT
+        self.unsealed: list[_Entry] = []
 
 
+_PURGE_AT = 4096
 _STATE = _State()
 
 
@@ -302,8 +305,8 @@ def _storage(tensor: torch.Tensor) -> int:
 
 def _entry(tensor: torch.Tensor) -> _Entry | None:
     """The tensor's entry, if its recorded form is still good."""
-    entry = _STATE.entries.get(tensor)
-    if entry is None or entry.run != _STATE.run:
+    entry = _STATE.entries.get(id(tensor))
+    if entry is None or entry.run != _STATE.run or entry.tensor() is not tensor:
         return None
     if entry.sealed is not None and tensor._version != entry.sealed:
         return None
@@ -316,15 +319,20 @@ def _recorded_form(tensor: torch.Tensor) -> torch.Tensor | None:
 
 
 def _remember(tensor: torch.Tensor, recorded: torch.Tensor, *, alias: bool) -> None:
-    _STATE.entries[tensor] = _Entry(_STATE.run, recorded, alias)
-    _STATE.unsealed.append(weakref.ref(tensor))
+    state = _STATE
+    entry = _Entry(tensor, state.run, recorded, alias)
+    state.entries[id(tensor)] = entry
+    state.unsealed.append(entry)
+    if len(state.entries) > state.purge_at:
+        state.entries = {k: e for k, e in state.entries.items() if e.run == state.run and e.tensor() is not None}
+        state.purge_at = max(_PURGE_AT, 2 * len(state.entries))
 
 
-def _touched(tensor: torch.Tensor, entry: _Entry) -> None:
-    """The marked code changed ``tensor`` in place, and its recorded form with it."""
+def _touched(entry: _Entry) -> None:
+    """The marked code changed a tensor in place, and its recorded form with it."""
     if entry.sealed is not None:
         entry.sealed = None
-        _STATE.unsealed.append(weakref.ref(tensor))
+        _STATE.unsealed.append(entry)
 
 
 def _recording_anyway(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -337,14 +345,20 @@ def _recording_anyway(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) 
         _STATE.copying = before
 
 
+def _handed_back(recorded: torch.Tensor, held: list[torch.Tensor], forms: dict[int, torch.Tensor]) -> torch.Tensor | None:
+    """The input an operation handed back as it is (``x.to(x.dtype)``), if it did."""
+    for tensor in held:
+        if recorded is tensor or recorded is forms.get(id(tensor)):
+            return tensor
+    return None
+
+
 def _as_got(result: Any, held: list[torch.Tensor], forms: dict[int, torch.Tensor]) -> Any:
     """What the code gets of a recorded result: each tensor detached, its recorded form kept (an
     input handed back as it is stays the input)."""
-    given_back = {id(form): tensor for tensor in held if (form := forms.get(id(tensor))) is not None}
-    given_back.update((id(t), t) for t in held)
 
     def got(recorded: torch.Tensor) -> torch.Tensor:
-        same = given_back.get(id(recorded))
+        same = _handed_back(recorded, held, forms)
         if same is not None:
             return same
         tensor = recorded.detach()
@@ -359,16 +373,29 @@ def _as_got(result: Any, held: list[torch.Tensor], forms: dict[int, torch.Tensor
     return result
 
 
-def _note_made(result: Any, inputs: list[torch.Tensor]) -> None:
-    """Note the storages a recorded operation made (not those of its inputs)."""
-    outputs = [result] if isinstance(result, torch.Tensor) else [r for r in result if isinstance(r, torch.Tensor)] if isinstance(result, (tuple, list)) else []
-    if not outputs:
+def _note_made(result: Any, held: list[torch.Tensor], forms: dict[int, torch.Tensor]) -> None:
+    """Note the storages a recorded operation made: those of its results that are neither inputs nor
+    views of an input's storage (a view made inside the operation, as ``F.linear`` returns for a
+    vector, has a storage of its own)."""
+    if isinstance(result, torch.Tensor):
+        outputs: Any = (result,)
+    elif isinstance(result, (tuple, list)):
+        outputs = result
+    else:
         return
-    taken = {_storage(t) for t in inputs}
+    taken: set[int] | None = None
     for output in outputs:
+        if not isinstance(output, torch.Tensor) or _handed_back(output, held, forms) is not None:
+            continue
         pointer = _storage(output)
-        if pointer and pointer not in taken:
-            _STATE.storages.add(pointer)
+        if not pointer:
+            continue
+        if output._base is not None:
+            if taken is None:
+                taken = {_storage(forms.get(id(t), t)) for t in held}
+            if pointer in taken:
+                continue
+        _STATE.storages.add(pointer)
 
 
 def _pair(real: Any, recorded: Any) -> None:
@@ -395,7 +422,7 @@ class _Provenance(TorchFunctionMode):
             return func(*args, **kwargs)
         tensors = _tensors(args, kwargs)
         forms: dict[int, torch.Tensor] = {}
-        if len(_STATE.entries):
+        if _STATE.entries:
             for tensor in tensors:
                 form = _recorded_form(tensor)
                 if form is not None:
@@ -411,12 +438,13 @@ class _Provenance(TorchFunctionMode):
                 # Some inputs carry gradient for real: run as a real run makes it, and recorded.
                 real = func(*args, **kwargs)
                 recorded = _recording_anyway(func, *_swapped(args, kwargs, forms))
-                _note_made(recorded, [forms.get(id(t), t) for t in tensors])
+                _note_made(recorded, tensors, forms)
                 _pair(real, recorded)
                 return real
-        recorded_args, recorded_kwargs = _swapped(args, kwargs, forms)
-        result = _recording_anyway(func, recorded_args, recorded_kwargs)
-        _note_made(result, [forms.get(id(t), t) for t in tensors])
+        if forms:
+            args, kwargs = _swapped(args, kwargs, forms)
+        result = _recording_anyway(func, args, kwargs)
+        _note_made(result, tensors, forms)
         return _as_got(result, tensors, forms)
 
 
@@ -444,15 +472,15 @@ def _in_place(
         sources = [t for t in _tensors(args, kwargs) if t is not target]
         if not gradient_off and any(t.requires_grad for t in sources):
             # The tensor gets gradient for real: as a real run changes it; its recorded form is lost.
-            del _STATE.entries[target]
+            del _STATE.entries[id(target)]
             return func(*args, **kwargs)
         result = _recording_anyway(func, recorded_args, recorded_kwargs)
-        _touched(target, entry)
+        _touched(entry)
         return target if result is entry.recorded else result
     # A separate computation: change both.
     real = _without_recording(func, args, kwargs) if gradient_off else func(*args, **kwargs)
     _recording_anyway(func, recorded_args, recorded_kwargs)
-    _touched(target, entry)
+    _touched(entry)
     return real
 
 
@@ -539,9 +567,8 @@ def end(recording: Recording) -> None:
             state.storages = set()
             restore_attributes(recording.saved)
             _set_real(state.virtual)
-            for reference in state.unsealed:
-                tensor = reference()
-                entry = None if tensor is None else state.entries.get(tensor)
-                if entry is not None and entry.sealed is None:
+            for entry in state.unsealed:
+                tensor = entry.tensor()
+                if tensor is not None and entry.sealed is None:
                     entry.sealed = tensor._version
             state.unsealed = []
