@@ -212,7 +212,7 @@ def check_reinforce(
     ``fd_atol + fd_rtol * |numeric|``: every coordinate of a tensor of at most 64 elements, one
     random unit direction of a larger one. They decide too wherever autograd's -grad J disagrees
     with them (probabilities detached on their way to a sampler, say). ``report.ground_truth`` says
-    which decided. A function marked with :func:`~reinforce_check.enumerate_actions` records its
+    which decided. Code marked with :func:`~reinforce_check.enumerate_actions` records its
     graph through ``torch.no_grad()`` during a check (not through ``torch.inference_mode()``), so
     marking the function that samples keeps autograd as the ground truth. The check itself runs
     with gradient recording on, whatever its caller's grad mode.

@@ -8,7 +8,7 @@ environment's own randomness, say), samples for real, from the generator state t
 with, restored before every run, so each action sequence sees the same random numbers and the
 episode stays a deterministic function of the enumerated actions. The report says so.
 
-During a check, a marked function records its graph through ``torch.no_grad()`` and its kin
+During a check, marked code records its graph through ``torch.no_grad()`` and its kin
 (:mod:`~reinforce_check.recording`), so that autograd's exact -grad J decides for PPO-style
 rollouts. Outside a check, marked code behaves exactly as before: the wrapper draws nothing,
 changes no generator state and records nothing.
@@ -115,14 +115,14 @@ def enumerate_actions(target: Any = None) -> Any:
     sequence sees the same random numbers; the report notes how many such draws there were. Outside
     a check the marked code behaves exactly as before.
 
-    During a check, a marked function (not a ``with`` block) also records its graph where gradient
-    recording would be off: ``torch.no_grad()`` and ``torch.set_grad_enabled(False)`` inside it, as
-    a decorator on it (``generate()`` in ``transformers``), or around its call (a PPO rollout), so
-    the probabilities reaching the sampler keep their dependence on the parameters and autograd's
-    exact -grad J decides. The code sees the values and the grad mode it sees outside a check, and
-    what the function returns that a real run makes without gradient comes back detached. See
-    ``reinforce_check/recording.py`` for how, and the documentation for the limits;
-    ``torch.inference_mode()`` cannot be recorded.
+    During a check, marked code also records its graph where gradient recording would be off:
+    ``torch.no_grad()`` and ``torch.set_grad_enabled(False)`` inside it, as a decorator on it
+    (``generate()`` in ``transformers``), or around its call (a PPO rollout). The probabilities
+    reaching the sampler keep their dependence on the parameters, so autograd's exact -grad J
+    decides, while the code and its caller get the values, ``requires_grad`` and grad mode they get
+    outside a check (tensors made without gradient come detached). ``torch.inference_mode()``
+    cannot be recorded. The documentation's page on ``enumerate_actions`` says how, what it costs,
+    and its limits.
 
     Arguments:
         target: what to mark; ``None`` returns a context manager.

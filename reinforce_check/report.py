@@ -172,8 +172,8 @@ def format_note(note: Note) -> str:
             f"{note.calls} sampler call(s) in {note.runs} episode run(s) drew inside code marked with "
             "enumerate_actions where gradient recording was off, under torch.no_grad() or "
             "torch.set_grad_enabled(False) (or from tensors made there): the check recorded their graph "
-            "anyway, so autograd's -grad J includes their score terms. The marked code computed the same "
-            "values, and what it returned came back detached, as it does outside a check."
+            "anyway, so autograd's -grad J includes their score terms. The marked code and its caller got "
+            "the values, and the tensors without gradient, that they get outside a check."
         )
     if isinstance(note, AutogradDisagreed):
         return (
