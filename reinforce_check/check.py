@@ -176,9 +176,6 @@ def _compare_numeric(
     return reports
 
 
-# A check is about gradients: it runs with gradient recording on whatever its caller's grad mode
-# (what it runs under torch.no_grad() itself, and marked code, tell their runs apart by it).
-@torch.enable_grad()
 def check_reinforce(
     episode: Callable[..., Any],
     params: Params,
@@ -299,7 +296,10 @@ def check_reinforce(
     start = time.perf_counter()
 
     runner: Runner = (BatchedRunner if batched else SequentialRunner)(episode, max_sequences=max_sequences)
-    runner, exact = enumerate_with(runner, lambda passes: exact_gradients(passes, tensors, variance=variance))
+    # The runs that need gradients have it whatever the caller's grad mode (marked code tells them
+    # from the check's own runs under no_grad by it).
+    with torch.enable_grad():
+        runner, exact = enumerate_with(runner, lambda passes: exact_gradients(passes, tensors, variance=variance))
     # One more run of the first sequence: state kept between runs would change what it returns.
     runner.verify_replay()
     parameters = [_compare(n, t, e, rtol, atol) for n, t, e in zip(names, exact.target, exact.estimate)]
@@ -324,9 +324,10 @@ def check_reinforce(
         parameters = _compare_numeric(names, reference, exact, fd_rtol, fd_atol)
         # A sequence's share of the bias needs autograd's gradient of p(a) objective(a): not without it.
         directional, numeric, attributed = [], None, 0
-    contributions, variances = _attribute(
-        runner, tensors, parameters, exact, top_sequences=attributed, variance=variance
-    )
+    with torch.enable_grad():
+        contributions, variances = _attribute(
+            runner, tensors, parameters, exact, top_sequences=attributed, variance=variance
+        )
     if variances is not None:
         for p, v in zip(parameters, variances):
             p.variance = v
