@@ -83,7 +83,7 @@ def main() -> None:
         print(per_call("CleanRL agent.get_action_and_value", lambda: agent.get_action_and_value(obs), 7, 200))
         model = tiny_gpt2()
         prompt = torch.tensor([[0, 1]])
-        options = dict(attention_mask=torch.ones_like(prompt), do_sample=True, max_new_tokens=2, top_k=0, pad_token_id=3, eos_token_id=3)
+        options = {"attention_mask": torch.ones_like(prompt), "do_sample": True, "max_new_tokens": 2, "top_k": 0, "pad_token_id": 3, "eos_token_id": 3}
         print(per_call("transformers generate, tiny GPT-2", lambda: model.generate(prompt, **options), 7, 20))
 
         params = dict(agent.actor.named_parameters())

@@ -67,7 +67,7 @@ _set_real = torch._C._set_grad_enabled
 class _Entry:
     """The recorded form of a tensor the marked code got."""
 
-    __slots__ = ("tensor", "run", "recorded", "alias", "sealed")
+    __slots__ = ("alias", "recorded", "run", "sealed", "tensor")
 
     def __init__(self, tensor: torch.Tensor, run: int, recorded: torch.Tensor, alias: bool) -> None:
         self.tensor = weakref.ref(tensor)
@@ -324,7 +324,7 @@ def _remember(tensor: torch.Tensor, recorded: torch.Tensor, *, alias: bool) -> N
     state.entries[id(tensor)] = entry
     state.unsealed.append(entry)
     if len(state.entries) > state.purge_at:
-        state.entries = {k: e for k, e in state.entries.items() if e.run == state.run and e.tensor() is not None}
+        state.entries = {k: e for k, e in state.entries.items() if e.tensor() is not None}
         state.purge_at = max(_PURGE_AT, 2 * len(state.entries))
 
 
@@ -537,7 +537,10 @@ def begin() -> Recording | None:
     recording = Recording()
     state = _STATE
     state.virtual = torch.is_grad_enabled()
-    state.run = scope.run()
+    if state.run != scope.run():
+        # A new episode run: what earlier runs recorded is of no use (and holds their graphs).
+        state.run = scope.run()
+        state.entries = {}
     state.storages = set()
     state.active = True
     try:
@@ -572,3 +575,6 @@ def end(recording: Recording) -> None:
                 if tensor is not None and entry.sealed is None:
                     entry.sealed = tensor._version
             state.unsealed = []
+            # Only tensors the code still holds can come back with their recorded forms.
+            state.entries = {k: e for k, e in state.entries.items() if e.tensor() is not None}
+            state.purge_at = max(_PURGE_AT, 2 * len(state.entries))

@@ -557,7 +557,8 @@ def test_a_log_prob_kept_on_the_policy_under_no_grad_has_no_gradient_as_outside_
     reward = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
 
     class Policy:
-        saved_log_probs: list = []
+        def __init__(self) -> None:
+            self.saved_log_probs: list[torch.Tensor] = []
 
         @torch.no_grad()
         def act(self):
@@ -717,6 +718,10 @@ def generate(model, prompt, max_new_tokens):
     return tokens
 
 
+# The same loop under the other decorator that turns gradient off.
+generate_with_grad_disabled = torch.set_grad_enabled(False)(generate.__wrapped__)
+
+
 def generation_episode(model, sample, *, biased: bool):
     prompt = torch.tensor([0])
     score = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
@@ -734,10 +739,11 @@ def generation_episode(model, sample, *, biased: bool):
     return episode
 
 
-def test_no_grad_decorated_generation_loop_marked_is_decided_by_autograd():
+@pytest.mark.parametrize("loop", [generate, generate_with_grad_disabled], ids=["no_grad", "set_grad_enabled"])
+def test_no_grad_decorated_generation_loop_marked_is_decided_by_autograd(loop):
     # 27 token sequences; rtol 1e-9, atol 1e-12 against autograd.
     model = TinyLM()
-    report = check_reinforce(generation_episode(model, enumerate_actions(generate), biased=False), model, rtol=RTOL, atol=ATOL)
+    report = check_reinforce(generation_episode(model, enumerate_actions(loop), biased=False), model, rtol=RTOL, atol=ATOL)
     assert report.ok and report.num_sequences == 27
     assert report.ground_truth == "autograd" and recorded_note(report)
     assert not without_gradient_note(report)
@@ -764,7 +770,7 @@ def tiny_gpt2() -> GPT2LMHeadModel:
 # are exact to float32 rounding only: the comparison with autograd allows rtol 1e-4, atol 1e-6, and
 # central differences take a step of 1e-3 (J's rounding over that step is about 1e-5) with
 # fd_rtol 1e-3, fd_atol 1e-4.
-GPT2_TOLERANCES = dict(rtol=1e-4, atol=1e-6, fd_step=1e-3, fd_rtol=1e-3, fd_atol=1e-4, finite_differences="none")
+GPT2_TOLERANCES = {"rtol": 1e-4, "atol": 1e-6, "fd_step": 1e-3, "fd_rtol": 1e-3, "fd_atol": 1e-4, "finite_differences": "none"}
 # The embedding (tied to the output layer), the positions, attention and the MLP's output.
 GPT2_CHECKED = ("transformer.wte.weight", "transformer.wpe.weight", "transformer.h.0.attn.c_attn.weight", "transformer.h.0.mlp.c_proj.bias")
 
