@@ -466,9 +466,9 @@ def _in_place(
         return _without_recording(func, args, kwargs) if gradient_off else func(*args, **kwargs)
     recorded_args, recorded_kwargs = _swapped(args, kwargs, forms)
     if entry.alias:
-        if gradient_off and _storage(entry.recorded) not in _STATE.storages:
-            # A view of a tensor made elsewhere (the caller's buffer): a real run records nothing.
-            return _without_recording(func, args, kwargs)
+        if _storage(entry.recorded) not in _STATE.storages:
+            # A view of a tensor made elsewhere (the caller's buffer): as a real run changes it.
+            return _without_recording(func, args, kwargs) if gradient_off else func(*args, **kwargs)
         sources = [t for t in _tensors(args, kwargs) if t is not target]
         if not gradient_off and any(t.requires_grad for t in sources):
             # The tensor gets gradient for real: as a real run changes it; its recorded form is lost.

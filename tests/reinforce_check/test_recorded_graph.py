@@ -298,7 +298,10 @@ def test_buffers_written_in_place_inside_marked_code_acquire_no_graph_and_autogr
         dist = Categorical(logits=theta[step])
         action = dist.sample()
         buffer[step, 0] = dist.log_prob(action)
-        buffer[step, 1:].copy_(dist.probs[:2])
+        row = buffer[step, 1:]
+        row.copy_(dist.probs[:2])
+        with torch.enable_grad():  # changed with gradient on, from tensors a real run has without
+            row.mul_(dist.probs[:2] / dist.probs[:2])
         snapshot.copy_(theta)
         theta.mul_(1.0)
         return action
