@@ -87,8 +87,10 @@ _VALIDATE_LEGACY = _NumpyRandomState(0)
 _VALIDATE_GENERATOR = _NumpyGenerator(np.random.PCG64(0))
 _VALIDATE_PYTHON = random.Random(0)
 
-# The index dtype of RandomState.choice (C long) and of Generator.choice.
-_LEGACY_INDEX = np.dtype("l")
+# The index dtypes numpy's choice returns: RandomState's is C long when it draws from p, numpy's
+# default integer otherwise (they differ on Windows); Generator's is int64.
+_LEGACY_INDEX_WITH_P = np.dtype("l")
+_LEGACY_INDEX = np.dtype(int)
 _GENERATOR_INDEX = np.dtype(np.int64)
 
 
@@ -239,7 +241,8 @@ def _numpy_choice(
         if probabilities is None
         else torch.tensor(probabilities, dtype=torch.float64).reshape(1, count)
     )
-    index = np.asarray(_draw(chooser, weights, draws, bool(replace), site), dtype=_LEGACY_INDEX if legacy else _GENERATOR_INDEX)
+    dtype = _GENERATOR_INDEX if not legacy else _LEGACY_INDEX if p is None else _LEGACY_INDEX_WITH_P
+    index = np.asarray(_draw(chooser, weights, draws, bool(replace), site), dtype=dtype)
     indices: Any = index.reshape(shape)
     if is_scalar:
         indices = indices.item(0)
@@ -283,7 +286,12 @@ def _method_choices(installed: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _requires_grad(*values: Any) -> bool:
-    return any(_tensor_weights(value) is not None and _tensor_weights(value).requires_grad for value in values)  # type: ignore[union-attr]
+    """Whether weights given as torch tensors carry gradient."""
+    for value in values:
+        row = _tensor_weights(value)
+        if row is not None and row.requires_grad:
+            return True
+    return False
 
 
 def _tensor_weights(values: Any) -> torch.Tensor | None:
@@ -300,6 +308,8 @@ def _python_choices_drawn(
     chooser: Chooser, site: str, population: Sequence[Any], weights: Any, cum_weights: Any, k: int
 ) -> list[Any]:
     """What ``random.choices`` returns when the chooser picks the sample."""
+    if isinstance(weights, Iterator):
+        weights = list(weights)  # read twice below; random.choices reads it once
     with torch.no_grad():
         _python_choices(_VALIDATE_PYTHON, population, weights, cum_weights=cum_weights, k=k)
     count = len(population)

@@ -7,7 +7,8 @@ draws, so any change of a global generator's state during an episode is such a d
 
 Generators held privately (a ``torch.Generator`` or ``numpy.random.Generator`` object the episode
 creates itself) cannot be watched; they are deterministic if they are created with a fixed seed
-inside the episode.
+inside the episode. (The ``choice`` of numpy generators made during a check is a sampler the check
+intercepts: :mod:`reinforce_check.numpy_samplers`.)
 
 To say *where* a draw came from, :func:`watch` also wraps the common Python-level draw functions
 for its duration (torch's ``rand``/``randn``/``randint``/``randperm``/``normal`` and their ``_like``
