@@ -34,11 +34,14 @@ What cannot be reached: numpy's generator classes are compiled, so ``choice`` ca
 them. A ``Generator`` or ``RandomState`` made *before* the check, or made through a name imported
 before it (``from numpy.random import default_rng``), keeps numpy's own ``choice``; so does
 ``numpy.random.choice`` or ``random.choices`` imported by name before the check. Their draws are
-randomness outside the samplers: from numpy's or Python's global generator they are refused as
-such (:class:`~reinforce_check.UninterceptedRandomnessError`); from a private generator they show
-up as an episode with no sampler call, or as one whose replays differ, and the error names the
-generator it can find (:func:`unreachable_samplers`) and the fix: make the generator inside the
-episode through ``np.random.default_rng``, call ``np.random.choice``, or sample with torch.
+randomness outside the samplers. From numpy's or Python's global generator they are refused as
+such (:class:`~reinforce_check.UninterceptedRandomnessError`). From a private generator they show
+up as an episode with no sampler call (:class:`~reinforce_check.NoSamplerCallError`, whose message
+names the generators and imported names it finds among what the episode refers to,
+:func:`unreachable_samplers`, with the fix: make the generator inside the episode through
+``np.random.default_rng``, call ``np.random.choice``, or sample with torch), or, when the episode
+also samples with torch, as replays that differ (:class:`~reinforce_check.NondeterministicEpisodeError`)
+if the generator advances from run to run.
 
 Draws from other functions (``integers``, ``randint``, ``permutation``, ``shuffle``,
 ``random.random``, ``random.choice``) are not categorical choices with given probabilities; they
@@ -50,6 +53,7 @@ from __future__ import annotations
 import dis
 import functools
 import inspect
+import itertools
 import operator
 import random
 import types
@@ -134,15 +138,18 @@ def replacement(owner: Any, name: str, installed: Any) -> Any:
 
 
 class _StandsFor(type):
-    """Metaclass of the intercepted generator classes: ``isinstance`` and ``issubclass`` answer as
-    for numpy's class, since the intercepted class stands in for it under numpy's name during a
-    check, and generators made before the check are instances of numpy's class only."""
+    """Metaclass of the intercepted generator classes: ``isinstance`` and ``issubclass`` against
+    them answer as against numpy's class (their ``_stands_for``), since they stand in for it under
+    numpy's name during a check, and generators made before the check are instances of numpy's
+    class only. A class derived from them (defined during a check) answers for itself."""
 
     def __instancecheck__(cls, instance: Any) -> bool:
-        return isinstance(instance, cls.__mro__[1])
+        stands_for = vars(cls).get("_stands_for")
+        return isinstance(instance, stands_for) if stands_for is not None else type.__instancecheck__(cls, instance)
 
     def __subclasscheck__(cls, subclass: type) -> bool:
-        return issubclass(subclass, cls.__mro__[1])
+        stands_for = vars(cls).get("_stands_for")
+        return issubclass(subclass, stands_for) if stands_for is not None else type.__subclasscheck__(cls, subclass)
 
 
 class RandomState(_NumpyRandomState, metaclass=_StandsFor):  # type: ignore[misc]
@@ -155,6 +162,8 @@ class RandomState(_NumpyRandomState, metaclass=_StandsFor):  # type: ignore[misc
     >>> bool((RandomState(3).choice(4, size=9, p=p) == np.random.RandomState(3).choice(4, size=9, p=p)).all())
     True
     """
+
+    _stands_for = _NumpyRandomState
 
     def choice(self, a: Any, size: Any = None, replace: bool = True, p: Any = None) -> Any:
         """``RandomState.choice``; within a check the chooser picks the sample."""
@@ -176,14 +185,20 @@ class Generator(_NumpyGenerator, metaclass=_StandsFor):  # type: ignore[misc]
     (True, True)
     """
 
+    _stands_for = _NumpyGenerator
+
     def choice(
         self, a: Any, size: Any = None, replace: bool = True, p: Any = None, axis: int = 0, shuffle: bool = True
     ) -> Any:
-        """``Generator.choice``; within a check the chooser picks the sample."""
+        """``Generator.choice``; within a check the chooser picks the sample.
+
+        ``shuffle=False`` leaves the order of a sample drawn without replacement and without ``p`` to
+        numpy's algorithm; the check gives every order the same probability (right for code that
+        uses the sample as a set)."""
         chooser = route_draw(requires_grad=False)
         if chooser is None:
             return _NumpyGenerator.choice(self, a, size, replace, p, axis, shuffle)
-        return _numpy_choice(chooser, "numpy.random.Generator.choice", a, size, replace, p, axis=axis, shuffle=shuffle)
+        return _numpy_choice(chooser, "numpy.random.Generator.choice", a, size, replace, p, axis=axis)
 
 
 def _default_rng(installed: Callable[..., Any]) -> Callable[..., Any]:
@@ -219,7 +234,6 @@ def _numpy_choice(
     *,
     legacy: bool = False,
     axis: int = 0,
-    shuffle: bool = True,
 ) -> Any:
     """What ``choice`` returns when the chooser picks the sample (numpy's code after its draw)."""
     validate = _VALIDATE_LEGACY.choice if legacy else functools.partial(_VALIDATE_GENERATOR.choice, axis=axis)
@@ -322,19 +336,12 @@ def _python_choices_drawn(
         row = _tensor_weights(given)
         if row is None:
             # As random.choices does: cumulative weights in Python's arithmetic, then floats.
-            cumulative = list(_accumulate(given)) if cum_weights is None else list(given)
+            cumulative = list(itertools.accumulate(given)) if cum_weights is None else list(given)
             row = torch.tensor([float(c) for c in cumulative], dtype=torch.float64).reshape(1, count)
             row = torch.diff(row, prepend=torch.zeros(1, 1, dtype=torch.float64))
         elif cum_weights is not None:
             row = torch.diff(row, prepend=torch.zeros(1, 1, dtype=torch.float64))
     return [population[i] for i in _draw(chooser, row, k, True, site)]
-
-
-def _accumulate(values: Any) -> Iterator[Any]:
-    total: Any = None
-    for value in values:
-        total = value if total is None else total + value
-        yield total
 
 
 # --- shared ----------------------------------------------------------------------------------------
@@ -349,8 +356,11 @@ def _draw(chooser: Chooser, weights: torch.Tensor, draws: int, replace: bool, si
     if draws == 0:
         return []
     if replace:
-        return choose(chooser, weights.expand(draws, -1), 1, True, site).reshape(-1).tolist()  # type: ignore[no-any-return]
-    return choose(chooser, weights, draws, False, site).reshape(-1).tolist()  # type: ignore[no-any-return]
+        chosen = choose(chooser, weights.expand(draws, -1), 1, True, site)
+    else:
+        chosen = choose(chooser, weights, draws, False, site)
+    actions: list[int] = chosen.reshape(-1).tolist()
+    return actions
 
 
 def unreachable_samplers(episode: Callable[..., Any]) -> list[str]:

@@ -31,7 +31,7 @@ P3 = [0.2, 0.3, 0.5]
 # The probabilities reach numpy detached, so central differences of the exact J (step 1e-6, float64,
 # accurate to about 1e-9) are the ground truth: compare within fd_rtol=1e-6, fd_atol=1e-8. The
 # elementwise tolerances apply where autograd decides (random.choices with tensor weights).
-TOL = dict(rtol=1e-7, atol=1e-10, fd_rtol=1e-6, fd_atol=1e-8)
+TOL = {"rtol": 1e-7, "atol": 1e-10, "fd_rtol": 1e-6, "fd_atol": 1e-8}
 
 # Made before any check: Random.choices is replaced on the class, so it is reached all the same.
 RANDOM_MADE_EARLIER = random.Random(5)
@@ -165,7 +165,9 @@ def two_step_episode(theta, draw, *, biased=False):
     return episode
 
 
-@pytest.mark.parametrize("entry", ["numpy.random.choice", "numpy.random.Generator.choice(default_rng)", "random.choices(weights)"])
+@pytest.mark.parametrize(
+    "entry", ["numpy.random.choice", "numpy.random.Generator.choice(default_rng)", "random.choices(weights)"]
+)
 def test_two_step_episode_enumerates_nine_sequences_and_reward_to_go_passes(theta, entry):
     """Within TOL, by central differences."""
     report = check_reinforce(two_step_episode(theta, DRAWS[entry]), {"theta": theta}, **TOL)
@@ -182,7 +184,9 @@ def test_two_step_episode_with_action_dependent_baseline_is_caught(theta, entry)
 
 BATCHED_DRAWS = {
     "numpy.random.choice": lambda probs, rows: np.random.choice(3, size=rows, p=_numpy_p(probs)),
-    "numpy.random.Generator.choice": lambda probs, rows: np.random.default_rng(0).choice(3, size=rows, p=_numpy_p(probs)),
+    "numpy.random.Generator.choice": lambda probs, rows: np.random.default_rng(0).choice(
+        3, size=rows, p=_numpy_p(probs)
+    ),
     "random.choices": lambda probs, rows: random.choices(range(3), weights=probs.tolist(), k=rows),
 }
 
@@ -638,7 +642,10 @@ ENVIRONMENT = Environment()
 @pytest.mark.parametrize(
     ("draw", "named"),
     [
-        (lambda p: GENERATOR_MADE_EARLIER.choice(3, p=p), "GENERATOR_MADE_EARLIER, a numpy Generator made before the check"),
+        (
+            lambda p: GENERATOR_MADE_EARLIER.choice(3, p=p),
+            "GENERATOR_MADE_EARLIER, a numpy Generator made before the check",
+        ),
         (lambda p: ENVIRONMENT.rng.choice(3, p=p), "ENVIRONMENT.rng, a numpy RandomState made before the check"),
     ],
     ids=["global Generator", "attribute RandomState"],
@@ -657,7 +664,8 @@ def test_a_generator_made_before_the_check_is_refused_with_the_fix(theta, draw, 
 
 
 def test_default_rng_imported_by_name_is_refused_with_the_fix(theta):
-    from numpy.random import default_rng  # holds numpy's own function: the check cannot reach it
+    # Holds numpy's own function: the check cannot reach it.
+    from numpy.random import default_rng
 
     def episode():
         probs = torch.softmax(theta, 0)
@@ -671,7 +679,8 @@ def test_default_rng_imported_by_name_is_refused_with_the_fix(theta):
 
 
 def test_numpy_choice_imported_by_name_moves_the_global_generator_and_is_refused(theta):
-    from numpy.random import choice  # bound to numpy's global generator before the check
+    # Bound to numpy's global generator before the check.
+    from numpy.random import choice
 
     def episode():
         probs = torch.softmax(theta, 0)
