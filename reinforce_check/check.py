@@ -30,6 +30,7 @@ from .exact import (
     sequence_statistics,
 )
 from .report import (
+    AutogradDisagreed,
     CheckReport,
     DirectionalCheck,
     DrawsWithoutGradient,
@@ -205,7 +206,9 @@ def check_reinforce(
     (``torch.no_grad()``, ``torch.inference_mode()``: a PPO-style rollout), autograd's -grad J may
     miss score terms, so central differences of the exact :math:`J` decide instead, within
     ``fd_atol + fd_rtol * |numeric|``: every coordinate of a tensor of at most 64 elements, one
-    random unit direction of a larger one. ``report.ground_truth`` says which decided.
+    random unit direction of a larger one. They decide too wherever autograd's -grad J disagrees
+    with them (probabilities detached on their way to a sampler, say). ``report.ground_truth`` says
+    which decided.
 
     .. note::
         Everything runs in float64: checked parameters must be float64 (a float32 model is refused
@@ -243,10 +246,14 @@ def check_reinforce(
             again, down to single tensors, so d disagreeing tensors among k cost at most
             ``2 * d * ceil(log2 k)`` more directions rather than k. ``"tensor"``: one random unit
             direction per parameter tensor always (2 evaluations per tensor); ``"coordinate"``: every
-            coordinate; ``"none"``: skip. Whatever the mode, the implementation's gradient is compared
-            with autograd's exact -grad J element by element; finite differences verify that -grad J
-            itself is right. When draws without gradient make central differences the ground truth,
-            this cross-check is replaced by that comparison, whatever the mode (``"none"`` included).
+            coordinate; ``"none"``: skip, except for one joint direction when the gradients mismatch
+            or some sampler call's probabilities carried no gradient, so that a bias is never
+            reported on autograd's word alone. Whatever the mode, the implementation's gradient is
+            compared with autograd's exact -grad J element by element; finite differences verify
+            that -grad J itself is right. Where they disagree with it (part of J's dependence is
+            detached from the graph), or where draws made with gradient recording off leave
+            autograd blind, central differences of the exact J become the ground truth, whatever the
+            mode (``"none"`` included).
         fd_step: step of the central differences.
         fd_rtol: relative tolerance of the finite-difference comparison.
         fd_atol: absolute tolerance of the finite-difference comparison.
@@ -288,23 +295,28 @@ def check_reinforce(
     runner, exact = enumerate_with(runner, lambda passes: exact_gradients(passes, tensors, variance=variance))
     # One more run of the first sequence: state kept between runs would change what it returns.
     runner.verify_replay()
-    # Autograd's -grad J is the reference only when every probability reaching a sampler carried
-    # its gradient; draws made with gradient recording off leave central differences of J to decide.
-    directional: list[DirectionalCheck]
-    numeric: list[torch.Tensor] | None
-    if runner.found.no_grad_calls:
+    parameters = [_compare(n, t, e, rtol, atol) for n, t, e in zip(names, exact.target, exact.estimate)]
+    directional, numeric, disagreed = _autograd_reference(
+        runner,
+        names,
+        tensors,
+        exact,
+        mode=finite_differences,
+        mismatched=not all(p.ok for p in parameters),
+        step=fd_step,
+        rtol=fd_rtol,
+        atol=fd_atol,
+        seed=seed,
+    )
+    if directional is not None:
+        ground_truth = "autograd"
+        attributed = top_sequences
+    else:
         ground_truth = "finite differences"
         reference = numeric_reference(runner, tensors, step=fd_step, seed=seed)
         parameters = _compare_numeric(names, reference, exact, fd_rtol, fd_atol)
         # A sequence's share of the bias needs autograd's gradient of p(a) objective(a): not without it.
         directional, numeric, attributed = [], None, 0
-    else:
-        ground_truth = "autograd"
-        parameters = [_compare(n, t, e, rtol, atol) for n, t, e in zip(names, exact.target, exact.estimate)]
-        directional, numeric = finite_difference_checks(
-            runner, names, tensors, exact, mode=finite_differences, step=fd_step, rtol=fd_rtol, atol=fd_atol, seed=seed
-        )
-        attributed = top_sequences
     contributions, variances = _attribute(
         runner, tensors, parameters, exact, top_sequences=attributed, variance=variance
     )
@@ -320,6 +332,7 @@ def check_reinforce(
         parameters,
         directional,
         contributions,
+        disagreed=disagreed,
         settings=dict(
             rtol=rtol,
             atol=atol,
@@ -334,6 +347,48 @@ def check_reinforce(
     if not report.ok and raise_exception:
         raise ReinforceCheckError(format_mismatch(report), report)
     return report
+
+
+def _autograd_reference(
+    runner: Runner,
+    names: list[str],
+    tensors: list[torch.Tensor],
+    exact: ExactGradients,
+    *,
+    mode: FiniteDifferences,
+    mismatched: bool,
+    step: float,
+    rtol: float,
+    atol: float,
+    seed: int,
+) -> tuple[list[DirectionalCheck] | None, list[torch.Tensor] | None, int]:
+    """Whether autograd's -grad J can be the ground truth, with its finite-difference cross-check.
+
+    Autograd sees J's dependence on the parameters only through the graph. Sampler calls made with
+    gradient recording off leave their probabilities out of it: central differences of J decide,
+    and none of this is run. Probabilities detached (or computed outside torch) with recording on
+    may or may not depend on the parameters, and a tensor detached on its way to the sampler cannot
+    be seen at all: the cross-check runs even when ``mode`` is ``"none"`` if some call's
+    probabilities carried no gradient or the estimate ``mismatched`` autograd's -grad J (a bias is
+    never reported on autograd's word alone), and if autograd disagrees with central differences
+    (an objective term computed from detached values would do it too), central differences decide.
+
+    Returns:
+        The directional checks (``None`` when central differences decide), the numeric gradient of
+        the ``"coordinate"`` mode, and how many directions autograd disagreed along.
+    """
+    found = runner.found
+    if found.calls_gradient_off:
+        return None, None, 0
+    if mode == "none" and (found.calls_without_gradient or mismatched):
+        mode = "joint"
+    directional, numeric = finite_difference_checks(
+        runner, names, tensors, exact, mode=mode, step=step, rtol=rtol, atol=atol, seed=seed
+    )
+    disagreed = sum(not c.autograd_ok for c in directional)
+    if disagreed:
+        return None, None, disagreed
+    return directional, numeric, 0
 
 
 def _validate_options(
@@ -402,6 +457,7 @@ def _report(
     directional: list[DirectionalCheck],
     contributions: list[SequenceContribution],
     *,
+    disagreed: int,
     settings: dict[str, Any],
     seconds: float,
 ) -> CheckReport:
@@ -409,8 +465,10 @@ def _report(
     notes: list[Note] = []
     if found.scoped:
         notes.append(ScopedDraws(outside_calls=found.outside_calls, runs=found.rows_run))
-    if found.no_grad_calls:
-        notes.append(DrawsWithoutGradient(calls=found.no_grad_calls))
+    if found.calls_without_gradient:
+        notes.append(DrawsWithoutGradient(calls=found.calls_without_gradient, gradient_off=found.calls_gradient_off))
+    if disagreed:
+        notes.append(AutogradDisagreed(directions=disagreed))
     probability_tolerance = max(1e-12 * len(found), 1e-10)
     ok = (
         all(p.ok for p in parameters)

@@ -108,8 +108,11 @@ class Pass:
     """New prefixes as ``(row, slot, action, probability)``: row's path up to ``slot``, then ``action``."""
     supports: dict[int, torch.Tensor] = field(default_factory=dict)
     """Support (nonzero mask) seen by row 0 at every slot, when asked for."""
-    no_grad_calls: int = 0
-    """Sampler calls made while gradient recording was off (their probabilities carry no gradient)."""
+    calls_without_gradient: int = 0
+    """Sampler calls that could take more than one action from probabilities carrying no gradient
+    (drawn under ``torch.no_grad()``, detached, or computed outside torch)."""
+    calls_gradient_off: int = 0
+    """Of those, calls made while gradient recording was off."""
 
 
 def _check_shape(weights: torch.Tensor, site: str) -> None:
@@ -117,6 +120,12 @@ def _check_shape(weights: torch.Tensor, site: str) -> None:
         raise InvalidProbabilitiesError(
             f"{site} received probabilities of shape {tuple(weights.shape)}; expected (K,) or (rows, K) with K >= 1."
         )
+
+
+def _branches(weights: torch.Tensor) -> bool:
+    """Whether some row of ``weights`` has more than one action of nonzero weight: a call whose
+    every row is forced contributes a factor 1 whatever its weights' gradient."""
+    return bool(((weights > 0).sum(dim=1) > 1).any())
 
 
 def _row_totals(weights: torch.Tensor, site: str, replacement: bool) -> torch.Tensor:
@@ -227,7 +236,8 @@ class PrefixChooser:
         self.rows = plan.rows
         self.record_supports = record_supports
         self.cursor = 0
-        self.no_grad_calls = 0
+        self.calls_without_gradient = 0
+        self.calls_gradient_off = 0
         self.invalid = torch.zeros(self.rows, dtype=torch.bool)
         # Whether any row has turned invalid yet (until then no row needs a liveness mask).
         self._some_invalid = False
@@ -271,8 +281,9 @@ class PrefixChooser:
             )
         if not weights.is_floating_point():
             weights = weights.double()
-        if not torch.is_grad_enabled():
-            self.no_grad_calls += 1
+        if not weights.requires_grad and _branches(weights):
+            self.calls_without_gradient += 1
+            self.calls_gradient_off += not torch.is_grad_enabled()
         per_row = total_rows // self.rows
         if self._small and total_rows <= self.small_decisions:
             return self._choose_small(weights, num_samples, replacement, site, per_row)
@@ -596,7 +607,8 @@ class PrefixChooser:
             sites=list(self._sites),
             spawns=spawns,
             supports=self._supports,
-            no_grad_calls=self.no_grad_calls,
+            calls_without_gradient=self.calls_without_gradient,
+            calls_gradient_off=self.calls_gradient_off,
         )
 
 

@@ -100,9 +100,12 @@ class Enumeration:
     """How many times the episode function was called."""
     rows_run: int = 0
     """Episode rows run in all, including rows whose speculated actions proved infeasible."""
-    no_grad_calls: int = 0
-    """Sampler calls the episode made with gradient recording off (``torch.no_grad()``,
-    ``torch.inference_mode()``) during the enumeration; the runner's own gradient-free runs excluded."""
+    calls_without_gradient: int = 0
+    """Sampler calls of the enumeration that could take more than one action from probabilities
+    carrying no gradient (drawn under ``torch.no_grad()`` or ``torch.inference_mode()``, detached, or
+    computed outside torch); the runner's own gradient-free runs excluded."""
+    calls_gradient_off: int = 0
+    """Of those, calls made while gradient recording was off."""
     outside_calls: int = 0
     """In scoped mode, sampler calls outside @enumerate_actions code (sampled, not enumerated)."""
     scoped: bool = False
@@ -391,7 +394,8 @@ class Runner:
         self.start_state: randomness.RandomState | None = replay_state
         self.passes_run = 0
         self.rows_run = 0
-        self.no_grad_calls = 0
+        self.calls_without_gradient = 0
+        self.calls_gradient_off = 0
         self.outside_calls = 0
         self._found: Enumeration | None = None
 
@@ -482,24 +486,26 @@ class Runner:
             )
 
     def _pass(
-        self, plan: Plan, *, first: bool = False, record_supports: bool = False, own_no_grad: bool = False
+        self, plan: Plan, *, first: bool = False, record_supports: bool = False, own_gradient_off: bool = False
     ) -> tuple[Pass, Rows]:
-        """Run one pass of the enumeration and count it. ``own_no_grad``: the runner itself runs the
+        """Run one pass of the enumeration and count it. ``own_gradient_off``: the runner itself runs the
         pass without gradient, so its sampler calls say nothing about the episode's."""
         chooser = PrefixChooser(plan, record_supports=record_supports)
         _, objective, loss = self._run(chooser, plan.rows, first=first)
         result = chooser.finish()
         self.passes_run += 1
         self.rows_run += plan.rows
-        if not own_no_grad:
-            self.no_grad_calls += result.no_grad_calls
+        if not own_gradient_off:
+            self.calls_without_gradient += result.calls_without_gradient
+            self.calls_gradient_off += result.calls_gradient_off
         return result, Rows(result.log_prob, objective, loss)
 
     def _finish(self, sequences: _Sequences, *, replay_verified: bool) -> Enumeration:
         found = sequences.build()
         found.passes = self.passes_run
         found.rows_run = self.rows_run
-        found.no_grad_calls = self.no_grad_calls
+        found.calls_without_gradient = self.calls_without_gradient
+        found.calls_gradient_off = self.calls_gradient_off
         found.outside_calls = self.outside_calls
         found.scoped = self.scoped
         found.replay_verified = replay_verified
@@ -659,7 +665,7 @@ class BatchedRunner(Runner):
             # with gradient, as the first row of round 1, which therefore also replays it in another
             # episode call (what verify_replay does in sequential mode) at the cost of one row.
             with torch.no_grad():
-                first, first_rows = self._pass(Plan.free(1), first=True, record_supports=True, own_no_grad=True)
+                first, first_rows = self._pass(Plan.free(1), first=True, record_supports=True, own_gradient_off=True)
             pending = [Prefix(first.actions[0].tolist(), first.probs[0].tolist()), *_spawned(first)]
             speculation = Speculation(first.supports, pending, max_sequences=self.max_sequences)
             kept: list[Rows] = []

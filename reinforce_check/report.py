@@ -15,6 +15,7 @@ from typing import Any, Union
 import torch
 
 __all__ = [
+    "AutogradDisagreed",
     "CheckReport",
     "DirectionalCheck",
     "DrawsWithoutGradient",
@@ -91,6 +92,9 @@ class DirectionalCheck:
     autograd: float
     estimate: float
     ok: bool
+    autograd_ok: bool = True
+    """Whether autograd's -grad J agrees with the numeric derivative (when it does not, part of J's
+    dependence on the parameters is detached from the graph, and central differences decide)."""
 
 
 @dataclass
@@ -117,19 +121,28 @@ class ScopedDraws:
 
 @dataclass(frozen=True)
 class DrawsWithoutGradient:
-    """A note: some sampler calls ran under ``torch.no_grad()``."""
+    """A note: some sampler calls received probabilities that carry no gradient."""
 
     calls: int
+    gradient_off: int = 0
+    """Of those, calls made with gradient recording off (``torch.no_grad()``, ``torch.inference_mode()``)."""
 
 
-Note = Union[ScopedDraws, DrawsWithoutGradient]
+@dataclass(frozen=True)
+class AutogradDisagreed:
+    """A note: autograd's -grad J disagreed with central differences of the exact J, which decided."""
+
+    directions: int
+
+
+Note = Union[ScopedDraws, DrawsWithoutGradient, AutogradDisagreed]
 
 
 def format_note(note: Note) -> str:
     """The text of a note, as the report prints it.
 
-    >>> format_note(DrawsWithoutGradient(calls=2)).split(",")[0]
-    '2 sampler call(s) ran under torch.no_grad()'
+    >>> format_note(DrawsWithoutGradient(calls=2, gradient_off=2)).split(" (")[0]
+    '2 sampler call(s) received probabilities that carry no gradient'
     """
     if isinstance(note, ScopedDraws):
         return (
@@ -138,12 +151,24 @@ def format_note(note: Note) -> str:
             "random draws, sampled for real from the generator state the check started with, restored "
             "before every run, so every sequence saw the same random numbers."
         )
-    return (
-        f"{note.calls} sampler call(s) ran under torch.no_grad(), or torch.inference_mode(), so the "
-        "probabilities they recorded carry no gradient and autograd's -grad J may miss their score terms: "
-        "the verdict comes from central differences of the exact J instead (sampling with gradient "
-        "enabled lets autograd decide, at less cost)."
+    if isinstance(note, AutogradDisagreed):
+        return (
+            f"autograd's -grad J disagreed with central differences of the exact J along {note.directions} "
+            "direction(s): part of J's dependence on the parameters is not in the graph (probabilities "
+            "detached or computed outside torch, or an objective computed from detached values), so central "
+            "differences decide."
+        )
+    text = (
+        f"{note.calls} sampler call(s) received probabilities that carry no gradient ({note.gradient_off} "
+        "with gradient recording off, under torch.no_grad() or torch.inference_mode(); the others detached "
+        "or computed outside torch), so autograd's -grad J may miss their score terms"
     )
+    if note.gradient_off:
+        return (
+            f"{text}: the verdict comes from central differences of the exact J instead (probabilities that "
+            "keep their gradient let autograd decide, at less cost)."
+        )
+    return f"{text}: central differences of the exact J checked it, and would have decided had it disagreed."
 
 
 @dataclass
@@ -188,7 +213,8 @@ class CheckReport:
     ground_truth: str = "autograd"
     """What decided the verdict: ``"autograd"`` (the exact -grad J by autograd, cross-checked by
     finite differences) or ``"finite differences"`` (central differences of the exact J, used when
-    some sampler calls ran with gradient recording off, so autograd's -grad J may miss score terms)."""
+    some sampler calls ran with gradient recording off, so autograd's -grad J may miss score terms,
+    or when autograd's -grad J disagreed with them)."""
 
     @property
     def probability_ok(self) -> bool:
@@ -304,7 +330,7 @@ def _ground_truth(report: CheckReport) -> str:
         return f"autograd's -grad J{checked}"
     return (
         f"central differences of the exact J (fd_rtol={report.fd_rtol:g}, fd_atol={report.fd_atol:g}): "
-        "draws made without gradient leave autograd's -grad J without their score terms"
+        "autograd's -grad J cannot see all of J's dependence on the parameters (see the notes)"
     )
 
 

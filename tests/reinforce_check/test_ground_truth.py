@@ -128,8 +128,10 @@ def test_policy_independent_of_parameters_keeps_autograd_as_ground_truth():
         objective = scale * reward[action] - scale**2
         return objective, -objective
 
-    report = check_reinforce(episode, {"scale": scale}, rtol=1e-7, atol=1e-10)
+    report = check_reinforce(episode, {"scale": scale}, rtol=1e-7, atol=1e-10, finite_differences="none")
     assert report.ok and report.ground_truth == "autograd"
+    # The cross-check ran even with finite_differences="none", and agreed.
+    assert len(report.finite_differences) == 1 and report.finite_differences[0].ok
     assert report.parameters[0].reference == "autograd"
     assert "ground truth: autograd's -grad J" in str(report)
 
@@ -148,24 +150,62 @@ def test_batched_check_with_gradient_has_no_draws_without_gradient_note(make_par
     assert report.notes == []
 
 
-def test_joint_finite_differences_bisect_to_the_disagreeing_tensor(make_param):
-    # Eight tensors add up to the logits; tensor 5 reaches the sampler detached, so J depends on it
-    # but neither autograd nor the loss sees it. The joint direction disagrees, and bisection names
-    # t5 in 1 + 2 * 3 directions instead of 1 + 8 (fd_rtol 1e-5, fd_atol 1e-7).
-    thetas = [make_param(3, seed=20 + i, scale=0.5) for i in range(8)]
+def eight_tensor_episode(thetas, *, sampler_detaches: bool, loss_detaches: bool, extra_gradient: float = 0.0):
+    """Eight tensors add up to the logits; tensor 5 may reach the sampler, the loss, or both detached."""
     reward = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
 
-    def episode():
-        dist = Categorical(logits=sum(t.detach() if i == 5 else t for i, t in enumerate(thetas)))
-        action = dist.sample()
-        return reward[action], -dist.log_prob(action) * reward[action]
+    def logits(detach_t5):
+        return sum(t.detach() if i == 5 and detach_t5 else t for i, t in enumerate(thetas))
 
+    def episode():
+        action = Categorical(logits=logits(sampler_detaches)).sample()
+        log_prob = Categorical(logits=logits(loss_detaches)).log_prob(action)
+        return reward[action], -log_prob * reward[action] + extra_gradient * thetas[5].sum()
+
+    return episode
+
+
+def test_probabilities_detached_with_gradient_on_let_central_differences_decide(make_param):
+    # The sampler sees t5 detached (gradient recording on), the loss does not: the estimator is
+    # unbiased, but autograd's -grad J misses t5's score term. The cross-check's first direction
+    # shows autograd disagreeing, so central differences decide, every coordinate of each tensor
+    # (fd_rtol 1e-5, fd_atol 1e-7), and the check passes.
+    thetas = [make_param(3, seed=20 + i, scale=0.5) for i in range(8)]
+    params = {f"t{i}": t for i, t in enumerate(thetas)}
+    episode = eight_tensor_episode(thetas, sampler_detaches=True, loss_detaches=False)
+    for mode in ("joint", "none"):
+        report = check_reinforce(episode, params, finite_differences=mode, fd_rtol=1e-5, fd_atol=1e-7)
+        assert report.ok and report.ground_truth == "finite differences"
+        assert all(p.reference == "central differences" for p in report.parameters)
+        assert any("disagreed with central differences of the exact J along 1 direction" in n for n in report.notes)
+        # The sampler's logits still carry the other tensors' gradient: no call is without gradient.
+        assert not any("carry no gradient" in n for n in report.notes)
+
+
+def test_term_detached_from_sampler_and_loss_is_a_bias_found_by_central_differences(make_param):
+    # t5 reaches both the sampler and the loss detached: J depends on it, the loss does not see it.
+    # Central differences decide and name t5 alone (fd_rtol 1e-5, fd_atol 1e-7).
+    thetas = [make_param(3, seed=20 + i, scale=0.5) for i in range(8)]
+    episode = eight_tensor_episode(thetas, sampler_detaches=True, loss_detaches=True)
+    report = check_reinforce(
+        episode, {f"t{i}": t for i, t in enumerate(thetas)}, raise_exception=False, fd_rtol=1e-5, fd_atol=1e-7
+    )
+    assert not report.ok and report.ground_truth == "finite differences"
+    assert [p.name for p in report.parameters if not p.ok] == ["t5"]
+
+
+def test_joint_finite_differences_bisect_to_the_disagreeing_tensor(make_param):
+    # The loss adds a gradient on t5 alone: autograd agrees with central differences, the estimate
+    # does not. Bisection names t5 in 1 + 2 * 3 directions instead of 1 + 8 (fd_rtol 1e-5, fd_atol 1e-7).
+    thetas = [make_param(3, seed=20 + i, scale=0.5) for i in range(8)]
+    episode = eight_tensor_episode(thetas, sampler_detaches=False, loss_detaches=False, extra_gradient=0.3)
     report = check_reinforce(
         episode, {f"t{i}": t for i, t in enumerate(thetas)}, raise_exception=False, fd_rtol=1e-5, fd_atol=1e-7
     )
     labels = [c.label for c in report.finite_differences]
     failing = [c.label for c in report.finite_differences if not c.ok]
-    assert all(p.ok for p in report.parameters)  # autograd and the loss agree: both miss t5
+    assert report.ground_truth == "autograd"
+    assert [p.name for p in report.parameters if not p.ok] == ["t5"]
     assert labels[0] == "all parameters"
     assert len(labels) == 1 + 2 * 3
     assert failing == ["all parameters", "4 tensors, t4 to t7", "2 tensors, t4 to t5", "t5"]
