@@ -140,6 +140,8 @@ def test_random_choices_with_tensor_weights_and_a_biased_loss_is_caught_by_autog
     with pytest.raises(ReinforceCheckError) as caught:
         check_reinforce(episode, {"theta": theta}, **TOL)
     assert caught.value.report.ground_truth == "autograd"
+    # The sequences behind the bias name their decisions by the sampler that made them.
+    assert caught.value.report.top_sequences[0].choices[0][0] == "random.choices"
 
 
 # --- sequential episodes of several steps, and batched episodes ---------------------------------------
