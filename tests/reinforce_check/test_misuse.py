@@ -547,6 +547,11 @@ def test_sampler_entry_points_lists_every_intercepted_sampler():
         "Categorical.sample",
         "OneHotCategorical.sample",
         "Bernoulli.sample",
+        "numpy.random.choice",
+        "numpy.random.RandomState.choice",
+        "numpy.random.Generator.choice",
+        "random.choices",
+        "random.Random.choices",
     }
 
 
