@@ -205,7 +205,7 @@ def check_reinforce(
     agree with both sides. When some sampler call ran with gradient recording off
     (``torch.no_grad()``, ``torch.inference_mode()``: a PPO-style rollout), autograd's -grad J may
     miss score terms, so central differences of the exact :math:`J` decide instead, within
-    ``fd_atol + fd_rtol * |numeric|``: every coordinate of a tensor of at most 64 elements, one
+    ``fd_atol + fd_rtol * |numeric|``: every coordinate of a tensor of at most 16 elements, one
     random unit direction of a larger one. They decide too wherever autograd's -grad J disagrees
     with them (probabilities detached on their way to a sampler, say). ``report.ground_truth`` says
     which decided.
