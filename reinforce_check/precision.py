@@ -27,7 +27,9 @@ where it is first used, which also keeps it sharing memory with its array until 
 call it sees, it makes lower-precision floating tensor arguments float64 (except the tensor an
 in-place operation or ``out=`` writes to), replaces lower-precision dtype arguments by float64,
 turns ``.float()``, ``.half()`` and ``.bfloat16()`` into ``.double()`` and ``.type(torch.FloatTensor)``
-into ``.type(torch.DoubleTensor)``, and makes lower-precision floating results float64.
+into ``.type(torch.DoubleTensor)``, and makes lower-precision floating results float64. Assigning
+``.data`` or ``.grad`` of a lower-precision tensor keeps its dtype, so that ``model.float()`` in the
+episode leaves the model's tensors as they were.
 ``torch._C.DisableTorchFunction`` turns modes off as well as subclass handlers: the samplers'
 chooser, the check's own code, runs under it (:func:`unpromoted`).
 
@@ -349,6 +351,13 @@ class _Promote(TorchFunctionMode):
     ) -> Any:
         kwargs = {} if kwargs is None else kwargs
         name = getattr(func, "__name__", "")
+        if name == "__set__" and getattr(getattr(func, "__self__", None), "__name__", "") in ("data", "grad"):
+            # ``model.float()`` in the episode assigns ``param.data = param.double()`` (the mode's
+            # .float()): a tensor that is not float64 keeps its dtype, so the model stays as it was.
+            target, value = args
+            if isinstance(value, torch.Tensor) and is_lower_precision(target.dtype) and value.dtype != target.dtype:
+                args = (target, value.to(target.dtype))
+            return func(*args, **kwargs)
         if name in _AS_IS:
             return func(*args, **kwargs)
         if func is torch.Tensor.view:

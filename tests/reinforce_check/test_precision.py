@@ -24,7 +24,12 @@ from torch.distributions import Categorical
 
 from reinforce_check import InvalidOptionError, ReinforceCheckError, check_reinforce
 from reinforce_check.cli import EXIT_OK, main
-from reinforce_check.precision import Tolerances, choose_precision, promoting, unpromoted
+from reinforce_check.precision import (
+    Tolerances,
+    choose_precision,
+    promoting,
+    unpromoted,
+)
 
 # Two decisions among three actions, from observations stored as numpy float32, as an environment
 # returns them.
@@ -483,6 +488,24 @@ def test_in_place_updates_of_a_float32_tensor_write_to_it_in_its_own_dtype() -> 
     assert results[0] is buffer and buffer.dtype == torch.float32
     assert buffer.tolist() == [6.0, 2.0, 2.0]
     assert results[1] is out and out.tolist() == [2.0, 2.0, 2.0]
+
+
+def test_converting_a_module_inside_the_episode_leaves_its_tensors_as_they_were() -> None:
+    frozen = nn.Linear(2, 2).requires_grad_(False)  # not checked, so not copied by the check
+    frozen.weight.grad = torch.zeros(2, 2)
+    weight, bits = frozen.weight, _bits(frozen.weight)
+    outputs: list[torch.Tensor] = []
+
+    def episode() -> None:
+        frozen.float()  # Tensor.float() is .double() here, assigned to .data and .grad
+        frozen.to(torch.float16)
+        outputs.append(frozen(torch.ones(2)))
+
+    precision = choose_precision([torch.zeros(1, requires_grad=True)], [], promote=None)
+    precision.episode(episode)()
+    assert frozen.weight is weight and weight.dtype == torch.float32 and torch.equal(_bits(weight), bits)
+    assert weight.grad is not None and weight.grad.dtype == torch.float32
+    assert outputs[0].dtype == torch.float64
 
 
 def test_the_checks_own_code_runs_unpromoted_inside_an_episode_call() -> None:
