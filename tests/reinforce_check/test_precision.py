@@ -595,3 +595,30 @@ def test_the_samplers_chooser_runs_unpromoted(monkeypatch: pytest.MonkeyPatch) -
     # Default float64 tolerances: rtol=1e-6, atol=1e-9.
     assert check_reinforce(reinforce(policy), policy).ok
     assert seen and set(seen) == {(False, default)}
+
+
+NUMPY_DRAWS = {
+    "numpy.random.choice": lambda probs: int(np.random.choice(3, p=probs.detach().numpy())),
+    "random.choices(tensor weights)": lambda probs: random.choices(range(3), weights=probs)[0],
+}
+
+
+@pytest.mark.parametrize("draw", NUMPY_DRAWS.values(), ids=NUMPY_DRAWS.keys())
+def test_numpy_and_random_samplers_in_a_promoted_episode_see_float64_probabilities(
+    draw: Callable[[torch.Tensor], int],
+) -> None:
+    policy = Policy()
+    seen: list[torch.dtype] = []
+
+    def episode() -> tuple[torch.Tensor, torch.Tensor]:
+        probs = policy(OBS[0])
+        seen.append(probs.dtype)
+        action = draw(probs)
+        reward = torch.tensor(REWARD[0], dtype=torch.float32)[action]
+        return reward, -torch.log(probs[action]) * reward
+
+    # Default float64 tolerances (rtol=1e-6, atol=1e-9; fd_rtol=1e-5, fd_atol=1e-7 where central
+    # differences decide, as they do for numpy's detached probabilities).
+    report = check_reinforce(episode, policy)
+    assert report.ok and report.promoted and report.num_sequences == 3
+    assert set(seen) == {torch.float64}
