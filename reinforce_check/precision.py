@@ -30,12 +30,14 @@ turns ``.float()``, ``.half()`` and ``.bfloat16()`` into ``.double()`` and ``.ty
 into ``.type(torch.DoubleTensor)``, and makes lower-precision floating results float64. Assigning
 ``.data`` or ``.grad`` of a lower-precision tensor keeps its dtype, so that ``model.float()`` in the
 episode leaves the model's tensors as they were.
+
 ``torch._C.DisableTorchFunction`` turns modes off as well as subclass handlers: the samplers'
 chooser, the check's own code, runs under it (:func:`unpromoted`).
 
 Autocast never touches float64 tensors, but the check turns it off anyway inside the episode:
-``torch.autocast`` regions the episode enters are entered disabled, and autocast already enabled
-where the check was called is disabled for each episode call.
+``torch.autocast`` regions the episode enters are entered disabled (``autocast.__enter__`` is
+replaced for the call, process-wide, as the samplers are), and autocast already enabled where the
+check was called is disabled for each episode call.
 
 The limits (``docs/precision.rst`` says more): code the mode cannot see (C++ extensions, a
 ``torch.set_autocast_enabled`` call), numpy computations in float32, and lower-precision tensors that
