@@ -17,6 +17,12 @@ policy whose third action stops the episode (255 sequences over at most 7 steps)
 exact variance gives the number of Monte Carlo episodes a sampled estimate would need to reach the
 check's precision.
 
+A third case is PPO-style code: the same LSTM policy collects its rollout under
+``torch.no_grad()`` and the loss recomputes the log-probabilities of the actions taken. Its check,
+with the sampling function marked with ``enumerate_actions`` (so that autograd decides) and
+without (so that central differences of the exact J decide), is timed against the check of the
+same code with the rollout's gradient left on.
+
 Usage::
 
     python benchmarks/bench_check.py            # prints the table, writes benchmarks/results.txt
@@ -34,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from reinforce_check import check_reinforce
+from reinforce_check import check_reinforce, enumerate_actions
 
 ACTIONS = 3
 HIDDEN = 16
@@ -90,6 +96,76 @@ def make_episode(policy: LSTMPolicy, *, stop_action: bool) -> Callable[..., tupl
         return objective, loss
 
     return episode
+
+
+def make_rollout_episode(
+    policy: LSTMPolicy, *, rollout_gradient: bool, marked: bool
+) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """PPO-style REINFORCE: a rollout (under ``torch.no_grad()`` unless ``rollout_gradient``), then
+    the log-probabilities of its actions recomputed with gradient; reward-to-go as above."""
+    target = torch.tensor([0, 1, 0, 1, 0, 1, 0])
+
+    def log_probs_of(actions: torch.Tensor | None, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the policy over the steps: sample when ``actions`` is None, else score them."""
+        h = torch.zeros(rows, HIDDEN, dtype=torch.float64)
+        c = torch.zeros_like(h)
+        x = torch.zeros(rows, ACTIONS, dtype=torch.float64)
+        taken, log_probs = [], []
+        for t in range(STEPS):
+            h, c = policy.cell(x, (h, c))
+            dist = torch.distributions.Categorical(logits=policy.head(h))
+            action = dist.sample() if actions is None else actions[:, t]
+            taken.append(action)
+            log_probs.append(dist.log_prob(action))
+            x = torch.nn.functional.one_hot(action, ACTIONS).double()
+        return torch.stack(taken, 1), torch.stack(log_probs, 1)
+
+    def rollout(rows: int) -> torch.Tensor:
+        return log_probs_of(None, rows)[0]
+
+    sample = enumerate_actions(rollout) if marked else rollout
+
+    def episode(batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = batch_size or 1
+        with torch.set_grad_enabled(rollout_gradient):
+            actions = sample(rows)
+        _, log_prob = log_probs_of(actions, rows)
+        reward = (actions == target).double()
+        to_go = reward.flip(1).cumsum(1).flip(1)
+        objective, loss = reward.sum(1), -(log_prob * to_go).sum(1)
+        if batch_size is None:
+            return objective[0], loss[0]
+        return objective, loss
+
+    return episode
+
+
+def run_rollout_case(repeats: int) -> list[str]:
+    """The check of a no-gradient rollout against the check of the same code with gradient."""
+    torch.manual_seed(0)
+    policy = LSTMPolicy().double()
+    params = dict(policy.named_parameters())
+    episodes = {
+        "rollout with gradient": make_rollout_episode(policy, rollout_gradient=True, marked=False),
+        "no_grad rollout, marked": make_rollout_episode(policy, rollout_gradient=False, marked=True),
+        "no_grad rollout, unmarked": make_rollout_episode(policy, rollout_gradient=False, marked=False),
+    }
+    reports = {name: check_reinforce(episode, params, batched=True) for name, episode in episodes.items()}
+    times = median_times(
+        {name: (lambda episode=episode: check_reinforce(episode, params, batched=True)) for name, episode in episodes.items()},
+        repeats,
+    )
+    base = times["rollout with gradient"]
+    lines = [
+        f"PPO-style rollout, then log-probabilities recomputed: {reports['rollout with gradient'].num_sequences:,} "
+        f"sequences, {len(params)} parameter tensors, batched, finite_differences=joint"
+    ]
+    for name, report in reports.items():
+        lines.append(
+            f"  {name:<26} check {times[name] * 1e3:8.1f} ms   ratio to the rollout with gradient "
+            f"{times[name] / base:5.2f}x   ground truth: {report.ground_truth}"
+        )
+    return lines
 
 
 def median_times(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -236,6 +312,8 @@ def main(argv: list[str] | None = None) -> None:
     lines += run_case("LSTM, 3 actions x 7 steps", stop_action=False, repeats=repeats)
     lines.append("")
     lines += run_case("LSTM, variable length (action 2 stops)", stop_action=True, repeats=repeats)
+    lines.append("")
+    lines += run_rollout_case(max(1, repeats // 3))
     text = "\n".join(lines)
     print(text)
     args.out.write_text(text + "\n")

@@ -52,7 +52,7 @@ from .errors import (
     SequenceBudgetError,
     UninterceptedRandomnessError,
 )
-from .patching import intercept_samplers
+from .patching import intercept_samplers, no_sampler_call_message
 from .scope import OutsideDraws, ScopeDetected
 from .speculation import Prefix, Speculation
 
@@ -476,12 +476,7 @@ class Runner:
         with intercept_samplers(chooser, outside=outside):
             output = self._call(rows)
         if first and chooser.cursor == 0:
-            raise NoSamplerCallError(
-                "the episode made no call to an intercepted sampler, so there is nothing to enumerate. "
-                "Sample actions with torch.distributions.Categorical/OneHotCategorical/Bernoulli .sample(), "
-                "torch.multinomial or torch.bernoulli; a policy that picks actions with argmax, a Gumbel-max "
-                "trick or numpy cannot be checked."
-            )
+            raise NoSamplerCallError(no_sampler_call_message(self.episode))
         if outside is not None:
             self._check_outside(outside)
         objective, loss = self._outputs(output, rows)

@@ -39,12 +39,13 @@ __all__ = [
     "sequence_statistics",
 ]
 
-COORDINATE_LIMIT = 64
+COORDINATE_LIMIT = 16
 """Tensors of at most this many elements get every coordinate's central difference when finite
 differences are the ground truth (while :data:`COORDINATE_BUDGET` lasts); larger ones get one
-random unit direction (2 evaluations of J)."""
+random unit direction (2 evaluations of J). Each coordinate costs a full evaluation of J twice: a
+small bias vector is worth it, a layer's 64 biases (128 evaluations) are not."""
 
-COORDINATE_BUDGET = 256
+COORDINATE_BUDGET = 64
 """At most this many coordinates in all, tensor by tensor in the order given, when finite
 differences are the ground truth: 2 evaluations of J each. Tensors past it get one direction."""
 

@@ -1,15 +1,21 @@
-"""Interception of torch's categorical samplers.
+"""Interception of the categorical samplers: torch's, numpy's and Python's.
 
 While :func:`intercept_samplers` is active, every categorical draw a policy makes is routed to
 a *chooser* (see :mod:`reinforce_check.chooser`) that picks actions deterministically and records
-their probabilities with gradient. The entry points replaced are:
+their probabilities, with gradient where the policy's probabilities carry it. The entry points
+replaced are (:func:`sampler_entry_points`):
 
 * ``torch.multinomial`` and ``Tensor.multinomial`` (what ``Categorical.sample`` calls),
 * ``torch.bernoulli`` and ``Tensor.bernoulli``,
 * the ``sample`` method installed on :class:`torch.distributions.Categorical`,
   :class:`~torch.distributions.OneHotCategorical` and :class:`~torch.distributions.Bernoulli`
   *at the time the check starts*. A code base that replaced ``Categorical.sample`` with its own
-  wrapper keeps its wrapper: ours calls it, and the primitive it reaches is intercepted.
+  wrapper keeps its wrapper: ours calls it, and the primitive it reaches is intercepted;
+* ``numpy.random.choice``; ``numpy.random.RandomState.choice`` and
+  ``numpy.random.Generator.choice`` on generators made during the check through
+  ``numpy.random.RandomState``, ``numpy.random.Generator`` or ``numpy.random.default_rng``;
+  ``random.choices`` and ``random.Random.choices``. Their reach and its limits (numpy's generators
+  made before the check cannot be reached) are in :mod:`reinforce_check.numpy_samplers`.
 
 Everything is restored when the block exits, exceptions included. Patching is process-global,
 so checks must not run concurrently in several threads; a nested check is refused.
@@ -26,7 +32,7 @@ from typing import Any, Protocol
 import torch
 from torch import distributions
 
-from . import scope
+from . import precision, scope
 from .scope import OutsideDraws
 
 __all__ = ["Chooser", "intercept_samplers", "sampler_entry_points"]
@@ -41,8 +47,8 @@ class Chooser(Protocol):
     def choose(self, weights: torch.Tensor, num_samples: int, replacement: bool, site: str) -> torch.Tensor:
         """Pick ``num_samples`` actions for every row of ``weights`` (shape ``(rows, K)``).
 
-        ``weights`` are unnormalized, non-negative and carry gradient. Returns a ``(rows,
-        num_samples)`` long tensor.
+        ``weights`` are unnormalized and non-negative; they carry gradient when the policy's
+        probabilities do (numpy's never do). Returns a ``(rows, num_samples)`` long tensor.
         """
         ...
 
@@ -67,24 +73,64 @@ def _outside_scope() -> bool:
     return _STATE.outside is not None and not scope.inside()
 
 
-def _passthrough(probs: torch.Tensor | None = None) -> bool:
-    """Whether a draw made now should sample for real instead of going to the chooser."""
-    if _STATE.chooser is None:  # no check running (or another thread's)
-        return True
+def route_draw(*, requires_grad: bool) -> Chooser | None:
+    """The chooser a draw made now goes to, or None when it samples for real: no check is running
+    (or another thread's is), or the check is scoped and the draw is outside marked code, which is
+    counted (``requires_grad``: whether the draw's probabilities carry gradient)."""
+    chooser = _STATE.chooser
+    if chooser is None:
+        return None
     if _outside_scope():
         assert _STATE.outside is not None
-        _STATE.outside.count(requires_grad=probs is not None and probs.requires_grad)
-        return True
-    return False
+        _STATE.outside.count(requires_grad=requires_grad)
+        return None
+    return chooser
+
+
+def _passthrough(probs: torch.Tensor | None = None) -> bool:
+    """Whether a draw made now should sample for real instead of going to the chooser."""
+    return route_draw(requires_grad=probs is not None and probs.requires_grad) is None
 
 
 def sampler_entry_points() -> list[str]:
     """Names of the sampler entry points that a check intercepts.
 
-    >>> "torch.multinomial" in sampler_entry_points()
+    >>> "torch.multinomial" in sampler_entry_points(), "numpy.random.choice" in sampler_entry_points()
+    (True, True)
+    """
+    from . import numpy_samplers
+
+    return [f"{_owner_name(owner)}.{name}" for owner, name in _torch_targets()] + numpy_samplers.ENTRY_POINTS
+
+
+def describe_entry_points() -> str:
+    """The intercepted samplers in words, for messages that tell how to make a draw checkable.
+
+    >>> describe_entry_points().startswith("torch.multinomial, Tensor.multinomial")
     True
     """
-    return [f"{_owner_name(owner)}.{name}" for owner, name in _targets()]
+    return (
+        "torch.multinomial, Tensor.multinomial, torch.bernoulli, Tensor.bernoulli, the sample() of "
+        "Categorical, OneHotCategorical and Bernoulli, numpy.random.choice, the choice() of numpy generators "
+        "made during the check through np.random.default_rng, np.random.Generator or np.random.RandomState, "
+        "and random.choices (the module's, or any random.Random's); numpy's and random's are intercepted only "
+        "when called through those names (a function or generator class imported by name before the check "
+        "draws for real)"
+    )
+
+
+def no_sampler_call_message(episode: Callable[..., Any]) -> str:
+    """The message of :class:`~reinforce_check.NoSamplerCallError` for ``episode``: what is
+    intercepted, and what the episode refers to that draws numpy samples the check cannot reach."""
+    from . import numpy_samplers
+
+    found = numpy_samplers.unreachable_samplers(episode)
+    return (
+        "the episode made no call to an intercepted sampler, so there is nothing to enumerate. Sample actions "
+        f"with {describe_entry_points()}; a policy that picks actions with argmax or a Gumbel-max trick cannot "
+        "be checked."
+        + "".join(f" The episode refers to {finding}." for finding in found)
+    )
 
 
 def _owner_name(owner: Any) -> str:
@@ -92,6 +138,13 @@ def _owner_name(owner: Any) -> str:
 
 
 def _targets() -> list[tuple[Any, str]]:
+    """Every ``(owner, attribute)`` a check replaces."""
+    from . import numpy_samplers  # imports this module: imported when first needed
+
+    return _torch_targets() + numpy_samplers.targets()
+
+
+def _torch_targets() -> list[tuple[Any, str]]:
     return [
         (torch, "multinomial"),
         (torch.Tensor, "multinomial"),
@@ -123,7 +176,7 @@ def _multinomial(original: Callable[..., torch.Tensor], site: str) -> Callable[.
                 return original(input, num_samples, replacement, generator=generator, out=out)
             return original(input, num_samples, replacement, generator=generator)
         weights = input if input.dim() == 2 else input.reshape(1, -1)
-        chosen = _choose(chooser, weights, int(num_samples), bool(replacement), _site(site))
+        chosen = choose(chooser, weights, int(num_samples), bool(replacement), _site(site))
         result = chosen if input.dim() == 2 else chosen.reshape(-1)
         if out is not None:
             return out.copy_(result)
@@ -164,12 +217,12 @@ def _bernoulli(original: Callable[..., torch.Tensor], site: str) -> Callable[...
             with torch.enable_grad():
                 flat = owner.probs.reshape(-1, 1)
                 weights = torch.cat([1 - flat, flat], dim=1)
-                chosen = _choose(chooser, weights, samples, True, _site(site))
+                chosen = choose(chooser, weights, samples, True, _site(site))
             result = chosen.T.reshape(input.shape).to(input.dtype)
         else:
             flat = probs.reshape(-1, 1)
             weights = torch.cat([1 - flat, flat], dim=1)
-            chosen = _choose(chooser, weights, 1, True, _site(site))
+            chosen = choose(chooser, weights, 1, True, _site(site))
             result = chosen.reshape(input.shape).to(input.dtype)
         if out is not None:
             return out.copy_(result)
@@ -178,7 +231,7 @@ def _bernoulli(original: Callable[..., torch.Tensor], site: str) -> Callable[...
     return bernoulli
 
 
-def _choose(chooser: Chooser, weights: torch.Tensor, num_samples: int, replacement: bool, site: str) -> torch.Tensor:
+def choose(chooser: Chooser, weights: torch.Tensor, num_samples: int, replacement: bool, site: str) -> torch.Tensor:
     """The chooser's actions for ``weights``, on the device of ``weights``, as torch's samplers
     return them. The chooser's bookkeeping runs on the CPU: a policy on another device (a GPU)
     hands it a copy, which autograd differentiates back to the device. Weights made under
@@ -187,6 +240,16 @@ def _choose(chooser: Chooser, weights: torch.Tensor, num_samples: int, replaceme
     if weights.is_inference():
         with torch.inference_mode(False):
             weights = weights.clone()
+    if precision.promoting():
+        # The chooser is the check's own code: it runs as written, not promoted with the episode.
+        with precision.unpromoted():
+            return _choose_on_cpu(chooser, weights, num_samples, replacement, site)
+    return _choose_on_cpu(chooser, weights, num_samples, replacement, site)
+
+
+def _choose_on_cpu(
+    chooser: Chooser, weights: torch.Tensor, num_samples: int, replacement: bool, site: str
+) -> torch.Tensor:
     if weights.device.type == "cpu":
         return chooser.choose(weights, num_samples, replacement, site)
     return chooser.choose(weights.cpu(), num_samples, replacement, site).to(weights.device)
@@ -225,7 +288,11 @@ def _replacement(owner: Any, name: str) -> Callable[..., Any]:
     # Built once per installed function: a check enters and leaves interception once per episode run.
     if key not in _CACHE:
         site = f"{_owner_name(owner)}.{name}"
-        if name == "sample":
+        if (owner, name) not in _torch_targets():
+            from . import numpy_samplers
+
+            _CACHE[key] = numpy_samplers.replacement(owner, name, installed)
+        elif name == "sample":
             _CACHE[key] = _distribution_sample(installed, site)
         elif owner is torch:
             _CACHE[key] = (_multinomial if name == "multinomial" else _bernoulli)(installed, site)

@@ -7,7 +7,8 @@ draws, so any change of a global generator's state during an episode is such a d
 
 Generators held privately (a ``torch.Generator`` or ``numpy.random.Generator`` object the episode
 creates itself) cannot be watched; they are deterministic if they are created with a fixed seed
-inside the episode.
+inside the episode. (The ``choice`` of numpy generators made during a check is a sampler the check
+intercepts: :mod:`reinforce_check.numpy_samplers`.)
 
 To say *where* a draw came from, :func:`watch` also wraps the common Python-level draw functions
 for its duration (torch's ``rand``/``randn``/``randint``/``randperm``/``normal`` and their ``_like``
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 
 from .errors import CheckUsageError, UninterceptedRandomnessError
-from .patching import restore_attributes, save_attributes
+from .patching import describe_entry_points, restore_attributes, save_attributes
 
 __all__ = ["RandomState", "capture", "moved_since", "restore", "verify_unchanged", "watch"]
 
@@ -119,9 +120,8 @@ def verify_unchanged(
             + " and ".join(moved)
             + "."
             + where
-            + " The check enumerates only torch.multinomial, Tensor.multinomial, torch.bernoulli and the "
-            "sample() of Categorical, OneHotCategorical and Bernoulli; any other randomness makes the "
-            "enumerated probabilities wrong. Sample actions through those entry points (not a Gumbel-max "
+            + f" The check enumerates only the draws of {describe_entry_points()}; any other randomness makes "
+            "the enumerated probabilities wrong. Sample actions through those entry points (not a Gumbel-max "
             "trick), switch off dropout (model.eval()), and give the environment a generator seeded inside "
             "the episode. To check a policy inside a trainer step that shuffles minibatches "
             "(np.random.permutation, torch.randperm) or initialises networks, mark the policy's sampling "
@@ -208,7 +208,20 @@ def _caller() -> tuple[str, int] | None:
     return None
 
 
+_RECORDERS: dict[tuple[Any, str], Callable[..., Any]] = {}
+
+
 def _recorded(original: Callable[..., Any], label: str) -> Callable[..., Any]:
+    """``original`` wrapped to record its callers; one wrapper per function, kept, so that the
+    sampler interception, which builds its replacement of ``np.random.choice`` or ``random.choices``
+    once per function it finds installed, finds the same wrapper in every check."""
+    key = (original, label)
+    if key not in _RECORDERS:
+        _RECORDERS[key] = _recorder(original, label)
+    return _RECORDERS[key]
+
+
+def _recorder(original: Callable[..., Any], label: str) -> Callable[..., Any]:
     @functools.wraps(original)
     def draw(*args: Any, **kwargs: Any) -> Any:
         places = _RECORDER.places
