@@ -255,10 +255,7 @@ def check_reinforce(
             with ``False`` the report is returned and ``report.ok`` says whether the check passed.
         batched: call ``episode(batch_size)`` and enumerate in as few batched calls as possible.
         finite_differences: ``"joint"`` (default): one random unit direction over all parameters (2
-            evaluations of J when the check passes); when it disagrees, the tensors are bisected to
-            name the culprits: one direction over each half, and only halves that disagree are split
-            again, down to single tensors, so d disagreeing tensors among k cost at most
-            ``2 * d * ceil(log2 k)`` more directions rather than k. ``"tensor"``: one random unit
+            evaluations of J). ``"tensor"``: one random unit
             direction per parameter tensor always (2 evaluations per tensor); ``"coordinate"``: every
             coordinate; ``"none"``: skip, except for one joint direction when the gradients mismatch
             or some sampler call's probabilities carried no gradient, so that a bias is never
