@@ -39,7 +39,10 @@ __all__ = [
     "CONTROLLERS",
     "EOS",
     "FIRST_DATA_SYMBOL",
+    "ADJACENT_MEMORY",
     "BASELINES",
+    "CURRICULUM_ERRORS",
+    "ENTROPY_MODES",
     "CurriculumConfig",
     "EvaluationConfig",
     "InterfaceSpec",
@@ -82,6 +85,12 @@ BASELINES = ("none", "online", "offline", "both")
 STEP_IMPLS = ("fast", "reference")
 """How an episode's steps are computed: :mod:`rlntm_demo.fast` (the default) or the readable
 :mod:`rlntm_demo.reference`, which defines the model (the two agree up to rounding)."""
+ADJACENT_MEMORY = ("open", "closed", "off")
+"""The direct-access controller's adjacent-memory gates (:attr:`ModelConfig.adjacent_memory`)."""
+ENTROPY_MODES = ("returns", "per-step")
+"""How the entropy regularizer enters the loss (:attr:`ObjectiveConfig.entropy_mode`)."""
+CURRICULUM_ERRORS = ("batch", "authors")
+"""Which error the curriculum compares with its threshold (:attr:`CurriculumConfig.error`)."""
 RETURNS = ("reward-to-go", "total")
 """What multiplies the score of the actions of step t: R_t = sum_{s>=t} r_s, or the episode's total."""
 
@@ -158,6 +167,26 @@ class ModelConfig:
     initial_state: float = 0.0
     """The value every entry of the controller's initial hidden and cell state (and the baseline
     LSTM's) starts at. The paper: zero; the authors' code: 0.1."""
+    shortcut_scale: float | None = None
+    """Direct access only: ``None`` (the paper, and the authors' code): each shortcut into the
+    prediction logits adds ``sigmoid(w . h + b)`` times the one-hot input symbol (or the memory
+    cell), at most +1 logit. A number s > 0: each of the two is further multiplied by its own
+    learnable positive scale ``softplus(rho)``, initialised to s, so that a head on the right cell
+    can dominate the logits (a departure from the paper; see ``docs/rlntm.rst``). Issue 19's
+    diagnosis: with at most +1 logit, a well-placed head earns log p of about -2.6, so the policy
+    learns to hold the symbols in the LSTM instead."""
+    adjacent_memory: str = "open"
+    """Direct access with memory only: the gates that add the left and right neighbour cells to
+    the cell being written. ``"open"`` (today's default): gates initialised like every other
+    parameter; ``"closed"``: their biases start at ``-6`` (sigmoid 0.0025), so the neighbours
+    leak in only if learning opens them; ``"off"``: no such path, as in the authors' code."""
+    input_start_marker: bool = False
+    """Give the input tape a visible left end: every input becomes ``BLANK x1 .. xC EOS``, the
+    head starts on the ``BLANK`` and the step bound grows by one
+    (:meth:`~rlntm_demo.tasks.Batch.with_start_marker`). The right end is visible already
+    (``EOS``). False (the paper and the authors' code): the first cell holds ``x1``, a move left
+    of it is infeasible and the controller never sees that, so a reversal must count to know
+    when it is back at ``x1``. A departure from the paper; see ``docs/rlntm.rst``."""
     step_impl: str = "fast"
     """How the steps are computed (:data:`STEP_IMPLS`): ``"fast"``, the fused loop of
     :mod:`rlntm_demo.fast` (in C++ where it is built), or ``"reference"``, the readable step of
@@ -180,6 +209,12 @@ class ModelConfig:
             raise ValueError(
                 f"direct access adds one-hot symbols to memory cells, so memory_width must be "
                 f"NUM_SYMBOLS = {NUM_SYMBOLS}, not {self.memory_width}"
+            )
+        if self.shortcut_scale is not None and not (math.isfinite(self.shortcut_scale) and self.shortcut_scale > 0):
+            raise ValueError(f"shortcut_scale must be a positive number or None, not {self.shortcut_scale}")
+        if self.adjacent_memory not in ADJACENT_MEMORY:
+            raise ValueError(
+                f"unknown adjacent_memory {self.adjacent_memory!r}; choose one of: {', '.join(ADJACENT_MEMORY)}"
             )
         if not math.isfinite(self.initial_state):
             raise ValueError(f"initial_state must be finite, not {self.initial_state}")

@@ -145,6 +145,7 @@ class RLNTM(nn.Module):
             with torch.no_grad():
                 for parameter in self.parameters():
                     parameter.normal_(0.0, config.init_std, generator=generator)
+        self.controller.reset_extra_parameters()
 
     def policy_parameters(self) -> dict[str, torch.Tensor]:
         """The controller's parameters, by name: what REINFORCE and backpropagation train."""
@@ -174,7 +175,10 @@ class RLNTM(nn.Module):
         """Run one episode per row of ``batch``.
 
         Arguments:
-            batch: the instances; each row's episode lasts at most ``batch.steps`` steps.
+            batch: the instances; each row's episode lasts at most ``batch.steps`` steps. With
+                ``config.input_start_marker`` the episode runs on
+                :meth:`~rlntm_demo.tasks.Batch.with_start_marker` of it (one step more, and the
+                input head's positions count the marker as cell 0).
             greedy: take the most probable choice at every decision instead of sampling.
                 Greedy episodes may run longer than ``config.max_steps`` (evaluation at lengths
                 far beyond training): past it, the moving-average baseline reuses its last slot.
@@ -193,6 +197,8 @@ class RLNTM(nn.Module):
             ValueError: a sampled (not greedy) episode ran more than ``config.max_steps`` steps
                 with the moving-average baseline on.
         """
+        if self.config.input_start_marker:
+            batch = batch.with_start_marker()
         if self.config.step_impl == "reference":
             from . import reference
 
@@ -283,6 +289,8 @@ class RLNTM(nn.Module):
         one = batch.select([row])
         cells = self.memory_cells_for(one)
         rollout = self.run_episode(one, greedy=greedy, memory_cells=cells)
+        if self.config.input_start_marker:
+            one = one.with_start_marker()  # the tape the episode ran on, for display
         steps = []
         for t in range(int(rollout.lengths[0])):
             prediction = int(rollout.predictions[0, t])

@@ -166,6 +166,22 @@ class Batch:
             raise ValueError(f"a step bound of {steps} is too small for {int(self.target_len.max())} targets")
         return Batch(self.input, self.input_len, self.target, self.target_len, torch.full_like(self.steps, steps))
 
+    def with_start_marker(self) -> Batch:
+        """The same instances with a visible left end: ``BLANK`` written before every input
+        (``BLANK x1 .. xC EOS``), whose length grows by one, and one more step in every step
+        bound (the head starts on the marker). The right end is visible already: ``EOS``.
+
+        What :attr:`ModelConfig.input_start_marker <rlntm_demo.config.ModelConfig.input_start_marker>`
+        does to every batch the model runs on. ``BLANK`` is the marker because it is what a read
+        window sees past the tape's ends, and no task writes it inside an input.
+
+        >>> Batch.from_lists([[2, 3, EOS]], [[3, 2, EOS]], [7]).with_start_marker().input.tolist()
+        [[0, 2, 3, 1]]
+        """
+        marker = torch.full((self.batch_size, 1), BLANK, dtype=self.input.dtype)
+        return Batch(torch.cat([marker, self.input], 1), self.input_len + 1, self.target, self.target_len,
+                     self.steps + 1)
+
 
 def _pad(rows: Sequence[Sequence[int]]) -> torch.Tensor:
     out = torch.full((len(rows), max(len(r) for r in rows)), BLANK, dtype=torch.long)

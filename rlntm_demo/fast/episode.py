@@ -183,10 +183,10 @@ def _finish(
     positions = record["output_positions"]
     index = positions.clamp(max=batch.target.shape[1] - 1)
     targets = torch.where(positions >= batch.target_len[:, None], BLANK, batch.target.gather(1, index))
-    weight, bias, gates = controller.prediction_weights()
+    weight, bias, gates, scales = controller.prediction_weights()
     rewards, predictions = fused.predict(
         hidden, cells, centre.reshape(-1).index_select(0, rows), rows, targets.reshape(-1).index_select(0, rows),
-        weight, bias, gates,
+        weight, bias, gates, scales,
     )
 
     baselines = torch.zeros(mask.shape, dtype=rewards.dtype)
@@ -329,8 +329,15 @@ class _StepPlan:
             head_w.append(_tensor(controller, "keep_head.weight"))
             head_b.append(_tensor(controller, "keep_head.bias"))
             if isinstance(controller, DirectAccessController):
-                head_w.append(controller.gate_head.weight[:3])
-                head_b.append(controller.gate_head.bias[:3])
+                gate_w, gate_b = controller.gate_head.weight, controller.gate_head.bias
+                if controller.adjacent:
+                    head_w.append(gate_w[:3])
+                    head_b.append(gate_b[:3])
+                else:
+                    # No neighbour paths (adjacent_memory "off"): the loop's two neighbour gates
+                    # become constants shut exactly (sigmoid(-inf) = 0, with zero gradient).
+                    head_w += [gate_w[:1], gate_w.new_zeros(2, gate_w.shape[1])]
+                    head_b += [gate_b[:1], gate_b.new_full((2,), float("-inf"))]
             head_w.append(_tensor(controller, "value_head.weight"))
             head_b.append(_tensor(controller, "value_head.bias"))
         self.heads_weight = torch.cat(head_w, 0).T

@@ -97,12 +97,19 @@ def assert_equal_rollouts(model: RLNTM, batch: Batch, monkeypatch: pytest.Monkey
     ("repeat-copy", {"circular_input": True, "baseline": "none"}),
     ("sort", {"read_window": 1, "baseline": "online"}),
     ("addition", {"baseline": "offline", "baseline_hidden_size": 5}),
+    # Issue 19's options (the first two apply to direct access only; the others ignore them).
+    ("forward-reverse", {"shortcut_scale": 5.0}),
+    ("forward-reverse", {"read_window": 1, "adjacent_memory": "off", "shortcut_scale": 2.0}),
+    ("forward-reverse", {"adjacent_memory": "closed", "input_start_marker": True}),
+    ("reverse", {"read_window": 1, "shortcut_scale": 5.0, "input_start_marker": True}),
+    ("repeat-copy", {"circular_input": True, "baseline": "none", "input_start_marker": True}),
+    ("sort", {"adjacent_memory": "off", "baseline": "online"}),
 ])
 def test_the_fast_step_equals_the_reference(task_name: str, options: dict[str, object], controller: str,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     model, batch = build(task_name, controller, **options)
     rollout = assert_equal_rollouts(model, batch, monkeypatch, all_steps=True)
-    assert rollout.mask.shape[1] == int(batch.steps.max())
+    assert rollout.mask.shape[1] == int(batch.steps.max()) + bool(options.get("input_start_marker"))
 
 
 @pytest.mark.parametrize("controller", CONTROLLERS)
