@@ -254,6 +254,22 @@ class ObjectiveConfig:
     action sequence given the input. It keeps the policy exploring instead of locking into the
     first habit that pays (reading and writing at once, on Reverse). 0, the paper's objective,
     leaves J unchanged. The exact check covers it: ``rlntm-demo check --entropy-bonus``."""
+    entropy_mode: str = "returns"
+    """How the entropy regularizer of weight ``entropy_bonus`` enters the loss.
+
+    * ``"returns"`` (today's): the bonus ``-beta log p(a_t)`` is a reward, paid through the
+      returns, so a decision is also reinforced for the uncertainty of the steps after it: the
+      policy is paid to reach and prolong states where it wanders (idle moves of the input
+      head, on RepeatCopy). Objective ``J + beta H``, H the entropy of the action sequence.
+    * ``"per-step"``: a term ``-beta sum_t H_t`` in the loss, H_t the entropy of step t's
+      decision distributions, differentiated where it stands only, as A3C and PPO do: every
+      step's distribution is pushed towards uniform, and no step is paid for where the episode
+      goes. It is the exact gradient, at the current weights theta0, of
+      ``J(theta) + beta E_{a ~ p_theta0}[sum_t H_t(theta)]``, the per-step entropy averaged over
+      the episodes the current policy runs (that distribution held fixed), which is what the
+      exact check verifies (``rlntm-demo check --entropy-bonus B --entropy-mode per-step``).
+      A departure from the paper (which has no entropy term) and from the authors' code.
+    """
     entropy_bonus_at_top: float | None = None
     """The entropy bonus once the curriculum is at its top level (``None``: ``entropy_bonus``
     throughout). The ``fast`` preset sets 0: the bonus explores while the instances grow, then
@@ -264,6 +280,8 @@ class ObjectiveConfig:
             raise ValueError(f"entropy_bonus must be a number >= 0, not {self.entropy_bonus}")
         if self.entropy_bonus_at_top is not None and not self.entropy_bonus_at_top >= 0:
             raise ValueError(f"entropy_bonus_at_top must be a number >= 0 or null, not {self.entropy_bonus_at_top}")
+        if self.entropy_mode not in ENTROPY_MODES:
+            raise ValueError(f"unknown entropy_mode {self.entropy_mode!r}; choose one of: {', '.join(ENTROPY_MODES)}")
         if self.returns not in RETURNS:
             raise ValueError(f"unknown returns {self.returns!r}; choose one of: {', '.join(RETURNS)}")
 

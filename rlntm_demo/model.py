@@ -105,6 +105,10 @@ class Rollout:
     """(B, T) long: the index of the next target during the step."""
     predictions: torch.Tensor
     """(B, T) long: the most probable symbol at steps that predict, -1 elsewhere."""
+    decision_probs: torch.Tensor | None = None
+    """(B, T, D, 3): the probabilities of every choice of the D decisions (3 with memory, 2
+    without) at every step, infeasible choices 0, a finished row's "stay" 1; differentiable.
+    What the per-step entropy (:func:`~rlntm_demo.objective.step_entropies`) is computed from."""
 
     @property
     def lengths(self) -> torch.Tensor:

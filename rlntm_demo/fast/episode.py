@@ -130,10 +130,12 @@ def run_episode(model: RLNTM, batch: Batch, *, greedy: bool = False, all_steps: 
         memory_at, read_table, move_table,
     )
     finished = episode.finished()
+    step_probs = []
     for t in range(steps_bound):
         if finished and not all_steps:
             break
         token, probs = episode.step(token, t)
+        step_probs.append(probs)
         finished = episode.advance(episode.last_logits().argmax(-1) if greedy else sample_decisions(probs))
 
     chosen_log_probs, outputs, baseline_states, written, memory_windows = fused.finish(episode, token)
@@ -144,7 +146,9 @@ def run_episode(model: RLNTM, batch: Batch, *, greedy: bool = False, all_steps: 
                "output_positions": output_at - output_origin[:, None]}
     if memory_at is not None:
         stacked["memory_heads"] = memory_at % cells
-    return _finish(model, batch, plan, stacked, chosen_log_probs, outputs, baseline_states, written, memory_windows, greedy)
+    rollout = _finish(model, batch, plan, stacked, chosen_log_probs, outputs, baseline_states, written, memory_windows, greedy)
+    rollout.decision_probs = torch.stack(step_probs, 1)
+    return rollout
 
 
 
