@@ -318,7 +318,21 @@ class CurriculumConfig:
     compares with the threshold: ``e <- s * e + (1 - s) * error``, reset to 1 after every
     increase. 0 (the paper) uses each update's error as it is; the authors' code used 0.8."""
 
+    error: str = "batch"
+    """Which error the rule compares with the threshold (:data:`CURRICULUM_ERRORS`):
+
+    * ``"batch"`` (the paper's wording, and today's default): each example's zero-one errors over
+      its target length, averaged over *every* example of the update's batch, the 10% drawn
+      uniformly over all levels and those harder than C included;
+    * ``"authors"`` (the authors' code, train_curriculum0): only the examples of the third branch
+      (complexity exactly C + e) count, as their total errors over their total target symbols.
+      Combine it with ``smoothing = 0.8`` to have the authors' rule whole (the ``authors``
+      preset). An update with no such example leaves the error as it was.
+    """
+
     def __post_init__(self) -> None:
+        if self.error not in CURRICULUM_ERRORS:
+            raise ValueError(f"unknown curriculum error {self.error!r}; choose one of: {', '.join(CURRICULUM_ERRORS)}")
         if self.max_level < 1:
             raise ValueError(f"max_level must be at least 1, not {self.max_level}")
         if not 1 <= self.start_level <= self.max_level:
