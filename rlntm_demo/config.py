@@ -454,8 +454,14 @@ class TrainConfig:
     num_symbols: int | None = None
     """Data symbols the inputs are drawn from; ``None``: the task's default (30, or base 3 for
     addition)."""
+    memory: bool | None = None
+    """``None`` (the paper): the memory tape exists where the task's row of Table 2 gives one
+    (:attr:`Task.interfaces <rlntm_demo.tasks.Task.interfaces>`). ``True``: a memory tape whatever
+    the task, as in the authors' code, which always had one (the ``authors`` preset); ``False``:
+    none."""
     model: ModelConfig = field(default_factory=ModelConfig)
-    """The model; ``controller`` and ``interfaces`` are taken from this config and the task."""
+    """The model; ``controller`` and ``interfaces`` are taken from this config and the task
+    (:attr:`interfaces`)."""
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     """Returns (reward-to-go by default)."""
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -487,8 +493,17 @@ class TrainConfig:
             )
         if self.num_symbols is not None:
             self.task_instance()  # the task validates it
-        if self.model.controller != self.controller or self.model.interfaces != TASKS[self.task].interfaces:
-            self.model = dataclasses.replace(self.model, controller=self.controller, interfaces=TASKS[self.task].interfaces)
+        if self.model.controller != self.controller or self.model.interfaces != self.interfaces:
+            self.model = dataclasses.replace(self.model, controller=self.controller, interfaces=self.interfaces)
+
+    @property
+    def interfaces(self) -> InterfaceSpec:
+        """The tapes of the run: the task's (Table 2), with the memory tape added or removed as
+        :attr:`memory` says."""
+        from .tasks import TASKS
+
+        spec = TASKS[self.task].interfaces
+        return spec if self.memory is None else dataclasses.replace(spec, memory=self.memory)
 
     @property
     def inputs_per_update(self) -> int:
