@@ -27,7 +27,10 @@ the previous step. At the first step the previous actions are a dedicated ``STAR
   says "the memory [is added] to the adjacent memories" without saying how; adding the neighbours'
   contents into the cell being written is the reading chosen here (the authors' code has no such
   path), so content can travel along the tape as the head moves. Adding a one-hot symbol to a
-  memory cell is why a memory cell is ``NUM_SYMBOLS`` = 35 wide.
+  memory cell is why a memory cell is ``NUM_SYMBOLS`` = 35 wide. Two options of
+  :class:`~rlntm_demo.config.ModelConfig` change it (issue 19): ``shortcut_scale`` multiplies the
+  two shortcuts into the prediction logits by learnable positive scales (each gate alone adds at
+  most +1 logit), and ``adjacent_memory`` starts the neighbour gates closed or removes them.
 
 **The baseline LSTM** (:class:`OfflineBaseline`, Appendix A, "offline baseline prediction") first
 reads the whole input tape, then runs in tandem with the controller on the very inputs ``x_t`` the

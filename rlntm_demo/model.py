@@ -171,7 +171,7 @@ class RLNTM(nn.Module):
         lengths of every task fit in the default 30 cells (ForwardReverse at 15: 18); evaluation
         at 2x, 5x and 10x does not (ForwardReverse at 10x: 153).
         """
-        needed = int(batch.input_len.max()) + 2 * self.config.read_window + 2
+        needed = int(batch.input_len.max()) + int(self.config.input_start_marker) + 2 * self.config.read_window + 2
         return max(self.config.memory_cells, needed)
 
     def run_episode(self, batch: Batch, *, greedy: bool = False, all_steps: bool = False,
