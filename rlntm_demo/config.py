@@ -459,6 +459,11 @@ class TrainConfig:
     (:attr:`Task.interfaces <rlntm_demo.tasks.Task.interfaces>`). ``True``: a memory tape whatever
     the task, as in the authors' code, which always had one (the ``authors`` preset); ``False``:
     none."""
+    repeat_schedule: str | None = None
+    """RepeatCopy tasks only: how the complexity sets m (:class:`~rlntm_demo.tasks.RepeatCopy`):
+    ``None`` or ``"mixed"`` (m drawn at every level), or ``"two-then-three"`` (the authors' order:
+    every length with m = 2, then with m = 3; set ``curriculum.max_level`` to twice the phrase
+    length, as the ``authors`` preset does)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The model; ``controller`` and ``interfaces`` are taken from this config and the task
     (:attr:`interfaces`)."""
@@ -491,8 +496,10 @@ class TrainConfig:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of rollouts_per_input ({self.rollouts_per_input})"
             )
-        if self.num_symbols is not None:
-            self.task_instance()  # the task validates it
+        if self.repeat_schedule is not None and not self.task.startswith("repeat-copy"):
+            raise ValueError(f"repeat_schedule applies to the RepeatCopy tasks only, not {self.task!r}")
+        if self.num_symbols is not None or self.repeat_schedule is not None:
+            self.task_instance()  # the task validates them
         if self.model.controller != self.controller or self.model.interfaces != self.interfaces:
             self.model = dataclasses.replace(self.model, controller=self.controller, interfaces=self.interfaces)
 
@@ -514,7 +521,9 @@ class TrainConfig:
         """The :class:`~rlntm_demo.tasks.Task` this config trains on."""
         from .tasks import TASKS
 
-        options = {} if self.num_symbols is None else {"num_symbols": self.num_symbols}
+        options: dict[str, Any] = {} if self.num_symbols is None else {"num_symbols": self.num_symbols}
+        if self.repeat_schedule is not None:
+            options["schedule"] = self.repeat_schedule
         return TASKS[self.task](**options)
 
     def to_dict(self) -> dict[str, Any]:

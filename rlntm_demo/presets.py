@@ -29,17 +29,24 @@ direct access          gates add at most +1 logit     gates add at most +1 logit
 =====================  =============================  ==============================  ===============================
 
 Sources: the ``paper`` column follows the paper (Section 8, Table 4, Appendix A) wherever it
-speaks; the ``authors`` column the authors' released scripts (``shared/notes/authors-code.md``:
-inverse temperature 0.03 for RepeatCopy and 0.01 for ForwardReverse, section 2; batch 300,
-clipping 2/5, section 8; the curriculum's error counted over the C + e examples only, smoothed
-with decay 0.8, thresholds 0.2 and 0.25, section 5). What neither preset reproduces of the
-authors' runs: RepeatCopy's levels ran m = 2 at every length before m = 3 (here m is 2 or 3 at
-every level). Their model always had a memory tape (section 6: no flag disables it), so the
-``authors`` preset sets ``memory = true`` for every task, RepeatCopy included, where Table 2 and
-the ``paper`` preset give none. The authors' README says 30-50% of seeds succeed, and their
-shipped runs used seeds 2 and 10 (RepeatCopy), 3 and 10 (ForwardReverse): compare presets over
-several seeds (``rlntm-demo sweep``), never one. The ``fast`` column's shortcut scale is issue
-19's: single-seed indications in ``docs/results.rst``.
+speaks; the ``authors`` column the authors' released scripts (``shared/notes/authors-code.md``):
+
+* inverse temperature 0.03 for RepeatCopy, 0.01 for ForwardReverse (section 2); batch 300,
+  clipping 2 (policy) and 5 (baseline) (section 8);
+* the curriculum's error counted over the C + e examples only, smoothed with decay 0.8,
+  thresholds 0.2 and 0.25 (section 5: ``curriculum.error = "authors"``);
+* RepeatCopy's levels run m = 2 at every length before m = 3 (section 5, ``repeatCopyN``:
+  ``repeat_schedule = "two-then-three"``, 16 levels, lengths 1..8 with m = 2, then with m = 3),
+  without their many identical copies of each top level (their length cap of 9 made levels
+  9..30 of each m the same);
+* a memory tape for every task, RepeatCopy included (section 6: their model always had one;
+  Table 2 and the ``paper`` preset give RepeatCopy none): ``memory = true``.
+
+The ``paper`` preset keeps the paper's inverse temperature (0.01) on every task. The authors'
+README says 30-50% of seeds succeed, and their shipped runs used seeds 2 and 10 (RepeatCopy), 3
+and 10 (ForwardReverse): compare presets over several seeds (``rlntm-demo sweep``), never one.
+The ``fast`` column's shortcut scale is issue 19's: single-seed indications in
+``docs/results.rst``.
 
 All three draw every weight from N(0, 0.1^2), use memory cells of 35 reals, reward-to-go, and
 normalize the gradient by the number of episodes (not by sequence length). Every option of the
@@ -197,14 +204,17 @@ def _paper(task: str, controller: str) -> dict[str, Any]:
 
 
 def _authors(task: str, controller: str) -> dict[str, Any]:
+    repeat_copy = {"repeat_schedule": "two-then-three"} if task.startswith("repeat-copy") else {}
+    levels = {"max_level": 2 * TASKS[task].training_complexity} if repeat_copy else {}
     return {
+        **repeat_copy,
         "batch_size": 300,
         "memory": True,
         "model": {"init_std": 0.1, "inverse_temperature": 0.03 if task.startswith("repeat-copy") else 0.01,
                   "initial_state": 0.1, "baseline": "offline", "read_window": 2, "circular_input": True},
         "optimizer": {"name": "sgd", "learning_rate": 0.05, "momentum": 0.9, "clip_controller": 2.0, "clip_baseline": 5.0},
         "curriculum": {"threshold": 0.25 if task == "forward-reverse" else 0.2, "min_updates_between": 100,
-                       "probabilities": [0.10, 0.225, 0.675], "smoothing": 0.8, "error": "authors"},
+                       "probabilities": [0.10, 0.225, 0.675], "smoothing": 0.8, "error": "authors", **levels},
     }
 
 

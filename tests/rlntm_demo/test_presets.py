@@ -120,3 +120,22 @@ def test_the_authors_preset_always_has_memory_and_the_papers_follows_table_2() -
     assert make_config("forward-reverse", "direct", "paper").model.interfaces.memory
     # The round trip through a checkpoint's plain values keeps the added tape.
     assert config_from_dict(authors.to_dict()).model.interfaces.memory
+
+
+def test_the_authors_repeat_copy_runs_m_2_first_over_16_levels() -> None:
+    import torch
+
+    config = make_config("repeat-copy", "direct", "authors")
+    assert config.repeat_schedule == "two-then-three" and config.curriculum.max_level == 16
+    task = config.task_instance()
+    generator = torch.Generator().manual_seed(0)
+    first_cells = {c: {int(task.sample(c, 20, generator).input[i, 0]) for i in range(20)} for c in (1, 8, 9, 16)}
+    from rlntm_demo.config import REPEAT_2, REPEAT_3
+
+    assert first_cells == {1: {REPEAT_2}, 8: {REPEAT_2}, 9: {REPEAT_3}, 16: {REPEAT_3}}
+    assert make_config("forward-reverse", "direct", "authors").repeat_schedule is None
+    assert make_config("repeat-copy", "direct", "paper").repeat_schedule is None
+    with pytest.raises(ValueError, match="repeat_schedule applies to the RepeatCopy tasks only"):
+        make_config("reverse", "direct", "paper", overrides=['repeat_schedule="two-then-three"'])
+    with pytest.raises(ValueError, match="unknown schedule 'sometimes'"):
+        make_config("repeat-copy", "direct", "paper", overrides=['repeat_schedule="sometimes"'])
