@@ -32,18 +32,21 @@ catches: each runs the check on a variant of the model or the loss with one func
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
+
 import torch
 
 from reinforce_check import CheckReport, check_reinforce
 
 from .bugs import BUGS, Bug
 from .config import CONTROLLERS, ModelConfig, ObjectiveConfig
-from .model import RLNTM
-from .objective import Losses, episode_losses
+from . import reference
+from .model import RLNTM, Rollout
+from .objective import Losses, episode_losses, step_entropies
 from .tasks import TASKS, Batch, make_task
 
-__all__ = ["BUGS", "CHECK_SIZES", "CheckReport", "check_model", "tiny_instance", "tiny_model"]
+__all__ = ["BUGS", "CHECK_SIZES", "CheckReport", "check_model", "frozen_prefix_ratios", "tiny_instance", "tiny_model"]
 
 
 
@@ -91,7 +94,8 @@ def tiny_instance(
 
 def tiny_model(
     task_name: str, controller: str, *, seed: int = 0, baseline: str = "both", bug: str | None = None,
-    circular_input: bool = False, step_impl: str = "fast",
+    circular_input: bool = False, step_impl: str = "fast", shortcut_scale: float | None = None,
+    adjacent_memory: str = "open", input_start_marker: bool = False,
 ) -> RLNTM:
     """A float64 RL-NTM for :func:`tiny_instance`, every component on, weights N(0, 1).
 
@@ -117,12 +121,48 @@ def tiny_model(
         max_steps=16,
         circular_input=circular_input,
         step_impl=step_impl,
+        shortcut_scale=shortcut_scale,
+        adjacent_memory=adjacent_memory,
+        input_start_marker=input_start_marker,
     )
     generator = torch.Generator().manual_seed(seed)
     model = (RLNTM if bug is None else BUGS[bug].model)(config, generator=generator).double()
     with torch.no_grad():
         model.online_baseline.copy_(torch.randn(config.max_steps, generator=generator, dtype=torch.float64))
     return model
+
+
+def _frozen_copy(model: RLNTM) -> RLNTM:
+    """A copy of ``model`` with its current weights, which no gradient and no perturbation reaches."""
+    frozen = copy.deepcopy(model)
+    for parameter in frozen.parameters():
+        parameter.requires_grad_(False)
+    return frozen
+
+
+def frozen_prefix_ratios(frozen: RLNTM, batch: Batch, rollout: Rollout) -> torch.Tensor:
+    """``p_theta0(a_<t) / p_theta(a_<t)`` at every step: the probability of each episode's
+    decisions before step t under the frozen weights theta0, over that under the live ones
+    (differentiable through the latter). 1 in value wherever the two weights are equal.
+
+    Weighting a per-step quantity ``f_t(theta)``, which depends on the decisions before step t
+    only, by it turns the expectation over the live policy into one over the frozen policy:
+    ``E_{a ~ p_theta}[sum_t f_t ratio_t] = E_{a ~ p_theta0}[sum_t f_t(theta)]``.
+
+    Arguments:
+        frozen: :func:`_frozen_copy` of the model, taken before any weight moved.
+        batch: the instances the rollout ran on.
+        rollout: the live model's rollout (its decisions are replayed by the frozen copy).
+
+    Returns:
+        (B, T).
+    """
+    with torch.no_grad():
+        replay = reference.run_episode(frozen, batch.with_start_marker() if frozen.config.input_start_marker else batch,
+                                       actions=rollout.actions)
+    before = rollout.log_probs.sum(-1).cumsum(1) - rollout.log_probs.sum(-1)
+    frozen_before = replay.log_probs.sum(-1).cumsum(1) - replay.log_probs.sum(-1)
+    return torch.exp(frozen_before - before)
 
 
 def check_model(
@@ -141,8 +181,12 @@ def check_model(
     max_sequences: int = 20_000,
     rollouts: int = 1,
     entropy_bonus: float = 0.0,
+    entropy_mode: str = "returns",
     circular_input: bool = False,
     step_impl: str = "fast",
+    shortcut_scale: float | None = None,
+    adjacent_memory: str = "open",
+    input_start_marker: bool = False,
 ) -> list[CheckReport]:
     """Check the RL-NTM's gradient exactly on a tiny instance of a task.
 
@@ -167,9 +211,18 @@ def check_model(
             ``rollouts``).
         entropy_bonus: beta of :attr:`~rlntm_demo.config.ObjectiveConfig.entropy_bonus`; the
             policy check's objective is then ``sum_t r_t - beta sum_t log p(a_t)``.
+        entropy_mode: :attr:`~rlntm_demo.config.ObjectiveConfig.entropy_mode`. With
+            ``"per-step"``, the policy check's objective is ``sum_t r_t + beta sum_t H_t(theta)
+            p_theta0(a_<t) / p_theta(a_<t)``: theta0 the weights at the start of the check, held
+            by a frozen copy of the model that replays each episode's decisions
+            (:func:`frozen_prefix_ratios`). Its expectation is ``J(theta) + beta E_{a ~
+            p_theta0}[sum_t H_t(theta)]``, whose gradient at theta0, central differences
+            included, is what the per-step term's loss estimates.
         circular_input: the input head wraps around (:attr:`~rlntm_demo.config.ModelConfig.circular_input`).
         step_impl: ``"fast"`` or ``"reference"`` (:attr:`~rlntm_demo.config.ModelConfig.step_impl`): the
             tests check the reference step, which defines the model, and hold the fast one equal to it.
+        shortcut_scale, adjacent_memory, input_start_marker: the model options of
+            :class:`~rlntm_demo.config.ModelConfig` (issue 19), for the controllers they apply to.
 
     Returns:
         :class:`reinforce_check.CheckReport` (a) of the policy and (b) of the baseline LSTM (when
@@ -185,25 +238,36 @@ def check_model(
         raise ValueError(f"rollouts must be at least 1, not {rollouts}")
     instance = tiny_instance(task_name, seed=seed, complexity=complexity, num_symbols=num_symbols, slack=slack)
     model = tiny_model(task_name, controller, seed=seed, baseline=baseline, bug=bug, circular_input=circular_input,
-                       step_impl=step_impl)
+                       step_impl=step_impl, shortcut_scale=shortcut_scale, adjacent_memory=adjacent_memory,
+                       input_start_marker=input_start_marker)
     variant = BUGS[bug] if bug is not None else Bug("none", "production")
-    objective_config = ObjectiveConfig(returns=variant.returns, entropy_bonus=entropy_bonus)
+    objective_config = ObjectiveConfig(returns=variant.returns, entropy_bonus=entropy_bonus, entropy_mode=entropy_mode)
+    per_step = entropy_mode == "per-step" and entropy_bonus > 0
+    frozen = _frozen_copy(model) if per_step else None
 
     def make_episode(policy_check: bool) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
-        def checked_objective(losses: Losses) -> torch.Tensor:
-            return losses.objective + losses.entropy if policy_check else -losses.baseline
+        def checked_objective(losses: Losses, rollout: Rollout, rows: Batch) -> torch.Tensor:
+            if not policy_check:
+                return -losses.baseline
+            if frozen is None:
+                return losses.objective + losses.entropy
+            ratios = frozen_prefix_ratios(frozen, rows, rollout)
+            entropies = entropy_bonus * step_entropies(rollout.decision_probs, rollout.mask)  # type: ignore[arg-type]
+            return losses.objective + (entropies * ratios).sum(1)
 
         def episode(batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-            rollout = model.run_episode(instance.select([0] * batch_size), all_steps=True)
+            rows = instance.select([0] * batch_size)
+            rollout = model.run_episode(rows, all_steps=True)
             losses = episode_losses(rollout, objective_config, terms=variant.terms)
-            return checked_objective(losses), losses.total
+            return checked_objective(losses, rollout, rows), losses.total
 
         def group_episode() -> tuple[torch.Tensor, torch.Tensor]:
             # One episode of the check = `rollouts` rollouts of the instance; the estimate of the
             # gradient of the mean objective is the mean of their losses.
-            rollout = model.run_episode(instance.select([0] * rollouts), all_steps=True)
+            rows = instance.select([0] * rollouts)
+            rollout = model.run_episode(rows, all_steps=True)
             losses = episode_losses(rollout, objective_config, group_size=rollouts, terms=variant.terms)
-            return checked_objective(losses).mean(), losses.total.mean()
+            return checked_objective(losses, rollout, rows).mean(), losses.total.mean()
 
         return episode if rollouts == 1 else group_episode
 
@@ -213,10 +277,15 @@ def check_model(
         + (f", {rollouts} rollouts with a leave-one-out baseline" if rollouts > 1 else "")
         + (", circular input" if circular_input else "")
         + (", reference step" if step_impl == "reference" else "")
-        + (f", entropy bonus {entropy_bonus:g}" if entropy_bonus else "")
+        + (f", entropy bonus {entropy_bonus:g}" + (" per step" if per_step else "") if entropy_bonus else "")
+        + (f", shortcut scale {shortcut_scale:g}" if shortcut_scale is not None and controller == "direct" else "")
+        + (f", adjacent memory {adjacent_memory}" if adjacent_memory != "open" and controller == "direct" else "")
+        + (", input start marker" if input_start_marker else "")
         + (f", deliberate bug {bug!r}" if bug else "")
     )
     policy_objective = "sum_t r_t - beta sum_t log p(a_t)" if entropy_bonus else "sum_t r_t"
+    if per_step:
+        policy_objective = "sum_t r_t + beta sum_t H_t p_theta0(a_<t) / p_theta(a_<t)"
     checks = [(True, model.policy_parameters(), f"(a) policy: objective {policy_objective}, loss = total loss")]
     if model.baseline is not None:
         checks.append(

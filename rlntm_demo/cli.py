@@ -51,7 +51,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .config import BASELINES, CONTROLLERS
+from .config import ADJACENT_MEMORY, BASELINES, CONTROLLERS, ENTROPY_MODES
 
 if TYPE_CHECKING:
     from .training import Trainer
@@ -124,6 +124,16 @@ def make_parser() -> argparse.ArgumentParser:
     check.add_argument("--entropy-bonus", type=float, default=0.0, metavar="BETA",
                        help="add the entropy bonus -BETA log p(a_t) to every step's reward, as objective.entropy_bonus "
                             "does in training (default: 0)")
+    check.add_argument("--entropy-mode", choices=ENTROPY_MODES, default="returns",
+                       help="how the entropy bonus enters the loss, as objective.entropy_mode: through the returns "
+                            "(default) or as a per-step entropy term")
+    check.add_argument("--shortcut-scale", type=float, default=None, metavar="S",
+                       help="direct access: learnable positive scales, starting at S, on the shortcuts into the "
+                            "prediction logits, as model.shortcut_scale (the fast preset: 5)")
+    check.add_argument("--adjacent-memory", choices=ADJACENT_MEMORY, default="open",
+                       help="direct access: the adjacent-memory gates, as model.adjacent_memory (default: open)")
+    check.add_argument("--input-start-marker", action="store_true",
+                       help="a visible left end of the input tape, as model.input_start_marker")
     check.add_argument("--json", action="store_true", help="print the reports as JSON")
 
     train = commands.add_parser(
@@ -252,7 +262,11 @@ def _run_check(args: argparse.Namespace) -> int:
             max_sequences=args.max_sequences,
             rollouts=args.rollouts,
             entropy_bonus=args.entropy_bonus,
+            entropy_mode=args.entropy_mode,
             circular_input=args.circular_input,
+            shortcut_scale=args.shortcut_scale,
+            adjacent_memory=args.adjacent_memory,
+            input_start_marker=args.input_start_marker,
         )
     except (CheckUsageError, ValueError) as error:
         sys.stderr.write(f"{PROG}: error: {error}\n")

@@ -39,7 +39,10 @@ __all__ = [
     "CONTROLLERS",
     "EOS",
     "FIRST_DATA_SYMBOL",
+    "ADJACENT_MEMORY",
     "BASELINES",
+    "CURRICULUM_ERRORS",
+    "ENTROPY_MODES",
     "CurriculumConfig",
     "EvaluationConfig",
     "InterfaceSpec",
@@ -82,6 +85,12 @@ BASELINES = ("none", "online", "offline", "both")
 STEP_IMPLS = ("fast", "reference")
 """How an episode's steps are computed: :mod:`rlntm_demo.fast` (the default) or the readable
 :mod:`rlntm_demo.reference`, which defines the model (the two agree up to rounding)."""
+ADJACENT_MEMORY = ("open", "closed", "off")
+"""The direct-access controller's adjacent-memory gates (:attr:`ModelConfig.adjacent_memory`)."""
+ENTROPY_MODES = ("returns", "per-step")
+"""How the entropy regularizer enters the loss (:attr:`ObjectiveConfig.entropy_mode`)."""
+CURRICULUM_ERRORS = ("batch", "authors")
+"""Which error the curriculum compares with its threshold (:attr:`CurriculumConfig.error`)."""
 RETURNS = ("reward-to-go", "total")
 """What multiplies the score of the actions of step t: R_t = sum_{s>=t} r_s, or the episode's total."""
 
@@ -158,6 +167,26 @@ class ModelConfig:
     initial_state: float = 0.0
     """The value every entry of the controller's initial hidden and cell state (and the baseline
     LSTM's) starts at. The paper: zero; the authors' code: 0.1."""
+    shortcut_scale: float | None = None
+    """Direct access only: ``None`` (the paper, and the authors' code): each shortcut into the
+    prediction logits adds ``sigmoid(w . h + b)`` times the one-hot input symbol (or the memory
+    cell), at most +1 logit. A number s > 0: each of the two is further multiplied by its own
+    learnable positive scale ``softplus(rho)``, initialised to s, so that a head on the right cell
+    can dominate the logits (a departure from the paper; see ``docs/rlntm.rst``). Issue 19's
+    diagnosis: with at most +1 logit, a well-placed head earns log p of about -2.6, so the policy
+    learns to hold the symbols in the LSTM instead."""
+    adjacent_memory: str = "open"
+    """Direct access with memory only: the gates that add the left and right neighbour cells to
+    the cell being written. ``"open"`` (today's default): gates initialised like every other
+    parameter; ``"closed"``: their biases start at ``-6`` (sigmoid 0.0025), so the neighbours
+    leak in only if learning opens them; ``"off"``: no such path, as in the authors' code."""
+    input_start_marker: bool = False
+    """Give the input tape a visible left end: every input becomes ``BLANK x1 .. xC EOS``, the
+    head starts on the ``BLANK`` and the step bound grows by one
+    (:meth:`~rlntm_demo.tasks.Batch.with_start_marker`). The right end is visible already
+    (``EOS``). False (the paper and the authors' code): the first cell holds ``x1``, a move left
+    of it is infeasible and the controller never sees that, so a reversal must count to know
+    when it is back at ``x1``. A departure from the paper; see ``docs/rlntm.rst``."""
     step_impl: str = "fast"
     """How the steps are computed (:data:`STEP_IMPLS`): ``"fast"``, the fused loop of
     :mod:`rlntm_demo.fast` (in C++ where it is built), or ``"reference"``, the readable step of
@@ -180,6 +209,12 @@ class ModelConfig:
             raise ValueError(
                 f"direct access adds one-hot symbols to memory cells, so memory_width must be "
                 f"NUM_SYMBOLS = {NUM_SYMBOLS}, not {self.memory_width}"
+            )
+        if self.shortcut_scale is not None and not (math.isfinite(self.shortcut_scale) and self.shortcut_scale > 0):
+            raise ValueError(f"shortcut_scale must be a positive number or None, not {self.shortcut_scale}")
+        if self.adjacent_memory not in ADJACENT_MEMORY:
+            raise ValueError(
+                f"unknown adjacent_memory {self.adjacent_memory!r}; choose one of: {', '.join(ADJACENT_MEMORY)}"
             )
         if not math.isfinite(self.initial_state):
             raise ValueError(f"initial_state must be finite, not {self.initial_state}")
@@ -219,6 +254,22 @@ class ObjectiveConfig:
     action sequence given the input. It keeps the policy exploring instead of locking into the
     first habit that pays (reading and writing at once, on Reverse). 0, the paper's objective,
     leaves J unchanged. The exact check covers it: ``rlntm-demo check --entropy-bonus``."""
+    entropy_mode: str = "returns"
+    """How the entropy regularizer of weight ``entropy_bonus`` enters the loss.
+
+    * ``"returns"`` (today's): the bonus ``-beta log p(a_t)`` is a reward, paid through the
+      returns, so a decision is also reinforced for the uncertainty of the steps after it: the
+      policy is paid to reach and prolong states where it wanders (idle moves of the input
+      head, on RepeatCopy). Objective ``J + beta H``, H the entropy of the action sequence.
+    * ``"per-step"``: a term ``-beta sum_t H_t`` in the loss, H_t the entropy of step t's
+      decision distributions, differentiated where it stands only, as A3C and PPO do: every
+      step's distribution is pushed towards uniform, and no step is paid for where the episode
+      goes. It is the exact gradient, at the current weights theta0, of
+      ``J(theta) + beta E_{a ~ p_theta0}[sum_t H_t(theta)]``, the per-step entropy averaged over
+      the episodes the current policy runs (that distribution held fixed), which is what the
+      exact check verifies (``rlntm-demo check --entropy-bonus B --entropy-mode per-step``).
+      A departure from the paper (which has no entropy term) and from the authors' code.
+    """
     entropy_bonus_at_top: float | None = None
     """The entropy bonus once the curriculum is at its top level (``None``: ``entropy_bonus``
     throughout). The ``fast`` preset sets 0: the bonus explores while the instances grow, then
@@ -229,6 +280,8 @@ class ObjectiveConfig:
             raise ValueError(f"entropy_bonus must be a number >= 0, not {self.entropy_bonus}")
         if self.entropy_bonus_at_top is not None and not self.entropy_bonus_at_top >= 0:
             raise ValueError(f"entropy_bonus_at_top must be a number >= 0 or null, not {self.entropy_bonus_at_top}")
+        if self.entropy_mode not in ENTROPY_MODES:
+            raise ValueError(f"unknown entropy_mode {self.entropy_mode!r}; choose one of: {', '.join(ENTROPY_MODES)}")
         if self.returns not in RETURNS:
             raise ValueError(f"unknown returns {self.returns!r}; choose one of: {', '.join(RETURNS)}")
 
@@ -265,7 +318,21 @@ class CurriculumConfig:
     compares with the threshold: ``e <- s * e + (1 - s) * error``, reset to 1 after every
     increase. 0 (the paper) uses each update's error as it is; the authors' code used 0.8."""
 
+    error: str = "batch"
+    """Which error the rule compares with the threshold (:data:`CURRICULUM_ERRORS`):
+
+    * ``"batch"`` (the paper's wording, and today's default): each example's zero-one errors over
+      its target length, averaged over *every* example of the update's batch, the 10% drawn
+      uniformly over all levels and those harder than C included;
+    * ``"authors"`` (the authors' code, train_curriculum0): only the examples of the third branch
+      (complexity exactly C + e) count, as their total errors over their total target symbols.
+      Combine it with ``smoothing = 0.8`` to have the authors' rule whole (the ``authors``
+      preset). An update with no such example leaves the error as it was.
+    """
+
     def __post_init__(self) -> None:
+        if self.error not in CURRICULUM_ERRORS:
+            raise ValueError(f"unknown curriculum error {self.error!r}; choose one of: {', '.join(CURRICULUM_ERRORS)}")
         if self.max_level < 1:
             raise ValueError(f"max_level must be at least 1, not {self.max_level}")
         if not 1 <= self.start_level <= self.max_level:
@@ -387,8 +454,19 @@ class TrainConfig:
     num_symbols: int | None = None
     """Data symbols the inputs are drawn from; ``None``: the task's default (30, or base 3 for
     addition)."""
+    memory: bool | None = None
+    """``None`` (the paper): the memory tape exists where the task's row of Table 2 gives one
+    (:attr:`Task.interfaces <rlntm_demo.tasks.Task.interfaces>`). ``True``: a memory tape whatever
+    the task, as in the authors' code, which always had one (the ``authors`` preset); ``False``:
+    none."""
+    repeat_schedule: str | None = None
+    """RepeatCopy tasks only: how the complexity sets m (:class:`~rlntm_demo.tasks.RepeatCopy`):
+    ``None`` or ``"mixed"`` (m drawn at every level), or ``"two-then-three"`` (the authors' order:
+    every length with m = 2, then with m = 3; set ``curriculum.max_level`` to twice the phrase
+    length, as the ``authors`` preset does)."""
     model: ModelConfig = field(default_factory=ModelConfig)
-    """The model; ``controller`` and ``interfaces`` are taken from this config and the task."""
+    """The model; ``controller`` and ``interfaces`` are taken from this config and the task
+    (:attr:`interfaces`)."""
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     """Returns (reward-to-go by default)."""
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -418,10 +496,21 @@ class TrainConfig:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of rollouts_per_input ({self.rollouts_per_input})"
             )
-        if self.num_symbols is not None:
-            self.task_instance()  # the task validates it
-        if self.model.controller != self.controller or self.model.interfaces != TASKS[self.task].interfaces:
-            self.model = dataclasses.replace(self.model, controller=self.controller, interfaces=TASKS[self.task].interfaces)
+        if self.repeat_schedule is not None and not self.task.startswith("repeat-copy"):
+            raise ValueError(f"repeat_schedule applies to the RepeatCopy tasks only, not {self.task!r}")
+        if self.num_symbols is not None or self.repeat_schedule is not None:
+            self.task_instance()  # the task validates them
+        if self.model.controller != self.controller or self.model.interfaces != self.interfaces:
+            self.model = dataclasses.replace(self.model, controller=self.controller, interfaces=self.interfaces)
+
+    @property
+    def interfaces(self) -> InterfaceSpec:
+        """The tapes of the run: the task's (Table 2), with the memory tape added or removed as
+        :attr:`memory` says."""
+        from .tasks import TASKS
+
+        spec = TASKS[self.task].interfaces
+        return spec if self.memory is None else dataclasses.replace(spec, memory=self.memory)
 
     @property
     def inputs_per_update(self) -> int:
@@ -432,7 +521,9 @@ class TrainConfig:
         """The :class:`~rlntm_demo.tasks.Task` this config trains on."""
         from .tasks import TASKS
 
-        options = {} if self.num_symbols is None else {"num_symbols": self.num_symbols}
+        options: dict[str, Any] = {} if self.num_symbols is None else {"num_symbols": self.num_symbols}
+        if self.repeat_schedule is not None:
+            options["schedule"] = self.repeat_schedule
         return TASKS[self.task](**options)
 
     def to_dict(self) -> dict[str, Any]:

@@ -27,7 +27,10 @@ the previous step. At the first step the previous actions are a dedicated ``STAR
   says "the memory [is added] to the adjacent memories" without saying how; adding the neighbours'
   contents into the cell being written is the reading chosen here (the authors' code has no such
   path), so content can travel along the tape as the head moves. Adding a one-hot symbol to a
-  memory cell is why a memory cell is ``NUM_SYMBOLS`` = 35 wide.
+  memory cell is why a memory cell is ``NUM_SYMBOLS`` = 35 wide. Two options of
+  :class:`~rlntm_demo.config.ModelConfig` change it (issue 19): ``shortcut_scale`` multiplies the
+  two shortcuts into the prediction logits by learnable positive scales (each gate alone adds at
+  most +1 logit), and ``adjacent_memory`` starts the neighbour gates closed or removes them.
 
 **The baseline LSTM** (:class:`OfflineBaseline`, Appendix A, "offline baseline prediction") first
 reads the whole input tape, then runs in tandem with the controller on the very inputs ``x_t`` the
@@ -44,6 +47,8 @@ exactly what running it alongside would.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -62,6 +67,8 @@ __all__ = [
 
 START = 3
 """The "previous action" index fed at the first step (the actions themselves are 0..2)."""
+CLOSED_GATE_BIAS = -6.0
+"""Initial bias of the adjacent-memory gates with ``adjacent_memory="closed"`` (sigmoid: 0.0025)."""
 
 
 class Controller(nn.Module):
@@ -155,12 +162,17 @@ class Controller(nn.Module):
         """
         return self.prediction_head(h)
 
-    def prediction_weights(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """:meth:`prediction_logits` as one linear map and a gate count, for
-        :func:`rlntm_demo.fast.fused.predict`: (weight, bias, gates), where the weight's rows beyond the
-        first ``NUM_SYMBOLS`` are the pre-activations of gates that add the one-hot symbol (the
-        first gate) and the memory cell (the second) to the logits."""
-        return self.prediction_head.weight, self.prediction_head.bias, 0
+    def prediction_weights(self) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]:
+        """:meth:`prediction_logits` as one linear map, a gate count and the gates' scales, for
+        :func:`rlntm_demo.fast.fused.predict`: (weight, bias, gates, scales), where the weight's rows
+        beyond the first ``NUM_SYMBOLS`` are the pre-activations of gates that add the one-hot
+        symbol (the first gate) and the memory cell (the second) to the logits, and ``scales``
+        (``None``: 1) multiplies what each adds."""
+        return self.prediction_head.weight, self.prediction_head.bias, 0, None
+
+    def reset_extra_parameters(self) -> None:
+        """Set the parameters whose initial value the config prescribes (after the model has
+        drawn every parameter N(0, init_std^2)); none here."""
 
 
 class LSTMController(Controller):
@@ -199,45 +211,81 @@ class FeedForwardController(Controller):
 class DirectAccessController(LSTMController):
     """The direct-access controller of Section 8.1: the LSTM plus gated shortcuts (Fig. 6).
 
-    Gates, each ``sigmoid(w . h + b)``, one scalar per row: input to memory, left neighbour to
-    memory, right neighbour to memory (only with memory); input to output; memory to output (only
-    with memory).
+    Gates, each ``sigmoid(w . h + b)``, one scalar per row of :attr:`gate_head`, in this order:
+    input to memory, left neighbour to memory, right neighbour to memory (with memory; the two
+    neighbour gates only unless ``config.adjacent_memory`` is ``"off"``); input to output; memory
+    to output (with memory).
+
+    With ``config.shortcut_scale`` set, what the two gates into the prediction logits add is
+    further multiplied by :attr:`shortcut_scales` = ``softplus(shortcut_scale_raw)``, one learnable
+    positive scale per gate, initialised to ``config.shortcut_scale``.
     """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
-        self.gate_head = nn.Linear(config.hidden_size, 5 if self.memory else 1)
+        self.adjacent = self.memory and config.adjacent_memory != "off"
+        write_gates = (3 if self.adjacent else 1) if self.memory else 0
+        self.output_gates = slice(write_gates, write_gates + (2 if self.memory else 1))
+        # The rows of gate_head of the gates into the prediction logits.
+        self.gate_head = nn.Linear(config.hidden_size, self.output_gates.stop)
+        self.shortcut_scale_raw: nn.Parameter | None = None
+        if config.shortcut_scale is not None:
+            self.shortcut_scale_raw = nn.Parameter(torch.empty(self.output_gates.stop - write_gates))
+        self.reset_extra_parameters()
+
+    def reset_extra_parameters(self) -> None:
+        """The shortcut scales start at ``config.shortcut_scale``; with ``adjacent_memory =
+        "closed"`` the neighbour gates' biases start at -6."""
+        with torch.no_grad():
+            if self.shortcut_scale_raw is not None:
+                scale = float(self.config.shortcut_scale)  # type: ignore[arg-type]
+                # The inverse of softplus, log(exp(s) - 1), written to stay exact for large s.
+                self.shortcut_scale_raw.fill_(scale + math.log(-math.expm1(-scale)))
+            if self.adjacent and self.config.adjacent_memory == "closed":
+                self.gate_head.bias[1:3].fill_(CLOSED_GATE_BIAS)
+
+    @property
+    def shortcut_scales(self) -> torch.Tensor | None:
+        """The positive scales of the shortcuts into the prediction logits (symbol, then memory
+        cell), or ``None`` (no scale: 1)."""
+        if self.shortcut_scale_raw is None:
+            return None
+        return nn.functional.softplus(self.shortcut_scale_raw)
 
     def _gates(self, h: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.gate_head(h))
 
     def memory_write(self, h: torch.Tensor, old: torch.Tensor, symbol: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-        """The LSTM's write plus the gated one-hot input symbol and the gated adjacent cells."""
+        """The LSTM's write plus the gated one-hot input symbol and the gated adjacent cells
+        (unless ``adjacent_memory`` is ``"off"``)."""
         gates = self._gates(h)
         onehot = nn.functional.one_hot(symbol, NUM_SYMBOLS).to(h.dtype)
-        return (
-            super().memory_write(h, old, symbol, left, right)
-            + gates[..., 0:1] * onehot
-            + gates[..., 1:2] * left
-            + gates[..., 2:3] * right
-        )
+        new = super().memory_write(h, old, symbol, left, right) + gates[..., 0:1] * onehot
+        if self.adjacent:
+            new = new + gates[..., 1:2] * left + gates[..., 2:3] * right
+        return new
 
     def prediction_logits(self, h: torch.Tensor, symbol: torch.Tensor, cell: torch.Tensor | None) -> torch.Tensor:
-        """The LSTM's logits plus the gated one-hot input symbol and the gated current memory cell."""
-        gates = self._gates(h)
+        """The LSTM's logits plus the gated one-hot input symbol and the gated current memory
+        cell, each times its scale where there is one."""
+        gates = self._gates(h)[..., self.output_gates]
+        scales = self.shortcut_scales
+        if scales is not None:
+            gates = gates * scales
         logits = super().prediction_logits(h, symbol, cell)
         # The gated one-hot symbol, added at the symbol's index only.
         if not self.memory:
             return logits.scatter_add(-1, symbol[..., None], gates[..., 0:1])
         assert cell is not None
-        return torch.addcmul(logits, gates[..., 4:5], cell).scatter_add_(-1, symbol[..., None], gates[..., 3:4])
+        return torch.addcmul(logits, gates[..., 1:2], cell).scatter_add_(-1, symbol[..., None], gates[..., 0:1])
 
-    def prediction_weights(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """The prediction head's rows, then the symbol gate's (and with memory the cell gate's)."""
-        chosen = slice(3, 5) if self.memory else slice(0, 1)
+    def prediction_weights(self) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]:
+        """The prediction head's rows, then the symbol gate's (and with memory the cell gate's),
+        and the scales."""
+        chosen = self.output_gates
         weight = torch.cat([self.prediction_head.weight, self.gate_head.weight[chosen]])
         bias = torch.cat([self.prediction_head.bias, self.gate_head.bias[chosen]])
-        return weight, bias, 2 if self.memory else 1
+        return weight, bias, 2 if self.memory else 1, self.shortcut_scales
 
 
 def make_controller(config: ModelConfig) -> Controller:

@@ -42,7 +42,36 @@ import torch
 
 from .config import CurriculumConfig
 
-__all__ = ["Curriculum", "CurriculumConfig"]
+__all__ = ["Curriculum", "CurriculumConfig", "curriculum_error"]
+
+
+def curriculum_error(errors: torch.Tensor, target_len: torch.Tensor, exact_branch: torch.Tensor,
+                     config: CurriculumConfig) -> float | None:
+    """The error the curriculum's rule reads, from each example's number of wrong targets.
+
+    Arguments:
+        errors: (B,) the zero-one errors of each example (wrong or missing targets).
+        target_len: (B,) their target lengths.
+        exact_branch: (B,) bool, the examples drawn at exactly C + e (the third branch).
+        config: ``config.error`` says which rule: ``"batch"``, the mean over every example of
+            errors / target length (each capped at 1); ``"authors"``, the third branch's total
+            errors over its total target symbols (``None`` if the batch has no such example).
+
+    >>> errors, lengths = torch.tensor([0, 3, 1]), torch.tensor([4, 3, 2])
+    >>> curriculum_error(errors, lengths, torch.tensor([True, False, True]), CurriculumConfig(max_level=3))
+    0.5
+    >>> curriculum_error(errors, lengths, torch.tensor([True, False, True]), CurriculumConfig(max_level=3, error="authors"))
+    0.16666666666666666
+    """
+    if config.error == "batch":
+        # In the errors' own dtype (float where training passes its loss's dtype).
+        errors = errors if errors.is_floating_point() else errors.to(torch.float64)
+        return float((errors / target_len).clamp(max=1.0).mean())
+    if not bool(exact_branch.any()):
+        return None
+    wrong = float(errors[exact_branch].sum())
+    symbols = float(target_len[exact_branch].sum())
+    return min(wrong, symbols) / symbols
 
 
 class Curriculum:
@@ -105,6 +134,11 @@ class Curriculum:
         return p_all / max_level + p_below * below + p_exact * target
 
     def sample(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """Draws the complexities of a batch (see :meth:`sample_with_branches`, whose first
+        result this is)."""
+        return self.sample_with_branches(batch_size, generator)[0]
+
+    def sample_with_branches(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Draws the complexities of a batch from the distribution of Table 3.
 
         Only ``generator`` is used, never torch's global random state, so the draws are a function
@@ -115,7 +149,10 @@ class Curriculum:
             generator: The (CPU) source of randomness.
 
         Returns:
-            A long tensor of shape ``(batch_size,)`` with entries in 1 .. max_level.
+            The complexities, a long tensor of shape ``(batch_size,)`` with entries in
+            1 .. max_level, and which of them came from the third branch (exactly C + e), a bool
+            tensor of the same shape: the examples the authors' error counts
+            (``CurriculumConfig.error = "authors"``).
 
         >>> Curriculum(CurriculumConfig(max_level=1)).sample(3, torch.Generator().manual_seed(1)).tolist()
         [1, 1, 1]
@@ -130,9 +167,10 @@ class Curriculum:
         spread = torch.rand(batch_size, generator=generator, dtype=torch.float64)
         uniform_all = 1 + torch.floor(spread * max_level).long().clamp(max=max_level - 1)
         uniform_below = 1 + torch.minimum(torch.floor(spread * target).long(), target - 1)
-        return torch.where(branch < p_all, uniform_all, torch.where(branch < p_all + p_below, uniform_below, target))
+        complexities = torch.where(branch < p_all, uniform_all, torch.where(branch < p_all + p_below, uniform_below, target))
+        return complexities, branch >= p_all + p_below
 
-    def update(self, error_rate: float) -> bool:
+    def update(self, error_rate: float | None) -> bool:
         """Counts one parameter update and raises C by one if the paper's rule allows it.
 
         C increases when ``error_rate`` is strictly below ``config.threshold``, at least
@@ -140,12 +178,12 @@ class Curriculum:
         increase (or since construction), and C is below ``max_level``.
 
         Args:
-            error_rate: This update's average zero-one error normalized by target length, averaged
-                over *all* the examples of its batch, as in the paper. (The authors' code instead
-                counted only the examples of the third branch, d = C + e, as total errors over
-                total target symbols, and smoothed that with an exponential moving average of
-                decay 0.8, reset to 1 after each increase; a caller wanting that rule can pass
-                such a smoothed value here.)
+            error_rate: This update's error (``CurriculumConfig.error`` says which: by default the
+                average zero-one error normalized by target length over *all* the examples of its
+                batch, as in the paper; with ``"authors"`` only the examples of the third branch,
+                as total errors over total target symbols, see :func:`curriculum_error`), smoothed
+                here with decay ``config.smoothing``. ``None`` (no example counted): the update
+                is counted and the smoothed error stays as it was.
 
         Returns:
             Whether C increased.
@@ -153,11 +191,12 @@ class Curriculum:
         Raises:
             ValueError: If ``error_rate`` is not a number in [0, 1].
         """
-        if not 0.0 <= error_rate <= 1.0:
+        if error_rate is not None and not 0.0 <= error_rate <= 1.0:
             raise ValueError(f"error_rate must be in [0, 1], not {error_rate}")
         self._updates_since_increase += 1
         s = self.config.smoothing
-        self._smoothed_error = s * self._smoothed_error + (1.0 - s) * float(error_rate)
+        if error_rate is not None:
+            self._smoothed_error = s * self._smoothed_error + (1.0 - s) * float(error_rate)
         if (
             self._smoothed_error < self.config.threshold
             and self._updates_since_increase >= self.config.min_updates_between

@@ -105,6 +105,10 @@ class Rollout:
     """(B, T) long: the index of the next target during the step."""
     predictions: torch.Tensor
     """(B, T) long: the most probable symbol at steps that predict, -1 elsewhere."""
+    decision_probs: torch.Tensor | None = None
+    """(B, T, D, 3): the probabilities of every choice of the D decisions (3 with memory, 2
+    without) at every step, infeasible choices 0, a finished row's "stay" 1; differentiable.
+    What the per-step entropy (:func:`~rlntm_demo.objective.step_entropies`) is computed from."""
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -145,6 +149,7 @@ class RLNTM(nn.Module):
             with torch.no_grad():
                 for parameter in self.parameters():
                     parameter.normal_(0.0, config.init_std, generator=generator)
+        self.controller.reset_extra_parameters()
 
     def policy_parameters(self) -> dict[str, torch.Tensor]:
         """The controller's parameters, by name: what REINFORCE and backpropagation train."""
@@ -166,7 +171,7 @@ class RLNTM(nn.Module):
         lengths of every task fit in the default 30 cells (ForwardReverse at 15: 18); evaluation
         at 2x, 5x and 10x does not (ForwardReverse at 10x: 153).
         """
-        needed = int(batch.input_len.max()) + 2 * self.config.read_window + 2
+        needed = int(batch.input_len.max()) + int(self.config.input_start_marker) + 2 * self.config.read_window + 2
         return max(self.config.memory_cells, needed)
 
     def run_episode(self, batch: Batch, *, greedy: bool = False, all_steps: bool = False,
@@ -174,7 +179,10 @@ class RLNTM(nn.Module):
         """Run one episode per row of ``batch``.
 
         Arguments:
-            batch: the instances; each row's episode lasts at most ``batch.steps`` steps.
+            batch: the instances; each row's episode lasts at most ``batch.steps`` steps. With
+                ``config.input_start_marker`` the episode runs on
+                :meth:`~rlntm_demo.tasks.Batch.with_start_marker` of it (one step more, and the
+                input head's positions count the marker as cell 0).
             greedy: take the most probable choice at every decision instead of sampling.
                 Greedy episodes may run longer than ``config.max_steps`` (evaluation at lengths
                 far beyond training): past it, the moving-average baseline reuses its last slot.
@@ -193,6 +201,8 @@ class RLNTM(nn.Module):
             ValueError: a sampled (not greedy) episode ran more than ``config.max_steps`` steps
                 with the moving-average baseline on.
         """
+        if self.config.input_start_marker:
+            batch = batch.with_start_marker()
         if self.config.step_impl == "reference":
             from . import reference
 
@@ -283,6 +293,8 @@ class RLNTM(nn.Module):
         one = batch.select([row])
         cells = self.memory_cells_for(one)
         rollout = self.run_episode(one, greedy=greedy, memory_cells=cells)
+        if self.config.input_start_marker:
+            one = one.with_start_marker()  # the tape the episode ran on, for display
         steps = []
         for t in range(int(rollout.lengths[0])):
             prediction = int(rollout.predictions[0, t])

@@ -45,7 +45,11 @@ Variance reduction (Appendix A), each one a named option:
 Not in the paper: an **entropy bonus** (``ObjectiveConfig.entropy_bonus = beta``, used by the
 ``fast`` preset). Each step's reward gets :func:`entropy_rewards`, ``-beta log p(a_t)``, inside the
 returns only, so the loss is an unbiased estimate of ``-grad (J + beta H)``, H the entropy of the
-action sequence; :attr:`Losses.entropy` is that term, for the exact check's objective.
+action sequence; :attr:`Losses.entropy` is that term, for the exact check's objective. With
+``ObjectiveConfig.entropy_mode = "per-step"`` the bonus is instead a term ``-beta sum_t H_t`` of
+the loss (:func:`step_entropies`, :attr:`Losses.regularizer`), which pays nothing through the
+returns; see :attr:`~rlntm_demo.config.ObjectiveConfig.entropy_mode` for the objective it is the
+exact gradient of.
 
 >>> import torch
 >>> rewards = torch.tensor([[-1.0, 0.0, -2.0, 0.0]])
@@ -80,6 +84,7 @@ __all__ = [
     "policy_surrogate",
     "returns",
     "reward_to_go",
+    "step_entropies",
     "total_return",
 ]
 
@@ -233,6 +238,30 @@ def entropy_rewards(log_probs: torch.Tensor, mask: torch.Tensor, beta: float) ->
     return -beta * log_probs.sum(-1) * mask
 
 
+def step_entropies(decision_probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The entropy H_t of every step's decisions: ``-sum p log p`` over the choices of each of
+    them, summed over the decisions (they are drawn independently given the step's state).
+
+    Infeasible choices (probability exactly 0) add 0, with a zero gradient; a forced decision
+    has entropy 0.
+
+    Arguments:
+        decision_probs: (B, T, D, 3), :attr:`Rollout.decision_probs <rlntm_demo.model.Rollout.decision_probs>`.
+        mask: (B, T) bool.
+
+    Returns:
+        (B, T), differentiable, 0 at masked steps.
+
+    >>> probs = torch.tensor([[[[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]]]])
+    >>> step_entropies(probs, torch.tensor([[True]]))
+    tensor([[0.6931]])
+    """
+    _check_shapes(decision_probs[..., 0, 0], mask)
+    positive = decision_probs > 0
+    log_p = torch.where(positive, decision_probs, torch.ones_like(decision_probs)).log()
+    return -(decision_probs * log_p).sum((-1, -2)) * mask
+
+
 def episode_objective(rollout: Rollout) -> torch.Tensor:
     """``sum_t r_t`` per row: the log-likelihood of the targets along the episode, whose
     expectation over action sequences is the RL-NTM's objective J.
@@ -264,7 +293,8 @@ class Losses:
     """``sum_t r_t``: what the model maximizes in expectation (not a loss; for logging and checks)."""
     entropy: torch.Tensor
     """``-beta sum_t log p(a_t)``, differentiable: the entropy bonus the episode earned (0 without
-    one). The regularized objective ``objective + entropy`` is what the loss is the gradient of."""
+    one). The regularized objective ``objective + entropy`` is what the loss is the gradient of.
+    With ``entropy_mode = "per-step"``: ``beta sum_t H_t`` (:func:`step_entropies`) instead."""
     policy: torch.Tensor
     """The REINFORCE surrogate ``-sum_t log p(a_t) (R_t - b_t)``."""
     pathwise: torch.Tensor
@@ -273,11 +303,15 @@ class Losses:
     """``sum_t (R_t - b_t)^2``, which trains the baseline LSTM."""
     returns: torch.Tensor
     """(B, T) the returns used (for :meth:`~rlntm_demo.model.RLNTM.update_online_baseline`)."""
+    regularizer: torch.Tensor | None = None
+    """``-beta sum_t H_t`` with ``entropy_mode = "per-step"`` (``None`` otherwise): the
+    per-step entropy term of the loss."""
 
     @property
     def total(self) -> torch.Tensor:
-        """``policy + pathwise + baseline``: the loss to minimize, per row (B,)."""
-        return self.policy + self.pathwise + self.baseline
+        """``policy + pathwise + baseline`` (+ ``regularizer``): the loss to minimize, per row (B,)."""
+        total = self.policy + self.pathwise + self.baseline
+        return total if self.regularizer is None else total + self.regularizer
 
 
 def episode_losses(rollout: Rollout, config: ObjectiveConfig | None = None, *, group_size: int = 1,
@@ -298,19 +332,29 @@ def episode_losses(rollout: Rollout, config: ObjectiveConfig | None = None, *, g
     """
     config = config or ObjectiveConfig()
     mask = rollout.mask
-    bonus = entropy_rewards(rollout.log_probs, mask, config.entropy_bonus)
-    # The bonus is reinforced like any reward; its own pathwise gradient, -beta grad log p(a_t),
-    # has expectation zero given the step's past, so it is left out (the exact check agrees).
-    r = terms.returns(rollout.rewards + bonus.detach(), mask, config)
+    regularizer = None
+    if config.entropy_mode == "per-step" and config.entropy_bonus:
+        if rollout.decision_probs is None:
+            raise ValueError("entropy_mode 'per-step' needs the rollout's decision_probs")
+        entropy = config.entropy_bonus * step_entropies(rollout.decision_probs, mask).sum(1)
+        regularizer = -entropy
+        r = terms.returns(rollout.rewards, mask, config)
+    else:
+        bonus = entropy_rewards(rollout.log_probs, mask, config.entropy_bonus)
+        entropy = bonus.sum(1)
+        # The bonus is reinforced like any reward; its own pathwise gradient, -beta grad log p(a_t),
+        # has expectation zero given the step's past, so it is left out (the exact check agrees).
+        r = terms.returns(rollout.rewards + bonus.detach(), mask, config)
     baselines = rollout.baselines
     weights = terms.advantages(r, baselines)
     if group_size > 1:
         weights = weights - leave_one_out(weights, mask, group_size)
     return Losses(
         objective=episode_objective(rollout),
-        entropy=bonus.sum(1),
+        entropy=entropy,
         policy=policy_surrogate(rollout.log_probs, weights, mask),
         pathwise=terms.pathwise(rollout.rewards, mask),
         baseline=baseline_loss(r, baselines, mask),
         returns=r.detach(),
+        regularizer=regularizer,
     )

@@ -87,7 +87,7 @@ def run_episode(
     steps_bound = int(batch.steps.max()) if actions is None else actions.shape[1]
     record: dict[str, list[torch.Tensor]] = {name: [] for name in (
         "actions", "log_probs", "rewards", "mask", "windows", "memory_windows", "input_heads", "memory_heads",
-        "output_positions", "predictions")}
+        "output_positions", "predictions", "decision_probs")}
     for t in range(steps_bound):
         if actions is None and bool(output.finished.all()) and not all_steps:
             break
@@ -120,6 +120,7 @@ def run_episode(
             masked.append(torch.cat([log_p, log_p.new_full((size, missing), float("-inf"))], 1))
             probs.append(torch.cat([log_p.exp(), log_p.new_zeros(size, missing)], 1))
         log_probs = torch.stack(masked, 1)  # (B, D, 3)
+        record["decision_probs"].append(torch.stack(probs, 1))
         if actions is not None:
             drawn = actions[:, t, [0, 1, 2] if memory_on else [0, 2]]
         elif greedy:
@@ -173,4 +174,5 @@ def run_episode(
         memory_heads=stacked.get("memory_heads"),
         output_positions=stacked["output_positions"],
         predictions=stacked["predictions"],
+        decision_probs=stacked["decision_probs"],
     )

@@ -166,6 +166,22 @@ class Batch:
             raise ValueError(f"a step bound of {steps} is too small for {int(self.target_len.max())} targets")
         return Batch(self.input, self.input_len, self.target, self.target_len, torch.full_like(self.steps, steps))
 
+    def with_start_marker(self) -> Batch:
+        """The same instances with a visible left end: ``BLANK`` written before every input
+        (``BLANK x1 .. xC EOS``), whose length grows by one, and one more step in every step
+        bound (the head starts on the marker). The right end is visible already: ``EOS``.
+
+        What :attr:`ModelConfig.input_start_marker <rlntm_demo.config.ModelConfig.input_start_marker>`
+        does to every batch the model runs on. ``BLANK`` is the marker because it is what a read
+        window sees past the tape's ends, and no task writes it inside an input.
+
+        >>> Batch.from_lists([[2, 3, EOS]], [[3, 2, EOS]], [7]).with_start_marker().input.tolist()
+        [[0, 2, 3, 1]]
+        """
+        marker = torch.full((self.batch_size, 1), BLANK, dtype=self.input.dtype)
+        return Batch(torch.cat([marker, self.input], 1), self.input_len + 1, self.target, self.target_len,
+                     self.steps + 1)
+
 
 def _pad(rows: Sequence[Sequence[int]]) -> torch.Tensor:
     out = torch.full((len(rows), max(len(r) for r in rows)), BLANK, dtype=torch.long)
@@ -293,11 +309,25 @@ class Reverse(Task):
         return x + [EOS], x[::-1] + [EOS]
 
 
+REPEAT_SCHEDULES = ("mixed", "two-then-three")
+"""How RepeatCopy's complexity sets m (:class:`RepeatCopy`)."""
+
+
 class RepeatCopy(Task):
     """RepeatCopy: the input m x1 .. xC EOS asks for m copies of x1 .. xC, then EOS.
 
     Arguments:
         repeats: the values m is drawn from, uniformly (the paper: 2 or 3).
+        schedule: ``"mixed"`` (default): the complexity is the phrase length, and m is drawn at
+            every level. ``"two-then-three"`` (the authors' ``repeatCopyN``, which ran m = 2 at
+            every length before m = 3): with L = :attr:`training_complexity` (8), complexity
+            c <= L is m = 2 with a phrase of c symbols, L < c <= 2L is m = 3 with c - L symbols,
+            so the curriculum has 2L levels (``curriculum.max_level = 16``); past 2L, where only
+            evaluation goes (k times the top level), m = 3 with c / 2 symbols (k L).
+
+    >>> task = RepeatCopy(schedule="two-then-three")
+    >>> [(row[0] == REPEAT_3, len(row) - 2) for row in (task.example(c, torch.Generator())[0] for c in (3, 8, 9, 16, 32))]
+    [(False, 3), (False, 8), (True, 1), (True, 8), (True, 16)]
     """
 
     name = "repeat-copy"
@@ -306,15 +336,25 @@ class RepeatCopy(Task):
     training_complexity = 8
     """Phrases of up to 8 symbols, copied up to 3 times (the authors' runs: at most 8 symbols and '.')."""
 
-    def __init__(self, num_symbols: int = NUM_DATA_SYMBOLS, slack: int = 2, repeats: Sequence[int] = (2, 3)) -> None:
+    def __init__(self, num_symbols: int = NUM_DATA_SYMBOLS, slack: int = 2, repeats: Sequence[int] = (2, 3),
+                 schedule: str = "mixed") -> None:
         super().__init__(num_symbols, slack)
         if not repeats or any(m not in (2, 3) for m in repeats):
             raise ValueError(f"repeats must be drawn from (2, 3), not {tuple(repeats)}")
+        if schedule not in REPEAT_SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}; choose one of: {', '.join(REPEAT_SCHEDULES)}")
         self.repeats = tuple(repeats)
+        self.schedule = schedule
 
     def example(self, complexity: int, generator: torch.Generator) -> tuple[list[int], list[int]]:
-        m = self.repeats[int(torch.randint(len(self.repeats), (), generator=generator))]
-        x = self._symbols(complexity, generator)
+        if self.schedule == "two-then-three":
+            top = self.training_complexity
+            m = 2 if complexity <= top else 3
+            length = complexity if complexity <= top else complexity - top if complexity <= 2 * top else complexity // 2
+        else:
+            m = self.repeats[int(torch.randint(len(self.repeats), (), generator=generator))]
+            length = complexity
+        x = self._symbols(length, generator)
         return [REPEAT_2 if m == 2 else REPEAT_3] + x + [EOS], x * m + [EOS]
 
 

@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 from .checkpoints import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
-from .curriculum import Curriculum
+from .curriculum import Curriculum, curriculum_error
 from .evaluation import LengthResult, evaluate, row_errors
 from .metrics import MetricsLog
 from .model import RLNTM
@@ -112,10 +112,11 @@ class Trainer:
         """
         config = self.config
         started = time.perf_counter()
-        complexities = self.curriculum.sample(config.inputs_per_update, self.data_generator)
+        complexities, exact_branch = self.curriculum.sample_with_branches(config.inputs_per_update, self.data_generator)
         batch = self.task.sample_mixed(complexities, self.data_generator)
         if config.rollouts_per_input > 1:
             batch = batch.repeat(config.rollouts_per_input)
+            exact_branch = exact_branch.repeat_interleave(config.rollouts_per_input)
         with _action_stream(self):
             rollout = self.model.run_episode(batch)
         objective = config.objective
@@ -138,8 +139,9 @@ class Trainer:
         if self.model.config.online_baseline:
             self.model.update_online_baseline(losses.returns, rollout.mask)
 
-        error = float((row_errors(rollout, batch).to(loss.dtype) / batch.target_len).clamp(max=1.0).mean())
-        increased = self.curriculum.update(error)
+        errors = row_errors(rollout, batch).to(loss.dtype)
+        error = float((errors / batch.target_len).clamp(max=1.0).mean())
+        increased = self.curriculum.update(curriculum_error(errors, batch.target_len, exact_branch, config.curriculum))
         self.update += 1
         self.episodes += batch.batch_size
         greedy = self._maybe_evaluate(increased)

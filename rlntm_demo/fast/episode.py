@@ -130,10 +130,12 @@ def run_episode(model: RLNTM, batch: Batch, *, greedy: bool = False, all_steps: 
         memory_at, read_table, move_table,
     )
     finished = episode.finished()
+    step_probs = []
     for t in range(steps_bound):
         if finished and not all_steps:
             break
         token, probs = episode.step(token, t)
+        step_probs.append(probs)
         finished = episode.advance(episode.last_logits().argmax(-1) if greedy else sample_decisions(probs))
 
     chosen_log_probs, outputs, baseline_states, written, memory_windows = fused.finish(episode, token)
@@ -144,7 +146,9 @@ def run_episode(model: RLNTM, batch: Batch, *, greedy: bool = False, all_steps: 
                "output_positions": output_at - output_origin[:, None]}
     if memory_at is not None:
         stacked["memory_heads"] = memory_at % cells
-    return _finish(model, batch, plan, stacked, chosen_log_probs, outputs, baseline_states, written, memory_windows, greedy)
+    rollout = _finish(model, batch, plan, stacked, chosen_log_probs, outputs, baseline_states, written, memory_windows, greedy)
+    rollout.decision_probs = torch.stack(step_probs, 1)
+    return rollout
 
 
 
@@ -183,10 +187,10 @@ def _finish(
     positions = record["output_positions"]
     index = positions.clamp(max=batch.target.shape[1] - 1)
     targets = torch.where(positions >= batch.target_len[:, None], BLANK, batch.target.gather(1, index))
-    weight, bias, gates = controller.prediction_weights()
+    weight, bias, gates, scales = controller.prediction_weights()
     rewards, predictions = fused.predict(
         hidden, cells, centre.reshape(-1).index_select(0, rows), rows, targets.reshape(-1).index_select(0, rows),
-        weight, bias, gates,
+        weight, bias, gates, scales,
     )
 
     baselines = torch.zeros(mask.shape, dtype=rewards.dtype)
@@ -329,8 +333,15 @@ class _StepPlan:
             head_w.append(_tensor(controller, "keep_head.weight"))
             head_b.append(_tensor(controller, "keep_head.bias"))
             if isinstance(controller, DirectAccessController):
-                head_w.append(controller.gate_head.weight[:3])
-                head_b.append(controller.gate_head.bias[:3])
+                gate_w, gate_b = controller.gate_head.weight, controller.gate_head.bias
+                if controller.adjacent:
+                    head_w.append(gate_w[:3])
+                    head_b.append(gate_b[:3])
+                else:
+                    # No neighbour paths (adjacent_memory "off"): the loop's two neighbour gates
+                    # become constants shut exactly (sigmoid(-inf) = 0, with zero gradient).
+                    head_w += [gate_w[:1], gate_w.new_zeros(2, gate_w.shape[1])]
+                    head_b += [gate_b[:1], gate_b.new_full((2,), float("-inf"))]
             head_w.append(_tensor(controller, "value_head.weight"))
             head_b.append(_tensor(controller, "value_head.bias"))
         self.heads_weight = torch.cat(head_w, 0).T

@@ -715,6 +715,7 @@ def predict(
     weight: torch.Tensor,
     bias: torch.Tensor,
     gates: int,
+    scales: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The prediction head at the predicting steps, with the rewards and predictions it gives.
 
@@ -729,6 +730,8 @@ def predict(
             ``NUM_SYMBOLS`` logit rows (:meth:`~rlntm_demo.controllers.Controller.prediction_weights`).
         gates: 0; 1 (a sigmoid gate adds the one-hot symbol to the logits); 2 (a second one adds
             the memory cell).
+        scales: ``None``, or (gates,) positive factors, differentiable, that multiply what each
+            gate adds (:attr:`~rlntm_demo.config.ModelConfig.shortcut_scale`).
 
     Returns:
         Rewards (B, T): the target's log-probability at the predicting steps, 0 elsewhere
@@ -738,13 +741,15 @@ def predict(
     """
     module = native.extension()
     if module is not None:
-        rewards, predictions = module.predict(hidden, cells, symbols, rows, targets, weight, bias, gates)
+        rewards, predictions = module.predict(hidden, cells, symbols, rows, targets, weight, bias, gates, scales)
         return rewards, predictions
     size, steps, units = hidden.shape
     out = torch.addmm(bias, hidden.reshape(size * steps, units).index_select(0, rows), weight.T)
     logits = out[:, :NUM_SYMBOLS]
     if gates:
         gate = out[:, NUM_SYMBOLS:].sigmoid()
+        if scales is not None:
+            gate = gate * scales
         if gates == 2:
             assert cells is not None
             logits = torch.addcmul(logits, gate[:, 1:2], cells.reshape(size * steps, -1).index_select(0, rows))

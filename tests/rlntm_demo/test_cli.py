@@ -23,6 +23,14 @@ def test_check_passes(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.rstrip().endswith("rlntm-demo check copy / lstm: passed")
 
 
+def test_check_passes_with_every_option_of_issue_19(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--task", "reverse", "--controller", "direct", "--shortcut-scale", "5", "--adjacent-memory",
+                 "closed", "--input-start-marker", "--entropy-bonus", "0.3", "--entropy-mode", "per-step"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert out.count("reinforce_check PASSED") == 2
+    assert "entropy bonus 0.3 per step, shortcut scale 5" in out and "input start marker" in out
+
+
 def test_check_finds_a_bug(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "--task", "copy", "--controller", "feedforward", "--bug", "missing-pathwise-term"]) == EXIT_MISMATCH
     out = capsys.readouterr().out

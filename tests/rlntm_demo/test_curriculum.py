@@ -164,3 +164,58 @@ def test_smoothing_averages_the_error_and_resets_after_an_increase() -> None:
 def test_smoothing_out_of_range_is_refused() -> None:
     with pytest.raises(ValueError, match=r"smoothing must be in \[0, 1\)"):
         CurriculumConfig(max_level=3, smoothing=1.0)
+
+
+def test_sample_with_branches_draws_what_sample_draws_and_marks_the_third_branch() -> None:
+    curriculum = Curriculum(CurriculumConfig(max_level=12, start_level=5))
+    complexities, exact = curriculum.sample_with_branches(4000, torch.Generator().manual_seed(3))
+    assert torch.equal(complexities, curriculum.sample(4000, torch.Generator().manual_seed(3)))
+    # Third-branch draws are C + e: never below C.
+    assert bool((complexities[exact] >= 5).all())
+    assert abs(float(exact.double().mean()) - 0.65) < 0.03
+    only_exact = Curriculum(CurriculumConfig(max_level=4, probabilities=(0.0, 0.0, 1.0)))
+    assert bool(only_exact.sample_with_branches(50, torch.Generator().manual_seed(0))[1].all())
+    never = Curriculum(CurriculumConfig(max_level=4, probabilities=(1.0, 0.0, 0.0)))
+    assert not bool(never.sample_with_branches(50, torch.Generator().manual_seed(0))[1].any())
+
+
+def test_the_authors_error_counts_only_the_third_branch_and_none_leaves_the_average() -> None:
+    from rlntm_demo.curriculum import curriculum_error
+
+    errors = torch.tensor([2.0, 0.0, 5.0, 1.0])
+    lengths = torch.tensor([4, 2, 5, 10])
+    exact = torch.tensor([True, True, False, True])
+    batch_config = CurriculumConfig(max_level=5)
+    authors = CurriculumConfig(max_level=5, error="authors", smoothing=0.8)
+    assert curriculum_error(errors, lengths, exact, batch_config) == pytest.approx((0.5 + 0 + 1 + 0.1) / 4)
+    assert curriculum_error(errors, lengths, exact, authors) == pytest.approx(3 / 16)
+    assert curriculum_error(errors, lengths, torch.zeros(4, dtype=torch.bool), authors) is None
+    curriculum = Curriculum(authors)
+    curriculum.update(0.5)
+    assert curriculum.smoothed_error == pytest.approx(0.8 + 0.2 * 0.5)
+    curriculum.update(None)
+    assert curriculum.smoothed_error == pytest.approx(0.8 + 0.2 * 0.5)
+    with pytest.raises(ValueError, match="unknown curriculum error 'mean'"):
+        CurriculumConfig(max_level=3, error="mean")
+
+
+def test_a_trainer_with_the_authors_error_feeds_the_smoothed_third_branch_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlntm_demo import training
+    from rlntm_demo.presets import make_config
+    from rlntm_demo.training import Trainer
+
+    seen: list[tuple[torch.Tensor, float | None]] = []
+    original = training.curriculum_error
+
+    def spy(errors, target_len, exact_branch, config):  # type: ignore[no-untyped-def]
+        value = original(errors, target_len, exact_branch, config)
+        seen.append((exact_branch, value))
+        return value
+
+    monkeypatch.setattr(training, "curriculum_error", spy)
+    trainer = Trainer(make_config("copy", "direct", "authors", seed=1, overrides=["batch_size=12", 'model.baseline="none"']))
+    metrics = trainer.step()
+    (exact_branch, value), = seen
+    assert exact_branch.shape == (12,) and trainer.config.curriculum.error == "authors"
+    expected = 1.0 if value is None else 0.8 + 0.2 * value
+    assert metrics["smoothed_error"] == pytest.approx(expected)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -118,3 +120,42 @@ def test_entropy_bonus_is_reinforced_like_a_reward() -> None:
         ObjectiveConfig(entropy_bonus=-0.1)
     with pytest.raises(ValueError, match="entropy_bonus_at_top must be a number >= 0 or null"):
         ObjectiveConfig(entropy_bonus_at_top=-0.1)
+
+
+def test_step_entropies_by_hand_with_infeasible_and_forced_choices() -> None:
+    from rlntm_demo.objective import step_entropies
+
+    probs = torch.tensor([[[[0.5, 0.5, 0.0], [0.25, 0.25, 0.5], [1.0, 0.0, 0.0]],
+                           [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0]]]], requires_grad=True)
+    mask = torch.tensor([[True, False]])
+    entropies = step_entropies(probs, mask)
+    expected = math.log(2) + (0.5 * math.log(4) + 0.5 * math.log(2))
+    assert entropies[0, 0].item() == pytest.approx(expected, rel=1e-6) and entropies[0, 1].item() == 0.0
+    entropies.sum().backward()
+    assert probs.grad is not None and bool(torch.isfinite(probs.grad).all())
+    # d(-p log p)/dp = -(log p + 1) at feasible choices; 0 at infeasible ones and masked steps.
+    assert probs.grad[0, 0, 0, 2].item() == 0.0 and bool((probs.grad[0, 1] == 0).all())
+    assert probs.grad[0, 0, 0, 0].item() == pytest.approx(-(math.log(0.5) + 1), rel=1e-6)
+
+
+def test_the_per_step_entropy_term_joins_the_loss_not_the_returns() -> None:
+    log_probs = torch.log(torch.tensor([[[0.5, 1.0, 0.25], [1.0, 1.0, 0.5]]]))
+    probs = torch.tensor([[[[0.5, 0.5, 0.0], [1.0, 0.0, 0.0], [0.25, 0.75, 0.0]],
+                           [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.5, 0.5, 0.0]]]])
+    rollout = Rollout(actions=torch.zeros(1, 2, 3, dtype=torch.long), log_probs=log_probs,
+                      rewards=torch.tensor([[0.0, -1.0]]), mask=torch.tensor([[True, True]]),
+                      baselines=torch.zeros(1, 2), input_heads=torch.zeros(1, 2, dtype=torch.long), memory_heads=None,
+                      output_positions=torch.zeros(1, 2, dtype=torch.long), predictions=torch.full((1, 2), -1),
+                      decision_probs=probs)
+    per_step = episode_losses(rollout, ObjectiveConfig(entropy_bonus=0.3, entropy_mode="per-step"))
+    plain = episode_losses(rollout)
+    assert torch.equal(per_step.returns, plain.returns)  # nothing paid through the returns
+    assert per_step.regularizer is not None and plain.regularizer is None
+    h = (math.log(2)) + (0.25 * math.log(4) + 0.75 * math.log(4 / 3)) + math.log(2)
+    assert per_step.regularizer.item() == pytest.approx(-0.3 * h, rel=1e-6)
+    assert per_step.entropy.item() == pytest.approx(0.3 * h, rel=1e-6)
+    assert per_step.total.item() == pytest.approx(plain.total.item() - 0.3 * h, rel=1e-6)
+    through_returns = episode_losses(rollout, ObjectiveConfig(entropy_bonus=0.3))
+    assert not torch.equal(through_returns.returns, plain.returns)
+    with pytest.raises(ValueError, match="unknown entropy_mode 'sometimes'"):
+        ObjectiveConfig(entropy_mode="sometimes")

@@ -93,3 +93,49 @@ def test_a_file_that_does_not_parse_is_refused(tmp_path: Path) -> None:
 def test_train_config_takes_controller_and_interfaces_from_its_own_fields() -> None:
     config = TrainConfig(task="forward-reverse", controller="lstm")
     assert config.model.controller == "lstm" and config.model.interfaces.forward_only_input
+
+
+def test_issue_19_options_in_the_presets() -> None:
+    """The paper's preset keeps the paper's model and curriculum signal; the authors' counts only the
+    C + e examples (smoothed 0.8); the fast preset gets the scaled direct-access shortcut."""
+    paper = make_config("repeat-copy", "direct", "paper")
+    assert paper.model.shortcut_scale is None and paper.model.adjacent_memory == "open"
+    assert not paper.model.input_start_marker
+    assert (paper.curriculum.error, paper.curriculum.smoothing) == ("batch", 0.0)
+    assert paper.objective.entropy_bonus == 0.0
+    authors = make_config("forward-reverse", "direct", "authors")
+    assert (authors.curriculum.error, authors.curriculum.smoothing, authors.curriculum.threshold) == ("authors", 0.8, 0.25)
+    assert authors.model.shortcut_scale is None
+    fast = make_config("reverse", "direct", "fast")
+    assert fast.model.shortcut_scale == 5.0 and not fast.model.input_start_marker
+    assert (fast.objective.entropy_mode, fast.curriculum.error) == ("returns", "batch")
+
+
+def test_the_authors_preset_always_has_memory_and_the_papers_follows_table_2() -> None:
+    authors = make_config("repeat-copy", "direct", "authors")
+    assert authors.memory is True and authors.model.interfaces.memory
+    assert not authors.model.interfaces.forward_only_input
+    paper = make_config("repeat-copy", "direct", "paper")
+    assert paper.memory is None and not paper.model.interfaces.memory
+    assert make_config("forward-reverse", "direct", "paper").model.interfaces.memory
+    # The round trip through a checkpoint's plain values keeps the added tape.
+    assert config_from_dict(authors.to_dict()).model.interfaces.memory
+
+
+def test_the_authors_repeat_copy_runs_m_2_first_over_16_levels() -> None:
+    import torch
+
+    config = make_config("repeat-copy", "direct", "authors")
+    assert config.repeat_schedule == "two-then-three" and config.curriculum.max_level == 16
+    task = config.task_instance()
+    generator = torch.Generator().manual_seed(0)
+    first_cells = {c: {int(task.sample(c, 20, generator).input[i, 0]) for i in range(20)} for c in (1, 8, 9, 16)}
+    from rlntm_demo.config import REPEAT_2, REPEAT_3
+
+    assert first_cells == {1: {REPEAT_2}, 8: {REPEAT_2}, 9: {REPEAT_3}, 16: {REPEAT_3}}
+    assert make_config("forward-reverse", "direct", "authors").repeat_schedule is None
+    assert make_config("repeat-copy", "direct", "paper").repeat_schedule is None
+    with pytest.raises(ValueError, match="repeat_schedule applies to the RepeatCopy tasks only"):
+        make_config("reverse", "direct", "paper", overrides=['repeat_schedule="two-then-three"'])
+    with pytest.raises(ValueError, match="unknown schedule 'sometimes'"):
+        make_config("repeat-copy", "direct", "paper", overrides=['repeat_schedule="sometimes"'])

@@ -23,7 +23,7 @@ from rlntm_demo.model import RLNTM, Rollout
 from rlntm_demo.tasks import Batch, make_task
 
 EXACT = ("actions", "mask", "input_heads", "memory_heads", "output_positions", "predictions")
-CLOSE = ("log_probs", "rewards", "baselines")
+CLOSE = ("log_probs", "rewards", "baselines", "decision_probs")
 
 
 def build(task_name: str, controller: str, step_impl: str = "fast", **options: object) -> tuple[RLNTM, Batch]:
@@ -56,7 +56,7 @@ def run(model: RLNTM, batch: Batch, step_impl: str, monkeypatch: pytest.MonkeyPa
 
 
 def gradients(model: RLNTM, rollout: Rollout, probs: list[torch.Tensor]) -> list[torch.Tensor]:
-    values = [rollout.log_probs, rollout.rewards, rollout.baselines, *probs]
+    values = [rollout.log_probs, rollout.rewards, rollout.baselines, rollout.decision_probs, *probs]
     total = torch.zeros((), dtype=torch.float64)
     for k, value in enumerate(values):
         weights = torch.linspace(0.5, 1.5 + k, value.numel(), dtype=torch.float64).view_as(value)
@@ -97,12 +97,19 @@ def assert_equal_rollouts(model: RLNTM, batch: Batch, monkeypatch: pytest.Monkey
     ("repeat-copy", {"circular_input": True, "baseline": "none"}),
     ("sort", {"read_window": 1, "baseline": "online"}),
     ("addition", {"baseline": "offline", "baseline_hidden_size": 5}),
+    # Issue 19's options (the first two apply to direct access only; the others ignore them).
+    ("forward-reverse", {"shortcut_scale": 5.0}),
+    ("forward-reverse", {"read_window": 1, "adjacent_memory": "off", "shortcut_scale": 2.0}),
+    ("forward-reverse", {"adjacent_memory": "closed", "input_start_marker": True}),
+    ("reverse", {"read_window": 1, "shortcut_scale": 5.0, "input_start_marker": True}),
+    ("repeat-copy", {"circular_input": True, "baseline": "none", "input_start_marker": True}),
+    ("sort", {"adjacent_memory": "off", "baseline": "online"}),
 ])
 def test_the_fast_step_equals_the_reference(task_name: str, options: dict[str, object], controller: str,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     model, batch = build(task_name, controller, **options)
     rollout = assert_equal_rollouts(model, batch, monkeypatch, all_steps=True)
-    assert rollout.mask.shape[1] == int(batch.steps.max())
+    assert rollout.mask.shape[1] == int(batch.steps.max()) + bool(options.get("input_start_marker"))
 
 
 @pytest.mark.parametrize("controller", CONTROLLERS)
@@ -151,5 +158,10 @@ def test_training_with_the_reference_step_follows_the_fast_run_up_to_rounding() 
     for fast, slow in zip(fast_metrics, reference_metrics):
         assert (fast["level"], fast["error"]) == (slow["level"], slow["error"])
         assert fast["loss"] == pytest.approx(slow["loss"], rel=1e-4, abs=1e-5)
+    # Adam divides each coordinate's gradient by its own scale, so a coordinate whose gradient is
+    # at rounding level can move by a fraction of the learning rate (5e-3) in one path and not
+    # the other: with the shortcut scale of the fast preset, one weight of 17,500 moves 2.1e-5
+    # apart. 5e-5 (1% of one step) allows that and still shows a wrong gradient, which moves
+    # many coordinates by whole steps.
     for name, weight in fast_weights.items():
-        torch.testing.assert_close(reference_weights[name], weight, rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(reference_weights[name], weight, rtol=1e-4, atol=5e-5, msg=name)

@@ -1058,18 +1058,21 @@ struct PreRead : public torch::autograd::Function<PreRead> {
 // The prediction head at the predicting steps (fused.predict): logits = weight h + bias over the
 // first ``symbols`` rows of weight; with ``gates`` 1 or 2, the next rows are pre-activations of
 // sigmoid gates that add the one-hot centre symbol (gate 1) and the current memory cell (gate 2)
-// to the logits (DirectAccessController.prediction_logits). Returns every step's reward (the
+// to the logits (DirectAccessController.prediction_logits), each times its entry of ``scales``
+// when given (a learnable positive scale, ModelConfig.shortcut_scale). Returns every step's reward (the
 // target's log-probability at the given rows, 0 elsewhere) and prediction (the argmax, -1
 // elsewhere), both (B, T), from hidden (B, T, H) and cells (B, T, width).
 struct Predict : public torch::autograd::Function<Predict> {
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const Tensor& hidden,
                                                 const Maybe& cells, const Tensor& symbol, const Tensor& rows,
                                                 const Tensor& targets, const Tensor& weight, const Tensor& bias,
-                                                int64_t gates) {
+                                                int64_t gates, const Maybe& scales) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     TORCH_CHECK(hidden.dim() == 3 && rows.scalar_type() == at::kLong && targets.scalar_type() == at::kLong &&
                     symbol.scalar_type() == at::kLong && gates >= 0 && gates <= 2 && (gates < 2 || cells),
                 "predict takes hidden (B, T, H), long rows, targets and symbols, 0 to 2 gates (cells with 2)");
+    TORCH_CHECK(!scales || scales->numel() == gates, "predict takes one scale per gate");
+    const Tensor scale_all = scales ? scales->detach().to(hidden.scalar_type()).contiguous() : Tensor();
     const Tensor h_all = hidden.stride(2) == 1 ? hidden : hidden.contiguous();
     const Tensor at_rows = rows.contiguous(), target = targets.contiguous(), sym = symbol.contiguous();
     const Tensor cell_all = cells ? cells->contiguous() : Tensor(), b_all = bias.contiguous();
@@ -1102,15 +1105,17 @@ struct Predict : public torch::autograd::Function<Predict> {
       const int64_t width = cell_all.defined() ? cell_all.size(2) : 0;
       const int64_t* s = sym.data_ptr<int64_t>();
       int64_t* predicted = predictions.data_ptr<int64_t>();
+      const T* scale = scale_all.defined() ? scale_all.data_ptr<T>() : nullptr;
+      const T scale_symbol = scale ? scale[0] : T(1), scale_cell = scale && gates == 2 ? scale[1] : T(1);
       for (int64_t i = 0; i < n; ++i) {
         T* logits = o + i * columns;
         for (int64_t g = symbols; g < columns; ++g) logits[g] = T(1) / (T(1) + std::exp(-logits[g]));
         if (gates == 2) {
-          const T gate = logits[symbols + 1];
+          const T gate = scale_cell * logits[symbols + 1];
           const T* c = cell + r[i] * width;
           for (int64_t j = 0; j < width; ++j) logits[j] += gate * c[j];
         }
-        if (gates) logits[s[i]] += logits[symbols];
+        if (gates) logits[s[i]] += scale_symbol * logits[symbols];
         const int64_t best = argmax_row(logits, symbols);
         largest[i] = logits[best];
         predicted[r[i]] = best;
@@ -1133,6 +1138,8 @@ struct Predict : public torch::autograd::Function<Predict> {
     ctx->mark_non_differentiable({predictions});
     ctx->save_for_backward({h, out, probs, at_rows, target, sym, weight});
     if (cell_all.defined()) ctx->saved_data["cells"] = cell_all;
+    ctx->saved_data["scaled"] = scale_all.defined();
+    if (scale_all.defined()) ctx->saved_data["scales"] = scale_all;
     ctx->saved_data["shape"] = hidden.sizes();
     ctx->saved_data["gates"] = gates;
     return {rewards, predictions};
@@ -1150,6 +1157,10 @@ struct Predict : public torch::autograd::Function<Predict> {
     const int64_t n = h.size(0), columns = out.size(1), symbols = columns - gates;
     Tensor d = at::empty({n, columns}, out.options());
     Tensor grad_cells = cell_all.defined() ? at::zeros_like(cell_all) : Tensor();
+    const bool scaled = ctx->saved_data["scaled"].toBool();
+    const Tensor scale_all = scaled ? ctx->saved_data["scales"].toTensor() : Tensor();
+    // Accumulated per row, summed after the loop: d reward / d scale of each gate.
+    Tensor grad_scale_rows = scaled ? at::zeros({n, gates}, out.options()) : Tensor();
     // The rewards' gradient (torch materializes it as zeros where the loss does not use them).
     const Tensor grad = grads[0].contiguous();
     dispatch(out.scalar_type(), [&](auto zero) {
@@ -1160,6 +1171,9 @@ struct Predict : public torch::autograd::Function<Predict> {
       const int64_t width = cell_all.defined() ? cell_all.size(2) : 0;
       const int64_t *r = at_rows.data_ptr<int64_t>(), *t = target.data_ptr<int64_t>(), *s = sym.data_ptr<int64_t>();
       T* dz = d.data_ptr<T>();
+      const T* scale = scaled ? scale_all.data_ptr<T>() : nullptr;
+      T* dscale = scaled ? grad_scale_rows.data_ptr<T>() : nullptr;
+      const T scale_symbol = scale ? scale[0] : T(1), scale_cell = scale && gates == 2 ? scale[1] : T(1);
       for (int64_t i = 0; i < n; ++i) {
         const T* logits = o + i * columns;
         T* dl = dz + i * columns;
@@ -1169,7 +1183,8 @@ struct Predict : public torch::autograd::Function<Predict> {
         dl[t[i]] += gi;
         if (gates) {
           const T gate = logits[symbols];
-          dl[symbols] = dl[s[i]] * gate * (1 - gate);
+          if (dscale) dscale[i * gates] = dl[s[i]] * gate;
+          dl[symbols] = dl[s[i]] * scale_symbol * gate * (1 - gate);
         }
         if (gates == 2) {
           const T gate = logits[symbols + 1];
@@ -1178,9 +1193,10 @@ struct Predict : public torch::autograd::Function<Predict> {
           T dgate = 0;
           for (int64_t j = 0; j < width; ++j) {
             dgate += dl[j] * c[j];
-            dc[j] = dl[j] * gate;
+            dc[j] = dl[j] * scale_cell * gate;
           }
-          dl[symbols + 1] = dgate * gate * (1 - gate);
+          if (dscale) dscale[i * gates + 1] = dgate * gate;
+          dl[symbols + 1] = dgate * scale_cell * gate * (1 - gate);
         }
       }
     });
@@ -1189,7 +1205,8 @@ struct Predict : public torch::autograd::Function<Predict> {
     Tensor grad_hidden = at::zeros(shape, out.options());
     Tensor flat = grad_hidden.view({-1, shape[2]});
     add_rows(flat, at_rows.data_ptr<int64_t>(), 1, dh);
-    return {grad_hidden, grad_cells, Tensor(), Tensor(), Tensor(), d.t().mm(h), d.sum(0), Tensor()};
+    return {grad_hidden, grad_cells, Tensor(), Tensor(), Tensor(), d.t().mm(h), d.sum(0), Tensor(),
+            scaled ? grad_scale_rows.sum(0) : Tensor()};
   }
 };
 
@@ -1244,8 +1261,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "predict",
       [](const Tensor& hidden, const Maybe& cells, const Tensor& symbol, const Tensor& rows, const Tensor& targets,
-         const Tensor& weight, const Tensor& bias, int64_t gates) {
-        auto out = Predict::apply(hidden, cells, symbol, rows, targets, weight, bias, gates);
+         const Tensor& weight, const Tensor& bias, int64_t gates, const Maybe& scales) {
+        auto out = Predict::apply(hidden, cells, symbol, rows, targets, weight, bias, gates, scales);
         return std::make_tuple(out[0], out[1]);
       },
       "The prediction head at the predicting steps: every step's reward and prediction (see fused.predict).");

@@ -168,13 +168,15 @@ def test_native_argmax_matches_torch_argmax_ties_and_nan_included(dtype: torch.d
 
 
 @pytest.mark.usefixtures("fresh_extension")
+@pytest.mark.parametrize("scaled", [False, True])
 @pytest.mark.parametrize("gates", [0, 1, 2])
 @pytest.mark.parametrize("predicting", [13, 0])
-def test_native_prediction_head_matches_the_torch_one(gates: int, predicting: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_native_prediction_head_matches_the_torch_one(gates: int, predicting: int, scaled: bool,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """``fused.predict`` in C++ against its torch version, float64, with the hidden states a
     strided view (as the finish node hands them over) and with no predicting step at all: the
-    rewards and predictions, and the gradients of the states, the cells and the head, to relative
-    1e-12 (absolute 1e-14)."""
+    rewards and predictions, and the gradients of the states, the cells, the head and (with
+    ``model.shortcut_scale``) the gates' scales, to relative 1e-12 (absolute 1e-14)."""
     generator = torch.Generator().manual_seed(7)
     size, steps, units, width = 4, 6, 5, NUM_SYMBOLS
     states = torch.randn(size, steps, 2 * units, dtype=torch.float64, generator=generator, requires_grad=True)
@@ -185,14 +187,18 @@ def test_native_prediction_head_matches_the_torch_one(gates: int, predicting: in
     symbols = torch.randint(0, NUM_SYMBOLS, (predicting,), generator=generator)
     targets = torch.randint(0, NUM_SYMBOLS, (predicting,), generator=generator)
     upstream = torch.randn(size, steps, dtype=torch.float64, generator=generator)
+    scales = None
+    if scaled and gates:
+        scales = (1.0 + 4.0 * torch.rand(gates, dtype=torch.float64, generator=generator)).requires_grad_()
 
     def run(use_native: bool) -> tuple[torch.Tensor, ...]:
         monkeypatch.setenv(native.SWITCH, "1" if use_native else "0")
         native.extension.cache_clear()
         assert (native.extension() is not None) == use_native
         hidden = states[..., :units]  # not contiguous
-        rewards, predictions = fused.predict(hidden, cells if gates == 2 else None, symbols, rows, targets, weight, bias, gates)
-        inputs = [states, weight, bias] + ([cells] if gates == 2 else [])
+        rewards, predictions = fused.predict(hidden, cells if gates == 2 else None, symbols, rows, targets, weight, bias,
+                                             gates, scales)
+        inputs = [states, weight, bias] + ([cells] if gates == 2 else []) + ([scales] if scales is not None else [])
         return (rewards.detach(), predictions, *torch.autograd.grad((rewards * upstream).sum(), inputs, allow_unused=True))
 
     expected, actual = run(False), run(True)
