@@ -29,6 +29,7 @@ from .exact import (
     numeric_reference,
     sequence_statistics,
 )
+from .precision import Precision, Tolerances, choose_precision
 from .report import (
     AutogradDisagreed,
     CheckReport,
@@ -85,13 +86,17 @@ def _named_parameters(params: Params) -> list[tuple[str, torch.Tensor]]:
                 f"parameter {name!r} is not a leaf tensor (it was computed from other tensors); pass the leaf "
                 "tensors it is computed from, which the check can perturb for finite differences."
             )
-        if tensor.dtype != torch.float64:
+        if not tensor.dtype.is_floating_point:
             raise ParameterError(
-                f"parameter {name!r} is {tensor.dtype}; the check runs in float64, where exact sums and finite "
-                "differences are trustworthy. Convert the model first (model.double(), and "
-                "torch.set_default_dtype(torch.float64) for tensors the episode creates)."
+                f"parameter {name!r} is {tensor.dtype}; the check handles real floating-point parameters "
+                "(float64, float32, float16, bfloat16)."
             )
     return items
+
+
+def _module_buffers(params: Params) -> list[torch.Tensor]:
+    """The buffers of a module passed as ``params``: a promoted check runs them on copies."""
+    return list(params.buffers()) if isinstance(params, torch.nn.Module) else []
 
 
 def _compare(name: str, target: torch.Tensor, estimate: torch.Tensor, rtol: float, atol: float) -> ParameterReport:
@@ -191,6 +196,7 @@ def check_reinforce(
     variance: bool = False,
     top_sequences: int = 5,
     seed: int = 0,
+    promote: bool | None = None,
 ) -> CheckReport:
     r"""Check that a REINFORCE implementation's expected gradient is the exact gradient.
 
@@ -211,9 +217,13 @@ def check_reinforce(
     which decided.
 
     .. note::
-        Everything runs in float64: checked parameters must be float64 (a float32 model is refused
-        with a message saying how to convert it). Exact sums over thousands of sequences and finite
-        differences are only trustworthy in double precision; the default tolerances assume it.
+        The check computes in float64: exact sums over thousands of sequences and finite differences
+        are only trustworthy in double precision, and the default tolerances assume it. A float32,
+        float16 or bfloat16 model needs no edits: by default the check *promotes* it (``promote``),
+        running its parameters, the buffers of a module passed as ``params``, and every floating
+        tensor the episode creates or casts (``.float()``, ``dtype=torch.float32``, autocast regions)
+        in float64, and puts every parameter and buffer back afterwards, bitwise. See
+        :mod:`reinforce_check.precision` for the mechanism and its limits.
 
     Arguments:
         episode: ``episode()`` runs one episode, sampling actions with torch as usual
@@ -227,7 +237,7 @@ def check_reinforce(
             several decisions per episode at once: ``k * batch_size`` probability rows, the episode
             first (row ``b * k + j`` is episode ``b``'s ``j``-th decision of the call).
         params: the parameters to check: a mapping name -> tensor (``dict(model.named_parameters())``),
-            an iterable of tensors, or an ``nn.Module``. Leaf float64 tensors that require grad.
+            an iterable of tensors, or an ``nn.Module``. Leaf real floating-point tensors that require grad.
         rtol: relative tolerance of the elementwise comparison.
         atol: absolute tolerance of the elementwise comparison.
         max_sequences: stop with :class:`~reinforce_check.SequenceBudgetError` past this many sequences:
@@ -261,6 +271,21 @@ def check_reinforce(
             (free in sequential mode; in batched mode it replays each sequence alone).
         top_sequences: how many sequences to list as the largest contributors when a bias is found.
         seed: seed of the private generator that draws finite-difference directions.
+        promote: run the episode in float64. ``None`` (default): when a checked parameter is
+            float32, float16 or bfloat16. ``True``: always, also for float64 parameters whose code
+            casts with ``.float()`` or computes under autocast. ``False``: never; the episode
+            computes in its parameters' own dtypes, and each tolerance and ``fd_step`` is raised, if
+            finer, to what the least precise of them resolves, from its machine epsilon ``eps``
+            (``torch.finfo(dtype).eps``): ``rtol = atol = fd_rtol = fd_atol = sqrt(eps)`` (3.5e-4 in
+            float32, 0.088 in bfloat16) and ``fd_step = eps ** (1/3)`` (4.9e-3 in float32). A
+            gradient computed in that precision is off by some ``k * eps`` relative, ``k`` growing
+            with the computation's depth and the number of sequences summed: ``sqrt(eps)`` accepts
+            ``k`` up to ``1 / sqrt(eps)`` (2,900 in float32) and still catches a bias above
+            ``sqrt(eps) * (1 + |grad J|)``. Central differences with step ``h`` err by about
+            ``eps * |J| / h + h**2 * |J'''| / 6``, least at ``h = eps ** (1/3)``, where both terms
+            are of order ``eps ** (2/3)``: ``sqrt(eps)`` leaves a margin of ``eps ** (-1/6)`` (14 in
+            float32). Like the float64 defaults, the absolute tolerances assume gradients and
+            objectives of order one. The report's tolerances are those used, and a note says so.
 
     Returns:
         A :class:`~reinforce_check.CheckReport`; ``str(report)`` is a table.
@@ -285,8 +310,51 @@ def check_reinforce(
         fd_step=fd_step,
         top_sequences=top_sequences,
         max_sequences=max_sequences,
+        promote=promote,
     )
     named = _named_parameters(params)
+    precision = choose_precision([t for _, t in named], _module_buffers(params), promote=promote)
+    used = precision.tolerances(Tolerances(rtol, atol, fd_step, fd_rtol, fd_atol))
+    with precision.applied():
+        return _check(
+            precision.episode(episode),
+            named,
+            precision,
+            rtol=used.rtol,
+            atol=used.atol,
+            max_sequences=max_sequences,
+            raise_exception=raise_exception,
+            batched=batched,
+            finite_differences=finite_differences,
+            fd_step=used.fd_step,
+            fd_rtol=used.fd_rtol,
+            fd_atol=used.fd_atol,
+            variance=variance,
+            top_sequences=top_sequences,
+            seed=seed,
+        )
+
+
+def _check(
+    episode: Callable[..., Any],
+    named: list[tuple[str, torch.Tensor]],
+    precision: Precision,
+    *,
+    rtol: float,
+    atol: float,
+    max_sequences: int,
+    raise_exception: bool,
+    batched: bool,
+    finite_differences: FiniteDifferences,
+    fd_step: float,
+    fd_rtol: float,
+    fd_atol: float,
+    variance: bool,
+    top_sequences: int,
+    seed: int,
+) -> CheckReport:
+    """The stages of :func:`check_reinforce`, once its options are valid and its precision chosen:
+    ``episode`` is the one to run (promoted when the check promotes)."""
     names = [n for n, _ in named]
     tensors = [t for _, t in named]
     start = time.perf_counter()
@@ -341,8 +409,11 @@ def check_reinforce(
             fd_atol=fd_atol,
             batched=batched,
             ground_truth=ground_truth,
+            precision=precision.name,
+            promoted=precision.promote,
         ),
         seconds=time.perf_counter() - start,
+        precision_note=precision.note(Tolerances(rtol, atol, fd_step, fd_rtol, fd_atol)),
     )
     if not report.ok and raise_exception:
         raise ReinforceCheckError(format_mismatch(report), report)
@@ -392,7 +463,13 @@ def _autograd_reference(
 
 
 def _validate_options(
-    *, finite_differences: str, tolerances: dict[str, float], fd_step: float, top_sequences: int, max_sequences: int
+    *,
+    finite_differences: str,
+    tolerances: dict[str, float],
+    fd_step: float,
+    top_sequences: int,
+    max_sequences: int,
+    promote: bool | None,
 ) -> None:
     if finite_differences not in _FD_MODES:
         raise InvalidOptionError(f"finite_differences must be one of {_FD_MODES}, not {finite_differences!r}.")
@@ -405,6 +482,8 @@ def _validate_options(
         raise InvalidOptionError(f"top_sequences must be a non-negative integer, not {top_sequences!r}.")
     if not (isinstance(max_sequences, int) and max_sequences >= 1):
         raise InvalidOptionError(f"max_sequences must be a positive integer, not {max_sequences!r}.")
+    if not (promote is None or isinstance(promote, bool)):
+        raise InvalidOptionError(f"promote must be None, True or False, not {promote!r}.")
 
 
 def _attribute(
@@ -460,6 +539,7 @@ def _report(
     disagreed: int,
     settings: dict[str, Any],
     seconds: float,
+    precision_note: Note | None = None,
 ) -> CheckReport:
     found = runner.found
     notes: list[Note] = []
@@ -469,6 +549,8 @@ def _report(
         notes.append(DrawsWithoutGradient(calls=found.calls_without_gradient, gradient_off=found.calls_gradient_off))
     if disagreed:
         notes.append(AutogradDisagreed(directions=disagreed))
+    if precision_note is not None:
+        notes.append(precision_note)
     probability_tolerance = max(1e-12 * len(found), 1e-10)
     ok = (
         all(p.ok for p in parameters)

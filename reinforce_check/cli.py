@@ -60,6 +60,7 @@ _DEFAULTS: dict[str, Any] = {
     "variance": False,
     "top_sequences": 5,
     "seed": 0,
+    "promote": None,
 }
 
 
@@ -230,6 +231,13 @@ def make_parser() -> argparse.ArgumentParser:
         type=_integer(0),
         metavar="N",
         help=f"seed of the finite-difference directions (default {d['seed']})",
+    )
+    check.add_argument(
+        "--promote",
+        action=argparse.BooleanOptionalAction,
+        help="run the episode in float64 (--promote), or in its parameters' own dtypes with tolerances raised "
+        "to what they resolve (--no-promote) (default: promote when a checked parameter is float32, float16 or "
+        "bfloat16)",
     )
 
     output = parser.add_argument_group("output")

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import torch
 from torch import distributions
 
-from . import scope
+from . import precision, scope
 from .scope import OutsideDraws
 
 __all__ = ["Chooser", "intercept_samplers", "sampler_entry_points"]
@@ -240,6 +240,16 @@ def choose(chooser: Chooser, weights: torch.Tensor, num_samples: int, replacemen
     if weights.is_inference():
         with torch.inference_mode(False):
             weights = weights.clone()
+    if precision.promoting():
+        # The chooser is the check's own code: it runs as written, not promoted with the episode.
+        with precision.unpromoted():
+            return _choose_on_cpu(chooser, weights, num_samples, replacement, site)
+    return _choose_on_cpu(chooser, weights, num_samples, replacement, site)
+
+
+def _choose_on_cpu(
+    chooser: Chooser, weights: torch.Tensor, num_samples: int, replacement: bool, site: str
+) -> torch.Tensor:
     if weights.device.type == "cpu":
         return chooser.choose(weights, num_samples, replacement, site)
     return chooser.choose(weights.cpu(), num_samples, replacement, site).to(weights.device)

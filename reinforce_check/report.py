@@ -20,7 +20,9 @@ __all__ = [
     "DirectionalCheck",
     "DrawsWithoutGradient",
     "Note",
+    "OwnPrecision",
     "ParameterReport",
+    "PromotedEpisode",
     "ReinforceCheckError",
     "ScopedDraws",
     "SequenceContribution",
@@ -135,7 +137,35 @@ class AutogradDisagreed:
     directions: int
 
 
-Note = Union[ScopedDraws, DrawsWithoutGradient, AutogradDisagreed]
+@dataclass(frozen=True)
+class PromotedEpisode:
+    """A note: the episode ran promoted to float64 (``promote``; see :mod:`reinforce_check.precision`)."""
+
+    dtypes: tuple[str, ...]
+    """The lower-precision dtypes of the checked parameters (``"float32"``, ``"bfloat16"``); empty
+    when ``promote=True`` promoted an episode whose parameters are float64."""
+    parameters: int
+    """Checked parameters that held float64 copies of their values during the check."""
+    buffers: int
+    """Buffers of the module passed as ``params`` that ran on copies during the check."""
+
+
+@dataclass(frozen=True)
+class OwnPrecision:
+    """A note: the episode ran in its parameters' lower precision (``promote=False``), with
+    tolerances no finer than that precision resolves."""
+
+    dtypes: tuple[str, ...]
+    """The lower-precision dtypes of the checked parameters, least precise first: the tolerances
+    come from the first."""
+    rtol: float
+    atol: float
+    fd_step: float
+    fd_rtol: float
+    fd_atol: float
+
+
+Note = Union[ScopedDraws, DrawsWithoutGradient, AutogradDisagreed, PromotedEpisode, OwnPrecision]
 
 
 def format_note(note: Note) -> str:
@@ -144,6 +174,16 @@ def format_note(note: Note) -> str:
     >>> format_note(DrawsWithoutGradient(calls=2, gradient_off=2)).split(" (")[0]
     '2 sampler call(s) received probabilities that carry no gradient'
     """
+    if isinstance(note, PromotedEpisode):
+        return _promoted(note)
+    if isinstance(note, OwnPrecision):
+        return (
+            f"the episode ran in its parameters' own {' and '.join(note.dtypes)} (promote=False): tolerances finer "
+            f"than {note.dtypes[0]} resolves were raised to sqrt(eps) and the central-difference step to "
+            f"eps**(1/3), so the check used rtol={note.rtol:.3g}, atol={note.atol:.3g}, fd_step={note.fd_step:.3g}, "
+            f"fd_rtol={note.fd_rtol:.3g}, fd_atol={note.fd_atol:.3g}. Promotion (the default) checks the same code "
+            "in float64, with float64's tolerances."
+        )
     if isinstance(note, ScopedDraws):
         return (
             "the episode uses @enumerate_actions: only draws inside it were enumerated; "
@@ -169,6 +209,21 @@ def format_note(note: Note) -> str:
             "keep their gradient let autograd decide, at less cost)."
         )
     return f"{text}: central differences of the exact J checked it, and would have decided had it disagreed."
+
+
+def _promoted(note: PromotedEpisode) -> str:
+    if note.dtypes:
+        held = f"{note.parameters} {' and '.join(note.dtypes)} parameter(s) held float64 copies of their values"
+        if note.buffers:
+            held += f" and {note.buffers} buffer(s) of the module ran on copies"
+        held += " during the check, and were put back after it; "
+    else:
+        held = "promote=True: "
+    return (
+        f"the episode ran promoted to float64: {held}every floating tensor the episode created or cast in a lower "
+        "precision (.float(), dtype=torch.float32, torch.from_numpy of float32 data, autocast regions) was float64. "
+        "The verdict is about the code's arithmetic in float64, not its rounding in lower precision."
+    )
 
 
 @dataclass
@@ -215,6 +270,11 @@ class CheckReport:
     finite differences) or ``"finite differences"`` (central differences of the exact J, used when
     some sampler calls ran with gradient recording off, so autograd's -grad J may miss score terms,
     or when autograd's -grad J disagreed with them)."""
+    precision: str = "float64"
+    """The floating-point type the episode computed in: ``"float64"`` (its parameters' own, or
+    promoted), or the parameters' lower precision (``"float32"``) when ``promote=False``."""
+    promoted: bool = False
+    """Whether the episode ran promoted to float64 (``promote``); a note says what was promoted."""
 
     @property
     def probability_ok(self) -> bool:
@@ -339,6 +399,10 @@ def _compared(p: ParameterReport) -> str:
     return "1 direction" if p.reference.endswith("direction") else str(math.prod(p.shape))
 
 
+def _precision(report: CheckReport) -> str:
+    return f"{report.precision} (promoted)" if report.promoted else report.precision
+
+
 def format_report(report: CheckReport) -> str:
     """Render a :class:`CheckReport` as a text table (what ``str(report)`` returns)."""
     verdict = "PASSED" if report.ok else "FAILED"
@@ -347,7 +411,7 @@ def format_report(report: CheckReport) -> str:
         f"reinforce_check {verdict}: {report.num_sequences:,} action sequences, "
         f"total probability {format_probability(report.total_probability)}, J = {report.objective:.10g}",
         f"{mode} enumeration in {report.passes} episode call(s) ({report.rows_run:,} rows), "
-        f"{report.seconds:.2f} s, float64; tolerance rtol={report.rtol:g}, atol={report.atol:g}",
+        f"{report.seconds:.2f} s, {_precision(report)}; tolerance rtol={report.rtol:g}, atol={report.atol:g}",
         f"ground truth: {_ground_truth(report)}",
         "",
     ]
@@ -459,7 +523,7 @@ def format_mismatch(report: CheckReport) -> str:
         ]
     lines += [
         "",
-        f"Enumerated {report.num_sequences:,} action sequences exactly (float64), total probability "
+        f"Enumerated {report.num_sequences:,} action sequences exactly ({_precision(report)}), total probability "
         f"{report.total_probability:.17g}, J = {report.objective:.10g}.",
     ]
     return "\n".join(lines).lstrip("\n")

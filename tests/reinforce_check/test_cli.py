@@ -84,12 +84,12 @@ def swapped():
     return params, episode
 
 
-def float32():
-    theta = torch.zeros(3, requires_grad=True)
+def frozen():
+    theta = torch.zeros(3, dtype=torch.float64)  # no requires_grad: nothing to check
 
     def episode():
         action = torch.distributions.Categorical(logits=theta).sample()
-        return action.float(), action.float()
+        return action.double(), action.double()
 
     return episode, [theta]
 
@@ -279,7 +279,7 @@ def _misuse(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
         ("{dir}/factories.py:single", "returned an object of type int; it must return a pair (episode, params)"),
         ("{dir}/factories.py:triple", "returned a tuple of length 3"),
         ("{dir}/factories.py:swapped", "the first element must be the episode callable"),
-        ("{dir}/factories.py:float32", "ParameterError: parameter 'param0' is torch.float32"),
+        ("{dir}/factories.py:frozen", "ParameterError: parameter 'param0' does not require grad"),
     ],
 )
 def test_misuse_exits_2_with_a_reason(

@@ -1,8 +1,8 @@
 """The catalogue of policy-gradient code as the field writes it, each correct estimator passing and
 each biased one caught: rollouts under ``torch.no_grad()`` with log-probabilities recomputed in the
 loss, PPO's clipped surrogate at theta = theta_old, advantages normalized over the batch, sampling
-temperature and top-k missing from the log-probability, GRPO's group normalization, and per-sequence
-token-mean length normalization.
+temperature and top-k missing from the log-probability, GRPO's group normalization, per-sequence
+token-mean length normalization, and a trainer that shuffles its minibatches.
 
 The policy is a tiny language model: the next token's logits from the mean embedding of the tokens
 so far. A completion has at most two new tokens from a vocabulary of three, token 2 ending it, so a
@@ -14,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 from torch.distributions import Categorical
 
-from reinforce_check import ReinforceCheckError, check_reinforce, enumerate_actions
+from reinforce_check import ReinforceCheckError, UninterceptedRandomnessError, check_reinforce, enumerate_actions
 
 VOCAB = 3
 END = 2
@@ -249,3 +250,42 @@ def test_constant_length_normalization_matches_the_scaled_objective():
     model = TinyLM(seed=2)
     report = check_reinforce(group_episode(model, advantage="leave one out", length="constant"), model, **AUTOGRAD)
     assert report.ok
+
+
+def shuffled_minibatch_episode(model: TinyLM, *, shuffle: str, marked: bool) -> Episode:
+    """A trainer step that shuffles its rollout into minibatches (``torch.randperm`` or numpy's
+    ``permutation``) and sums the minibatches' REINFORCE losses, each a mean over its completions."""
+    sampling = Sampling()
+    sample = enumerate_actions(generate) if marked else generate
+    group, minibatch = 2, 1
+
+    def episode() -> tuple[torch.Tensor, torch.Tensor]:
+        completions = sample(model, group, sampling)
+        returns = reward(completions)
+        if shuffle == "torch":
+            order = torch.randperm(group)
+        else:
+            order = torch.from_numpy(np.random.permutation(group))
+        loss = torch.zeros((), dtype=torch.float64)
+        for start in range(0, group, minibatch):
+            rows = order[start : start + minibatch]
+            log_prob = token_log_probs(model, Completions(*(t[rows] for t in vars(completions).values())), sampling)
+            loss = loss - (log_prob.sum(dim=1) * returns[rows]).sum() / group
+        return returns.mean(), loss
+
+    return episode
+
+
+@pytest.mark.parametrize("shuffle", ["torch", "numpy"])
+def test_trainer_shuffling_minibatches_passes_when_the_sampling_function_is_marked(shuffle):
+    model = TinyLM(seed=3)
+    report = check_reinforce(shuffled_minibatch_episode(model, shuffle=shuffle, marked=True), model, **AUTOGRAD)
+    assert report.ok and report.num_sequences == 49
+    assert any("only draws inside it were enumerated" in note for note in report.notes)
+
+
+@pytest.mark.parametrize("shuffle", ["torch", "numpy"])
+def test_trainer_shuffling_minibatches_unmarked_is_refused_naming_enumerate_actions(shuffle):
+    model = TinyLM(seed=3)
+    with pytest.raises(UninterceptedRandomnessError, match="enumerate_actions"):
+        check_reinforce(shuffled_minibatch_episode(model, shuffle=shuffle, marked=False), model, **AUTOGRAD)
