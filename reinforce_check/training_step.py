@@ -10,7 +10,9 @@ hands back the tensor it would have differentiated, so that an episode can retur
   nothing; after the ``stop_after``-th call the step is stopped (a private ``BaseException``
   unwinds it and the block swallows it), so nothing after that backward runs: no optimizer step,
   no scheduler step, no counter increment, no logging;
-* ``Optimizer.step`` and ``zero_grad``, ``Module.zero_grad``, learning-rate schedulers' ``step``,
+* ``Optimizer.step`` (a step a scheduler wrapped runs with every gradient of its parameters set
+  aside, so finds nothing to do) and ``zero_grad``, ``Module.zero_grad``, learning-rate
+  schedulers' ``step``,
   ``torch.nn.utils.clip_grad_norm_``/``clip_grad_value_`` and a ``GradScaler``'s ``scale``,
   ``unscale_``, ``step`` and ``update`` change nothing (``scale`` returns the loss unscaled), for
   steps that go on past a recorded backward (``stop_after=None``) or touch them before it;
@@ -31,6 +33,7 @@ from types import TracebackType
 from typing import Any
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from .errors import CheckUsageError
 from .patching import restore_attributes, save_attributes
@@ -80,6 +83,8 @@ class BackwardCall:
         ``sum((t * g).sum())``, which has the same gradient.
         """
         grads = self.grad_tensors if self.grad_tensors is not None else (None,) * len(self.tensors)
+        if len(self.tensors) == 1 and grads[0] is None and self.tensors[0].dim() == 0:
+            return self.tensors[0]
         total: torch.Tensor | None = None
         for tensor, grad in zip(self.tensors, grads):
             if grad is None:
@@ -155,6 +160,9 @@ class TrainingStep:
         self._restore = list(restore)
         self._saved_attributes: list[tuple[Any, str, Any]] = []
         self._saved_states: list[tuple[Any, Any]] = []
+        self._hooks: list[Any] = []
+        # Gradients set aside while an optimizer's step runs, put back after it (or on exit).
+        self._hidden: list[tuple[torch.Tensor, torch.Tensor | None]] = []
 
     @property
     def losses(self) -> list[torch.Tensor]:
@@ -181,6 +189,19 @@ class TrainingStep:
         if self.stop_after is not None and len(self.calls) >= self.stop_after:
             self.stopped = True
             raise _StepStopped
+
+    def _hide_gradients(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        # A learning-rate scheduler wraps its optimizer's step in an instance attribute, which the
+        # class-level no-op cannot reach: that step runs, but finds no gradient, so changes nothing.
+        for group in optimizer.param_groups:
+            for parameter in group["params"]:
+                self._hidden.append((parameter, parameter.grad))
+                parameter.grad = None
+
+    def _show_gradients(self, *args: Any) -> None:
+        for parameter, grad in reversed(self._hidden):
+            parameter.grad = grad
+        self._hidden.clear()
 
     def __enter__(self) -> TrainingStep:
         if _ACTIVE.active is not None:
@@ -248,7 +269,13 @@ class TrainingStep:
         try:
             for owner, name, value in replacements:
                 setattr(owner, name, value)
+            self._hooks = [
+                register_optimizer_step_pre_hook(self._hide_gradients),
+                register_optimizer_step_post_hook(self._show_gradients),
+            ]
         except BaseException:
+            for hook in self._hooks:
+                hook.remove()
             restore_attributes(self._saved_attributes)
             raise
         _ACTIVE.active = self
@@ -261,6 +288,9 @@ class TrainingStep:
         traceback: TracebackType | None,
     ) -> bool:
         try:
+            for hook in self._hooks:
+                hook.remove()
+            self._show_gradients()
             restore_attributes(self._saved_attributes)
             for obj, state in self._saved_states:
                 obj.load_state_dict(state)

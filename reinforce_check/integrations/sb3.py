@@ -122,8 +122,12 @@ def check_sb3(
             parameters, weighted by its share of the samples (the full-batch loss, whatever the
             shuffle). A2C makes one backward call either way.
         seed: the seed of the environment's reset at the start of every episode.
-        options: passed to :func:`~reinforce_check.check_reinforce` (tolerances, ``max_sequences``,
-            ``raise_exception``, ...).
+        options: passed to :func:`~reinforce_check.check_reinforce` (``max_sequences``,
+            ``raise_exception``, ...). The tolerances default to ``rtol=1e-5, atol=1e-8``, not the
+            check's ``1e-6, 1e-9``: SB3's rollout buffer stores rewards, values, log-probabilities,
+            advantages and returns as float32 numpy arrays whatever the policy's dtype, so its
+            estimator is rounded to float32 before the loss sees it (a relative error of a few
+            ``1e-8`` in the unbiased settings).
 
     Returns:
         The :class:`~reinforce_check.CheckReport`.
@@ -141,6 +145,8 @@ def check_sb3(
     _import("stable_baselines3")
     _validate(model, objective=objective, minibatches=minibatches)
     named = _parameters(model, params)
+    options.setdefault("rtol", 1e-5)
+    options.setdefault("atol", 1e-8)
     with _model_state_kept(model) as recorder:
         episode = _episode(model, recorder, objective=objective, entropy=entropy, minibatches=minibatches, seed=seed)
         return check_reinforce(episode, named, **options)
