@@ -189,7 +189,8 @@ def _parameters(model: Any, params: ParameterChoice) -> Params:
         return dict(named)
     if params != "actor":
         raise IntegrationError(f"params must be 'actor', 'all' or the parameters themselves, not {params!r}.")
-    observation = torch.as_tensor(model.rollout_buffer.observations[:1, 0])
+    space = model.observation_space
+    observation = torch.as_tensor(np.zeros((1, *space.shape), dtype=space.dtype))  # any observation will do
     tensors = [p for _, p in named]
     with torch.enable_grad():
         logits = policy.get_distribution(observation).distribution.logits
