@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_examples import load
+from ...test_examples import load
 
 pytest.importorskip("stable_baselines3")
 
