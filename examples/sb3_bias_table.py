@@ -9,7 +9,7 @@ departure, ``‖E[grad loss] + grad J‖ / ‖grad J‖``, at two policies: SB3'
 head is nearly uniform) and a policy trained for 200 steps with A2C (the same weights loaded into
 every model). The objective is the undiscounted return ("return") or the return discounted by the
 model's gamma from the episode's start ("discounted"), divided by the 4 samples SB3's loss averages
-over, plus ``ent_coef`` times the entropy at the visited states when ``ent_coef`` is not 0.
+over, plus ``ent_coef`` times the entropy at the visited states when ``ent_coef`` is not 0 ("+H").
 
 Run it with ``python examples/sb3_bias_table.py`` (``pip install -e ".[integrations]"``); it takes
 about half a minute on a CPU.
@@ -149,8 +149,9 @@ def main() -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
                     "num_sequences": report.num_sequences,
                     "seconds": seconds,
                 }
+                claimed = row.objective + ("+H" if row.settings.get("ent_coef") else "")
                 print(
-                    f"{row.label:<44} {row.objective:<10} {policy:<8} {'yes' if report.ok else 'no':<6} "
+                    f"{row.label:<44} {claimed:<10} {policy:<8} {'yes' if report.ok else 'no':<6} "
                     f"{figures[policy]['relative_bias']:>16.3g} {seconds:>8.2f}"
                 )
             results[(row.label, row.objective)] = figures
