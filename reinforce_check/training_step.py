@@ -10,12 +10,12 @@ hands back the tensor it would have differentiated, so that an episode can retur
   nothing; after the ``stop_after``-th call the step is stopped (a private ``BaseException``
   unwinds it and the block swallows it), so nothing after that backward runs: no optimizer step,
   no scheduler step, no counter increment, no logging;
-* ``Optimizer.step`` (a step a scheduler wrapped runs with every gradient of its parameters set
-  aside, so finds nothing to do) and ``zero_grad``, ``Module.zero_grad``, learning-rate
-  schedulers' ``step``,
-  ``torch.nn.utils.clip_grad_norm_``/``clip_grad_value_`` and a ``GradScaler``'s ``scale``,
-  ``unscale_``, ``step`` and ``update`` change nothing (``scale`` returns the loss unscaled), for
-  steps that go on past a recorded backward (``stop_after=None``) or touch them before it;
+* optimizers' ``step`` and ``zero_grad``, ``Module.zero_grad``, learning-rate schedulers'
+  ``step``, ``torch.nn.utils.clip_grad_norm_``, ``clip_grad_value_`` and
+  ``clip_grads_with_norm_``, and a ``GradScaler``'s ``scale``, ``unscale_``, ``step`` and
+  ``update`` change nothing (``scale`` returns the loss unscaled; an optimizer step a scheduler
+  wrapped runs with its parameters' gradients set aside, so finds nothing to do), for steps that
+  go on past a recorded backward (``stop_after=None``) or touch them before it;
 * objects passed as ``restore`` (an optimizer, a scheduler, a scaler: anything with
   ``state_dict()``/``load_state_dict()``) get their state back on exit, for what a step changes
   before its first backward (SB3's ``train()`` writes the learning rate first).
@@ -260,6 +260,9 @@ class TrainingStep:
             (torch.nn.utils.clip_grad, "clip_grad_norm_", _zero_norm),
             (torch.nn.utils.clip_grad, "clip_grad_value_", _nothing),
         ]
+        for owner in (torch.nn.utils, torch.nn.utils.clip_grad):
+            if hasattr(owner, "clip_grads_with_norm_"):  # torch >= 2.6: clipping by a norm computed apart
+                replacements.append((owner, "clip_grads_with_norm_", _nothing))
         for owner, name in _own(optimizers, "step") + _own(optimizers, "zero_grad") + _own(schedulers, "step"):
             replacements.append((owner, name, _nothing))
         for owner, name in _own(scalers, "unscale_") + _own(scalers, "step") + _own(scalers, "update"):

@@ -241,7 +241,8 @@ def _model_state_kept(model: Any) -> Iterator[Any]:
         if had_logger
         else None
     )
-    buffer = copy.deepcopy(model.rollout_buffer)
+    buffer = model.rollout_buffer
+    buffer_state = {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in vars(buffer).items()}
     optimizer_state = copy.deepcopy(policy.optimizer.state_dict())
     training = policy.training
     own_forward = vars(policy).get("forward", _MISSING)
@@ -276,6 +277,8 @@ def _model_state_kept(model: Any) -> Iterator[Any]:
         policy.set_training_mode(training)
         policy.optimizer.load_state_dict(optimizer_state)
         model.rollout_buffer = buffer
+        vars(buffer).clear()
+        vars(buffer).update(buffer_state)
         for name, value in saved.items():
             if value is _MISSING:
                 vars(model).pop(name, None)

@@ -165,7 +165,8 @@ def test_the_models_state_is_put_back_and_it_still_learns() -> None:
     adam_steps = {k: v["step"].clone() for k, v in optimizer["state"].items()}
     lr = [g["lr"] for g in model.policy.optimizer.param_groups]
     counters = (model.num_timesteps, model._n_updates, len(model.ep_info_buffer))
-    rewards = model.rollout_buffer.rewards.copy()
+    buffer = model.rollout_buffer
+    rewards = buffer.rewards.copy()
     logged = dict(model.logger.name_to_value)
     model.policy.set_training_mode(True)
 
@@ -178,7 +179,7 @@ def test_the_models_state_is_put_back_and_it_still_learns() -> None:
     assert {k: v["step"] for k, v in after["state"].items()} == adam_steps
     assert [g["lr"] for g in model.policy.optimizer.param_groups] == lr
     assert (model.num_timesteps, model._n_updates, len(model.ep_info_buffer)) == counters
-    assert np.array_equal(model.rollout_buffer.rewards, rewards)
+    assert model.rollout_buffer is buffer and np.array_equal(buffer.rewards, rewards)
     assert dict(model.logger.name_to_value) == logged
     assert model.policy.training and "forward" not in vars(model.policy)
     assert model._last_obs is None  # the environment was stepped: the next learn() resets it
