@@ -33,14 +33,14 @@ NUMERIC = dict(fd_rtol=1e-5, fd_atol=1e-7)
 
 
 class TinyLM(torch.nn.Module):
-    """Next-token logits from the mean embedding of the tokens so far (float64, seeded)."""
+    """Next-token logits from the mean embedding of the tokens so far (seeded; float64 unless asked)."""
 
-    def __init__(self, width: int = 2, seed: int = 0) -> None:
+    def __init__(self, width: int = 2, seed: int = 0, dtype: torch.dtype = torch.float64) -> None:
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
-        self.embed = torch.nn.Parameter(torch.randn(VOCAB + 1, width, generator=generator, dtype=torch.float64))
-        self.head = torch.nn.Parameter(torch.randn(VOCAB, width, generator=generator, dtype=torch.float64))
-        self.bias = torch.nn.Parameter(0.3 * torch.randn(VOCAB, generator=generator, dtype=torch.float64))
+        self.embed = torch.nn.Parameter(torch.randn(VOCAB + 1, width, generator=generator).to(dtype))
+        self.head = torch.nn.Parameter(torch.randn(VOCAB, width, generator=generator).to(dtype))
+        self.bias = torch.nn.Parameter((0.3 * torch.randn(VOCAB, generator=generator)).to(dtype))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.embed[tokens].mean(dim=1)) @ self.head.T + self.bias
@@ -244,6 +244,17 @@ def test_token_mean_length_normalization_against_expected_reward_is_caught():
     model = TinyLM(seed=2)
     with pytest.raises(ReinforceCheckError, match="REINFORCE gradient mismatch"):
         check_reinforce(group_episode(model, advantage="leave one out", length="token mean"), model, **AUTOGRAD)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_lower_precision_language_model_is_checked_in_float64(dtype):
+    # The model's own dtype is restored afterwards; the check ran promoted, at float64 tolerances.
+    model = TinyLM(seed=2, dtype=dtype)
+    report = check_reinforce(group_episode(model, advantage="leave one out"), model, **AUTOGRAD)
+    assert report.ok and report.promoted
+    with pytest.raises(ReinforceCheckError, match="REINFORCE gradient mismatch"):
+        check_reinforce(group_episode(model, advantage="group normalized"), model, **AUTOGRAD)
+    assert all(p.dtype == dtype for p in model.parameters())
 
 
 def test_constant_length_normalization_matches_the_scaled_objective():
