@@ -37,6 +37,7 @@ from .report import (
     DrawsWithoutGradient,
     Note,
     ParameterReport,
+    RecordedGraph,
     ReinforceCheckError,
     ScopedDraws,
     SequenceContribution,
@@ -214,7 +215,10 @@ def check_reinforce(
     ``fd_atol + fd_rtol * |numeric|``: every coordinate of a tensor of at most 16 elements, one
     random unit direction of a larger one. They decide too wherever autograd's -grad J disagrees
     with them (probabilities detached on their way to a sampler, say). ``report.ground_truth`` says
-    which decided.
+    which decided. Code marked with :func:`~reinforce_check.enumerate_actions` records its
+    graph through ``torch.no_grad()`` during a check (not through ``torch.inference_mode()``), so
+    marking the function that samples keeps autograd as the ground truth. The check itself runs
+    with gradient recording on, whatever its caller's grad mode.
 
     .. note::
         The check computes in float64: exact sums over thousands of sequences and finite differences
@@ -251,10 +255,7 @@ def check_reinforce(
             with ``False`` the report is returned and ``report.ok`` says whether the check passed.
         batched: call ``episode(batch_size)`` and enumerate in as few batched calls as possible.
         finite_differences: ``"joint"`` (default): one random unit direction over all parameters (2
-            evaluations of J when the check passes); when it disagrees, the tensors are bisected to
-            name the culprits: one direction over each half, and only halves that disagree are split
-            again, down to single tensors, so d disagreeing tensors among k cost at most
-            ``2 * d * ceil(log2 k)`` more directions rather than k. ``"tensor"``: one random unit
+            evaluations of J). ``"tensor"``: one random unit
             direction per parameter tensor always (2 evaluations per tensor); ``"coordinate"``: every
             coordinate; ``"none"``: skip, except for one joint direction when the gradients mismatch
             or some sampler call's probabilities carried no gradient, so that a bias is never
@@ -360,7 +361,10 @@ def _check(
     start = time.perf_counter()
 
     runner: Runner = (BatchedRunner if batched else SequentialRunner)(episode, max_sequences=max_sequences)
-    runner, exact = enumerate_with(runner, lambda passes: exact_gradients(passes, tensors, variance=variance))
+    # The runs that need gradients have it whatever the caller's grad mode (marked code tells them
+    # from the check's own runs under no_grad by it).
+    with torch.enable_grad():
+        runner, exact = enumerate_with(runner, lambda passes: exact_gradients(passes, tensors, variance=variance))
     # One more run of the first sequence: state kept between runs would change what it returns.
     runner.verify_replay()
     parameters = [_compare(n, t, e, rtol, atol) for n, t, e in zip(names, exact.target, exact.estimate)]
@@ -385,9 +389,10 @@ def _check(
         parameters = _compare_numeric(names, reference, exact, fd_rtol, fd_atol)
         # A sequence's share of the bias needs autograd's gradient of p(a) objective(a): not without it.
         directional, numeric, attributed = [], None, 0
-    contributions, variances = _attribute(
-        runner, tensors, parameters, exact, top_sequences=attributed, variance=variance
-    )
+    with torch.enable_grad():
+        contributions, variances = _attribute(
+            runner, tensors, parameters, exact, top_sequences=attributed, variance=variance
+        )
     if variances is not None:
         for p, v in zip(parameters, variances):
             p.variance = v
@@ -440,9 +445,11 @@ def _autograd_reference(
     and none of this is run. Probabilities detached (or computed outside torch) with recording on
     may or may not depend on the parameters, and a tensor detached on its way to the sampler cannot
     be seen at all: the cross-check runs even when ``mode`` is ``"none"`` if some call's
-    probabilities carried no gradient or the estimate ``mismatched`` autograd's -grad J (a bias is
-    never reported on autograd's word alone), and if autograd disagrees with central differences
-    (an objective term computed from detached values would do it too), central differences decide.
+    probabilities carried no gradient, or carried a graph that marked code recorded where gradient
+    recording was off (a path it could not record leaves no trace either), or the estimate
+    ``mismatched`` autograd's -grad J (a bias is never reported on autograd's word alone), and if
+    autograd disagrees with central differences (an objective term computed from detached values
+    would do it too), central differences decide.
 
     Returns:
         The directional checks (``None`` when central differences decide), the numeric gradient of
@@ -451,7 +458,7 @@ def _autograd_reference(
     found = runner.found
     if found.calls_gradient_off:
         return None, None, 0
-    if mode == "none" and (found.calls_without_gradient or mismatched):
+    if mode == "none" and (found.calls_without_gradient or found.calls_recorded or mismatched):
         mode = "joint"
     directional, numeric = finite_difference_checks(
         runner, names, tensors, exact, mode=mode, step=step, rtol=rtol, atol=atol, seed=seed
@@ -545,8 +552,16 @@ def _report(
     notes: list[Note] = []
     if found.scoped:
         notes.append(ScopedDraws(outside_calls=found.outside_calls, runs=found.rows_run))
+    if found.calls_recorded:
+        notes.append(RecordedGraph(calls=found.calls_recorded, runs=found.rows_run))
     if found.calls_without_gradient:
-        notes.append(DrawsWithoutGradient(calls=found.calls_without_gradient, gradient_off=found.calls_gradient_off))
+        notes.append(
+            DrawsWithoutGradient(
+                calls=found.calls_without_gradient,
+                gradient_off=found.calls_gradient_off,
+                inference_mode=found.calls_inference_mode,
+            )
+        )
     if disagreed:
         notes.append(AutogradDisagreed(directions=disagreed))
     if precision_note is not None:

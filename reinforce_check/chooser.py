@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 import torch
 
+from . import recording
 from .decision import decide, decide_rows, invalid_weights_error, weights_are_valid
 from .errors import InvalidProbabilitiesError, NondeterministicEpisodeError
 
@@ -113,6 +114,12 @@ class Pass:
     (drawn under ``torch.no_grad()``, detached, or computed outside torch)."""
     calls_gradient_off: int = 0
     """Of those, calls made while gradient recording was off."""
+    calls_inference_mode: int = 0
+    """Of those, calls made under ``torch.inference_mode()``."""
+    calls_recorded: int = 0
+    """Sampler calls that could take more than one action, inside code marked with
+    ``enumerate_actions``, from probabilities that carry gradient only because the check recorded
+    the graph a run outside a check does not (see :mod:`reinforce_check.recording`)."""
 
 
 def _check_shape(weights: torch.Tensor, site: str) -> None:
@@ -238,6 +245,8 @@ class PrefixChooser:
         self.cursor = 0
         self.calls_without_gradient = 0
         self.calls_gradient_off = 0
+        self.calls_inference_mode = 0
+        self.calls_recorded = 0
         self.invalid = torch.zeros(self.rows, dtype=torch.bool)
         # Whether any row has turned invalid yet (until then no row needs a liveness mask).
         self._some_invalid = False
@@ -270,6 +279,7 @@ class PrefixChooser:
             self._branching_blocks: list[torch.Tensor] = []
         self._tables: _PlanTables | None = None
 
+    @recording.draws
     def choose(self, weights: torch.Tensor, num_samples: int, replacement: bool, site: str) -> torch.Tensor:
         _check_shape(weights, site)
         total_rows = weights.shape[0]
@@ -284,6 +294,9 @@ class PrefixChooser:
         if not weights.requires_grad and _branches(weights):
             self.calls_without_gradient += 1
             self.calls_gradient_off += not torch.is_grad_enabled()
+            self.calls_inference_mode += torch.is_inference_mode_enabled()
+        elif recording.draw_recorded() and _branches(weights):
+            self.calls_recorded += 1
         per_row = total_rows // self.rows
         if self._small and total_rows <= self.small_decisions:
             return self._choose_small(weights, num_samples, replacement, site, per_row)
@@ -609,6 +622,8 @@ class PrefixChooser:
             supports=self._supports,
             calls_without_gradient=self.calls_without_gradient,
             calls_gradient_off=self.calls_gradient_off,
+            calls_inference_mode=self.calls_inference_mode,
+            calls_recorded=self.calls_recorded,
         )
 
 

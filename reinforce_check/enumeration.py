@@ -106,6 +106,11 @@ class Enumeration:
     computed outside torch); the runner's own gradient-free runs excluded."""
     calls_gradient_off: int = 0
     """Of those, calls made while gradient recording was off."""
+    calls_inference_mode: int = 0
+    """Of those, calls made under ``torch.inference_mode()``."""
+    calls_recorded: int = 0
+    """Sampler calls in code marked with @enumerate_actions whose probabilities carry gradient only
+    because the check recorded their graph through a gradient-off region."""
     outside_calls: int = 0
     """In scoped mode, sampler calls outside @enumerate_actions code (sampled, not enumerated)."""
     scoped: bool = False
@@ -396,6 +401,8 @@ class Runner:
         self.rows_run = 0
         self.calls_without_gradient = 0
         self.calls_gradient_off = 0
+        self.calls_inference_mode = 0
+        self.calls_recorded = 0
         self.outside_calls = 0
         self._found: Enumeration | None = None
 
@@ -498,6 +505,8 @@ class Runner:
         if not own_gradient_off:
             self.calls_without_gradient += result.calls_without_gradient
             self.calls_gradient_off += result.calls_gradient_off
+            self.calls_inference_mode += result.calls_inference_mode
+            self.calls_recorded += result.calls_recorded
         return result, Rows(result.log_prob, objective, loss)
 
     def _finish(self, sequences: _Sequences, *, replay_verified: bool) -> Enumeration:
@@ -506,6 +515,8 @@ class Runner:
         found.rows_run = self.rows_run
         found.calls_without_gradient = self.calls_without_gradient
         found.calls_gradient_off = self.calls_gradient_off
+        found.calls_inference_mode = self.calls_inference_mode
+        found.calls_recorded = self.calls_recorded
         found.outside_calls = self.outside_calls
         found.scoped = self.scoped
         found.replay_verified = replay_verified

@@ -153,42 +153,24 @@ def _directional(
     return DirectionalCheck(label, numeric, autograd, estimate, ok, autograd_ok=autograd_ok)
 
 
-def _bisect(
+def _joint(
     runner: Runner,
-    names: Sequence[str],
     params: Sequence[torch.Tensor],
     exact: ExactGradients,
-    group: list[int],
     random_unit: Callable[[torch.Tensor], torch.Tensor],
     step: float,
     rtol: float,
     atol: float,
-    *,
-    top: bool = True,
-) -> list[DirectionalCheck]:
-    """One random unit direction over the tensors of ``group``; where the estimate disagrees, the
-    same for each half of the group, down to single tensors. With d disagreeing tensors among k, at
-    most 1 + 2 d ceil(log2 k) directions (2 evaluations of J each), instead of 1 + k. Where autograd
-    itself disagrees, central differences become the ground truth and take every tensor in turn,
-    so the bisection stops there."""
-    units = {index: random_unit(params[index]) for index in group}
-    norm = sum(float((v * v).sum()) for v in units.values()) ** 0.5
-    directions: list[torch.Tensor | None] = [units[i] / norm if i in units else None for i in range(len(params))]
-    if top:
-        label = "all parameters"
-    elif len(group) == 1:
-        label = names[group[0]]
-    else:
-        label = f"{len(group)} tensors, {names[group[0]]} to {names[group[-1]]}"
+) -> DirectionalCheck:
+    """One random unit direction over every tensor. It names no culprit, and needs none: where
+    autograd agrees with it, -grad J is verified and the element-wise comparison names the tensors
+    the estimate gets wrong; where autograd disagrees, central differences become the ground truth
+    and take every tensor in turn."""
+    units = [random_unit(p) for p in params]
+    norm = sum(float((v * v).sum()) for v in units) ** 0.5
+    directions: list[torch.Tensor | None] = [v / norm for v in units]
     numeric = _shifted_objective(runner, params, directions, step)
-    check = _directional(label, numeric, directions, exact, rtol, atol)
-    if check.ok or not check.autograd_ok or len(group) == 1:
-        return [check]
-    middle = len(group) // 2
-    checks = [check]
-    for half in (group[:middle], group[middle:]):
-        checks += _bisect(runner, names, params, exact, half, random_unit, step, rtol, atol, top=False)
-    return checks
+    return _directional("all parameters", numeric, directions, exact, rtol, atol)
 
 
 def finite_differences(
@@ -206,8 +188,7 @@ def finite_differences(
     """Check -grad J and E[grad loss] against central differences of the exact J.
 
     ``mode`` is ``"tensor"`` (one random unit direction per parameter tensor), ``"joint"`` (one random
-    unit direction over all of them; where it disagrees, the tensors are bisected: one direction per
-    half, and only halves that disagree are split again, down to single tensors, to say which),
+    unit direction over all of them),
     ``"coordinate"`` (every coordinate; also returns the numeric gradient) or ``"none"``.
     Directions come from a private generator seeded with ``seed``, so the user's RNG is untouched.
     """
@@ -235,7 +216,7 @@ def finite_differences(
         if mode == "tensor":
             return per_tensor(), None
         if mode == "joint":
-            return _bisect(runner, names, params, exact, list(range(len(params))), random_unit, step, rtol, atol), None
+            return [_joint(runner, params, exact, random_unit, step, rtol, atol)], None
         # mode == "coordinate"
         checks = []
         gradients = []

@@ -8,8 +8,10 @@ environment's own randomness, say), samples for real, from the generator state t
 with, restored before every run, so each action sequence sees the same random numbers and the
 episode stays a deterministic function of the enumerated actions. The report says so.
 
-Outside a check, marked code behaves exactly as before: the wrapper draws nothing and changes no
-generator state.
+During a check, marked code records its graph through ``torch.no_grad()`` and its kin
+(:mod:`~reinforce_check.recording`), so that autograd's exact -grad J decides for PPO-style
+rollouts. Outside a check, marked code behaves exactly as before: the wrapper draws nothing,
+changes no generator state and records nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, TypeVar, overload
 
 import torch
 
-from . import scope
+from . import recording, scope
 
 __all__ = ["enumerate_actions"]
 
@@ -32,8 +34,17 @@ T = TypeVar("T")
 class _Scope:
     """Context manager and decorator marking code whose draws a check enumerates."""
 
+    def __init__(self) -> None:
+        # What each entry (innermost last) began recording, if anything.
+        self._recordings: list[recording.Recording | None] = []
+
     def __enter__(self) -> _Scope:
         scope.enter_scope()
+        try:
+            self._recordings.append(recording.begin())
+        except BaseException:
+            scope.exit_scope()
+            raise
         return self
 
     def __exit__(
@@ -42,8 +53,13 @@ class _Scope:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if exc_type is not scope.ScopeDetected:
-            scope.exit_scope()
+        started = self._recordings.pop()
+        try:
+            if started is not None:
+                recording.end(started)
+        finally:
+            if exc_type is not scope.ScopeDetected:
+                scope.exit_scope()
 
     def __call__(self, target: T) -> T:
         return enumerate_actions(target)
@@ -98,6 +114,15 @@ def enumerate_actions(target: Any = None) -> Any:
     generator state the check started with, restored before every run, so that each enumerated
     sequence sees the same random numbers; the report notes how many such draws there were. Outside
     a check the marked code behaves exactly as before.
+
+    During a check, marked code also records its graph where gradient recording would be off:
+    ``torch.no_grad()`` and ``torch.set_grad_enabled(False)`` inside it, as a decorator on it
+    (``generate()`` in ``transformers``), or around its call (a PPO rollout). The probabilities
+    reaching the sampler keep their dependence on the parameters, so autograd's exact -grad J
+    decides, while the code and its caller get the values, ``requires_grad`` and grad mode they get
+    outside a check (tensors made without gradient come detached). ``torch.inference_mode()``
+    cannot be recorded. The documentation's page on ``enumerate_actions`` says how, what it costs,
+    and its limits.
 
     Arguments:
         target: what to mark; ``None`` returns a context manager.

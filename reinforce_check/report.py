@@ -23,6 +23,7 @@ __all__ = [
     "OwnPrecision",
     "ParameterReport",
     "PromotedEpisode",
+    "RecordedGraph",
     "ReinforceCheckError",
     "ScopedDraws",
     "SequenceContribution",
@@ -128,6 +129,19 @@ class DrawsWithoutGradient:
     calls: int
     gradient_off: int = 0
     """Of those, calls made with gradient recording off (``torch.no_grad()``, ``torch.inference_mode()``)."""
+    inference_mode: int = 0
+    """Of those, calls made under ``torch.inference_mode()``, which a check cannot record."""
+
+
+@dataclass(frozen=True)
+class RecordedGraph:
+    """A note: code marked with ``enumerate_actions`` sampled where gradient recording was off, and
+    the check recorded its graph anyway (see :mod:`reinforce_check.recording`)."""
+
+    calls: int
+    """Sampler calls whose probabilities carry gradient only because the check recorded it."""
+    runs: int
+    """Episode runs of the enumeration."""
 
 
 @dataclass(frozen=True)
@@ -165,7 +179,7 @@ class OwnPrecision:
     fd_atol: float
 
 
-Note = Union[ScopedDraws, DrawsWithoutGradient, AutogradDisagreed, PromotedEpisode, OwnPrecision]
+Note = Union[ScopedDraws, DrawsWithoutGradient, RecordedGraph, AutogradDisagreed, PromotedEpisode, OwnPrecision]
 
 
 def format_note(note: Note) -> str:
@@ -173,6 +187,8 @@ def format_note(note: Note) -> str:
 
     >>> format_note(DrawsWithoutGradient(calls=2, gradient_off=2)).split(" (")[0]
     '2 sampler call(s) received probabilities that carry no gradient'
+    >>> format_note(RecordedGraph(calls=4, runs=2)).split(",")[0]
+    '4 sampler call(s) in 2 episode run(s) drew inside code marked with enumerate_actions where gradient recording was off'
     """
     if isinstance(note, PromotedEpisode):
         return _promoted(note)
@@ -191,6 +207,14 @@ def format_note(note: Note) -> str:
             "random draws, sampled for real from the generator state the check started with, restored "
             "before every run, so every sequence saw the same random numbers."
         )
+    if isinstance(note, RecordedGraph):
+        return (
+            f"{note.calls} sampler call(s) in {note.runs} episode run(s) drew inside code marked with "
+            "enumerate_actions where gradient recording was off, under torch.no_grad() or "
+            "torch.set_grad_enabled(False) (or from tensors made there): the check recorded their graph "
+            "anyway, so autograd's -grad J includes their score terms. The marked code and its caller got "
+            "the values, and the tensors without gradient, that they get outside a check."
+        )
     if isinstance(note, AutogradDisagreed):
         return (
             f"autograd's -grad J disagreed with central differences of the exact J along {note.directions} "
@@ -204,10 +228,19 @@ def format_note(note: Note) -> str:
         "or computed outside torch), so autograd's -grad J may miss their score terms"
     )
     if note.gradient_off:
-        return (
-            f"{text}: the verdict comes from central differences of the exact J instead (probabilities that "
-            "keep their gradient let autograd decide, at less cost)."
-        )
+        if note.inference_mode:
+            advice = (
+                f"{note.inference_mode} of them ran under torch.inference_mode(), which a check cannot "
+                "record, even in marked code: to let autograd decide, at less cost, sample under "
+                "torch.no_grad() there and mark the function that samples with enumerate_actions."
+            )
+        else:
+            advice = (
+                "To let autograd decide, at less cost, mark the function that samples with "
+                "enumerate_actions (policy.act = enumerate_actions(policy.act)): during a check, marked "
+                "code records its graph through torch.no_grad()."
+            )
+        return f"{text}: the verdict comes from central differences of the exact J instead. {advice}"
     return f"{text}: central differences of the exact J checked it, and would have decided had it disagreed."
 
 
@@ -268,8 +301,10 @@ class CheckReport:
     ground_truth: str = "autograd"
     """What decided the verdict: ``"autograd"`` (the exact -grad J by autograd, cross-checked by
     finite differences) or ``"finite differences"`` (central differences of the exact J, used when
-    some sampler calls ran with gradient recording off, so autograd's -grad J may miss score terms,
-    or when autograd's -grad J disagreed with them)."""
+    some sampler calls ran with gradient recording off outside code marked with
+    ``enumerate_actions``, which records its graph during a check, or under
+    ``torch.inference_mode()``, so autograd's -grad J may miss score terms, or when autograd's
+    -grad J disagreed with them)."""
     precision: str = "float64"
     """The floating-point type the episode computed in: ``"float64"`` (its parameters' own, or
     promoted), or the parameters' lower precision (``"float32"``) when ``promote=False``."""

@@ -11,7 +11,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-__all__ = ["OutsideDraws", "ScopeDetected", "activate", "deactivate", "enter_scope", "exit_scope", "inside"]
+import torch
+
+__all__ = ["OutsideDraws", "ScopeDetected", "activate", "deactivate", "enter_scope", "exit_scope", "inside", "records", "run"]
 
 
 class ScopeDetected(BaseException):
@@ -45,6 +47,11 @@ class _Marker(threading.local):
         # None: no check is intercepting; False: a check enumerates every draw; True: scoped.
         self.scoped: bool | None = None
         self.depth = 0
+        # Whether marked functions record their graph through gradient-off regions: a scoped check
+        # whose episode run started with gradient recording on (not the check's own runs under no_grad).
+        self.record = False
+        # Counts the runs a check starts: what marked code records belongs to one run.
+        self.run = 0
 
 
 _MARKER = _Marker()
@@ -54,12 +61,15 @@ def activate(*, scoped: bool) -> None:
     """A check starts intercepting (called by :func:`~reinforce_check.patching.intercept_samplers`)."""
     _MARKER.scoped = scoped
     _MARKER.depth = 0
+    _MARKER.record = scoped and torch.is_grad_enabled()
+    _MARKER.run += 1
 
 
 def deactivate() -> None:
     """The check stops intercepting."""
     _MARKER.scoped = None
     _MARKER.depth = 0
+    _MARKER.record = False
 
 
 def enter_scope() -> None:
@@ -76,6 +86,16 @@ def enter_scope() -> None:
 def exit_scope() -> None:
     """Mark the end of code whose draws are enumerated."""
     _MARKER.depth = max(_MARKER.depth - 1, 0)
+
+
+def records() -> bool:
+    """Whether marked functions run now record their graph (see :mod:`~reinforce_check.recording`)."""
+    return _MARKER.record
+
+
+def run() -> int:
+    """Which episode run of a check this is (a number that changes with every run)."""
+    return _MARKER.run
 
 
 def inside() -> bool:

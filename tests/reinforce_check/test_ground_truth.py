@@ -194,18 +194,16 @@ def test_term_detached_from_sampler_and_loss_is_a_bias_found_by_central_differen
     assert [p.name for p in report.parameters if not p.ok] == ["t5"]
 
 
-def test_joint_finite_differences_bisect_to_the_disagreeing_tensor(make_param):
-    # The loss adds a gradient on t5 alone: autograd agrees with central differences, the estimate
-    # does not. Bisection names t5 in 1 + 2 * 3 directions instead of 1 + 8 (fd_rtol 1e-5, fd_atol 1e-7).
+def test_joint_finite_differences_spend_one_direction_on_a_biased_estimate(make_param):
+    # The loss adds a gradient on t5 alone: autograd agrees with central differences along the one
+    # joint direction, so it decides, and the element-wise comparison names t5 (fd_rtol 1e-5,
+    # fd_atol 1e-7; rtol 1e-6, atol 1e-9).
     thetas = [make_param(3, seed=20 + i, scale=0.5) for i in range(8)]
     episode = eight_tensor_episode(thetas, sampler_detaches=False, loss_detaches=False, extra_gradient=0.3)
     report = check_reinforce(
         episode, {f"t{i}": t for i, t in enumerate(thetas)}, raise_exception=False, fd_rtol=1e-5, fd_atol=1e-7
     )
-    labels = [c.label for c in report.finite_differences]
-    failing = [c.label for c in report.finite_differences if not c.ok]
     assert report.ground_truth == "autograd"
     assert [p.name for p in report.parameters if not p.ok] == ["t5"]
-    assert labels[0] == "all parameters"
-    assert len(labels) == 1 + 2 * 3
-    assert failing == ["all parameters", "4 tensors, t4 to t7", "2 tensors, t4 to t5", "t5"]
+    assert [(c.label, c.autograd_ok, c.ok) for c in report.finite_differences] == [("all parameters", True, False)]
+
