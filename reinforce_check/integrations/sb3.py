@@ -207,24 +207,6 @@ def _parameters(model: Any, params: ParameterChoice) -> Params:
     return {n: p for (n, p), a, c in zip(named, actor, critic) if a is not None and (c is None or model.vf_coef == 0)}
 
 
-def _recording(forward: Callable[..., Any]) -> Callable[..., Any]:
-    """``policy.forward`` marked for the check, its probabilities recorded with gradient under no_grad.
-
-    SB3 samples inside ``torch.no_grad()``; the forward runs with gradient recording on so that the
-    sampler's probabilities carry their dependence on the parameters (autograd then gives the
-    exact -grad J), and its outputs are detached, as SB3 would have them.
-    """
-
-    def forward_recorded(*args: Any, **kwargs: Any) -> Any:
-        if torch.is_grad_enabled():
-            return forward(*args, **kwargs)
-        with torch.enable_grad():
-            outputs = forward(*args, **kwargs)
-        return tuple(o.detach() if isinstance(o, torch.Tensor) else o for o in outputs)
-
-    return enumerate_actions(forward_recorded)
-
-
 @contextlib.contextmanager
 def _model_state_kept(model: Any) -> Iterator[Any]:
     """Prepare the model for collect_rollouts outside learn(), and put its state back afterwards.
@@ -265,7 +247,8 @@ def _model_state_kept(model: Any) -> Iterator[Any]:
             model._logger = logger_module.Logger(folder=None, output_formats=[])
         model.ep_info_buffer = deque(maxlen=model._stats_window_size)
         model.ep_success_buffer = deque(maxlen=model._stats_window_size)
-        policy.forward = _recording(policy.forward)
+        # Marked, SB3's sampling under no_grad records its graph during the check: autograd decides.
+        policy.forward = enumerate_actions(policy.forward)
         recorder = Recorder()
         recorder.init_callback(model)
         yield recorder
