@@ -169,7 +169,7 @@ def summarize(name: str, report: CheckReport) -> dict[str, float | bool | str]:
         "seconds": report.seconds,
     }
     print(
-        f"{name:<48} {'passes' if report.ok else 'BIASED':<7} {report.ground_truth:<19} "
+        f"{name:<50} {'passes' if report.ok else 'BIASED':<7} {report.ground_truth:<19} "
         f"{row['relative_bias']:9.2e} {report.num_sequences:6,} {report.seconds:6.2f} s"
     )
     return row
@@ -178,7 +178,7 @@ def summarize(name: str, report: CheckReport) -> dict[str, float | bool | str]:
 def main() -> dict[str, dict[str, float | bool | str]]:
     torch.manual_seed(0)
     rows: dict[str, dict[str, float | bool | str]] = {}
-    print(f"{'case':<48} {'verdict':<7} {'ground truth':<19} {'|bias|/|dJ|':>9} {'seqs':>6} {'time':>8}")
+    print(f"{'case':<50} {'verdict':<7} {'ground truth':<19} {'|bias|/|dJ|':>9} {'seqs':>6} {'time':>8}")
 
     agent = Agent()  # float32, as built
     actor = dict(agent.actor.named_parameters())

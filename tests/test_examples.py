@@ -81,6 +81,22 @@ def test_group_baselines_rloo_is_unbiased_and_grpo_is_not() -> None:
     assert three["grpo-mean-rescaled"]["ok"] is True
 
 
+def test_field_code_correct_estimators_pass_and_biased_ones_are_caught_unedited() -> None:
+    results = load("field_code").main()
+    decided = {name: (row["ok"], row["ground_truth"]) for name, row in results.items()}
+    assert decided == {
+        "ppo": (True, "finite differences"),
+        "ppo marked": (True, "autograd"),
+        "ppo norm_adv": (False, "autograd"),
+        "generate": (True, "autograd"),
+        "generate token mean": (False, "autograd"),
+        "numpy": (True, "finite differences"),
+    }
+    assert results["ppo norm_adv"]["relative_bias"] > 0.1
+    assert results["generate token mean"]["relative_bias"] > 0.1
+    assert results["ppo marked"]["relative_bias"] < 1e-10
+
+
 def test_kl_estimators_table() -> None:
     results = load("kl_estimators").main()
     values = results["values"]
