@@ -42,6 +42,11 @@ _EXPORTS = {
     "ParameterError": "errors",
     "SequenceBudgetError": "errors",
     "UninterceptedRandomnessError": "errors",
+    "BackwardCall": "training_step",
+    "TrainingStep": "training_step",
+    "TrainingStepError": "training_step",
+    "capture_loss": "training_step",
+    "step_loss": "training_step",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -61,6 +66,7 @@ if TYPE_CHECKING:
         UninterceptedRandomnessError,
     )
     from .report import CheckReport, DirectionalCheck, ParameterReport, ReinforceCheckError, SequenceContribution
+    from .training_step import BackwardCall, TrainingStep, TrainingStepError, capture_loss, step_loss
 
 
 def __getattr__(name: str) -> Any:
