@@ -36,7 +36,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
-from gymnasium import spaces
+from chain_walk import ChainWalk  # examples/chain_walk.py, beside this script
 from torch.distributions.categorical import Categorical
 
 from reinforce_check import check_reinforce, enumerate_actions, step_loss
@@ -210,43 +210,6 @@ def update(agent: Agent, optimizer: torch.optim.Optimizer, envs: gym.vector.Vect
             loss.backward()
             nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
             optimizer.step()
-
-
-class ChainWalk(gym.Env):
-    """Walk left (action 0) or right (action 1) from position 0 for exactly ``horizon`` steps.
-
-    Observation: the one-hot of the step, with the position divided by the horizon appended. Reward:
-    0.5 for a right move at the first step and 1 at later ones, plus 0.25 whenever the walker stands
-    at position 1 after its move.
-    """
-
-    metadata = {"render_modes": []}
-
-    def __init__(self, horizon: int = HORIZON) -> None:
-        self.horizon = horizon
-        self.observation_space = spaces.Box(-1.0, 1.0, (horizon + 1,), np.float32)
-        self.action_space = spaces.Discrete(2)
-        self.t = 0
-        self.position = 0
-
-    def _observation(self) -> np.ndarray:
-        observation = np.zeros(self.horizon + 1, np.float32)
-        observation[min(self.t, self.horizon - 1)] = 1.0
-        observation[-1] = self.position / self.horizon
-        return observation
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
-        super().reset(seed=seed)
-        self.t = 0
-        self.position = 0
-        return self._observation(), {}
-
-    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
-        right = int(action) == 1
-        self.position += 1 if right else -1
-        reward = (0.5 if self.t == 0 else 1.0) * right + (0.25 if self.position == 1 else 0.0)
-        self.t += 1
-        return self._observation(), float(reward), self.t >= self.horizon, False, {}
 
 
 def claimed_objective(agent: Agent, storage: Storage, args: Args) -> torch.Tensor:

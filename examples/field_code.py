@@ -24,6 +24,7 @@ import torch
 from torch.distributions import Categorical
 
 from reinforce_check import CheckReport, check_reinforce, enumerate_actions
+from reinforce_check.integrations import relative_bias
 
 # --- A CleanRL-style PPO agent -------------------------------------------------------------------
 
@@ -151,13 +152,6 @@ def numpy_episode(policy: torch.nn.Module):
         return torch.tensor(total), -log_prob * total
 
     return episode
-
-
-def relative_bias(report: CheckReport) -> float:
-    """‖E[grad loss] - (-grad J)‖ / ‖grad J‖ over every checked parameter."""
-    bias = sum(float(p.bias.pow(2).sum()) for p in report.parameters) ** 0.5
-    target = sum(float(p.target.pow(2).sum()) for p in report.parameters) ** 0.5
-    return bias / target
 
 
 def summarize(name: str, report: CheckReport) -> dict[str, float | bool | str]:

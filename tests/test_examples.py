@@ -37,16 +37,20 @@ def one_thread() -> Iterator[None]:
 
 
 def load(name: str) -> ModuleType:
-    """Import ``examples/<name>.py`` as a module without putting examples/ on the path."""
+    """Import ``examples/<name>.py`` as a module, with examples/ on the path while it loads (as
+    ``python examples/<name>.py`` has it, so an example can import the modules beside it)."""
     spec = importlib.util.spec_from_file_location(f"reinforce_check_example_{name}", EXAMPLES / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses and pickling look modules up by name
+    sys.path.insert(0, str(EXAMPLES))
     try:
         spec.loader.exec_module(module)
     except BaseException:
         del sys.modules[spec.name]
         raise
+    finally:
+        sys.path.remove(str(EXAMPLES))
     return module
 
 

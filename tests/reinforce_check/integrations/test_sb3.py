@@ -28,7 +28,9 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize  # noqa: 
 from reinforce_check.integrations import IntegrationError, relative_bias  # noqa: E402
 from reinforce_check.integrations.sb3 import check_sb3  # noqa: E402
 
-from .chain import Chain  # noqa: E402
+from ...test_examples import load  # noqa: E402
+
+Chain = load("chain_walk").ChainWalk
 
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-8}
 HORIZON = 3

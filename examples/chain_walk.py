@@ -1,4 +1,5 @@
-"""A tiny deterministic gymnasium environment for the integration tests: a chain of fixed length.
+"""ChainWalk: a tiny deterministic gymnasium environment, a chain of fixed length, for the integration
+examples (``sb3_bias_table.py``, ``cleanrl_ppo.py``) and tests.
 
 Every episode lasts exactly ``horizon`` steps, so a rollout of ``n_steps = horizon`` covers one
 whole episode and the tree of action sequences has ``2 ** horizon`` leaves. Rewards depend on the
@@ -13,7 +14,7 @@ import numpy as np
 from gymnasium import spaces
 
 
-class Chain(gym.Env):
+class ChainWalk(gym.Env):
     """Position starts at 0; action 1 moves right (+1), action 0 left (-1), for ``horizon`` steps.
 
     The observation is the one-hot of the step with the position (scaled) appended; the reward is
@@ -22,7 +23,7 @@ class Chain(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, horizon: int = 3) -> None:
+    def __init__(self, horizon: int = 4) -> None:
         self.horizon = horizon
         self.observation_space = spaces.Box(-1.0, 1.0, (horizon + 1,), np.float32)
         self.action_space = spaces.Discrete(2)
