@@ -200,12 +200,25 @@ def _spawned(result: Pass) -> list[Prefix]:
     ]
 
 
-def _budget_error(found: int, pending: int, max_sequences: int) -> SequenceBudgetError:
+def _budget_error(
+    found: int, pending: int, max_sequences: int, *, first_path: float | None = None
+) -> SequenceBudgetError:
+    """The refusal of a tree found over budget. ``first_path``: in batched mode, the product of the
+    numbers of feasible actions along round 0's path, Knuth's estimate of the tree's size from
+    that one path (not a random one, so a rough estimate)."""
+    suggested = max(10 * max_sequences, found + pending)
+    estimate = ""
+    if first_path is not None:
+        estimate = (
+            f"; along the first path the numbers of feasible actions multiply to {first_path:.3g}, "
+            "Knuth's estimate of the tree's size from that one path"
+        )
+        suggested = max(suggested, _round_up(first_path))
     return SequenceBudgetError(
         f"the episode has more than max_sequences={max_sequences:,} action sequences ({found:,} completed "
-        f"and {pending:,} more prefixes pending when the enumeration stopped). Shrink the problem (fewer "
-        f"steps, fewer actions, a shorter horizon) or pass a larger max_sequences, for example "
-        f"max_sequences={max(10 * max_sequences, found + pending):,}. The check runs the episode once per sequence."
+        f"and {pending:,} more prefixes pending when the enumeration stopped{estimate}). Shrink the problem "
+        f"(fewer steps, fewer actions, a shorter horizon) or pass a larger max_sequences, for example "
+        f"max_sequences={suggested:,}. The check runs the episode once per sequence."
     )
 
 
@@ -683,7 +696,8 @@ class BatchedRunner(Runner):
             graph_rows = 0
             while pending:
                 if sequences.count + len(pending) > self.max_sequences:
-                    raise _budget_error(sequences.count, len(pending), self.max_sequences)
+                    first_path = math.prod(float(mask.sum()) for mask in first.supports.values())
+                    raise _budget_error(sequences.count, len(pending), self.max_sequences, first_path=first_path)
                 cap = max(self.max_sequences - sequences.count, len(pending))
                 plan = speculation.plan(pending, cap=cap)
                 result, rows = self._pass(plan)

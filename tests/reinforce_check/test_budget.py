@@ -62,6 +62,28 @@ def test_million_sequence_tree_is_refused_within_seconds_stating_its_estimate():
     assert seconds < 15, seconds
 
 
+def test_batched_million_sequence_tree_is_refused_stating_the_first_paths_estimate():
+    # Batched rounds stop once completed plus pending sequences pass the budget (10,000 rows at
+    # most), and the message states the product of the numbers of feasible actions along round 0's path.
+    theta = torch.zeros(20, 2, dtype=torch.float64, requires_grad=True)
+
+    def episode(rows):
+        total = torch.zeros(rows, dtype=torch.float64)
+        log_prob = torch.zeros(rows, dtype=torch.float64)
+        for t in range(theta.shape[0]):
+            dist = Categorical(logits=theta[t].expand(rows, 2))
+            action = dist.sample()
+            total = total + action
+            log_prob = log_prob + dist.log_prob(action)
+        return total, -log_prob * total
+
+    with pytest.raises(SequenceBudgetError) as caught:
+        check_reinforce(episode, {"theta": theta}, batched=True, max_sequences=10_000)
+    message = str(caught.value)
+    assert "the numbers of feasible actions multiply to 1.05e+06" in message
+    assert "max_sequences=1,100,000" in message
+
+
 def test_tree_just_within_budget_is_not_refused(monkeypatch):
     # 3 ** 6 = 729 sequences with max_sequences=729, the estimate checked from the 32nd run on.
     monkeypatch.setattr(enumeration, "_ESTIMATE_AFTER_SECONDS", 0.0)
