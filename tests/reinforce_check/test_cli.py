@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from reinforce_check import check_reinforce
-from reinforce_check import cli
 from reinforce_check.cli import EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, main, make_parser, parse_factory_arg
 
 FACTORIES = '''
@@ -133,12 +132,24 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_parser_defaults_are_those_of_check_reinforce() -> None:
+def test_parser_defaults_are_those_of_check_reinforce(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, factories: Path
+) -> None:
     signature = inspect.signature(check_reinforce)
-    assert cli._DEFAULTS == {name: signature.parameters[name].default for name in cli._DEFAULTS}
+    help_text = " ".join(make_parser().format_help().split())
+    for name, flag in (("rtol", "--rtol X"), ("atol", "--atol X"), ("fd_step", "--fd-step H"), ("seed", "--seed N")):
+        assert f"{flag} " in help_text
+        assert f"(default {signature.parameters[name].default})" in help_text.split(f"{flag} ", 1)[1]
     # Options left out are not passed at all, so the library's defaults apply.
-    namespace = make_parser().parse_args(["m:f"])
-    assert cli._check_options(namespace) == {}
+    passed: list[dict[str, object]] = []
+
+    def recording_check(episode, params, **options):
+        passed.append(options)
+        return check_reinforce(episode, params, **options)
+
+    monkeypatch.setattr("reinforce_check.check.check_reinforce", recording_check)
+    code, _, _ = run(capsys, f"{factories}:make")
+    assert code == 0 and passed == [{}]
 
 
 @pytest.mark.parametrize(
