@@ -47,7 +47,8 @@ LOSS_TYPES: dict[str, dict[str, Any]] = {
     "bnpo": {},
     "dr_grpo": {},
     "dapo": {},
-    "cispo": {"epsilon_high": 5.0},  # the ScaleRL value TRL recommends; its default 0.2 caps every ratio of 1 at 0.2
+    # epsilon_high=5: the ScaleRL value TRL recommends for cispo; its default 0.2 caps every ratio at 0.2.
+    "cispo": {"epsilon_high": 5.0},
     "sapo": {},
     "luspo": {"importance_sampling_level": "sequence"},
     "vespo": {},
@@ -66,7 +67,12 @@ def tiny_tokenizer() -> Any:
 
     tokenizer = Tokenizer(models.WordLevel(TOKENS, unk_token="<eos>"))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>", pad_token="<eos>", bos_token="<eos>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<eos>",
+        pad_token="<eos>",
+        bos_token="<eos>",
+    )
 
 
 def tiny_gpt2() -> Any:
@@ -81,7 +87,9 @@ def tiny_gpt2() -> Any:
     return GPT2LMHeadModel(config)
 
 
-def count_a(completions: list[str], completion_ids: list[list[int]], **kwargs: Any) -> list[float]:
+def count_a(
+    completions: list[str], completion_ids: list[list[int]], **kwargs: Any
+) -> list[float]:
     """The reward: the number of ``a`` tokens in the completion."""
     return [float(sum(token == A for token in ids)) for ids in completion_ids]
 
@@ -92,7 +100,9 @@ def grpo_trainer(loss_type: str, scale_rewards: str, output_dir: str) -> Any:
     from trl import GRPOConfig, GRPOTrainer
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # transformers' own deprecation of a field TRL sets
+        warnings.simplefilter(
+            "ignore", FutureWarning
+        )  # transformers' own deprecation of a field TRL sets
         args = GRPOConfig(
             output_dir=output_dir,
             per_device_train_batch_size=GROUP,
@@ -114,14 +124,18 @@ def grpo_trainer(loss_type: str, scale_rewards: str, output_dir: str) -> Any:
             train_dataset=Dataset.from_dict({"prompt": [PROMPT] * GROUP}),
             processing_class=tiny_tokenizer(),
         )
-    trainer.current_gradient_accumulation_steps = 1  # what Trainer.train() sets before its first step
+    trainer.current_gradient_accumulation_steps = (
+        1  # what Trainer.train() sets before its first step
+    )
     return trainer
 
 
 def grpo_episode(trainer: Any, scale: float):
     """One batch of the trainer's own step: (scale * mean reward of the group, the loss it differentiates)."""
     model = trainer.model
-    model.generate = enumerate_actions(model.generate)  # sampled under no_grad: marked, it records its graph
+    model.generate = enumerate_actions(
+        model.generate
+    )  # sampled under no_grad: marked, it records its graph
     generated: dict[str, Any] = {}
     own = trainer._generate_and_score_completions
 
@@ -130,10 +144,15 @@ def grpo_episode(trainer: Any, scale: float):
         return generated["batch"]
 
     trainer._generate_and_score_completions = generate_and_score
-    batch = [{"prompt": PROMPT} for _ in range(GROUP)]  # what TRL's RepeatSampler hands the step
+    batch = [
+        {"prompt": PROMPT} for _ in range(GROUP)
+    ]  # what TRL's RepeatSampler hands the step
 
     def episode() -> tuple[torch.Tensor, torch.Tensor]:
-        trainer._buffered_inputs, trainer._step = None, 0  # generate anew, as at the trainer's first step
+        trainer._buffered_inputs, trainer._step = (
+            None,
+            0,
+        )  # generate anew, as at the trainer's first step
         loss = step_loss(trainer.training_step, model, batch, None)
         completions = generated["batch"]
         live = completions["completion_mask"].bool()
@@ -143,7 +162,9 @@ def grpo_episode(trainer: Any, scale: float):
     return episode
 
 
-def check(loss_type: str, scale_rewards: str, scale: float, output_dir: str) -> tuple[Any, float]:
+def check(
+    loss_type: str, scale_rewards: str, scale: float, output_dir: str
+) -> tuple[Any, float]:
     trainer = grpo_trainer(loss_type, scale_rewards, output_dir)
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -175,9 +196,14 @@ def main() -> dict[tuple[str, str], dict[str, Any]]:
         with tempfile.TemporaryDirectory() as output_dir:
             for loss_type in LOSS_TYPES:
                 for scale_rewards in SCALE_REWARDS:
-                    claimed, claimed_seconds = check(loss_type, scale_rewards, CLAIMED_SCALE[loss_type], output_dir)
+                    claimed, claimed_seconds = check(
+                        loss_type, scale_rewards, CLAIMED_SCALE[loss_type], output_dir
+                    )
                     baseline, _ = check(
-                        loss_type, scale_rewards, (GROUP - 1) / GROUP * CLAIMED_SCALE[loss_type], output_dir
+                        loss_type,
+                        scale_rewards,
+                        (GROUP - 1) / GROUP * CLAIMED_SCALE[loss_type],
+                        output_dir,
                     )
                     figures = {
                         "ok": claimed.ok,

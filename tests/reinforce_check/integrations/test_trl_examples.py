@@ -29,10 +29,14 @@ def grpo_table(grpo: object) -> Iterator[dict]:
     yield grpo.main()  # type: ignore[attr-defined]
 
 
-def test_every_loss_type_and_scaling_is_checked_exactly_and_fast(grpo: object, grpo_table: dict) -> None:
+def test_every_loss_type_and_scaling_is_checked_exactly_and_fast(
+    grpo: object, grpo_table: dict
+) -> None:
     loss_types = set(grpo.LOSS_TYPES)  # type: ignore[attr-defined]
     assert {"grpo", "bnpo", "dr_grpo", "dapo"} <= loss_types
-    assert set(grpo_table) == {(lt, sr) for lt in loss_types for sr in ("group", "batch", "none")}
+    assert set(grpo_table) == {
+        (lt, sr) for lt in loss_types for sr in ("group", "batch", "none")
+    }
     for key, figures in grpo_table.items():
         # Two completions, each 1 or 2 of 3 tokens (a finished one draws its padding too): 73 paths.
         assert figures["num_sequences"] == 73, key
@@ -40,12 +44,16 @@ def test_every_loss_type_and_scaling_is_checked_exactly_and_fast(grpo: object, g
         assert figures["seconds"] < 60, key
 
 
-def test_no_setting_is_unbiased_for_the_expected_reward_it_claims(grpo_table: dict) -> None:
+def test_no_setting_is_unbiased_for_the_expected_reward_it_claims(
+    grpo_table: dict,
+) -> None:
     for key, figures in grpo_table.items():
         assert not figures["ok"] and figures["relative_bias"] > 0.3, key
 
 
-def test_the_own_reward_in_the_group_mean_scales_the_gradient_by_g_minus_1_over_g(grpo: object, grpo_table: dict) -> None:
+def test_the_own_reward_in_the_group_mean_scales_the_gradient_by_g_minus_1_over_g(
+    grpo: object, grpo_table: dict
+) -> None:
     group = grpo.GROUP  # type: ignore[attr-defined]
     # Without std scaling, a constant normalizer (dr_grpo's G * L) or a sequence-level sum (luspo)
     # leaves only the baseline's departure: exactly 1/G of the gradient is missing ...
@@ -61,10 +69,16 @@ def test_std_scaling_is_biased_beyond_the_baseline(grpo_table: dict) -> None:
     for (loss_type, scale_rewards), figures in grpo_table.items():
         if scale_rewards in STD_SCALED:
             assert not figures["ok_with_own_baseline"], (loss_type, scale_rewards)
-            assert figures["relative_bias_with_own_baseline"] > 0.05, (loss_type, scale_rewards)
+            assert figures["relative_bias_with_own_baseline"] > 0.05, (
+                loss_type,
+                scale_rewards,
+            )
     # One prompt per batch: the batch's std is the group's, so the two scalings coincide.
     for loss_type in {lt for lt, _ in grpo_table}:
-        group, batch = grpo_table[(loss_type, "group")], grpo_table[(loss_type, "batch")]
+        group, batch = (
+            grpo_table[(loss_type, "group")],
+            grpo_table[(loss_type, "batch")],
+        )
         assert group["relative_bias"] == pytest.approx(batch["relative_bias"], abs=1e-9)
 
 
@@ -77,7 +91,12 @@ def test_token_averaging_is_biased_beyond_the_baseline(grpo_table: dict) -> None
         assert figures["relative_bias_with_own_baseline"] > 0.2, loss_type
     # At a ratio of 1, sapo's soft gate has grpo's gradient, and cispo's capped ratio (epsilon_high=5)
     # and vespo's gamma weight have dapo's; bnpo is dapo on one process.
-    for same, as_ in (("sapo", "grpo"), ("cispo", "dapo"), ("vespo", "dapo"), ("bnpo", "dapo")):
+    for same, as_ in (
+        ("sapo", "grpo"),
+        ("cispo", "dapo"),
+        ("vespo", "dapo"),
+        ("bnpo", "dapo"),
+    ):
         for scale_rewards in ("group", "batch", "none"):
             assert grpo_table[(same, scale_rewards)]["relative_bias"] == pytest.approx(
                 grpo_table[(as_, scale_rewards)]["relative_bias"], abs=1e-6
