@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import torch
 
 from ...test_examples import load
 
@@ -101,3 +102,63 @@ def test_token_averaging_is_biased_beyond_the_baseline(grpo_table: dict) -> None
             assert grpo_table[(same, scale_rewards)]["relative_bias"] == pytest.approx(
                 grpo_table[(as_, scale_rewards)]["relative_bias"], abs=1e-6
             ), (same, as_, scale_rewards)
+
+
+def test_check_grpo_finds_the_examples_figures_and_leaves_the_trainer_as_it_was(
+    grpo: object, tmp_path
+) -> None:
+    import warnings
+
+    from reinforce_check.integrations import relative_bias
+    from reinforce_check.integrations.trl import check_grpo, claimed_scale
+
+    trainer = grpo.grpo_trainer("dr_grpo", "none", str(tmp_path))  # type: ignore[attr-defined]
+    del (
+        trainer.current_gradient_accumulation_steps
+    )  # as a fresh trainer has it: train() sets it
+    assert claimed_scale(trainer) == 1 / grpo.LENGTH  # type: ignore[attr-defined]
+    tolerance = grpo.TOLERANCE  # type: ignore[attr-defined]  # rtol=1e-5, atol=1e-7
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        claimed = check_grpo(
+            trainer, raise_exception=False, top_sequences=0, **tolerance
+        )
+        baseline = check_grpo(
+            trainer, scale=0.5 * claimed_scale(trainer), top_sequences=0, **tolerance
+        )
+    assert claimed.num_sequences == 73 and not claimed.ok
+    assert relative_bias(claimed) == pytest.approx(0.5, abs=1e-6)
+    assert baseline.ok and relative_bias(baseline) < 1e-6
+    # Nothing of the check is left on the trainer or its model.
+    assert "generate" not in vars(trainer.model)
+    assert "_calculate_rewards" not in vars(trainer)
+    assert not hasattr(trainer, "current_gradient_accumulation_steps")
+    assert trainer._buffered_inputs is None and trainer._step == 0
+    assert all(not values for values in trainer._metrics["train"].values())
+    # And the trainer then trains: one real step moves the parameters.
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.args.max_steps, trainer.args.learning_rate = 1, 0.1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train()
+    assert any(
+        not torch.equal(b, p) for b, p in zip(before, trainer.model.parameters())
+    )
+
+
+def test_check_grpo_refuses_a_generation_batch_spread_over_steps(
+    grpo: object, tmp_path
+) -> None:
+    import warnings
+
+    from reinforce_check.integrations import IntegrationError
+    from reinforce_check.integrations.trl import check_grpo
+
+    trainer = grpo.grpo_trainer("dapo", "group", str(tmp_path))  # type: ignore[attr-defined]
+    trainer.args.steps_per_generation = 2
+    with (
+        pytest.raises(IntegrationError, match="steps_per_generation=1"),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore")
+        check_grpo(trainer)
