@@ -32,6 +32,21 @@ def float64_default() -> Iterator[None]:
 
 
 @pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Run the test on one intra-op thread, then restore the setting.
+
+    Tests made of thousands of tiny tensor operations gain nothing from more threads, and on a
+    machine whose cores are busy with other work extra threads slow them by an order of magnitude.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def make_param() -> Callable[..., torch.Tensor]:
     """Factory of seeded float64 leaf tensors that require grad: ``make_param(*shape, seed=0, scale=1.0)``.
 

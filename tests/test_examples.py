@@ -10,30 +10,16 @@ import importlib.util
 import math
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-import torch
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Run each example on one intra-op thread, then restore the setting.
-
-    The examples are thousands of tiny tensor operations: extra threads only add synchronization,
-    and on a machine whose cores are busy with other work they slow a failing check's per-sequence
-    replay by an order of magnitude.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+# The examples are thousands of tiny tensor operations: one intra-op thread each (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def load(name: str) -> ModuleType:

@@ -181,17 +181,6 @@ def ppo_episode(agent, *, norm_adv=False, observe=None):
     return episode
 
 
-@pytest.fixture
-def float64_default():
-    # CleanRL makes its buffers with torch.zeros and torch.Tensor: float64 by default here.
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
 def marked_agent(how: str) -> Agent:
     if how == "class decorator":
         return make_agent(DecoratedAgent)

@@ -221,8 +221,9 @@ def test_captures_do_not_nest() -> None:
                 pass
 
 
-def test_everything_is_restored_after_an_exception_and_backward_works_again() -> None:
-    originals = {
+def patched_attributes() -> dict[str, object]:
+    """What the capture replaces, as it stands now."""
+    return {
         "Tensor.backward": torch.Tensor.backward,
         "autograd.backward": torch.autograd.backward,
         "Adam.step": vars(torch.optim.Adam)["step"],
@@ -231,19 +232,14 @@ def test_everything_is_restored_after_an_exception_and_backward_works_again() ->
         "clip_grad_norm_": torch.nn.utils.clip_grad_norm_,
         "GradScaler.scale": torch.amp.GradScaler.scale,
     }
+
+
+def test_everything_is_restored_after_an_exception_and_backward_works_again() -> None:
+    originals = patched_attributes()
     with pytest.raises(ValueError, match="the step failed"):
         with capture_loss():
             raise ValueError("the step failed")
-    current = {
-        "Tensor.backward": torch.Tensor.backward,
-        "autograd.backward": torch.autograd.backward,
-        "Adam.step": vars(torch.optim.Adam)["step"],
-        "Optimizer.zero_grad": vars(torch.optim.Optimizer)["zero_grad"],
-        "Module.zero_grad": torch.nn.Module.zero_grad,
-        "clip_grad_norm_": torch.nn.utils.clip_grad_norm_,
-        "GradScaler.scale": torch.amp.GradScaler.scale,
-    }
-    assert current == originals
+    assert patched_attributes() == originals
     w = torch.tensor(3.0, requires_grad=True)
     (w * w).backward()
     assert w.grad is not None and w.grad.item() == 6.0

@@ -11,7 +11,6 @@ atol=1e-8`` (check_sb3's defaults, written out), which SB3's float32 rollout buf
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -38,15 +37,8 @@ UNBIASED = {"gamma": 1.0, "gae_lambda": 1.0, "normalize_advantage": False, "ent_
 QUIET = {"raise_exception": False, "top_sequences": 0, **TOLERANCE}
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny matrices: one intra-op thread is several times faster than two on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+# Tiny matrices: one intra-op thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sharpened(model: Any, seed: int = 0) -> Any:
