@@ -31,6 +31,12 @@ into ``.type(torch.DoubleTensor)``, and makes lower-precision floating results f
 ``.data`` or ``.grad`` of a lower-precision tensor keeps its dtype, so that ``model.float()`` in the
 episode leaves the model's tensors as they were.
 
+The backward of a custom :class:`torch.autograd.Function` the episode applies runs under the mode
+too: it runs after the episode call, in the check's own gradient computations, and may make
+lower-precision tensors of its own (TRL's fused LM head accumulates its gradients in float32).
+``Function.apply`` is replaced for each episode call, process-wide as ``autocast.__enter__`` is,
+and applies a subclass of the Function whose backward enters the mode.
+
 ``torch._C.DisableTorchFunction`` turns modes off as well as subclass handlers: the samplers'
 chooser, the check's own code, runs under it (:func:`unpromoted`).
 
@@ -287,6 +293,9 @@ def _promotion() -> Iterator[None]:
                     stack.enter_context(autocast(device, enabled=False))
         autocast.__enter__ = _entered_disabled(enter)
         stack.callback(setattr, autocast, "__enter__", enter)
+        function, apply = torch.autograd.Function, vars(torch.autograd.Function)["apply"]
+        function.apply = _applied_with_promoted_backward(apply)
+        stack.callback(setattr, function, "apply", apply)
         torch.set_default_dtype(torch.float64)
         stack.callback(torch.set_default_dtype, previous)
         _STATE.default_dtype = previous
@@ -309,6 +318,40 @@ def _entered_disabled(enter: Callable[[Any], Any]) -> Callable[[Any], Any]:
             self._enabled = enabled
 
     return entered_disabled
+
+
+@functools.cache
+def _applied_with_promoted_backward(apply: classmethod) -> classmethod:  # type: ignore[type-arg]
+    """``torch.autograd.Function.apply`` that applies each custom Function as
+    :func:`_with_promoted_backward` of it: its backward runs after the episode call, in the
+    check's own gradient computations, where the mode is off."""
+
+    def applied(cls: type[torch.autograd.Function], *args: Any, **kwargs: Any) -> Any:
+        return apply.__func__(_with_promoted_backward(cls), *args, **kwargs)
+
+    return classmethod(applied)
+
+
+@functools.cache
+def _with_promoted_backward(cls: type[torch.autograd.Function]) -> type[torch.autograd.Function]:
+    """A subclass of the custom Function ``cls`` whose backward (or ``vjp``, whichever it defines)
+    runs under :class:`_Promote`: a custom backward may make lower-precision tensors of its own
+    (TRL's fused LM head accumulates its gradients in float32), which would round the gradient the
+    check compares."""
+    if getattr(cls, "_promoted_backward", False):
+        return cls
+    base = torch.autograd.Function
+    own = "vjp" if cls.vjp is not base.vjp else "backward"
+    user_fn = getattr(cls, own)
+
+    @functools.wraps(user_fn)
+    def promoted(ctx: Any, *grads: Any) -> Any:
+        with _Promote():
+            return user_fn(ctx, *grads)
+
+    # The same names, so that graphs and messages read as before.
+    names = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
+    return type(cls.__name__, (cls,), {own: staticmethod(promoted), "_promoted_backward": True, **names})
 
 
 @functools.cache

@@ -212,6 +212,61 @@ def test_a_check_called_inside_autocast_runs_the_episode_without_it() -> None:
     assert seen and not any(seen)
 
 
+# The dtype of the buffer each backward of _Float32Accumulator made.
+_BACKWARD_DTYPES: list[torch.dtype] = []
+
+
+class _Float32Accumulator(torch.autograd.Function):
+    """The identity, whose backward accumulates its gradient in a float32 buffer of its own, as
+    fused kernels do (TRL's fused LM head)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        buffer = torch.zeros(grad.shape, dtype=torch.float32)
+        _BACKWARD_DTYPES.append(buffer.dtype)
+        return buffer.add_(grad.float()).to(grad.dtype)
+
+
+class _Float32AccumulatorVjp(torch.autograd.Function):
+    """The same, with its backward written as ``vjp``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def vjp(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return _Float32Accumulator.backward(ctx, grad)
+
+
+@pytest.mark.parametrize("function", [_Float32Accumulator, _Float32AccumulatorVjp], ids=["backward", "vjp"])
+def test_the_backward_of_a_custom_function_runs_in_float64_too(function: type[torch.autograd.Function]) -> None:
+    theta = torch.tensor([0.3, -0.2, 0.1], requires_grad=True)  # float32
+    apply = vars(torch.autograd.Function)["apply"]
+    _BACKWARD_DTYPES.clear()
+
+    def episode() -> tuple[torch.Tensor, torch.Tensor]:
+        dist = Categorical(logits=function.apply(theta))
+        action = dist.sample()
+        # No baseline under a large constant reward: each sequence's gradient is about 1000 times
+        # the expected one, so float32 accumulation (relative 6e-8) would leave about 6e-5.
+        reward = 1000.0 + action.double()
+        return reward, -dist.log_prob(action) * reward
+
+    # Default float64 tolerances: rtol=1e-6, atol=1e-9.
+    report = check_reinforce(episode, {"theta": theta})
+    assert report.ok and report.max_abs_error < 1e-11
+    assert _BACKWARD_DTYPES and set(_BACKWARD_DTYPES) == {torch.float64}
+    assert vars(torch.autograd.Function)["apply"] is apply  # the patch is gone
+    # Outside a check the function is itself again.
+    (theta * 0 + function.apply(theta)).sum().backward()
+    assert _BACKWARD_DTYPES[-1] == torch.float32
+
+
 def test_promote_true_checks_float64_parameters_whose_code_casts_to_float32() -> None:
     policy = Policy().double()  # float64 parameters; the code still calls .float() on its inputs
 
