@@ -1,9 +1,9 @@
 """TRL's GRPO example runs, and the conclusions its table draws hold.
 
-Each gradient check in ``examples/trl_grpo.py`` runs at ``rtol=1e-5, atol=1e-7`` (looser than the
-check's defaults: the passing rows depart by up to 2e-8 on elements of about 1e-3, a rounding-level
-residue; every biased row departs by more than 5% of the gradient). Relative biases are exact figures
-of the enumeration and are asserted to 1e-6.
+Each gradient check in ``examples/trl_grpo.py`` runs at the check's defaults, ``rtol=1e-6,
+atol=1e-9``. Relative biases are exact figures of the enumeration and are asserted to 1e-6; those
+of the rows that pass are float64 rounding (below 1e-12: the backward of TRL's fused LM head, which
+accumulates its gradients in float32, runs in float64 in a check).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def test_the_own_reward_in_the_group_mean_scales_the_gradient_by_g_minus_1_over_
         assert figures["relative_bias"] == pytest.approx(1 / group, abs=1e-6)
         # ... and the check passes against (G-1)/G times the claimed objective.
         assert figures["ok_with_own_baseline"], loss_type
-        assert figures["relative_bias_with_own_baseline"] < 1e-6, loss_type
+        assert figures["relative_bias_with_own_baseline"] < 1e-12, loss_type
 
 
 def test_std_scaling_is_biased_beyond_the_baseline(grpo_table: dict) -> None:
@@ -117,7 +117,7 @@ def test_check_grpo_finds_the_examples_figures_and_leaves_the_trainer_as_it_was(
         trainer.current_gradient_accumulation_steps
     )  # as a fresh trainer has it: train() sets it
     assert claimed_scale(trainer) == 1 / grpo.LENGTH  # type: ignore[attr-defined]
-    tolerance = grpo.TOLERANCE  # type: ignore[attr-defined]  # rtol=1e-5, atol=1e-7
+    tolerance = grpo.TOLERANCE  # type: ignore[attr-defined]  # the defaults: rtol=1e-6, atol=1e-9
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         claimed = check_grpo(
@@ -128,7 +128,7 @@ def test_check_grpo_finds_the_examples_figures_and_leaves_the_trainer_as_it_was(
         )
     assert claimed.num_sequences == 73 and not claimed.ok
     assert relative_bias(claimed) == pytest.approx(0.5, abs=1e-6)
-    assert baseline.ok and relative_bias(baseline) < 1e-6
+    assert baseline.ok and relative_bias(baseline) < 1e-12
     # Nothing of the check is left on the trainer or its model.
     assert "generate" not in vars(trainer.model)
     assert "_calculate_rewards" not in vars(trainer)
