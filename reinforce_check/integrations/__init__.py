@@ -6,7 +6,8 @@ Each adapter lives in its own module and imports its library only when called, s
 * :mod:`reinforce_check.integrations.sb3`: Stable-Baselines3's A2C and PPO
   (:func:`~reinforce_check.integrations.sb3.check_sb3`);
 * :mod:`reinforce_check.integrations.trl`: TRL's ``GRPOTrainer``
-  (:func:`~reinforce_check.integrations.trl.check_grpo`).
+  (:func:`~reinforce_check.integrations.trl.check_grpo`) and ``RLOOTrainer``
+  (:func:`~reinforce_check.integrations.trl.check_rloo`).
 
 Code that builds its loss inside its own training step and is not covered here is checked with
 :func:`~reinforce_check.capture_loss` (see :doc:`/integrations/training-step`).
