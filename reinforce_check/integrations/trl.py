@@ -125,7 +125,6 @@ def check_rloo(
     prompts: Sequence[dict[str, Any]] | None = None,
     *,
     with_kl: bool = True,
-    scale: float = 1.0,
     params: Params | None = None,
     **options: Any,
 ) -> CheckReport:
@@ -137,8 +136,9 @@ def check_rloo(
     completions), so the objective it claims is
     :math:`E[r] - \beta\,\mathrm{KL}(\pi\,\|\,\pi_{ref})` itself, with no length normalization.
     The leave-one-out baseline of a completion is the mean penalized reward of the others in its
-    group, independent of it, and leaves the expected gradient as it is; ``normalize_advantages``
-    and ``mask_truncated_completions`` do not.
+    group, independent of it, and leaves the expected gradient unchanged; ``normalize_advantages``
+    and ``mask_truncated_completions`` change it. The check is of the first step of a generation
+    batch, where the policy ratio is 1 and its clipping does not act.
 
     Arguments:
         trainer: an ``RLOOTrainer`` whose one generation batch is one step
@@ -150,8 +150,6 @@ def check_rloo(
         with_kl: hold the loss to the objective with the KL penalty (the default, when
             ``beta != 0``); ``False`` holds it to the expected reward alone, to measure how far the
             penalty's gradient takes the loss from it.
-        scale: the objective is ``scale`` times the expected mean (penalized) reward of the batch's
-            completions.
         params: the parameters to check (default: every parameter of ``trainer.model``).
         options: passed on to :func:`~reinforce_check.check_reinforce` (``rtol``, ``atol``,
             ``raise_exception``, ...).
@@ -185,7 +183,7 @@ def check_rloo(
             rewards = rewards.clamp(*trainer.reward_clip_range)
         if penalized:
             rewards = rewards - trainer.beta * _sequence_kl(trainer, step.generated)
-        return scale * rewards.mean()
+        return rewards.mean()
 
     return _check_step(trainer, prompts, objective, adapter="check_rloo", params=params, options=options)
 
