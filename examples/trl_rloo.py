@@ -95,6 +95,8 @@ def main() -> dict[tuple[str, str], dict[str, Any]]:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    progress_bars = transformers.logging.is_progress_bar_enabled()
+    transformers.logging.disable_progress_bar()  # saving and loading the tiny checkpoint
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: one thread is fastest
     results: dict[tuple[str, str], dict[str, Any]] = {}
@@ -126,6 +128,8 @@ def main() -> dict[tuple[str, str], dict[str, Any]]:
                 )
     finally:
         torch.set_num_threads(threads)
+        if progress_bars:
+            transformers.logging.enable_progress_bar()
     sequences = {f["num_sequences"] for f in results.values()}
     print(f"\nG = {GROUP} completions of at most L = {LENGTH} tokens; every check enumerated "
           f"{', '.join(map(str, sorted(sequences)))} sampled paths")  # fmt: skip
