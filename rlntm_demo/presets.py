@@ -26,6 +26,8 @@ curriculum             10/25/65%, threshold 0.2,      10/22.5/67.5%; error of th
                                                       ForwardReverse), 100 updates
 direct access          gates add at most +1 logit     gates add at most +1 logit      learnable scale, starts at 5
                                                                                       (``model.shortcut_scale``)
+after solving          stop                           stop                            1,000 more updates
+                                                                                      (``updates_after_solved``)
 =====================  =============================  ==============================  ===============================
 
 Sources: the ``paper`` column follows the paper (Section 8, Table 4, Appendix A) wherever it
@@ -227,6 +229,7 @@ def _fast(task: str, controller: str) -> dict[str, Any]:
         "objective": {"entropy_bonus": 0.3, "entropy_bonus_at_top": 0.0},
         "optimizer": {"name": "adam", "learning_rate": 0.005, "clip_controller": 5.0, "clip_baseline": 2.0},
         "curriculum": {"threshold": 0.2, "min_updates_between": 10, "probabilities": [0.10, 0.25, 0.65]},
+        "updates_after_solved": 1000,
     }
 
 

@@ -180,6 +180,16 @@ class Trainer:
                 self.solved_at = self.update
         return result.exact
 
+    @property
+    def finished(self) -> bool:
+        """Whether the run is over: its update budget spent, or solved (with ``stop_when_solved``)
+        ``updates_after_solved`` updates ago."""
+        config = self.config
+        if self.update >= config.max_updates:
+            return True
+        return (config.stop_when_solved and self.solved_at is not None
+                and self.update >= self.solved_at + config.updates_after_solved)
+
     def evaluate(self, *, multipliers: Iterable[int] | None = None, instances: int | None = None, seed: int = 0) -> dict[int, LengthResult]:
         """Greedy accuracy on fresh instances at multiples of the training length.
 
@@ -348,7 +358,7 @@ def _run(trainer: Trainer, out: Path, *, resume_after: int | None, progress: boo
             _StopRequest() as stop, \
             tqdm(total=config.max_updates, initial=trainer.update, disable=not progress, unit="update",
                  desc=f"{config.task}/{config.controller}", dynamic_ncols=True) as bar:
-        while trainer.update < config.max_updates and not (config.stop_when_solved and trainer.solved_at is not None):
+        while not trainer.finished:
             if stop.requested:
                 status = "interrupted"
                 break
