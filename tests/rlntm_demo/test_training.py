@@ -225,3 +225,12 @@ def test_tensorboard_logging_writes_events_or_says_how_to_install_it(tmp_path: P
     else:
         train(config, tmp_path, progress=False)
         assert any((tmp_path / "tensorboard").iterdir())
+
+
+def test_the_summary_lists_the_commits_that_trained_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run resumed after a code change names both commits, in order; one resumed on the same commit, one."""
+    monkeypatch.setattr(training, "source_commit", lambda: "a" * 40)
+    assert train(small_config(max_updates=2), tmp_path, progress=False)["commits"] == ["a" * 40]
+    assert resume(tmp_path, max_updates=3, progress=False)["commits"] == ["a" * 40]
+    monkeypatch.setattr(training, "source_commit", lambda: "b" * 40 + "+dirty")
+    assert resume(tmp_path, max_updates=4, progress=False)["commits"] == ["a" * 40, "b" * 40 + "+dirty"]
