@@ -9,8 +9,10 @@ gradient of the objective, and the exact size of the departure, ``‖E[grad loss
 at two policies: the networks as torchrl's ``MLP`` initializes them, and the same networks after 150
 updates of A2C (gamma=1, lambda=1), actor and critic, loaded into every loss. The objective is the
 undiscounted return ("return") or the return discounted by the value estimator's gamma from the
-episode's start ("discounted"), divided by the 4 samples the loss averages over, plus
-``entropy_coeff`` times the entropy at the visited states when the loss has an entropy bonus ("+H").
+episode's start ("discounted"), divided by the samples the loss averages over (the rollout's steps),
+plus ``entropy_coeff`` times the entropy at the visited states when the loss has an entropy bonus
+("+H"), plus the critic's value of the state where a rollout stops inside its episode, held fixed,
+when asked (``bootstrap=True``: "+V").
 
 Run it with ``python examples/torchrl_bias_table.py`` (``pip install -e ".[integrations]"``).
 """
@@ -49,6 +51,7 @@ class Row:
     estimator: tuple[ValueEstimators, dict[str, Any]] | None = (ValueEstimators.GAE, UNBIASED_VALUES)
     objective: str = "return"
     max_steps: int = HORIZON
+    bootstrap: bool = False
     tutorial_gae: bool = False
 
 
@@ -64,12 +67,24 @@ ROWS = [
     Row("ClipPPOLoss unbiased", ClipPPOLoss, NO_BONUS),
     Row("ClipPPOLoss defaults", ClipPPOLoss, estimator=None, objective="discounted"),
     Row("ClipPPOLoss defaults", ClipPPOLoss, estimator=None),
-    Row("ClipPPOLoss unbiased but gamma=0.99", ClipPPOLoss, NO_BONUS, (ValueEstimators.GAE, {"gamma": 0.99, "lmbda": 1.0}), "discounted"),
-    Row("ClipPPOLoss unbiased but lmbda=0.95", ClipPPOLoss, NO_BONUS, (ValueEstimators.GAE, {"gamma": 1.0, "lmbda": 0.95})),
+    Row(
+        "ClipPPOLoss unbiased but gamma=0.99",
+        ClipPPOLoss,
+        NO_BONUS,
+        (ValueEstimators.GAE, {"gamma": 0.99, "lmbda": 1.0}),
+        "discounted",
+    ),
+    Row(
+        "ClipPPOLoss unbiased but lmbda=0.95",
+        ClipPPOLoss,
+        NO_BONUS,
+        (ValueEstimators.GAE, {"gamma": 1.0, "lmbda": 0.95}),
+    ),
     Row("ClipPPOLoss unbiased but TD(0)", ClipPPOLoss, NO_BONUS, (ValueEstimators.TD0, {"gamma": 1.0})),
     Row("ClipPPOLoss unbiased but normalize_advantage", ClipPPOLoss, {**NO_BONUS, "normalize_advantage": True}),
     Row("ClipPPOLoss unbiased, GAE(average_gae=True)", ClipPPOLoss, NO_BONUS, tutorial_gae=True),
     Row("ClipPPOLoss unbiased, 3 of 4 steps: bootstraps", ClipPPOLoss, NO_BONUS, max_steps=HORIZON - 1),
+    Row("ClipPPOLoss unbiased, 3 of 4 steps: bootstraps", ClipPPOLoss, NO_BONUS, max_steps=HORIZON - 1, bootstrap=True),
 ]
 
 
@@ -140,6 +155,7 @@ def main() -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
                     env,
                     max_steps=row.max_steps,
                     objective=row.objective,  # type: ignore[arg-type]
+                    bootstrap=row.bootstrap,
                     advantage=advantage,
                     raise_exception=False,
                     top_sequences=0,
@@ -152,12 +168,16 @@ def main() -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
                     "ground_truth": report.ground_truth,
                     "seconds": seconds,
                 }
-                claimed = row.objective + ("+H" if getattr(loss, "entropy_bonus", False) else "")
+                claimed = (
+                    row.objective
+                    + ("+H" if getattr(loss, "entropy_bonus", False) else "")
+                    + ("+V" if row.bootstrap else "")
+                )
                 print(
                     f"{row.label:<48} {claimed:<12} {policy:<8} {'yes' if report.ok else 'no':<6} "
                     f"{figures[policy]['relative_bias']:>16.3g} {seconds:>8.2f}"
                 )
-            results[(row.label, row.objective)] = figures
+            results[(row.label, claimed)] = figures
         sequences = {f["num_sequences"] for figures in results.values() for f in figures.values()}
         print(f"\nthe checks enumerated {', '.join(map(str, sorted(sequences)))} action sequences")
         return results

@@ -79,16 +79,22 @@ def check_torchrl(
     with :math:`g = \gamma` for ``"discounted"`` and 1 for ``"return"``, and :math:`V` the critic
     as it is when the check starts, held fixed: what the value estimator bootstraps from.
 
-    torchrl's estimator is unbiased for this objective when the rollout covers whole episodes of a
-    fixed length (each ends, terminated, within ``max_steps``, so nothing is bootstrapped from the
-    critic and :math:`N` is the same for every sequence; or ``bootstrap=True``), the value estimator has ``gamma=1`` (with
-    ``objective="return"``) and ``lmbda=1`` (``GAE``, ``TDLambda``) or is ``TD1``, the advantages
-    are not normalized (``normalize_advantage=False``, no ``advantage_norm``, no
-    ``average_gae``), and there is no entropy bonus (``entropy_bonus=False``). The critic is a
-    baseline of the state only, so it leaves the estimator unbiased; its own loss trains its own
-    parameters, which the default ``params="actor"`` leaves out. PPO's clipping leaves it unbiased
-    too: the rollout's log-probabilities are those of the current parameters, so the ratio is 1.
-    Anything else is reported with the exact size of its bias
+    torchrl's estimator is unbiased for this objective when all of these hold:
+
+    * nothing is bootstrapped from the critic: every episode in the rollout ends, terminated,
+      within ``max_steps`` (or ``bootstrap=True`` puts the critic's values in the objective), and
+      they last the same number of steps whatever the actions, so that :math:`N` is a constant;
+    * the value estimator has ``gamma=1`` (with ``objective="return"``) and ``lmbda=1``
+      (``GAE``, ``TDLambda``), or is ``TD1`` with ``gamma=1``;
+    * the advantages are not normalized: PPO's ``normalize_advantage=False``, no
+      ``advantage_norm``, no ``average_gae``;
+    * there is no entropy bonus (``entropy_bonus=False``): its gradient is that of the entropy at
+      the states visited, without the score terms of their dependence on the policy.
+
+    The critic is a baseline of the state only, so it leaves the estimator unbiased; its own loss
+    trains its own parameters, which the default ``params="actor"`` leaves out. PPO's clipping
+    leaves it unbiased too: the rollout's log-probabilities are those of the current parameters, so
+    the ratio is 1. Anything else is reported with the exact size of its bias
     (:func:`~reinforce_check.integrations.relative_bias`): the check is not a verdict on the
     algorithm, it measures how far its expected gradient departs from the gradient of the objective.
 
@@ -116,7 +122,8 @@ def check_torchrl(
         params: ``"actor"`` (default): the actor's parameters; ``"all"``: every parameter of the
             loss module (the critic's too, whose loss then shows as bias); or the parameters
             themselves, as for :func:`~reinforce_check.check_reinforce`.
-        policy: what collects the rollout (default: the loss module's actor, ``loss_module.actor_network``).
+        policy: what collects the rollout (default: the loss module's actor,
+            ``loss_module.actor_network``).
         advantage: a torchrl value estimator (``torchrl.objectives.value.GAE(...)``, ...) run on the
             rollout before the loss, as torchrl's PPO tutorial does; default: the loss computes the
             advantages with its own value estimator.
@@ -143,7 +150,9 @@ def check_torchrl(
     reinforce_check.integrations.IntegrationError: max_steps must be a positive integer (the rollout's length at most), not 0.
     """
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-        raise IntegrationError(f"max_steps must be a positive integer (the rollout's length at most), not {max_steps!r}.")
+        raise IntegrationError(
+            f"max_steps must be a positive integer (the rollout's length at most), not {max_steps!r}."
+        )
     if objective not in ("return", "discounted"):
         raise IntegrationError(f"objective must be 'return' or 'discounted', not {objective!r}.")
     _validate(loss_module, env, advantage)
@@ -189,7 +198,8 @@ def _validate(loss: Any, env: Any, advantage: Any) -> None:
         )
     if advantage is not None and not isinstance(advantage, values.ValueEstimatorBase):
         raise IntegrationError(
-            f"advantage must be a torchrl value estimator (GAE, TDLambdaEstimator, ...), not {type(advantage).__name__}."
+            "advantage must be a torchrl value estimator (GAE, TDLambdaEstimator, ...), "
+            f"not {type(advantage).__name__}."
         )
     if not isinstance(env, envs.EnvBase):
         raise IntegrationError(
@@ -212,7 +222,10 @@ def _validate(loss: Any, env: Any, advantage: Any) -> None:
             f"check_torchrl enumerates discrete actions; this environment's action {continuous[0]!r} is continuous "
             f"({type(env.full_action_spec[continuous[0]]).__name__}). Check a discrete-action environment."
         )
-    running = [type(m).__name__ for m in env.modules() if getattr(m, "frozen", None) is False]
+    # VecNorm and VecNormV2 say whether they update their statistics in `frozen`.
+    running = [
+        type(m).__name__ for m in env.modules() if isinstance(m, envs.Transform) and getattr(m, "frozen", None) is False
+    ]
     if running:
         raise IntegrationError(
             f"the environment's {running[0]} updates its running statistics at every step, so they would change from "
