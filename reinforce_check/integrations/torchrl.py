@@ -83,7 +83,8 @@ def check_torchrl(
 
     * nothing is bootstrapped from the critic: every episode in the rollout ends, terminated,
       within ``max_steps`` (or ``bootstrap=True`` puts the critic's values in the objective), and
-      they last the same number of steps whatever the actions, so that :math:`N` is a constant;
+      they last the same number of steps whatever the actions, so that :math:`N` is a constant
+      (or the loss sums its terms, ``reduction="sum"``);
     * the value estimator has ``gamma=1`` (with ``objective="return"``) and ``lmbda=1``
       (``GAE``, ``TDLambda``), or is ``TD1`` with ``gamma=1``;
     * the advantages are not normalized: PPO's ``normalize_advantage=False``, no

@@ -168,6 +168,23 @@ def test_a_rollout_that_stops_inside_its_episode_is_exact_for_the_return_plus_th
     assert across.ok and across.num_sequences == 8
 
 
+class EdgeWalk(ChainWalk):  # type: ignore[misc, valid-type]
+    """ChainWalk whose episode also ends when the walker steps left of the start: lengths vary."""
+
+    def step(self, action: int) -> tuple[Any, float, bool, bool, dict]:
+        observation, reward, terminated, truncated, info = super().step(action)
+        return observation, reward, terminated or self.position < 0, truncated, info
+
+
+def test_a_mean_over_episodes_of_varying_length_is_biased_and_a_sum_is_not() -> None:
+    # reduction="mean" divides each sequence's loss by its own length N(a): the score of step t is
+    # weighed by G_t / N(a), which is not the reward-to-go of R / N(a) (N depends on later actions).
+    env = GymWrapper(EdgeWalk(HORIZON))
+    mean = check_torchrl(loss(A2CLoss, entropy_bonus=False), env, max_steps=HORIZON, **QUIET)
+    assert mean.num_sequences == 5 and not mean.ok and relative_bias(mean) > 0.1
+    assert check_torchrl(loss(A2CLoss, entropy_bonus=False, reduction="sum"), env, max_steps=HORIZON).ok
+
+
 def test_a_serial_env_is_enumerated_as_one_batch() -> None:
     module = loss(A2CLoss, horizon=2, entropy_bonus=False)
     env = SerialEnv(2, lambda: environment(2))
