@@ -6,8 +6,9 @@ Checks torchrl's own loss modules, float32 as torchrl builds them, with
 16 action sequences), and the loss module's ``forward`` on it (its value estimator computes the
 advantages). For each setting it prints whether the expected gradient of the loss equals minus the
 gradient of the objective, and the exact size of the departure, ``‖E[grad loss] + grad J‖ / ‖grad J‖``,
-at two policies: the networks as torchrl's ``MLP`` initializes them, and the same networks after 150
-updates of A2C (gamma=1, lambda=1), actor and critic, loaded into every loss. The objective is the
+at two policies: the networks as torchrl's ``MLP`` initializes them, and the same networks after 30
+updates of A2C (gamma=1, lambda=1), actor and critic (the actor then moves right with probability
+0.81 to 0.99 along its most likely path), loaded into every loss. The objective is the
 undiscounted return ("return") or the return discounted by the value estimator's gamma from the
 episode's start ("discounted"), divided by the samples the loss averages over (the rollout's steps),
 plus ``entropy_coeff`` times the entropy at the visited states when the loss has an entropy bonus
@@ -102,8 +103,13 @@ def networks(seed: int = 0) -> tuple[ProbabilisticActor, ValueOperator]:
     return actor, critic
 
 
-def trained_networks(updates: int = 150) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """The networks after ``updates`` A2C updates (gamma=1, lambda=1), one whole episode each."""
+def trained_networks(updates: int = 30) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The networks after ``updates`` A2C updates (gamma=1, lambda=1), one whole episode each.
+
+    30 updates leave the actor sure but not certain: it moves right with probability 0.81 to 0.99
+    along its most likely path (after 150 it would be 0.9994 and more, with a gradient a
+    thousandth of the initial one).
+    """
     actor, critic = networks()
     loss = A2CLoss(actor, critic, entropy_bonus=False)
     loss.make_value_estimator(ValueEstimators.GAE, **UNBIASED_VALUES)

@@ -66,6 +66,6 @@ def _standardizes(label: str) -> bool:
 
 def test_the_entropy_bonus_is_a_small_bias_and_bootstrapping_a_large_one_once_the_critic_learned(table: dict) -> None:
     for figures in table[("A2CLoss unbiased but entropy_coeff=0.01", "return+H")].values():
-        assert 1e-5 < figures["relative_bias"] < 1e-3
+        assert 1e-5 < figures["relative_bias"] < 1e-2
     bootstrapped = table[("ClipPPOLoss unbiased, 3 of 4 steps: bootstraps", "return")]
     assert bootstrapped["trained"]["relative_bias"] > 10 * bootstrapped["initial"]["relative_bias"]
