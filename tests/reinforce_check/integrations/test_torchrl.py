@@ -1,10 +1,11 @@
-"""check_torchrl on torchrl's own ReinforceLoss, A2CLoss and ClipPPOLoss, float32 as torchrl builds them.
+"""check_torchrl on torchrl's own ReinforceLoss, A2CLoss and PPO losses, float32 as torchrl builds them.
 
 The environment is :class:`ChainWalk` through torchrl's ``GymWrapper`` (3 steps, 2 actions, 8 action
 sequences; ``max_steps=3`` covers one whole episode). Every check runs at the check's own tolerances,
 ``rtol=1e-6, atol=1e-9``: torchrl keeps its rollouts in torch tensors, which the check promotes to
-float64 with the model, so the unbiased settings land at a relative error of about 1e-16; the biased
-ones depart by 1e-5 to 1 of the gradient, and each test states the range it expects.
+float64 with the model, so the unbiased settings land at a relative error of about 1e-16 (asserted
+below 1e-12); the biased ones depart by 1e-6 to 2 of the gradient, and each test states the range it
+expects.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from torchrl.modules import (  # noqa: E402
     RunningValueNorm,
     ValueOperator,
 )
-from torchrl.objectives import A2CLoss, ClipPPOLoss, ReinforceLoss, ValueEstimators  # noqa: E402
+from torchrl.objectives import A2CLoss, ClipPPOLoss, KLPENPPOLoss, ReinforceLoss, ValueEstimators  # noqa: E402
 from torchrl.objectives.value import GAE  # noqa: E402
 
 from reinforce_check import check_reinforce  # noqa: E402
@@ -86,6 +87,8 @@ LOSSES = [
     pytest.param(ReinforceLoss, {}, id="ReinforceLoss"),
     pytest.param(A2CLoss, {"entropy_bonus": False}, id="A2CLoss"),
     pytest.param(ClipPPOLoss, {"entropy_bonus": False}, id="ClipPPOLoss"),
+    # Its KL penalty has no gradient at theta_old = theta; its adaptive beta is a buffer, put back.
+    pytest.param(KLPENPPOLoss, {"entropy_bonus": False}, id="KLPENPPOLoss"),
 ]
 
 
