@@ -1,5 +1,5 @@
 """ChainWalk: a tiny deterministic gymnasium environment, a chain of fixed length, for the integration
-examples (``sb3_bias_table.py``, ``cleanrl_ppo.py``) and tests.
+examples (``sb3_bias_table.py``, ``cleanrl_ppo.py``, ``torchrl_bias_table.py``) and tests.
 
 Every episode lasts exactly ``horizon`` steps, so a rollout of ``n_steps = horizon`` covers one
 whole episode and the tree of action sequences has ``2 ** horizon`` leaves. Rewards depend on the

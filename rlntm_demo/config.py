@@ -478,7 +478,11 @@ class TrainConfig:
     checkpoint_every: int = 100
     """Save a checkpoint every this many updates (and always at the end, on Ctrl-C, on solving)."""
     stop_when_solved: bool = True
-    """End the run as soon as the task is solved."""
+    """End the run once the task is solved (and ``updates_after_solved`` more updates are made)."""
+    updates_after_solved: int = 0
+    """With ``stop_when_solved``, the updates made after the solving one before the run ends. A
+    policy stopped at the first update that passes the training length often fails at 5 times it;
+    training on sharpens it (``updates_to_solve`` still records the solving update)."""
     tensorboard: bool = False
     """Also log the metrics to TensorBoard (needs the ``tensorboard`` package)."""
 
@@ -492,6 +496,8 @@ class TrainConfig:
         for name in ("max_updates", "batch_size", "rollouts_per_input", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.updates_after_solved < 0:
+            raise ValueError(f"updates_after_solved must be at least 0, not {self.updates_after_solved}")
         if self.batch_size % self.rollouts_per_input:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of rollouts_per_input ({self.rollouts_per_input})"

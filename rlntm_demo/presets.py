@@ -16,7 +16,9 @@ baseline               moving average + LSTM          LSTM                      
 inverse temperature    0.01                           0.01 (0.03 RepeatCopy)          1
 initial state          0                              0.1                             0
 read window            current cell                   2 cells each side               current cell
-input tape             ends are walls                 circular                        ends are walls
+input tape             ends are walls                 circular                        ends are walls, the left one
+                                                                                      marked (``BLANK x1 .. xC EOS``,
+                                                                                      ``model.input_start_marker``)
 memory tape            where Table 2 has one          always (``memory = true``)      where Table 2 has one
 entropy bonus          none                           none                            0.3 (``-0.3 log p(a_t)`` per step),
                                                                                       0 at the top level
@@ -26,6 +28,8 @@ curriculum             10/25/65%, threshold 0.2,      10/22.5/67.5%; error of th
                                                       ForwardReverse), 100 updates
 direct access          gates add at most +1 logit     gates add at most +1 logit      learnable scale, starts at 5
                                                                                       (``model.shortcut_scale``)
+after solving          stop                           stop                            1,000 more updates
+                                                                                      (``updates_after_solved``)
 =====================  =============================  ==============================  ===============================
 
 Sources: the ``paper`` column follows the paper (Section 8, Table 4, Appendix A) wherever it
@@ -45,8 +49,8 @@ speaks; the ``authors`` column the authors' released scripts (``shared/notes/aut
 The ``paper`` preset keeps the paper's inverse temperature (0.01) on every task. The authors'
 README says 30-50% of seeds succeed, and their shipped runs used seeds 2 and 10 (RepeatCopy), 3
 and 10 (ForwardReverse): compare presets over several seeds (``rlntm-demo sweep``), never one.
-The ``fast`` column's shortcut scale is issue 19's: single-seed indications in
-``docs/results.rst``.
+The ``fast`` column's shortcut scale, start marker and updates after solving are issue 19's, chosen
+by the measurements in ``docs/results.rst``.
 
 All three draw every weight from N(0, 0.1^2), use memory cells of 35 reals, reward-to-go, and
 normalize the gradient by the number of episodes (not by sequence length). Every option of the
@@ -223,10 +227,11 @@ def _fast(task: str, controller: str) -> dict[str, Any]:
         "batch_size": 200,
         "rollouts_per_input": 8,
         "model": {"init_std": 0.1, "inverse_temperature": 1.0, "initial_state": 0.0, "baseline": "none", "read_window": 0,
-                  "shortcut_scale": 5.0},
+                  "shortcut_scale": 5.0, "input_start_marker": True},
         "objective": {"entropy_bonus": 0.3, "entropy_bonus_at_top": 0.0},
         "optimizer": {"name": "adam", "learning_rate": 0.005, "clip_controller": 5.0, "clip_baseline": 2.0},
         "curriculum": {"threshold": 0.2, "min_updates_between": 10, "probabilities": [0.10, 0.25, 0.65]},
+        "updates_after_solved": 1000,
     }
 
 

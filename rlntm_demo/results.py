@@ -60,12 +60,14 @@ RUN_COLUMNS = (
     "task", "controller", "preset", "seed", "solved", "updates_to_solve",
     "greedy_exact_1x", "greedy_exact_2x", "greedy_exact_5x", "seconds",
     "greedy_exact_10x", "status", "updates", "level", "training_complexity", "episodes", "seconds_per_update",
+    "commits",
 )
 """The columns of a run's row: what it trained; whether it was solved and at which update; the
 greedy exact-sequence accuracy of its final evaluation at 1, 2, 5 and 10 times the training length
 (empty where not evaluated); its training seconds; then its status (``summary.json``'s, or
-``"unfinished"``), updates made, curriculum level reached, training complexity, episodes, and
-seconds per update."""
+``"unfinished"``), updates made, curriculum level reached, training complexity, episodes,
+seconds per update, and the commits whose code trained it (short hashes, space-separated; empty
+for runs made before they were recorded)."""
 
 SUMMARY_COLUMNS = (
     "task", "controller", "preset", "runs", "unfinished", "solved", "success_rate", "median_updates_to_solve",
@@ -119,6 +121,8 @@ def _row_from_summary(summary: dict[str, Any]) -> dict[str, Any]:
         row[f"greedy_exact_{multiplier}x"] = exact.get(str(multiplier))
     for key in ("updates", "level", "training_complexity", "episodes", "seconds_per_update"):
         row[key] = summary.get(key)
+    row["commits"] = " ".join(commit[:7] + ("+dirty" if commit.endswith("+dirty") else "")
+                              for commit in summary.get("commits") or ()) or None
     return row
 
 

@@ -64,6 +64,28 @@ _DATA_SEED_OFFSET = 7919
 """The instances' stream is seeded with ``seed + _DATA_SEED_OFFSET``, apart from the weights'."""
 
 
+def source_commit() -> str | None:
+    """The git commit of the ``rlntm_demo`` code running, ``+dirty`` where tracked files differ
+    from it; ``None`` outside a git checkout (an installed wheel) or without git.
+
+    >>> commit = source_commit()
+    >>> commit is None or len(commit.removesuffix("+dirty")) == 40
+    True
+    """
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                 capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if changed.stdout.strip() else "")
+
+
 class TrainingDiverged(RuntimeError):
     """The loss or a gradient norm stopped being finite."""
 
@@ -98,6 +120,14 @@ class Trainer:
         self.seconds = 0.0
         self.solved_at: int | None = None
         self.last_greedy_exact: float | None = None
+        # The commits whose code made this run's updates, in order (several when resumed after a change).
+        self.commits: list[str] = []
+        self._note_commit()
+
+    def _note_commit(self) -> None:
+        commit = source_commit()
+        if commit is not None and (not self.commits or self.commits[-1] != commit):
+            self.commits.append(commit)
 
     # --- one update ---------------------------------------------------------------------------
 
@@ -180,6 +210,16 @@ class Trainer:
                 self.solved_at = self.update
         return result.exact
 
+    @property
+    def finished(self) -> bool:
+        """Whether the run is over: its update budget spent, or solved (with ``stop_when_solved``)
+        ``updates_after_solved`` updates ago."""
+        config = self.config
+        if self.update >= config.max_updates:
+            return True
+        return (config.stop_when_solved and self.solved_at is not None
+                and self.update >= self.solved_at + config.updates_after_solved)
+
     def evaluate(self, *, multipliers: Iterable[int] | None = None, instances: int | None = None, seed: int = 0) -> dict[int, LengthResult]:
         """Greedy accuracy on fresh instances at multiples of the training length.
 
@@ -215,6 +255,7 @@ class Trainer:
             "curriculum": self.curriculum.state_dict(),
             "action_rng": self.action_rng.clone(),
             "data_rng": self.data_generator.get_state(),
+            "commits": list(self.commits),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -231,6 +272,8 @@ class Trainer:
         self.seconds = float(state["seconds"])
         self.solved_at = None if state["solved_at"] is None else int(state["solved_at"])
         self.last_greedy_exact = state["last_greedy_exact"]
+        self.commits = list(state.get("commits", []))  # checkpoints from before commits were kept have none
+        self._note_commit()
 
     @classmethod
     def from_checkpoint(cls, state: dict[str, Any], *, overrides: Iterable[str] = (), max_updates: int | None = None) -> Trainer:
@@ -348,7 +391,7 @@ def _run(trainer: Trainer, out: Path, *, resume_after: int | None, progress: boo
             _StopRequest() as stop, \
             tqdm(total=config.max_updates, initial=trainer.update, disable=not progress, unit="update",
                  desc=f"{config.task}/{config.controller}", dynamic_ncols=True) as bar:
-        while trainer.update < config.max_updates and not (config.stop_when_solved and trainer.solved_at is not None):
+        while not trainer.finished:
             if stop.requested:
                 status = "interrupted"
                 break
@@ -409,5 +452,6 @@ def _summary(trainer: Trainer, status: str, message: str | None, *, final_evalua
         "seconds": trainer.seconds,
         "seconds_per_update": trainer.seconds / max(trainer.update, 1),
         "torch_version": torch.__version__,
+        "commits": list(trainer.commits),
         "config": config.to_dict(),
     }

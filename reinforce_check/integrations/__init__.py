@@ -7,7 +7,10 @@ Each adapter lives in its own module and imports its library only when called, s
   (:func:`~reinforce_check.integrations.sb3.check_sb3`);
 * :mod:`reinforce_check.integrations.trl`: TRL's ``GRPOTrainer``
   (:func:`~reinforce_check.integrations.trl.check_grpo`) and ``RLOOTrainer``
-  (:func:`~reinforce_check.integrations.trl.check_rloo`).
+  (:func:`~reinforce_check.integrations.trl.check_rloo`);
+* :mod:`reinforce_check.integrations.torchrl`: torchrl's ``ReinforceLoss``, ``A2CLoss`` and PPO
+  losses on a rollout of a torchrl environment
+  (:func:`~reinforce_check.integrations.torchrl.check_torchrl`).
 
 Code that builds its loss inside its own training step and is not covered here is checked with
 :func:`~reinforce_check.capture_loss` (see :doc:`/integrations/training-step`).
@@ -20,12 +23,22 @@ True
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Sequence
+from typing import Any, Literal, Union
+
+import numpy as np
 import torch
 
+from ..check import Params
 from ..errors import CheckUsageError
 from ..report import CheckReport
 
-__all__ = ["IntegrationError", "relative_bias"]
+__all__ = ["IntegrationError", "ParameterChoice", "import_library", "relative_bias", "rollout_return"]
+
+ParameterChoice = Union[Literal["actor", "all"], Params]
+"""What an adapter checks: ``"actor"`` (the parameters of the action distribution), ``"all"``, or
+the parameters themselves, as for :func:`~reinforce_check.check_reinforce`."""
 
 
 class IntegrationError(CheckUsageError):
@@ -68,3 +81,44 @@ def relative_bias(report: CheckReport) -> float:
     if norm == 0.0:
         return 0.0 if difference == 0.0 else float("inf")
     return difference / norm
+
+
+def rollout_return(rewards: Sequence[Any], dones: Sequence[Any], gamma: float | None = None) -> float:
+    """The rewards of a rollout summed over its steps and environments, discounted from each episode's start.
+
+    Arguments:
+        rewards: one array per step, the reward of each environment (any shape, the same at every step).
+        dones: one array per step, whether that step ended each environment's episode (the next
+            step starts a new one, whose discount starts again at 1).
+        gamma: the discount, applied as ``gamma ** k`` to a reward ``k`` steps after its episode
+            began; ``None``: undiscounted.
+
+    >>> rollout_return([[1.0], [1.0], [1.0]], [[False], [True], [False]], gamma=0.5)
+    2.5
+    """
+    total = 0.0
+    since_start = np.zeros(np.shape(rewards[0])) if len(rewards) else np.zeros(0)
+    for reward, done in zip(rewards, dones):
+        factor = 1.0 if gamma is None else gamma**since_start
+        total += float(np.sum(factor * np.asarray(reward, dtype=np.float64)))
+        since_start = np.where(np.asarray(done, dtype=bool), 0.0, since_start + 1.0)
+    return total
+
+
+def import_library(module: str, *, adapter: str, library: str) -> Any:
+    """Import ``module`` for an adapter when it is called, or say how to install its library.
+
+    Raises:
+        IntegrationError: ``module`` cannot be imported.
+
+    >>> import_library("reinforce_check_no_such_library", adapter="check_x", library="X")
+    Traceback (most recent call last):
+    ...
+    reinforce_check.integrations.IntegrationError: check_x needs X (No module named 'reinforce_check_no_such_library'); install it with pip install 'reinforce-check[integrations]'.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise IntegrationError(
+            f"{adapter} needs {library} ({error}); install it with pip install 'reinforce-check[integrations]'."
+        ) from error

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -29,13 +28,12 @@ from ..check import Params, check_reinforce
 from ..handlers import enumerate_actions
 from ..report import CheckReport
 from ..training_step import capture_loss
-from . import IntegrationError
+from . import IntegrationError, ParameterChoice, import_library, rollout_return
 
 __all__ = ["check_sb3"]
 
 Objective = Literal["return", "discounted"]
 Minibatches = Literal["first", "epoch"]
-ParameterChoice = Union[Literal["actor", "all"], Params]
 
 _MISSING = object()
 # What collect_rollouts and train() change on the model, put back after the check.
@@ -52,12 +50,7 @@ _MODEL_STATE = (
 
 
 def _import(module: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        raise IntegrationError(
-            f"check_sb3 needs Stable-Baselines3 ({error}); install it with pip install 'reinforce-check[integrations]'."
-        ) from error
+    return import_library(module, adapter="check_sb3", library="Stable-Baselines3")
 
 
 def check_sb3(
@@ -280,17 +273,6 @@ def _model_state_kept(model: Any) -> Iterator[Any]:
             vars(model).pop("_logger", None)
 
 
-def _rollout_return(rewards: list[np.ndarray], dones: list[np.ndarray], gamma: float | None) -> float:
-    """The rewards of the rollout summed over steps and environments, discounted from each episode's start."""
-    total = 0.0
-    since_start = np.zeros_like(rewards[0]) if rewards else np.zeros(0)
-    for reward, done in zip(rewards, dones):
-        factor = 1.0 if gamma is None else gamma**since_start
-        total += float(np.sum(factor * reward))
-        since_start = np.where(done, 0.0, since_start + 1.0)
-    return total
-
-
 def _minibatch_weights(model: Any, samples: int, minibatches: str) -> list[float]:
     """How the first backward calls of train() combine into the episode's loss."""
     batch_size = getattr(model, "batch_size", None)
@@ -317,7 +299,7 @@ def _episode(
         model._last_episode_starts = np.ones((env.num_envs,), dtype=bool)
         model.collect_rollouts(env, recorder, model.rollout_buffer, n_rollout_steps=model.n_steps)
         value: torch.Tensor = torch.tensor(
-            _rollout_return(recorder.rewards, recorder.dones, gamma) / samples, dtype=torch.get_default_dtype()
+            rollout_return(recorder.rewards, recorder.dones, gamma) / samples, dtype=torch.get_default_dtype()
         )
         if ent_coef != 0.0:
             observations = model.rollout_buffer.observations

@@ -95,6 +95,14 @@ def test_write_results(roots: list[Path], tmp_path: Path) -> None:
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_row_names_the_commits_that_trained_the_run_by_their_short_hashes(tmp_path: Path) -> None:
+    folder = make_run(tmp_path, "copy", "direct", "fast", 0, status="solved", updates=3, solved_at=3)
+    summary = json.loads((folder / "summary.json").read_text())
+    (folder / "summary.json").write_text(json.dumps({**summary, "commits": ["a" * 40, "b" * 40 + "+dirty"]}))
+    make_run(tmp_path, "copy", "direct", "fast", 1, status="solved", updates=3, solved_at=3)  # before commits
+    assert [row["commits"] for row in collect([tmp_path])] == ["aaaaaaa bbbbbbb+dirty", None]
+
+
 def test_a_root_without_runs_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no runs in"):
         collect([tmp_path])

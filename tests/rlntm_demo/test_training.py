@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -167,6 +168,29 @@ def test_a_passing_periodic_check_stops_the_run_only_once_confirmed(monkeypatch:
     assert trainer.solved_at == trainer.update
 
 
+def test_a_solved_run_trains_updates_after_solved_more_and_records_the_solving_update(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlntm_demo.evaluation import LengthResult
+
+    def perfect(self, *, multipliers=None, instances=None, seed=0):
+        return {m: LengthResult(multiplier=m, complexity=20 * m, instances=instances or 1, exact=1.0, per_symbol=1.0)
+                for m in (multipliers or (1, 2))}
+
+    monkeypatch.setattr(Trainer, "evaluate", perfect)
+    config = small_config(max_updates=50, **{"curriculum.start_level": "20", "evaluation.every": "1",
+                                          "updates_after_solved": "4"})
+    summary = train(config, tmp_path, progress=False)
+    assert summary["status"] == "solved" and summary["updates_to_solve"] == 1
+    assert summary["updates"] == 5  # solved at the first update, then 4 more
+    stopped = train(dataclasses.replace(config, updates_after_solved=0), tmp_path / "stopped", progress=False)
+    assert stopped["updates"] == stopped["updates_to_solve"] == 1
+
+
+def test_updates_after_solved_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="updates_after_solved must be at least 0"):
+        small_config(updates_after_solved="-1")
+
+
 def test_the_entropy_bonus_switches_to_its_top_level_value_at_the_top() -> None:
     """At the top level, ``entropy_bonus_at_top`` replaces ``entropy_bonus``: a run started there
     with 0.3 / 0 makes the very updates of a run without a bonus; below the top it does not."""
@@ -184,7 +208,7 @@ def test_the_entropy_bonus_switches_to_its_top_level_value_at_the_top() -> None:
 
 def test_fast_preset_solves_copy_with_direct_access(tmp_path: Path) -> None:
     """Learning, end to end: from scratch to solved (top level, greedy exact accuracy >= 99%)."""
-    config = make_config("copy", "direct", "fast", seed=0, max_updates=600)
+    config = make_config("copy", "direct", "fast", seed=0, max_updates=600, overrides=["updates_after_solved=0"])
     summary = train(config, tmp_path, progress=False)
     assert summary["solved"] is True and summary["top_level_reached"] is True
     assert summary["updates_to_solve"] is not None and summary["updates_to_solve"] <= 600
@@ -201,3 +225,12 @@ def test_tensorboard_logging_writes_events_or_says_how_to_install_it(tmp_path: P
     else:
         train(config, tmp_path, progress=False)
         assert any((tmp_path / "tensorboard").iterdir())
+
+
+def test_the_summary_lists_the_commits_that_trained_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run resumed after a code change names both commits, in order; one resumed on the same commit, one."""
+    monkeypatch.setattr(training, "source_commit", lambda: "a" * 40)
+    assert train(small_config(max_updates=2), tmp_path, progress=False)["commits"] == ["a" * 40]
+    assert resume(tmp_path, max_updates=3, progress=False)["commits"] == ["a" * 40]
+    monkeypatch.setattr(training, "source_commit", lambda: "b" * 40 + "+dirty")
+    assert resume(tmp_path, max_updates=4, progress=False)["commits"] == ["a" * 40, "b" * 40 + "+dirty"]
