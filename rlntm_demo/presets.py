@@ -28,6 +28,7 @@ curriculum             10/25/65%, threshold 0.2,      10/22.5/67.5%; error of th
                                                       ForwardReverse), 100 updates
 direct access          gates add at most +1 logit     gates add at most +1 logit      learnable scale, starts at 5
                                                                                       (``model.shortcut_scale``)
+adjacent-memory gates  open (the paper's reading)     none, as in the authors' code   none (``model.adjacent_memory``)
 after solving          stop                           stop                            1,000 more updates
                                                                                       (``updates_after_solved``)
 =====================  =============================  ==============================  ===============================
@@ -43,14 +44,16 @@ speaks; the ``authors`` column the authors' released scripts (``shared/notes/aut
   ``repeat_schedule = "two-then-three"``, 16 levels, lengths 1..8 with m = 2, then with m = 3),
   without their many identical copies of each top level (their length cap of 9 made levels
   9..30 of each m the same);
+* no path from the memory to the adjacent memories (section 2: absent from their direct access):
+  ``model.adjacent_memory = "off"``;
 * a memory tape for every task, RepeatCopy included (section 6: their model always had one;
   Table 2 and the ``paper`` preset give RepeatCopy none): ``memory = true``.
 
 The ``paper`` preset keeps the paper's inverse temperature (0.01) on every task. The authors'
 README says 30-50% of seeds succeed, and their shipped runs used seeds 2 and 10 (RepeatCopy), 3
 and 10 (ForwardReverse): compare presets over several seeds (``rlntm-demo sweep``), never one.
-The ``fast`` column's shortcut scale, start marker and updates after solving are issue 19's, chosen
-by the measurements in ``docs/results.rst``.
+The ``fast`` column's shortcut scale, start marker, missing adjacent-memory gates and updates after
+solving are issue 19's, chosen by the measurements in ``docs/results.rst``.
 
 All three draw every weight from N(0, 0.1^2), use memory cells of 35 reals, reward-to-go, and
 normalize the gradient by the number of episodes (not by sequence length). Every option of the
@@ -215,7 +218,8 @@ def _authors(task: str, controller: str) -> dict[str, Any]:
         "batch_size": 300,
         "memory": True,
         "model": {"init_std": 0.1, "inverse_temperature": 0.03 if task.startswith("repeat-copy") else 0.01,
-                  "initial_state": 0.1, "baseline": "offline", "read_window": 2, "circular_input": True},
+                  "initial_state": 0.1, "baseline": "offline", "read_window": 2, "circular_input": True,
+                  "adjacent_memory": "off"},
         "optimizer": {"name": "sgd", "learning_rate": 0.05, "momentum": 0.9, "clip_controller": 2.0, "clip_baseline": 5.0},
         "curriculum": {"threshold": 0.25 if task == "forward-reverse" else 0.2, "min_updates_between": 100,
                        "probabilities": [0.10, 0.225, 0.675], "smoothing": 0.8, "error": "authors", **levels},
@@ -227,7 +231,7 @@ def _fast(task: str, controller: str) -> dict[str, Any]:
         "batch_size": 200,
         "rollouts_per_input": 8,
         "model": {"init_std": 0.1, "inverse_temperature": 1.0, "initial_state": 0.0, "baseline": "none", "read_window": 0,
-                  "shortcut_scale": 5.0, "input_start_marker": True},
+                  "shortcut_scale": 5.0, "input_start_marker": True, "adjacent_memory": "off"},
         "objective": {"entropy_bonus": 0.3, "entropy_bonus_at_top": 0.0},
         "optimizer": {"name": "adam", "learning_rate": 0.005, "clip_controller": 5.0, "clip_baseline": 2.0},
         "curriculum": {"threshold": 0.2, "min_updates_between": 10, "probabilities": [0.10, 0.25, 0.65]},

@@ -98,7 +98,7 @@ def test_train_config_takes_controller_and_interfaces_from_its_own_fields() -> N
 def test_issue_19_options_in_the_presets() -> None:
     """The paper's preset keeps the paper's model and curriculum signal; the authors' counts only the
     C + e examples (smoothed 0.8); the fast preset gets the scaled direct-access shortcut, the
-    marked input start and 1,000 updates after solving."""
+    marked input start, no adjacent-memory gates and 1,000 updates after solving."""
     paper = make_config("repeat-copy", "direct", "paper")
     assert paper.model.shortcut_scale is None and paper.model.adjacent_memory == "open"
     assert not paper.model.input_start_marker
@@ -106,9 +106,9 @@ def test_issue_19_options_in_the_presets() -> None:
     assert paper.objective.entropy_bonus == 0.0
     authors = make_config("forward-reverse", "direct", "authors")
     assert (authors.curriculum.error, authors.curriculum.smoothing, authors.curriculum.threshold) == ("authors", 0.8, 0.25)
-    assert authors.model.shortcut_scale is None
+    assert authors.model.shortcut_scale is None and authors.model.adjacent_memory == "off"
     fast = make_config("reverse", "direct", "fast")
-    assert fast.model.shortcut_scale == 5.0 and fast.model.input_start_marker
+    assert fast.model.shortcut_scale == 5.0 and fast.model.input_start_marker and fast.model.adjacent_memory == "off"
     assert (fast.updates_after_solved, paper.updates_after_solved, authors.updates_after_solved) == (1000, 0, 0)
     assert (fast.objective.entropy_mode, fast.curriculum.error) == ("returns", "batch")
 
