@@ -29,7 +29,7 @@ extensions = [
     "sphinx.ext.mathjax",
 ]
 
-exclude_patterns = ["_build", "results/*.rst"]  # fragments that results.rst includes
+exclude_patterns = ["_build", "results/*.rst", "results-v1/*.rst"]  # fragments that the results pages include
 
 # autodoc
 autodoc_typehints = "description"

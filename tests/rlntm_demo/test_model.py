@@ -259,3 +259,16 @@ def test_circular_input_wraps_but_a_forward_only_input_does_not(seeded: None) ->
         rollout = forward.run_episode(forward_batch)
         assert bool((rollout.input_heads < forward_batch.input_len[:, None]).all())
         assert bool((rollout.actions[..., 0][rollout.mask] != MOVE_LEFT).all())
+
+
+@pytest.mark.parametrize("task_name", ["copy", "repeat-copy"])
+def test_the_adjacent_memory_setting_changes_nothing_without_a_memory_tape(task_name: str) -> None:
+    """Runs of tasks without memory made before the fast preset dropped the gates are its runs still."""
+    from rlntm_demo.presets import make_config
+
+    def weights(adjacent: str) -> dict[str, torch.Tensor]:
+        config = make_config(task_name, "direct", "fast", overrides=[f"model.adjacent_memory={adjacent}"])
+        return RLNTM(config.model, generator=torch.Generator().manual_seed(0)).state_dict()
+
+    open_, off = weights("open"), weights("off")
+    assert open_.keys() == off.keys() and all(torch.equal(open_[k], off[k]) for k in open_)

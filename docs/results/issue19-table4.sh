@@ -1,0 +1,23 @@
+#!/bin/bash
+# The runs of docs/results/table4.csv (issue 19's Table 4), as they were launched; run from the
+# repository root. Each sweep skips finished runs and resumes interrupted ones, so running this
+# again continues where it stopped. Then: rlntm-demo results runs/issue19/table4 --out docs/results
+set -euo pipefail
+export OMP_NUM_THREADS=1
+ROOT=runs/issue19/table4
+
+# The fast preset, direct access, the five tasks of Table 4.
+rlntm-demo sweep --tasks copy duplicated-input reverse repeat-copy forward-reverse --controllers direct \
+  --presets fast --seeds 0 1 2 --max-updates 12000 --out $ROOT --num-cpus 1
+# The LSTM on Reverse.
+rlntm-demo sweep --tasks reverse --controllers lstm --presets fast --seeds 0 1 2 --max-updates 20000 --out $ROOT --num-cpus 1
+# The authors preset, direct access, the paper's budget; all five tasks of a seed before the next seed.
+for seed in 0 1 2; do
+  rlntm-demo sweep --tasks copy duplicated-input reverse repeat-copy forward-reverse --controllers direct \
+    --presets authors --seeds $seed --max-updates 20000 --out $ROOT --num-cpus 1
+done
+# The paper's failures, with the fast preset.
+for seed in 0 1 2; do
+  rlntm-demo sweep --tasks sort addition repeat-copy-forward --controllers direct \
+    --presets fast --seeds $seed --max-updates 12000 --out $ROOT --num-cpus 1
+done
