@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import signal
@@ -54,7 +55,7 @@ from .objective import episode_losses
 from .config import TrainConfig
 from .presets import apply_overrides, config_from_dict
 
-__all__ = ["CHECKPOINT_FORMAT", "RunExistsError", "Trainer", "TrainingDiverged", "resume", "train"]
+__all__ = ["CHECKPOINT_FORMAT", "RunExistsError", "Trainer", "TrainingDiverged", "resume", "source_commit", "train"]
 
 CHECKPOINT_FORMAT = 1
 """Version of the checkpoint layout."""
@@ -64,9 +65,11 @@ _DATA_SEED_OFFSET = 7919
 """The instances' stream is seeded with ``seed + _DATA_SEED_OFFSET``, apart from the weights'."""
 
 
+@functools.cache
 def source_commit() -> str | None:
     """The git commit of the ``rlntm_demo`` code running, ``+dirty`` where tracked files differ
-    from it; ``None`` outside a git checkout (an installed wheel) or without git.
+    from it; ``None`` outside a git checkout (an installed wheel) or without git. Asked once per
+    process: the code a process runs is the code it imported, whatever the checkout does later.
 
     >>> commit = source_commit()
     >>> commit is None or len(commit.removesuffix("+dirty")) == 40
