@@ -26,6 +26,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,37 +37,42 @@ _ZERO = "getloadavg"
 _DUMP = "ctermid"
 
 
+def _regions(stop_action: bool) -> dict[str, Callable[[], object]]:
+    """A default batched check of one case of ``bench_check.py``, and its floor."""
+    import torch
+    from bench_check import LSTMPolicy, make_episode
+
+    from reinforce_check import check_reinforce
+
+    torch.manual_seed(0)
+    policy = LSTMPolicy().double()
+    params = dict(policy.named_parameters())
+    tensors = list(params.values())
+    episode = make_episode(policy, stop_action=stop_action)
+    count = check_reinforce(episode, params, batched=True).num_sequences
+
+    def floor() -> None:
+        loss = episode(count)[1].sum()
+        torch.autograd.grad(loss, tensors, retain_graph=True)
+        torch.autograd.grad(loss, tensors)
+        with torch.no_grad():
+            episode(count)
+            episode(count)
+
+    return {"check": lambda: check_reinforce(episode, params, batched=True), "floor": floor}
+
+
 def measure() -> list[str]:
     """Run the measured regions (called under valgrind); returns their labels in order."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
     import reinforce_check
-    from bench_check import LSTMPolicy, make_episode
-    from reinforce_check import check_reinforce
-
-    print(f"reinforce_check from {Path(reinforce_check.__file__).parent}", file=sys.stderr)
 
     torch.set_num_threads(1)
+    print(f"reinforce_check from {Path(reinforce_check.__file__).parent}", file=sys.stderr)
     labels = []
     for name, stop_action in (("3 actions x 7 steps", False), ("variable length", True)):
-        torch.manual_seed(0)
-        policy = LSTMPolicy().double()
-        params = dict(policy.named_parameters())
-        tensors = list(params.values())
-        episode = make_episode(policy, stop_action=stop_action)
-        count = check_reinforce(episode, params, batched=True).num_sequences
-
-        def floor() -> None:
-            loss = episode(count)[1].sum()
-            torch.autograd.grad(loss, tensors, retain_graph=True)
-            torch.autograd.grad(loss, tensors)
-            with torch.no_grad():
-                episode(count)
-                episode(count)
-
-        regions = {"check": lambda: check_reinforce(episode, params, batched=True), "floor": floor}
-        for label, region in regions.items():
+        for label, region in _regions(stop_action).items():
             region()  # warm up
             os.getloadavg()
             region()
