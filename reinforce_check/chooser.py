@@ -151,9 +151,6 @@ class _PlanTables:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         rows, width = plan.forced.shape
-        # Padded by one column of -1, so that every slot past the paths reads "free".
-        forced = torch.cat([plan.forced, torch.full((rows, 1), -1, dtype=torch.long)], dim=1)
-        self.forced = forced.masked_fill_(torch.arange(width + 1)[None, :] >= plan.forced_len[:, None], -1)
         self.width = width
         self.shortest_replay = int(plan.replayed_len.min()) if rows else 0
         self.longest_replay = int(plan.replayed_len.max()) if rows else 0
@@ -163,6 +160,19 @@ class _PlanTables:
         self.guessed: dict[tuple[int, int], torch.Tensor] = {}
         self.guessed_all: dict[tuple[int, int], bool] = {}
         self.episode_of_row: dict[tuple[int, int], torch.Tensor] = {}
+
+    @functools.cached_property
+    def forced(self) -> torch.Tensor:
+        """``(rows, width + 1)``: the forced actions, padded by one column of -1 so that every slot
+        past the paths reads "free" (the plan holds -1 past each path's end already)."""
+        free = torch.full((self.plan.rows, 1), -1, dtype=torch.long)
+        return torch.cat([self.plan.forced, free], dim=1)
+
+    def forced_column(self, slot: int) -> torch.Tensor:
+        """``(rows,)``: the forced actions at ``slot``."""
+        if slot < self.width:
+            return self.plan.forced[:, slot]
+        return self.forced[:, self.width]
 
     @functools.cached_property
     def answers(self) -> torch.Tensor:
@@ -516,7 +526,7 @@ class PrefixChooser:
         tables = self._plan_tables()
         slot = self.cursor
         num_actions = weights.shape[1]
-        forced = tables.forced[:, min(slot, tables.width)]
+        forced = tables.forced_column(slot)
         inside = slot < tables.shortest_path  # every row is inside its forced path
         all_forced = inside and tables.column_max[slot] < num_actions
         decision = decide_rows(

@@ -129,12 +129,17 @@ class Speculation:
             strides.append(row)
             counts.append(stride)
         count = torch.tensor(counts, dtype=torch.long)
-        prefix_of_row = torch.repeat_interleave(torch.arange(len(pending)), count)
-        offsets = torch.cumsum(count, 0) - count
-        combination = torch.arange(int(count.sum())) - offsets[prefix_of_row]
+        rows = int(count.sum())
+
+        def per_row(values: torch.Tensor) -> torch.Tensor:
+            """Each prefix's entry (or row of entries) repeated for each of its rows: a copy of
+            contiguous blocks, where indexing by row would gather element by element."""
+            return torch.repeat_interleave(values, count, dim=0, output_size=rows)
+
+        combination = torch.arange(rows) - per_row(torch.cumsum(count, 0) - count)
         columns = torch.arange(width)
-        start_of_row = torch.tensor(starts, dtype=torch.long)[prefix_of_row]
-        end_of_row = torch.tensor(ends, dtype=torch.long)[prefix_of_row]
+        start_of_row = per_row(torch.tensor(starts, dtype=torch.long))
+        end_of_row = per_row(torch.tensor(ends, dtype=torch.long))
         guessed = (columns[None, :] >= start_of_row[:, None]) & (columns[None, :] < end_of_row[:, None])
         # Actions guessed at each column, padded to the widest column (padding is never indexed).
         table = torch.zeros(width, max([self.widths.get(c, 1) for c in range(width)], default=1), dtype=torch.long)
@@ -143,12 +148,13 @@ class Speculation:
             if column in self.options:
                 table[column, : self.widths[column]] = self.options[column]
                 column_width[column] = max(self.widths[column], 1)
-        stride_of_row = torch.tensor(strides, dtype=torch.long).reshape(len(pending), width)[prefix_of_row]
+        stride_of_row = per_row(torch.tensor(strides, dtype=torch.long).reshape(len(pending), width))
         digits = torch.where(guessed, combination[:, None].div(stride_of_row.clamp(min=1), rounding_mode="floor"), 0)
         digits = digits.remainder(column_width[None, :])
-        heads_of_row = torch.tensor(heads, dtype=torch.long).reshape(len(pending), width)[prefix_of_row]
-        forced = torch.where(guessed, table[columns[None, :], digits], heads_of_row)
-        replay_probs = torch.tensor(head_probs, dtype=torch.float64).reshape(len(pending), width)[prefix_of_row]
+        heads_of_row = per_row(torch.tensor(heads, dtype=torch.long).reshape(len(pending), width))
+        # The action of digit d at column c is table[c, d].
+        forced = torch.where(guessed, table.T.gather(0, digits), heads_of_row)
+        replay_probs = per_row(torch.tensor(head_probs, dtype=torch.float64).reshape(len(pending), width))
         # Rows that share the node at a slot differ only from that slot on, so exactly one of them
         # has only first guesses (digit 0) from there on: the canonical row.
         speculation_index = torch.where(guessed, digits, 0)
