@@ -123,12 +123,18 @@ def decide_rows(
     """
     num_actions = weights.shape[1]
     if all_forced:
-        weight = weights.gather(1, forced[:, None]).squeeze(1)
+        forced_weight = weights.gather(1, forced[:, None]).squeeze(1)
         # The weights are non-negative: the smallest forced weight is positive when every one is.
-        if bool(weight.detach().amin() > 0):
+        if bool(forced_weight.detach().amin() > 0):
             support = weights.detach() > 0 if covered is not None or branching else None
             failed = torch.zeros(forced.shape, dtype=torch.bool)
-            return _with_alternatives(support, forced, failed, weight, covered, branching, none_failed=True)
+            return _with_alternatives(support, forced, failed, forced_weight, covered, branching, none_failed=True)
+        # Every row has a forced action in range: it failed where its weight is zero.
+        support = weights.detach() > 0
+        feasible = forced_weight.detach() > 0
+        action = torch.where(feasible, forced, support.to(torch.int8).argmax(dim=1))
+        weight = weights.gather(1, action[:, None]).squeeze(1)
+        return _with_alternatives(support, action, ~feasible, weight, covered, branching)
     support = weights.detach() > 0
     first = support.to(torch.int8).argmax(dim=1)
     has_forced = forced >= 0
