@@ -541,10 +541,11 @@ class PrefixChooser:
         factor = decision.weight / total[:, 0]
         chosen_prob = factor.detach().to(torch.float64)
         alive = ~self.invalid if self._some_invalid else None
+        failed = decision.failures  # None when no row failed
         # Replayed rows are never invalid: a row turns invalid only past its replayed prefix.
         if slot < tables.longest_replay:
-            if not decision.none_failed:
-                broken = decision.failed if slot < tables.shortest_replay else decision.failed & (slot < plan.replayed_len)
+            if failed is not None:
+                broken = failed if slot < tables.shortest_replay else failed & (slot < plan.replayed_len)
                 if bool(broken.any()):
                     raise _replay_broken(int(broken.nonzero()[0, 0]), slot, site)
             if plan.replay_probs is not None and slot < plan.replay_probs.shape[1]:
@@ -557,12 +558,12 @@ class PrefixChooser:
             alternatives = decision.alternatives if alive is None else decision.alternatives & alive[:, None]
             self._spawn_from(alternatives, weights, total, slot, 1)
         dead = None if alive is None else ~alive
-        if not decision.none_failed:
-            newly_invalid = decision.failed if alive is None else decision.failed & alive
+        if failed is not None:
+            newly_invalid = failed if alive is None else failed & alive
             if bool(newly_invalid.any()):
                 self.invalid |= newly_invalid
                 self._some_invalid = True
-                dead = decision.failed if dead is None else dead | decision.failed
+                dead = failed if dead is None else dead | failed
         if dead is not None and not bool(dead.any()):
             dead = None
         if self.record_supports:

@@ -79,8 +79,9 @@ class RowDecisions:
 
     action: torch.Tensor
     """``(rows,)`` action taken."""
-    failed: torch.Tensor
-    """``(rows,)`` whether the row's forced action was infeasible."""
+    failures: torch.Tensor | None
+    """``(rows,)`` whether the row's forced action was infeasible; None when the rule already knows
+    that no row failed (every forced action was feasible), which :attr:`none_failed` says."""
     alternatives: torch.Tensor | None
     """``(rows, K)`` actions to spawn (None when no row spawns)."""
     branching: torch.Tensor | None
@@ -88,8 +89,18 @@ class RowDecisions:
     weight: torch.Tensor
     """``(rows,)`` the weight of the action taken, with the gradient the weights carry: the rule's
     third part, the probability recorded, is this weight over the row's total."""
-    none_failed: bool = False
-    """True when the rule already knows that no row failed (every forced action was feasible)."""
+
+    @property
+    def none_failed(self) -> bool:
+        """True when the rule already knows that no row failed."""
+        return self.failures is None
+
+    @property
+    def failed(self) -> torch.Tensor:
+        """``(rows,)`` whether the row's forced action was infeasible."""
+        if self.failures is None:
+            return torch.zeros(self.action.shape, dtype=torch.bool)
+        return self.failures
 
 
 def decide_rows(
@@ -125,10 +136,9 @@ def decide_rows(
     if all_forced:
         forced_weight = weights.gather(1, forced[:, None]).squeeze(1)
         # The weights are non-negative: the smallest forced weight is positive when every one is.
-        if bool(forced_weight.detach().amin() > 0):
+        if forced_weight.detach().amin().item() > 0:
             support = weights.detach() > 0 if covered is not None or branching else None
-            failed = torch.zeros(forced.shape, dtype=torch.bool)
-            return _with_alternatives(support, forced, failed, forced_weight, covered, branching, none_failed=True)
+            return _with_alternatives(support, forced, None, forced_weight, covered, branching)
         # Every row has a forced action in range: it failed where its weight is zero.
         support = weights.detach() > 0
         feasible = forced_weight.detach() > 0
@@ -148,28 +158,27 @@ def decide_rows(
 def _with_alternatives(
     support: torch.Tensor | None,
     action: torch.Tensor,
-    failed: torch.Tensor,
+    failed: torch.Tensor | None,
     weight: torch.Tensor,
     covered: torch.Tensor | None,
     branching: bool,
-    *,
-    none_failed: bool = False,
 ) -> RowDecisions:
-    """The rule's second half, once the actions are taken: what each row spawns."""
+    """The rule's second half, once the actions are taken (``failed`` None when no row failed):
+    what each row spawns."""
     alternatives = None
     if covered is not None:
         assert support is not None
         # The action a row takes is not its alternative, unless the row failed (its fallback is not
         # the node's guess, so no sibling row covers it).
         own = _actions(support.shape[1]) == action[:, None]
-        if not none_failed:
+        if failed is not None:
             own &= ~failed[:, None]
         alternatives = support & ~covered & ~own
     branches = None
     if branching:
         assert support is not None
         branches = support.sum(dim=1) > 1
-    return RowDecisions(action, failed, alternatives, branches, weight, none_failed)
+    return RowDecisions(action, failed, alternatives, branches, weight)
 
 
 @functools.lru_cache(maxsize=64)
