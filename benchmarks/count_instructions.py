@@ -11,7 +11,7 @@ repeat from run to run to a fraction of a per cent.
 Usage::
 
     git worktree add /tmp/baseline 9a49032
-    python benchmarks/count_instructions.py --baseline /tmp/baseline
+    python benchmarks/count_instructions.py --baseline /tmp/baseline   # --baseline repeats
 
 valgrind must be installed; a check runs about 50 times slower under it (a minute or two per
 checkout, most of it importing torch).
@@ -106,23 +106,30 @@ def count(checkout: Path) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline", type=Path, help="a checkout holding the reinforce_check to compare with")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        action="append",
+        default=[],
+        help="a checkout holding a reinforce_check to compare with (repeat for several)",
+    )
     parser.add_argument("--inside", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.inside:
         Path(args.inside).write_text(json.dumps(measure()))
         return
-    checkouts = {"this checkout": ROOT}
-    if args.baseline is not None:
-        checkouts = {"baseline": args.baseline, **checkouts}
+    checkouts = {**{str(path): path for path in args.baseline}, "this checkout": ROOT}
     results = {label: count(path) for label, path in checkouts.items()}
+    width = max(len(label) for label in results)
     print("instructions (valgrind --tool=callgrind), one thread, one run after a warm-up")
-    print(f"command: python benchmarks/count_instructions.py{f' --baseline {args.baseline}' if args.baseline else ''}")
+    print("command: python benchmarks/count_instructions.py" + "".join(f" --baseline {path}" for path in args.baseline))
     for case in ("3 actions x 7 steps", "variable length"):
         print(f"batched, {case}:")
         for label, counts in results.items():
             check, floor = counts[f"{case}: check"], counts[f"{case}: floor"]
-            print(f"  {label:<14} check {check / 1e6:9.1f} M   floor {floor / 1e6:9.1f} M   {check / floor:5.2f}x floor")
+            print(
+                f"  {label:<{width}} check {check / 1e6:8.1f} M   floor {floor / 1e6:8.1f} M   {check / floor:5.3f}x floor"
+            )
 
 
 if __name__ == "__main__":

@@ -625,11 +625,10 @@ class PrefixChooser:
         tables = self._plan_tables()
         if slot >= tables.longest_path:
             return torch.zeros(forced.shape[0], num_actions, dtype=torch.bool)  # every row is free
-        guessed = self._guessed_mask(slot, num_actions)
         if inside and self._guessed_everything(slot, num_actions):
             return None  # no row is free, and a row that answers for its node has every action guessed
         answers = tables.answers[:, slot]
-        return torch.where(answers[:, None], guessed, (forced >= 0)[:, None])
+        return torch.where(answers[:, None], self._guessed_mask(slot, num_actions), (forced >= 0)[:, None])
 
     def _guessed_mask(self, slot: int, num_actions: int) -> torch.Tensor:
         """``(K,)`` bool: the actions guessed at ``slot``."""
