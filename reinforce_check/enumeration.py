@@ -117,7 +117,7 @@ class Enumeration:
     """Whether only draws inside @enumerate_actions code were enumerated."""
     replay_verified: bool = False
     """Whether the first sequence was already run twice, in two episode calls, with equal outputs."""
-    _required: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    _required: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
     """:meth:`required_decisions`, once computed (every replay forces the same sequences)."""
 
     def __len__(self) -> int:
