@@ -23,6 +23,7 @@ sequential mode), through the same rule.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -59,7 +60,10 @@ class Plan:
     canonical: torch.Tensor | None = None
     """``(rows, L)`` whether the row answers for spawning at its speculated node (all, if None)."""
     spawn: bool = True
-    """Whether to record alternatives (off when the set of sequences is already known)."""
+    """Whether the pass discovers the tree: it records the alternatives and the branching of every
+    decision, and counts the sampler calls whose probabilities carry no gradient. Off when the set
+    of sequences is already known: such a replay records branching only past each row's forced
+    path, where a finished row must not branch, and counts nothing."""
 
     @property
     def rows(self) -> int:
@@ -98,7 +102,8 @@ class Pass:
     probs: torch.Tensor
     """``(rows, slots)`` probability of that action (detached, float64)."""
     branching: torch.Tensor
-    """``(rows, slots)`` whether the decision had more than one action of nonzero probability."""
+    """``(rows, slots)`` whether the decision had more than one action of nonzero probability (False
+    inside the forced paths of a plan that spawns nothing)."""
     log_prob: torch.Tensor
     """``(rows,)`` log-probability of each row's sequence, with gradient."""
     valid: torch.Tensor
@@ -129,12 +134,6 @@ def _check_shape(weights: torch.Tensor, site: str) -> None:
         )
 
 
-def _branches(weights: torch.Tensor) -> bool:
-    """Whether some row of ``weights`` has more than one action of nonzero weight: a call whose
-    every row is forced contributes a factor 1 whatever its weights' gradient."""
-    return bool(((weights > 0).sum(dim=1) > 1).any())
-
-
 def _row_totals(weights: torch.Tensor, site: str, replacement: bool) -> torch.Tensor:
     """``(rows, 1)`` differentiable row sums of ``weights``, after checking they form distributions."""
     total, valid = weights_are_valid(weights)
@@ -146,14 +145,12 @@ def _row_totals(weights: torch.Tensor, site: str, replacement: bool) -> torch.Te
 
 
 class _PlanTables:
-    """A plan as the tensor path reads it, built at a pass's first call that needs it (a small pass
+    """A plan as the tensor paths read it, built at a pass's first call that needs it (a small pass
     may never make one)."""
 
     def __init__(self, plan: Plan) -> None:
+        self.plan = plan
         rows, width = plan.forced.shape
-        # Padded by one column of -1, so that every slot past the paths reads "free".
-        self.forced = torch.cat([plan.forced, torch.full((rows, 1), -1, dtype=torch.long)], dim=1)
-        self.forced[torch.arange(width + 1)[None, :] >= plan.forced_len[:, None]] = -1
         self.width = width
         self.shortest_replay = int(plan.replayed_len.min()) if rows else 0
         self.longest_replay = int(plan.replayed_len.max()) if rows else 0
@@ -161,7 +158,49 @@ class _PlanTables:
         self.longest_path = int(plan.forced_len.max()) if rows else 0
         self.column_max = plan.forced.max(dim=0).values.tolist() if rows and width else []
         self.guessed: dict[tuple[int, int], torch.Tensor] = {}
+        self.guessed_all: dict[tuple[int, int], bool] = {}
         self.episode_of_row: dict[tuple[int, int], torch.Tensor] = {}
+
+    @functools.cached_property
+    def forced(self) -> torch.Tensor:
+        """``(rows, width + 1)``: the forced actions, padded by one column of -1 so that every slot
+        past the paths reads "free" (the plan holds -1 past each path's end already)."""
+        free = torch.full((self.plan.rows, 1), -1, dtype=torch.long)
+        return torch.cat([self.plan.forced, free], dim=1)
+
+    def forced_column(self, slot: int) -> torch.Tensor:
+        """``(rows,)``: the forced actions at ``slot``."""
+        if slot < self.width:
+            return self.plan.forced[:, slot]
+        return self.forced[:, self.width]
+
+    @functools.cached_property
+    def answers(self) -> torch.Tensor:
+        """``(rows, width + 1)``: whether the row answers for spawning at its node, slot by slot: a
+        speculated slot (forced, not replayed) where the row is canonical."""
+        plan = self.plan
+        width = plan.forced.shape[1]
+        answers = (self.forced >= 0) & (torch.arange(width + 1)[None, :] >= plan.replayed_len[:, None])
+        if plan.canonical is not None and plan.canonical.shape[1]:
+            # A slot past the canonical table reads its last column.
+            last = plan.canonical.shape[1] - 1
+            answers &= plan.canonical[:, torch.arange(width + 1).clamp(max=last)]
+        return answers
+
+    @functools.cached_property
+    def replay_tolerance(self) -> torch.Tensor:
+        """``(rows, width)``: how far a replayed probability may be from the one seen when its slot
+        was discovered; infinite where the slot is not replayed."""
+        plan = self.plan
+        assert plan.replay_probs is not None
+        tolerance = _REPLAY_ATOL + _REPLAY_RTOL * plan.replay_probs.abs()
+        replayed = torch.arange(plan.replay_probs.shape[1])[None, :] < plan.replayed_len[:, None]
+        return tolerance.masked_fill(~replayed, math.inf)
+
+    @functools.cached_property
+    def no_branching(self) -> torch.Tensor:
+        """``(rows, 1)`` False: the branching a replay records inside its forced paths."""
+        return torch.zeros(self.plan.rows, 1, dtype=torch.bool)
 
 
 class _CallRows(NamedTuple):
@@ -172,10 +211,6 @@ class _CallRows(NamedTuple):
     forced: torch.Tensor
     replayed: torch.Tensor | None
     """Whether each row's slot is replayed; None when none is."""
-    all_free: bool
-    """Every row is past its forced path."""
-    all_forced: bool
-    """Every row is inside its forced path (one slot per row)."""
 
 
 class _Deferred(NamedTuple):
@@ -237,6 +272,9 @@ class PrefixChooser:
     a handful of tiny tensor operations per decision would cost more than the user's own step."""
     small_decisions = 64
     """Calls of at most this many decisions in such a pass decide in plain Python."""
+    column_decisions = True
+    """Calls of one decision per row read the plan one column at a time (:meth:`_decide_column`);
+    off, they take the general tensor path, which tests hold it equal to."""
 
     def __init__(self, plan: Plan, *, record_supports: bool = False) -> None:
         self.plan = plan
@@ -291,39 +329,69 @@ class PrefixChooser:
             )
         if not weights.is_floating_point():
             weights = weights.double()
-        if not weights.requires_grad and _branches(weights):
+        per_row = total_rows // self.rows
+        if self._small and total_rows <= self.small_decisions:
+            samples, branching = self._choose_small(weights, num_samples, replacement, site, per_row)
+        else:
+            samples, branching = self._choose_tensors(weights, num_samples, replacement, site, per_row)
+        self._count(weights, branching)
+        return samples
+
+    def _count(self, weights: torch.Tensor, branching: torch.Tensor | bool | None) -> None:
+        """Count a call whose probabilities carry no gradient, or carry it only because marked code
+        recorded their graph, if it could take more than one action (``branching``: whether each
+        decision of its first draw had a choice): a call whose every row is forced contributes a
+        factor 1 whatever its weights' gradient. A replay of known sequences counts nothing."""
+        if not self.plan.spawn:
+            return
+        without_gradient = not weights.requires_grad
+        if not (without_gradient or recording.draw_recorded()):
+            return
+        if not (bool(branching.any()) if isinstance(branching, torch.Tensor) else branching):
+            return
+        if without_gradient:
             self.calls_without_gradient += 1
             self.calls_gradient_off += not torch.is_grad_enabled()
             self.calls_inference_mode += torch.is_inference_mode_enabled()
-        elif recording.draw_recorded() and _branches(weights):
+        else:
             self.calls_recorded += 1
-        per_row = total_rows // self.rows
-        if self._small and total_rows <= self.small_decisions:
-            return self._choose_small(weights, num_samples, replacement, site, per_row)
+
+    def _choose_tensors(
+        self, weights: torch.Tensor, num_samples: int, replacement: bool, site: str, per_row: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`choose` with tensor operations: the samples, and the branching of the first draw."""
         available = weights
         columns = []
+        first_branching = None
         for draw in range(num_samples):
-            chosen, factor, dead = self._decide_tensors(available, _row_totals(available, site, replacement), per_row, site)
+            total = _row_totals(available, site, replacement)
+            chosen, factor, dead, branching = self._decide_tensors(available, total, per_row, site)
+            if draw == 0:
+                first_branching = branching
             self._record_factor(factor, dead, per_row, site)
             columns.append(chosen)
             if not replacement and draw + 1 < num_samples:
                 available = available.masked_fill(torch.nn.functional.one_hot(chosen, weights.shape[1]).bool(), 0)
-        return columns[0][:, None] if num_samples == 1 else torch.stack(columns, dim=1)
+        return (columns[0][:, None] if num_samples == 1 else torch.stack(columns, dim=1)), first_branching
 
     def _choose_small(
         self, weights: torch.Tensor, num_samples: int, replacement: bool, site: str, per_row: int
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, bool]:
         """:meth:`choose` for a small call of a small pass: the checks and decisions in plain
         Python on the call's few weights. The probability factors, a few tensor operations each,
-        are taken for all such calls at once when the pass ends (:meth:`_deferred_log_prob`)."""
+        are taken for all such calls at once when the pass ends (:meth:`_deferred_log_prob`).
+        Returns the samples and whether a decision of the first draw had a choice."""
         raw = weights.detach().tolist()
         available = weights
         columns: list[list[int]] = []
+        first_branching = False
         for draw in range(num_samples):
             totals = [sum(row) for row in raw]
             if not all(0 < total < math.inf for total in totals) or any(v < 0 for row in raw for v in row):
                 _row_totals(available, site, replacement)  # raises, saying what is wrong
-            chosen = self._decide_small([[v / total for v in row] for row, total in zip(raw, totals)], per_row, site)
+            chosen, branching = self._decide_small([[v / total for v in row] for row, total in zip(raw, totals)], per_row, site)
+            if draw == 0:
+                first_branching = branching
             self._deferred.append(_Deferred(available, available._version, chosen, self._dead, per_row, site))
             self._sites.extend([site] * per_row)
             columns.append(chosen)
@@ -332,7 +400,7 @@ class PrefixChooser:
                     row[action] = 0.0
                 taken = torch.nn.functional.one_hot(torch.tensor(chosen, dtype=torch.long), weights.shape[1])
                 available = available.masked_fill(taken.bool(), 0)
-        return _as_samples(columns)
+        return _as_samples(columns), first_branching
 
     def _record_factor(self, factor: torch.Tensor, dead: torch.Tensor | None, per_row: int, site: str) -> None:
         """Keep the ``(rows * per_row,)`` probabilities of a call's actions (1 for dead rows)."""
@@ -341,11 +409,13 @@ class PrefixChooser:
         self._factors.append(factor.reshape(self.rows, per_row))
         self._sites.extend([site] * per_row)
 
-    def _decide_small(self, probs: list[list[float]], per_row: int, site: str) -> list[int]:
-        """Every decision of the call by :func:`~reinforce_check.decision.decide`, row by row; which
-        rows are dead (invalid, or failing now) is left in ``self._dead``."""
+    def _decide_small(self, probs: list[list[float]], per_row: int, site: str) -> tuple[list[int], bool]:
+        """Every decision of the call by :func:`~reinforce_check.decision.decide`, row by row: the
+        actions, and whether some decision had a choice; which rows are dead (invalid, or failing
+        now) is left in ``self._dead``."""
         chosen: list[int] = []
         dead: list[bool] = []
+        branches = False
         for index, row in enumerate(probs):
             episode, slot = divmod(index, per_row)
             slot += self.cursor
@@ -371,12 +441,13 @@ class PrefixChooser:
                 self._supports[slot] = torch.tensor([value > 0 for value in row])
             self._actions[episode].append(decision.action)
             self._probs[episode].append(prob)
-            self._branching[episode].append(decision.branching)
+            self._branching[episode].append(decision.branching and (self.plan.spawn or forced < 0))
+            branches = branches or decision.branching
             chosen.append(decision.action)
             dead.append(not alive or decision.failed)
         self.cursor += per_row
         self._dead = dead
-        return chosen
+        return chosen, branches
 
     def _covered(self, episode: int, slot: int, forced: int, replayed: bool, alive: bool) -> set[int] | tuple[()] | None:
         """What a row's node has covered elsewhere (see the module docstring)."""
@@ -390,64 +461,124 @@ class PrefixChooser:
 
     def _decide_tensors(
         self, weights: torch.Tensor, total: torch.Tensor, per_row: int, site: str
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Every decision of the call by :func:`~reinforce_check.decision.decide_rows`, for weights
-        with row sums ``total``: the actions, their differentiable probabilities, and which rows are
-        dead (None if none is)."""
+        with row sums ``total``: the actions, their differentiable probabilities, which rows are
+        dead (None if none is), and whether each decision had a choice (None where the pass records
+        no branching).
+
+        This is the general path, which reads every row's place in the plan with gathers; a call of
+        one decision per row takes :meth:`_decide_column`, which tests hold equal to it.
+        """
+        if per_row == 1 and self.column_decisions:
+            return self._decide_column(weights, total, site)
         plan = self.plan
         total_rows, num_actions = weights.shape
         rows = self._rows_of_call(per_row, total_rows)
-        support = weights.detach() > 0
-        all_forced = rows.all_forced and self._plan_tables().column_max[self.cursor] < num_actions
-        decision = decide_rows(support, rows.forced, self._covered_rows(rows, num_actions), all_forced=all_forced)
+        decision = decide_rows(weights, rows.forced, self._covered_rows(rows, num_actions))
         chosen = decision.action
         # Only the chosen weights are normalized: a row sum is all the rest of the row is needed for.
-        factor = (weights.gather(1, chosen[:, None]) / total).squeeze(1)
+        factor = decision.weight / total[:, 0]
         chosen_prob = factor.detach().to(torch.float64)
-        # Which rows are alive needs tensor operations only where a row is or may turn invalid.
-        quiet = decision.none_failed and not self._some_invalid
-        if quiet:
-            alive = None
-        elif per_row == 1:
-            alive = ~self.invalid
-        else:
-            # A row is alive at a slot if no earlier guess of its path failed, including a guess at
-            # an earlier slot of this same call: an invalid row must not spawn (its later slots
-            # follow first actions, so its spawns would repeat prefixes that valid rows cover).
-            fails = decision.failed.reshape(self.rows, per_row).to(torch.int8)
-            alive = ~self.invalid[rows.episode] & ((fails.cumsum(1) - fails).reshape(-1) == 0)
+        # A row is alive at a slot if no earlier guess of its path failed, including a guess at an
+        # earlier slot of this same call: an invalid row must not spawn (its later slots follow
+        # first actions, so its spawns would repeat prefixes that valid rows cover).
+        fails = decision.failed.reshape(self.rows, per_row).to(torch.int8)
+        alive = ~self.invalid[rows.episode] & ((fails.cumsum(1) - fails).reshape(-1) == 0)
         if rows.replayed is not None:
-            if alive is not None:
-                broken = rows.replayed & decision.failed & alive
-                if bool(broken.any()):
-                    index = int(broken.nonzero()[0, 0])
-                    raise _replay_broken(index // per_row, int(rows.slot[index]), site)
+            broken = rows.replayed & decision.failed & alive
+            if bool(broken.any()):
+                index = int(broken.nonzero()[0, 0])
+                raise _replay_broken(index // per_row, int(rows.slot[index]), site)
             if plan.replay_probs is not None:
                 expected = plan.replay_probs[rows.episode, rows.slot.clamp(max=max(self._plan_tables().width - 1, 0))]
                 differs = rows.replayed & ((chosen_prob - expected).abs() > _REPLAY_ATOL + _REPLAY_RTOL * expected.abs())
-                if alive is not None:
-                    differs &= alive
+                differs &= alive
                 if bool(differs.any()):
                     index = int(differs.nonzero()[0, 0])
                     raise _replay_changed(int(rows.slot[index]), site, float(chosen_prob[index]), float(expected[index]))
         if decision.alternatives is not None:
-            alternatives = decision.alternatives if alive is None else decision.alternatives & alive[:, None]
-            self._spawn_from(alternatives, weights, total, rows.slot, per_row)
-        dead = None
-        if alive is not None:
-            newly_invalid = decision.failed & alive
-            if bool(newly_invalid.any()):
-                self.invalid[rows.episode[newly_invalid]] = True
-                self._some_invalid = True
-            dead = ~alive | decision.failed
-            if not bool(dead.any()):
-                dead = None
+            self._spawn_from(decision.alternatives & alive[:, None], weights, total, rows.slot, per_row)
+        newly_invalid = decision.failed & alive
+        if bool(newly_invalid.any()):
+            self.invalid[rows.episode[newly_invalid]] = True
+            self._some_invalid = True
+        dead: torch.Tensor | None = ~alive | decision.failed
+        if not bool(dead.any()):
+            dead = None
         if self.record_supports:
-            for index in range(0, per_row):
-                self._supports[int(rows.slot[index])] = support[index].clone()
+            for index in range(per_row):
+                self._supports[int(rows.slot[index])] = weights.detach()[index] > 0
         self.cursor += per_row
-        self._record(chosen.reshape(self.rows, per_row), chosen_prob.reshape(self.rows, per_row), decision.branching.reshape(self.rows, per_row))
-        return chosen, factor, dead
+        assert decision.branching is not None
+        branching = decision.branching if plan.spawn else decision.branching & (rows.forced < 0)
+        self._record(chosen.reshape(self.rows, per_row), chosen_prob.reshape(self.rows, per_row), branching.reshape(self.rows, per_row))
+        return chosen, factor, dead, decision.branching
+
+    def _decide_column(
+        self, weights: torch.Tensor, total: torch.Tensor, site: str
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """:meth:`_decide_tensors` for a call of one decision per row, the common case of a batched
+        pass. Every row is then at the same slot: the plan is read one column at a time, and which
+        kinds of rows are present there (replayed, forced, free, invalid) is known in Python, so
+        that the tensor operations of a kind that is absent are skipped."""
+        plan = self.plan
+        tables = self._plan_tables()
+        slot = self.cursor
+        num_actions = weights.shape[1]
+        forced = tables.forced_column(slot)
+        inside = slot < tables.shortest_path  # every row is inside its forced path
+        all_forced = inside and tables.column_max[slot] < num_actions
+        decision = decide_rows(
+            weights,
+            forced,
+            self._covered_column(forced, slot, num_actions, inside),
+            all_forced=all_forced,
+            branching=plan.spawn or not inside,
+        )
+        chosen = decision.action
+        # Only the chosen weights are normalized: a row sum is all the rest of the row is needed for.
+        factor = decision.weight / total[:, 0]
+        chosen_prob = factor.detach().to(torch.float64)
+        alive = ~self.invalid if self._some_invalid else None
+        failed = decision.failures  # None when no row failed
+        # Replayed rows are never invalid: a row turns invalid only past its replayed prefix.
+        if slot < tables.longest_replay:
+            if failed is not None:
+                broken = failed if slot < tables.shortest_replay else failed & (slot < plan.replayed_len)
+                if bool(broken.any()):
+                    raise _replay_broken(int(broken.nonzero()[0, 0]), slot, site)
+            if plan.replay_probs is not None and slot < plan.replay_probs.shape[1]:
+                expected = plan.replay_probs[:, slot]
+                differs = (chosen_prob - expected).abs() > tables.replay_tolerance[:, slot]
+                if bool(differs.any()):
+                    index = int(differs.nonzero()[0, 0])
+                    raise _replay_changed(slot, site, float(chosen_prob[index]), float(expected[index]))
+        if decision.alternatives is not None:
+            alternatives = decision.alternatives if alive is None else decision.alternatives & alive[:, None]
+            self._spawn_from(alternatives, weights, total, slot, 1)
+        dead = None if alive is None else ~alive
+        if failed is not None:
+            newly_invalid = failed if alive is None else failed & alive
+            if bool(newly_invalid.any()):
+                self.invalid |= newly_invalid
+                self._some_invalid = True
+                dead = failed if dead is None else dead | failed
+        if dead is not None and not bool(dead.any()):
+            dead = None
+        if self.record_supports:
+            self._supports[slot] = weights.detach()[0] > 0
+        self.cursor += 1
+        if plan.spawn:
+            assert decision.branching is not None
+            branching = decision.branching[:, None]
+        elif inside:
+            branching = tables.no_branching
+        else:
+            assert decision.branching is not None
+            branching = (decision.branching & (forced < 0))[:, None]
+        self._record(chosen[:, None], chosen_prob[:, None], branching)
+        return chosen, factor, dead, decision.branching
 
     def _plan_tables(self) -> _PlanTables:
         if self._tables is None:
@@ -455,31 +586,18 @@ class PrefixChooser:
         return self._tables
 
     def _rows_of_call(self, per_row: int, total_rows: int) -> _CallRows:
-        """Where every row of a call stands in the plan (its episode, slot, forced action, and whether
-        the slot is replayed: None when no row's is)."""
+        """Where every row of a call stands in the plan: its episode, slot, forced action, and
+        whether the slot is replayed (None when no row's is)."""
         plan = self.plan
         tables = self._plan_tables()
         key = (per_row, total_rows)
         if key not in tables.episode_of_row:
             tables.episode_of_row[key] = torch.arange(total_rows) // per_row
         episode = tables.episode_of_row[key]
-        if per_row == 1:
-            # Every row is at the same slot: read the plan one column at a time, and decide in Python
-            # which kinds of rows exist there.
-            slot = torch.full((total_rows,), self.cursor, dtype=torch.long)
-            forced = tables.forced[:, min(self.cursor, tables.width)]
-            if self.cursor >= tables.longest_replay:
-                replayed = None
-            elif self.cursor < tables.shortest_replay:
-                replayed = torch.ones(total_rows, dtype=torch.bool)
-            else:
-                replayed = self.cursor < plan.replayed_len
-            all_forced = self.cursor < tables.shortest_path
-            return _CallRows(episode, slot, forced, replayed, self.cursor >= tables.longest_path, all_forced)
         slot = self.cursor + torch.arange(total_rows) % per_row
         forced = tables.forced[episode, slot.clamp(max=tables.width)]
         replayed = slot < plan.replayed_len[episode]
-        return _CallRows(episode, slot, forced, replayed if bool(replayed.any()) else None, False, False)
+        return _CallRows(episode, slot, forced, replayed if bool(replayed.any()) else None)
 
     def _covered_rows(self, rows: _CallRows, num_actions: int) -> torch.Tensor | None:
         """``(rows, K)``: :meth:`_covered` for every row of a call (everything for rows that do not
@@ -487,8 +605,6 @@ class PrefixChooser:
         plan = self.plan
         if not plan.spawn:
             return None
-        if rows.all_free:
-            return torch.zeros(rows.forced.shape[0], num_actions, dtype=torch.bool)
         free = rows.forced < 0
         covered = ~free[:, None].expand(-1, num_actions)
         answers = ~free if rows.replayed is None else ~free & ~rows.replayed
@@ -500,6 +616,19 @@ class PrefixChooser:
         first, last = int(rows.slot.min()), int(rows.slot.max())
         table = torch.stack([self._guessed_mask(s, num_actions) for s in range(first, last + 1)])
         return torch.where(answers[:, None], table[rows.slot - first], covered)
+
+    def _covered_column(self, forced: torch.Tensor, slot: int, num_actions: int, inside: bool) -> torch.Tensor | None:
+        """:meth:`_covered_rows` for a call of one decision per row, at ``slot``."""
+        plan = self.plan
+        if not plan.spawn:
+            return None
+        tables = self._plan_tables()
+        if slot >= tables.longest_path:
+            return torch.zeros(forced.shape[0], num_actions, dtype=torch.bool)  # every row is free
+        if inside and self._guessed_everything(slot, num_actions):
+            return None  # no row is free, and a row that answers for its node has every action guessed
+        answers = tables.answers[:, slot]
+        return torch.where(answers[:, None], self._guessed_mask(slot, num_actions), (forced >= 0)[:, None])
 
     def _guessed_mask(self, slot: int, num_actions: int) -> torch.Tensor:
         """``(K,)`` bool: the actions guessed at ``slot``."""
@@ -514,16 +643,25 @@ class PrefixChooser:
             cache[key] = mask
         return cache[key]
 
+    def _guessed_everything(self, slot: int, num_actions: int) -> bool:
+        """Whether every action is guessed at ``slot``."""
+        key = (slot, num_actions)
+        cache = self._plan_tables().guessed_all
+        if key not in cache:
+            cache[key] = bool(self._guessed_mask(slot, num_actions).all())
+        return cache[key]
+
     def _spawn_from(
-        self, alternatives: torch.Tensor, weights: torch.Tensor, total: torch.Tensor, slot: torch.Tensor, per_row: int
+        self, alternatives: torch.Tensor, weights: torch.Tensor, total: torch.Tensor, slot: torch.Tensor | int, per_row: int
     ) -> None:
+        """Record a new prefix for every true entry (row, action) of ``alternatives``, at the slot of
+        each row (``slot[row]``, or ``slot`` for every row)."""
         found = alternatives.nonzero()
         if found.shape[0]:
             rows, actions = found[:, 0], found[:, 1]
             probs = weights.detach()[rows, actions] / total.detach()[rows, 0]
-            block = torch.stack(
-                [(rows // per_row).double(), slot[rows].double(), actions.double(), probs.double()], dim=1
-            )
+            slots = torch.full_like(rows, slot) if isinstance(slot, int) else slot[rows]
+            block = torch.stack([(rows // per_row).double(), slots.double(), actions.double(), probs.double()], dim=1)
             self._spawn_blocks.append(block)
 
     def _record(self, actions: torch.Tensor, probs: torch.Tensor, branching: torch.Tensor) -> None:

@@ -79,58 +79,112 @@ class RowDecisions:
 
     action: torch.Tensor
     """``(rows,)`` action taken."""
-    failed: torch.Tensor
-    """``(rows,)`` whether the row's forced action was infeasible."""
+    failures: torch.Tensor | None
+    """``(rows,)`` whether the row's forced action was infeasible; None when the rule already knows
+    that no row failed (every forced action was feasible), which :attr:`none_failed` says."""
     alternatives: torch.Tensor | None
     """``(rows, K)`` actions to spawn (None when no row spawns)."""
-    branching: torch.Tensor
-    """``(rows,)`` whether the decision offered more than one feasible action."""
-    none_failed: bool = False
-    """True when the rule already knows that no row failed (every forced action was feasible)."""
+    branching: torch.Tensor | None
+    """``(rows,)`` whether the decision offered more than one feasible action (None when not asked for)."""
+    weight: torch.Tensor
+    """``(rows,)`` the weight of the action taken, with the gradient the weights carry: the rule's
+    third part, the probability recorded, is this weight over the row's total."""
+
+    @property
+    def none_failed(self) -> bool:
+        """True when the rule already knows that no row failed."""
+        return self.failures is None
+
+    @property
+    def failed(self) -> torch.Tensor:
+        """``(rows,)`` whether the row's forced action was infeasible."""
+        if self.failures is None:
+            return torch.zeros(self.action.shape, dtype=torch.bool)
+        return self.failures
 
 
 def decide_rows(
-    support: torch.Tensor, forced: torch.Tensor, covered: torch.Tensor | None, *, all_forced: bool = False
+    weights: torch.Tensor,
+    forced: torch.Tensor,
+    covered: torch.Tensor | None,
+    *,
+    all_forced: bool = False,
+    branching: bool = True,
 ) -> RowDecisions:
     """The decision rule of :func:`decide` for every row at once.
 
     Arguments:
-        support: ``(rows, K)`` bool, the feasible actions of each row.
+        weights: ``(rows, K)`` non-negative weights of each row (bool for a bare support); an action
+            is feasible when its weight is positive. They may carry gradient, which
+            :attr:`RowDecisions.weight` keeps.
         forced: ``(rows,)`` long, each row's forced action (``-1`` for a free row; any value past
             ``K - 1`` is infeasible).
         covered: ``(rows, K)`` bool, the actions other rows take at each row's node (all True for
             a row that spawns nothing), or ``None`` when no row spawns.
         all_forced: the caller knows that every row has a forced action below ``K``; when all of
-            them prove feasible (a replay of known sequences), the fallback is skipped.
+            them prove feasible (a replay of known sequences), the fallback is skipped, and so is the
+            support when neither ``covered`` nor ``branching`` needs it: the weights of the forced
+            actions, which the recorded probabilities need anyway, say whether they are feasible.
+        branching: compute :attr:`RowDecisions.branching` (a replay of known sequences needs it only
+            where some row is past its sequence's end).
 
     >>> out = decide_rows(torch.tensor([[False, True, True]]), torch.tensor([-1]), torch.zeros(1, 3, dtype=torch.bool))
     >>> out.action.tolist(), out.alternatives.tolist()
     ([1], [[False, False, True]])
     """
-    num_actions = support.shape[1]
+    num_actions = weights.shape[1]
     if all_forced:
-        feasible = support.gather(1, forced[:, None]).squeeze(1)
-        if bool(feasible.all()):
-            decided = _with_alternatives(support, forced, torch.zeros_like(feasible), covered)
-            decided.none_failed = True
-            return decided
+        forced_weight = weights.gather(1, forced[:, None]).squeeze(1)
+        # The weights are non-negative: the smallest forced weight is positive when every one is.
+        if forced_weight.detach().amin().item() > 0:
+            support = weights.detach() > 0 if covered is not None or branching else None
+            return _with_alternatives(support, forced, None, forced_weight, covered, branching)
+        # Every row has a forced action in range: it failed where its weight is zero.
+        support = weights.detach() > 0
+        feasible = forced_weight.detach() > 0
+        action = torch.where(feasible, forced, support.to(torch.int8).argmax(dim=1))
+        weight = weights.gather(1, action[:, None]).squeeze(1)
+        return _with_alternatives(support, action, ~feasible, weight, covered, branching)
+    support = weights.detach() > 0
     first = support.to(torch.int8).argmax(dim=1)
     has_forced = forced >= 0
     in_range = has_forced & (forced < num_actions)
     feasible = in_range & support.gather(1, forced.clamp(0, num_actions - 1)[:, None]).squeeze(1)
-    return _with_alternatives(support, torch.where(feasible, forced, first), has_forced & ~feasible, covered)
+    action = torch.where(feasible, forced, first)
+    weight = weights.gather(1, action[:, None]).squeeze(1)
+    return _with_alternatives(support, action, has_forced & ~feasible, weight, covered, branching)
 
 
 def _with_alternatives(
-    support: torch.Tensor, action: torch.Tensor, failed: torch.Tensor, covered: torch.Tensor | None
+    support: torch.Tensor | None,
+    action: torch.Tensor,
+    failed: torch.Tensor | None,
+    weight: torch.Tensor,
+    covered: torch.Tensor | None,
+    branching: bool,
 ) -> RowDecisions:
-    """The rule's second half, once the actions are taken: what each row spawns."""
-    num_actions = support.shape[1]
+    """The rule's second half, once the actions are taken (``failed`` None when no row failed):
+    what each row spawns."""
     alternatives = None
     if covered is not None:
-        own = torch.nn.functional.one_hot(action, num_actions).bool() & ~failed[:, None]
+        assert support is not None
+        # The action a row takes is not its alternative, unless the row failed (its fallback is not
+        # the node's guess, so no sibling row covers it).
+        own = _actions(support.shape[1]) == action[:, None]
+        if failed is not None:
+            own &= ~failed[:, None]
         alternatives = support & ~covered & ~own
-    return RowDecisions(action, failed, alternatives, support.sum(dim=1) > 1)
+    branches = None
+    if branching:
+        assert support is not None
+        branches = support.sum(dim=1) > 1
+    return RowDecisions(action, failed, alternatives, branches, weight)
+
+
+@functools.lru_cache(maxsize=64)
+def _actions(num_actions: int) -> torch.Tensor:
+    """``(1, K)``: the action indices, to compare with a column of actions."""
+    return torch.arange(num_actions)[None, :]
 
 
 def weights_are_valid(weights: torch.Tensor) -> tuple[torch.Tensor, bool]:

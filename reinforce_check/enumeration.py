@@ -38,7 +38,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
 import torch
@@ -117,6 +117,8 @@ class Enumeration:
     """Whether only draws inside @enumerate_actions code were enumerated."""
     replay_verified: bool = False
     """Whether the first sequence was already run twice, in two episode calls, with equal outputs."""
+    _required: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
+    """:meth:`required_decisions`, once computed (every replay forces the same sequences)."""
 
     def __len__(self) -> int:
         return int(self.lengths.shape[0])
@@ -137,10 +139,13 @@ class Enumeration:
         """How many decisions of each sequence a replay must make: up to its last choice. Forced
         decisions recorded after it (a finished row in a batch that ran on) may be absent in another
         batch."""
-        if not self.paths.shape[1]:
-            return self.lengths
-        positions = torch.arange(1, self.paths.shape[1] + 1)
-        return (self.branching.long() * positions).max(dim=1).values
+        if self._required is None:
+            if not self.paths.shape[1]:
+                self._required = self.lengths
+            else:
+                positions = torch.arange(1, self.paths.shape[1] + 1)
+                self._required = (self.branching.long() * positions).max(dim=1).values
+        return self._required
 
 
 class _Sequences:
@@ -544,11 +549,15 @@ class Runner:
         return PrefixChooser(Plan.known(paths, lengths, required)), lengths
 
     def _replay_rows(self, rows: slice) -> Rows:
-        chooser, lengths = self._forced(rows)
         with self.replaying():
-            _, objective, loss = self._run(chooser, int(lengths.shape[0]))
-            result = chooser.finish()
-            _check_complete(result, lengths)
+            return self._forced_rows(rows)
+
+    def _forced_rows(self, rows: slice) -> Rows:
+        """Run the known sequences ``rows`` again, with gradient (inside :meth:`replaying`)."""
+        chooser, lengths = self._forced(rows)
+        _, objective, loss = self._run(chooser, int(lengths.shape[0]))
+        result = chooser.finish()
+        _check_complete(result, lengths)
         return Rows(result.log_prob, objective, loss)
 
     def replay(self, index: int) -> Rows:
@@ -709,16 +718,15 @@ class BatchedRunner(Runner):
                 pending = _spawned(result)
                 speculation.update(bool(result.valid.all()))
             found = self._finish(sequences, replay_verified=True)
-        if graph_rows > _WASTE * len(found):
-            # Most rows were guesses that proved infeasible (stop actions, masks): a backward pass over
-            # them would cost more than running the sequences again, with gradient, in one batch.
-            kept = []
-            rows = self._replay_rows(slice(None))
-            _verify_same(rows.objective, rows.loss, found.objective, found.loss)
-            found.passes += 1
-            found.rows_run += len(found)
-            yield rows
-            return
+            if graph_rows > _WASTE * len(found):
+                # Most rows were guesses that proved infeasible (stop actions, masks): a backward pass
+                # over them would cost more than running the sequences again, with gradient, in one
+                # batch (under the same watch of the generators as the rounds).
+                replayed = self._forced_rows(slice(None))
+                _verify_same(replayed.objective, replayed.loss, found.objective, found.loss)
+                found.passes += 1
+                found.rows_run += len(found)
+                kept = [replayed]
         yield kept[0] if len(kept) == 1 else Rows(*(torch.cat(parts) for parts in zip(*kept)))
 
     def replay_blocks(self) -> Iterator[Rows]:

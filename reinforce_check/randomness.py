@@ -163,8 +163,10 @@ def watch(before: RandomState | None = None) -> Iterator[None]:
         verify_unchanged(before, places=places)
 
 
+@functools.lru_cache(maxsize=1)
 def _draw_functions() -> list[tuple[Any, str, str]]:
-    """``(owner, attribute, name for the message)`` of the Python-level draw functions wrapped."""
+    """``(owner, attribute, name for the message)`` of the Python-level draw functions wrapped
+    (found once: which of them the installed torch, numpy and Python have does not change)."""
     found = []
     for name in ("rand", "randn", "randint", "randperm", "rand_like", "randn_like", "randint_like", "normal", "poisson"):
         found.append((torch, name, f"torch.{name}"))

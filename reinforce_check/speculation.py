@@ -115,7 +115,8 @@ class Speculation:
         ends = [start + depth for start, depth in zip(starts, depths)]
         width = max(ends, default=0)
         # Per prefix and column: the prefix's own actions (then -1), and the stride of each guessed
-        # column's digit (the product of the widths of the guessed columns after it).
+        # column's digit (the product of the widths of the guessed columns after it). An unguessed
+        # column's stride is the prefix's number of rows, so that its digit reads 0.
         heads = [p.actions + [-1] * (width - len(p.actions)) for p in pending]
         head_probs = [p.probs + [0.0] * (width - len(p.probs)) for p in pending]
         strides = []
@@ -126,16 +127,21 @@ class Speculation:
             for column in range(end - 1, start - 1, -1):
                 row[column] = stride
                 stride *= self.widths[column]
-            strides.append(row)
+            strides.append([value or stride for value in row])
             counts.append(stride)
         count = torch.tensor(counts, dtype=torch.long)
-        prefix_of_row = torch.repeat_interleave(torch.arange(len(pending)), count)
-        offsets = torch.cumsum(count, 0) - count
-        combination = torch.arange(int(count.sum())) - offsets[prefix_of_row]
+        rows = int(count.sum())
+
+        def per_row(values: torch.Tensor) -> torch.Tensor:
+            """Each prefix's entry (or row of entries) repeated for each of its rows: a copy of
+            contiguous blocks, where computing or indexing row by row would work element by element."""
+            return torch.repeat_interleave(values, count, dim=0, output_size=rows)
+
+        combination = torch.arange(rows) - per_row(torch.cumsum(count, 0) - count)
         columns = torch.arange(width)
-        start_of_row = torch.tensor(starts, dtype=torch.long)[prefix_of_row]
-        end_of_row = torch.tensor(ends, dtype=torch.long)[prefix_of_row]
-        guessed = (columns[None, :] >= start_of_row[:, None]) & (columns[None, :] < end_of_row[:, None])
+        start_of_prefix = torch.tensor(starts, dtype=torch.long)
+        end_of_prefix = torch.tensor(ends, dtype=torch.long)
+        guessed = per_row((columns[None, :] >= start_of_prefix[:, None]) & (columns[None, :] < end_of_prefix[:, None]))
         # Actions guessed at each column, padded to the widest column (padding is never indexed).
         table = torch.zeros(width, max([self.widths.get(c, 1) for c in range(width)], default=1), dtype=torch.long)
         column_width = torch.ones(width, dtype=torch.long)
@@ -143,20 +149,20 @@ class Speculation:
             if column in self.options:
                 table[column, : self.widths[column]] = self.options[column]
                 column_width[column] = max(self.widths[column], 1)
-        stride_of_row = torch.tensor(strides, dtype=torch.long).reshape(len(pending), width)[prefix_of_row]
-        digits = torch.where(guessed, combination[:, None].div(stride_of_row.clamp(min=1), rounding_mode="floor"), 0)
-        digits = digits.remainder(column_width[None, :])
-        heads_of_row = torch.tensor(heads, dtype=torch.long).reshape(len(pending), width)[prefix_of_row]
-        forced = torch.where(guessed, table[columns[None, :], digits], heads_of_row)
-        replay_probs = torch.tensor(head_probs, dtype=torch.float64).reshape(len(pending), width)[prefix_of_row]
+        stride_of_row = per_row(torch.tensor(strides, dtype=torch.long).reshape(len(pending), width))
+        digits = combination[:, None].div(stride_of_row, rounding_mode="floor").remainder(column_width[None, :])
+        heads_of_row = per_row(torch.tensor(heads, dtype=torch.long).reshape(len(pending), width))
+        # The action of digit d at column c is table[c, d].
+        forced = torch.where(guessed, table.T.gather(0, digits), heads_of_row)
+        replay_probs = per_row(torch.tensor(head_probs, dtype=torch.float64).reshape(len(pending), width))
         # Rows that share the node at a slot differ only from that slot on, so exactly one of them
-        # has only first guesses (digit 0) from there on: the canonical row.
-        speculation_index = torch.where(guessed, digits, 0)
-        canonical = speculation_index.flip(1).cummax(1).values.flip(1) == 0 if width else None
+        # has only first guesses (digit 0) from there on: the canonical row. Digits are non-negative,
+        # so they are all 0 from a slot on where their sum from there on is.
+        canonical = digits.flip(1).cumsum(1).flip(1) == 0 if width else None
         return Plan(
             forced=forced,
-            forced_len=end_of_row,
-            replayed_len=start_of_row,
+            forced_len=per_row(end_of_prefix),
+            replayed_len=per_row(start_of_prefix),
             replay_probs=replay_probs,
             guessed=self.guessed,
             canonical=canonical,

@@ -13,9 +13,16 @@ from reinforce_check.chooser import Plan, PrefixChooser, SequenceReplayer
 
 
 class _TensorPath(PrefixChooser):
-    """The same chooser, deciding every call with tensor operations."""
+    """The same chooser, deciding every call with tensor operations (one decision per row: a column
+    at a time)."""
 
     small_rows = 0
+
+
+class _GeneralTensorPath(_TensorPath):
+    """The same chooser, deciding every call with the general tensor path."""
+
+    column_decisions = False
 
 
 class _ScalarPath(PrefixChooser):
@@ -25,10 +32,13 @@ class _ScalarPath(PrefixChooser):
     small_decisions = 10**9
 
 
-def _scenario(seed: int, rows: int = 24, slots: int = 4, num_actions: int = 3):
-    """A random plan (replayed, then speculated, then free slots) and random supports."""
+def _scenario(seed: int, rows: int = 24, slots: int = 4, num_actions: int = 3, known: bool = False, draws: int = 1):
+    """A random plan (replayed, then speculated, then free slots) and random supports, the same for
+    every ``draws`` consecutive slots (the draws of one call); with ``known``, a plan of known
+    sequences (replayed up to a random required length, spawning nothing) instead."""
     generator = torch.Generator().manual_seed(seed)
-    replayed_len = torch.randint(0, slots + 1, (rows,), generator=generator)
+    # Some seeds replay at least two slots of every row, so that every row is inside its path there.
+    replayed_len = torch.randint(min(seed % 3, slots), slots + 1, (rows,), generator=generator)
     forced_len = torch.minimum(replayed_len + torch.randint(0, 3, (rows,), generator=generator), torch.tensor(slots))
     forced = torch.randint(0, num_actions, (rows, slots), generator=generator)
     forced = forced.masked_fill(torch.arange(slots)[None, :] >= forced_len[:, None], -1)
@@ -39,37 +49,49 @@ def _scenario(seed: int, rows: int = 24, slots: int = 4, num_actions: int = 3):
         w = torch.rand(rows, num_actions, generator=generator, dtype=torch.float64)
         w = w.masked_fill(torch.rand(rows, num_actions, generator=generator) < 0.3, 0.0)
         w[:, 0] += (w.sum(1) == 0).double()  # at least one feasible action per row
-        weights.append(w)
+        weights.append(w if len(weights) % draws == 0 else weights[-1])
     # Replayed slots take a feasible action, as they do in a real enumeration.
     for s in range(slots):
         replayed = s < replayed_len
         feasible = weights[s].gather(1, forced[:, s].clamp(min=0)[:, None]).squeeze(1) > 0
         fix = replayed & ~feasible
         forced[fix, s] = weights[s][fix].argmax(1)
-    plan = Plan(forced, forced_len, replayed_len, guessed=guessed, canonical=canonical)
+    if known:
+        return Plan.known(forced, forced_len, replayed_len), weights
+    # The probabilities seen when the replayed slots were discovered: those the weights give them.
+    replay_probs = torch.zeros(rows, slots, dtype=torch.float64)
+    for s in range(slots):
+        taken = weights[s].gather(1, forced[:, s].clamp(min=0)[:, None]).squeeze(1) / weights[s].sum(1)
+        replay_probs[:, s] = torch.where(s < replayed_len, taken, 0.0)
+    plan = Plan(forced, forced_len, replayed_len, replay_probs, guessed=guessed, canonical=canonical)
     return plan, weights
 
 
-@pytest.mark.parametrize("per_row", [1, 2])
+@pytest.mark.parametrize("known", [False, True], ids=["discovery", "known"])
+@pytest.mark.parametrize("gradient", [True, False], ids=["gradient", "no-gradient"])
+@pytest.mark.parametrize(("per_row", "draws"), [(1, 1), (1, 2), (2, 1)])
 @pytest.mark.parametrize("seed", range(12))
-def test_scalar_and_tensor_decisions_record_the_same_pass(seed, per_row):
-    plan, weights = _scenario(seed, rows=24 // per_row, slots=4 * per_row)
+def test_scalar_and_tensor_decisions_record_the_same_pass(seed, per_row, draws, gradient, known):
+    plan, weights = _scenario(seed, rows=24 // per_row, slots=4 * per_row, known=known, draws=draws)
     results = []
-    for cls in (_ScalarPath, _TensorPath):
+    for cls in (_ScalarPath, _GeneralTensorPath, _TensorPath):
         chooser = cls(plan)
-        for start in range(0, len(weights), per_row):
-            # per_row decisions of every episode in one call, episode first.
+        for start in range(0, len(weights), per_row * draws):
+            # per_row decisions of every episode in one call, episode first; with several draws, the
+            # same weights for every draw (replacement=True).
             block = torch.stack(weights[start : start + per_row], dim=1).reshape(-1, weights[0].shape[1])
-            chooser.choose(block.clone().requires_grad_(), 1, True, "torch.multinomial")
+            chooser.choose(block.clone().requires_grad_(gradient), draws, True, "torch.multinomial")
         results.append(chooser.finish())
-    scalar, tensor = results
-    assert torch.equal(scalar.actions, tensor.actions)
-    assert torch.equal(scalar.branching, tensor.branching)
-    assert torch.equal(scalar.valid, tensor.valid)
-    torch.testing.assert_close(scalar.probs, tensor.probs, rtol=1e-15, atol=0)
-    torch.testing.assert_close(scalar.log_prob, tensor.log_prob, rtol=1e-14, atol=0)
-    # The same prefixes, with probabilities equal to the last bit: both divide by the same totals.
-    assert sorted(scalar.spawns) == sorted(tensor.spawns)
+    scalar = results[0]
+    for tensor in results[1:]:
+        assert torch.equal(scalar.actions, tensor.actions)
+        assert torch.equal(scalar.branching, tensor.branching)
+        assert torch.equal(scalar.valid, tensor.valid)
+        torch.testing.assert_close(scalar.probs, tensor.probs, rtol=1e-15, atol=0)
+        torch.testing.assert_close(scalar.log_prob, tensor.log_prob, rtol=1e-14, atol=0)
+        # The same prefixes, with probabilities equal to the last bit: both divide by the same totals.
+        assert sorted(scalar.spawns) == sorted(tensor.spawns)
+        assert scalar.calls_without_gradient == tensor.calls_without_gradient
 
 
 def test_a_pass_log_probability_sums_the_logs_of_the_probabilities_it_took_with_gradient():

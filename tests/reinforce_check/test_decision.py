@@ -89,3 +89,33 @@ def test_the_all_forced_shortcut_decides_as_the_full_rule(case):
     assert torch.equal(full.failed, short.failed)
     assert torch.equal(full.alternatives, short.alternatives)
     assert torch.equal(full.branching, short.branching)
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=decision_rows(), all_forced=st.booleans(), branching=st.booleans(), spawning=st.booleans())
+def test_the_tensor_rule_on_weights_decides_as_the_scalar_rule_and_keeps_the_weight_taken(
+    case, all_forced, branching, spawning
+):
+    num_actions, rows = case
+    weights = torch.tensor([w for w, _, _ in rows], dtype=torch.float64, requires_grad=True)
+    # With all_forced, every row forced to an action in range, feasible or not.
+    forced = [max(f, 0) % num_actions if all_forced else f for _, f, _ in rows]
+    covered_sets = [c if spawning else None for _, _, c in rows]
+    covered = None
+    if spawning:
+        covered = torch.tensor([[c is None or k in c for k in range(num_actions)] for c in covered_sets])
+    together = decide_rows(weights, torch.tensor(forced), covered, all_forced=all_forced, branching=branching)
+    assert together.weight.requires_grad
+    assert (together.branching is None) == (not branching)
+    assert (together.alternatives is None) == (not spawning)
+    for index, ((w, _, _), f, c) in enumerate(zip(rows, forced, covered_sets)):
+        alone = decide(w, f, c)
+        assert alone.action == int(together.action[index])
+        assert alone.failed == bool(together.failed[index])
+        assert float(together.weight.detach()[index]) == w[alone.action]
+        if branching:
+            assert alone.branching == bool(together.branching[index])
+        if spawning:
+            assert list(alone.alternatives) == together.alternatives[index].nonzero().flatten().tolist()
+    if together.none_failed:
+        assert not bool(together.failed.any())

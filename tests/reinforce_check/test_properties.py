@@ -106,21 +106,27 @@ def problems(draw) -> Problem:
 
 MODES = pytest.mark.parametrize("batched", [False, True], ids=["sequential", "batched"])
 
-# Every pass decides small calls in plain Python and large ones with tensor operations; forcing
-# one path everywhere holds each of them, alone, to the brute-force sums.
-PATHS = {"scalar": (10**9, 10**9), "tensor": (0, 0), "default": (PrefixChooser.small_rows, PrefixChooser.small_decisions)}
+# Every pass decides small calls in plain Python and large ones with tensor operations, a column
+# at a time for one decision per row; forcing one path everywhere holds each of them, alone, to the
+# brute-force sums.
+PATHS = {
+    "scalar": (10**9, 10**9, True),
+    "tensor": (0, 0, True),
+    "general tensor": (0, 0, False),
+    "default": (PrefixChooser.small_rows, PrefixChooser.small_decisions, PrefixChooser.column_decisions),
+}
 
 DECISION_PATHS = pytest.mark.parametrize("decision_path", list(PATHS))
 
 
 @contextlib.contextmanager
 def deciding_by(path: str) -> Iterator[None]:
-    saved = PrefixChooser.small_rows, PrefixChooser.small_decisions
-    PrefixChooser.small_rows, PrefixChooser.small_decisions = PATHS[path]
+    saved = PrefixChooser.small_rows, PrefixChooser.small_decisions, PrefixChooser.column_decisions
+    PrefixChooser.small_rows, PrefixChooser.small_decisions, PrefixChooser.column_decisions = PATHS[path]
     try:
         yield
     finally:
-        PrefixChooser.small_rows, PrefixChooser.small_decisions = saved
+        PrefixChooser.small_rows, PrefixChooser.small_decisions, PrefixChooser.column_decisions = saved
 
 
 @MODES

@@ -1,0 +1,136 @@
+"""Instructions a default batched check executes, counted by valgrind, for this checkout and another.
+
+Wall-clock times on a shared machine move with its load; the number of instructions a
+computation executes does not. This script runs, under ``valgrind --tool=callgrind``, one default
+batched check (``check_reinforce(episode, params, batched=True)``) of each case of
+``bench_check.py``, and the floor of a default check (the passes it cannot avoid, run plainly, as
+``compare_checkouts.py`` defines it), each after one warm-up run, with one thread. Each checkout
+runs in its own process, with ``PYTHONPATH`` pointing at it. Counts are exact for one process and
+repeat from run to run to a fraction of a per cent.
+
+Usage::
+
+    git worktree add /tmp/baseline 9a49032
+    python benchmarks/count_instructions.py --baseline /tmp/baseline   # --baseline repeats
+
+valgrind must be installed; a check runs about 50 times slower under it (a minute or two per
+checkout, most of it importing torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Callgrind zeroes its counters on entering the first of these C functions and writes them out on
+# entering the second: os.getloadavg() and os.ctermid() call them, and nothing else in a check does.
+_ZERO = "getloadavg"
+_DUMP = "ctermid"
+
+
+def _regions(stop_action: bool) -> dict[str, Callable[[], object]]:
+    """A default batched check of one case of ``bench_check.py``, and its floor."""
+    import torch
+    from bench_check import LSTMPolicy, make_episode
+
+    from reinforce_check import check_reinforce
+
+    torch.manual_seed(0)
+    policy = LSTMPolicy().double()
+    params = dict(policy.named_parameters())
+    tensors = list(params.values())
+    episode = make_episode(policy, stop_action=stop_action)
+    count = check_reinforce(episode, params, batched=True).num_sequences
+
+    def floor() -> None:
+        loss = episode(count)[1].sum()
+        torch.autograd.grad(loss, tensors, retain_graph=True)
+        torch.autograd.grad(loss, tensors)
+        with torch.no_grad():
+            episode(count)
+            episode(count)
+
+    return {"check": lambda: check_reinforce(episode, params, batched=True), "floor": floor}
+
+
+def measure() -> list[str]:
+    """Run the measured regions (called under valgrind); returns their labels in order."""
+    import torch
+
+    import reinforce_check
+
+    torch.set_num_threads(1)
+    print(f"reinforce_check from {Path(reinforce_check.__file__).parent}", file=sys.stderr)
+    labels = []
+    for name, stop_action in (("3 actions x 7 steps", False), ("variable length", True)):
+        for label, region in _regions(stop_action).items():
+            region()  # warm up
+            os.getloadavg()
+            region()
+            os.ctermid()
+            labels.append(f"{name}: {label}")
+    return labels
+
+
+def count(checkout: Path) -> dict[str, int]:
+    """Instructions of each measured region, with ``reinforce_check`` imported from ``checkout``."""
+    with tempfile.TemporaryDirectory() as folder:
+        environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(checkout), str(Path(__file__).parent)]))
+        environment.update(OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+        subprocess.run(
+            [
+                "valgrind", "--tool=callgrind", f"--callgrind-out-file={folder}/out", f"--log-file={folder}/log",
+                f"--zero-before={_ZERO}", f"--dump-before={_DUMP}",
+                sys.executable, __file__, "--inside", f"{folder}/labels.json",
+            ],
+            check=True, env=environment,
+        )  # fmt: skip
+        labels = json.loads(Path(f"{folder}/labels.json").read_text())
+        counts = {}
+        for index, label in enumerate(labels, start=1):
+            text = Path(f"{folder}/out.{index}").read_text()
+            match = re.search(r"^summary: (\d+)", text, re.MULTILINE)
+            assert match is not None, f"no summary in callgrind's dump {index}"
+            counts[label] = int(match.group(1))
+    return counts
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        action="append",
+        default=[],
+        help="a checkout holding a reinforce_check to compare with (repeat for several)",
+    )
+    parser.add_argument("--inside", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.inside:
+        Path(args.inside).write_text(json.dumps(measure()))
+        return
+    checkouts = {**{str(path): path for path in args.baseline}, "this checkout": ROOT}
+    results = {label: count(path) for label, path in checkouts.items()}
+    width = max(len(label) for label in results)
+    print("instructions (valgrind --tool=callgrind), one thread, one run after a warm-up")
+    print("command: python benchmarks/count_instructions.py" + "".join(f" --baseline {path}" for path in args.baseline))
+    for case in ("3 actions x 7 steps", "variable length"):
+        print(f"batched, {case}:")
+        for label, counts in results.items():
+            check, floor = counts[f"{case}: check"], counts[f"{case}: floor"]
+            print(
+                f"  {label:<{width}} check {check / 1e6:8.1f} M   floor {floor / 1e6:8.1f} M   {check / floor:5.3f}x floor"
+            )
+
+
+if __name__ == "__main__":
+    main()
