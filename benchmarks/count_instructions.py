@@ -1,10 +1,12 @@
-"""Instructions a default batched check executes, counted by valgrind, for this checkout and another.
+"""Instructions a default check executes, counted by valgrind, for this checkout and another.
 
 Wall-clock times on a shared machine move with its load; the number of instructions a
 computation executes does not. This script runs, under ``valgrind --tool=callgrind``, one default
 batched check (``check_reinforce(episode, params, batched=True)``) of each case of
 ``bench_check.py``, and the floor of a default check (the passes it cannot avoid, run plainly, as
-``compare_checkouts.py`` defines it), each after one warm-up run, with one thread. Each checkout
+``compare_checkouts.py`` defines it), each after one warm-up run, with one thread. With
+``--sequential`` it counts a default sequential check and its floor instead, on the variable-length
+case only (the 2,187 episodes of the other case take half an hour under valgrind). Each checkout
 runs in its own process, with ``PYTHONPATH`` pointing at it. Counts are exact for one process and
 repeat from run to run to a fraction of a per cent.
 
@@ -12,6 +14,7 @@ Usage::
 
     git worktree add /tmp/baseline 9a49032
     python benchmarks/count_instructions.py --baseline /tmp/baseline   # --baseline repeats
+    python benchmarks/count_instructions.py --sequential --baseline /tmp/baseline
 
 valgrind must be installed; a check runs about 50 times slower under it (a minute or two per
 checkout, most of it importing torch).
@@ -37,8 +40,8 @@ _ZERO = "getloadavg"
 _DUMP = "ctermid"
 
 
-def _regions(stop_action: bool) -> dict[str, Callable[[], object]]:
-    """A default batched check of one case of ``bench_check.py``, and its floor."""
+def _regions(stop_action: bool, batched: bool) -> dict[str, Callable[[], object]]:
+    """A default check of one case of ``bench_check.py``, and its floor."""
     import torch
     from bench_check import LSTMPolicy, make_episode
 
@@ -50,19 +53,28 @@ def _regions(stop_action: bool) -> dict[str, Callable[[], object]]:
     tensors = list(params.values())
     episode = make_episode(policy, stop_action=stop_action)
     count = check_reinforce(episode, params, batched=True).num_sequences
+    calls = [(count,)] if batched else [()] * count
 
     def floor() -> None:
-        loss = episode(count)[1].sum()
-        torch.autograd.grad(loss, tensors, retain_graph=True)
-        torch.autograd.grad(loss, tensors)
-        with torch.no_grad():
-            episode(count)
-            episode(count)
+        for arguments in calls:
+            loss = episode(*arguments)[1].sum()
+            torch.autograd.grad(loss, tensors, retain_graph=True)
+            torch.autograd.grad(loss, tensors)
+            with torch.no_grad():
+                episode(*arguments)
+                episode(*arguments)
 
-    return {"check": lambda: check_reinforce(episode, params, batched=True), "floor": floor}
+    return {"check": lambda: check_reinforce(episode, params, batched=batched), "floor": floor}
 
 
-def measure() -> list[str]:
+def _cases(sequential: bool) -> list[tuple[str, bool]]:
+    """The measured cases: (name, stop_action)."""
+    if sequential:
+        return [("variable length", True)]
+    return [("3 actions x 7 steps", False), ("variable length", True)]
+
+
+def measure(sequential: bool) -> list[str]:
     """Run the measured regions (called under valgrind); returns their labels in order."""
     import torch
 
@@ -71,8 +83,8 @@ def measure() -> list[str]:
     torch.set_num_threads(1)
     print(f"reinforce_check from {Path(reinforce_check.__file__).parent}", file=sys.stderr)
     labels = []
-    for name, stop_action in (("3 actions x 7 steps", False), ("variable length", True)):
-        for label, region in _regions(stop_action).items():
+    for name, stop_action in _cases(sequential):
+        for label, region in _regions(stop_action, batched=not sequential).items():
             region()  # warm up
             os.getloadavg()
             region()
@@ -81,7 +93,7 @@ def measure() -> list[str]:
     return labels
 
 
-def count(checkout: Path) -> dict[str, int]:
+def count(checkout: Path, sequential: bool) -> dict[str, int]:
     """Instructions of each measured region, with ``reinforce_check`` imported from ``checkout``."""
     with tempfile.TemporaryDirectory() as folder:
         environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(checkout), str(Path(__file__).parent)]))
@@ -91,6 +103,7 @@ def count(checkout: Path) -> dict[str, int]:
                 "valgrind", "--tool=callgrind", f"--callgrind-out-file={folder}/out", f"--log-file={folder}/log",
                 f"--zero-before={_ZERO}", f"--dump-before={_DUMP}",
                 sys.executable, __file__, "--inside", f"{folder}/labels.json",
+                *(["--sequential"] if sequential else []),
             ],
             check=True, env=environment,
         )  # fmt: skip
@@ -113,18 +126,26 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         help="a checkout holding a reinforce_check to compare with (repeat for several)",
     )
+    parser.add_argument(
+        "--sequential", action="store_true", help="count a sequential check (the variable-length case only)"
+    )
     parser.add_argument("--inside", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.inside:
-        Path(args.inside).write_text(json.dumps(measure()))
+        Path(args.inside).write_text(json.dumps(measure(args.sequential)))
         return
     checkouts = {**{str(path): path for path in args.baseline}, "this checkout": ROOT}
-    results = {label: count(path) for label, path in checkouts.items()}
+    results = {label: count(path, args.sequential) for label, path in checkouts.items()}
+    mode = "sequential" if args.sequential else "batched"
     width = max(len(label) for label in results)
     print("instructions (valgrind --tool=callgrind), one thread, one run after a warm-up")
-    print("command: python benchmarks/count_instructions.py" + "".join(f" --baseline {path}" for path in args.baseline))
-    for case in ("3 actions x 7 steps", "variable length"):
-        print(f"batched, {case}:")
+    print(
+        "command: python benchmarks/count_instructions.py"
+        + (" --sequential" if args.sequential else "")
+        + "".join(f" --baseline {path}" for path in args.baseline)
+    )
+    for case, _ in _cases(args.sequential):
+        print(f"{mode}, {case}:")
         for label, counts in results.items():
             check, floor = counts[f"{case}: check"], counts[f"{case}: floor"]
             print(
