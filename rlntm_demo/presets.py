@@ -29,7 +29,7 @@ curriculum             10/25/65%, threshold 0.2,      10/22.5/67.5%; error of th
 direct access          gates add at most +1 logit     gates add at most +1 logit      learnable scale, starts at 5
                                                                                       (``model.shortcut_scale``)
 adjacent-memory gates  open (the paper's reading)     none, as in the authors' code   none (``model.adjacent_memory``)
-after solving          stop                           stop                            1,000 more updates
+after solving          stop                           stop                            3,000 more updates
                                                                                       (``updates_after_solved``)
 =====================  =============================  ==============================  ===============================
 
@@ -235,7 +235,7 @@ def _fast(task: str, controller: str) -> dict[str, Any]:
         "objective": {"entropy_bonus": 0.3, "entropy_bonus_at_top": 0.0},
         "optimizer": {"name": "adam", "learning_rate": 0.005, "clip_controller": 5.0, "clip_baseline": 2.0},
         "curriculum": {"threshold": 0.2, "min_updates_between": 10, "probabilities": [0.10, 0.25, 0.65]},
-        "updates_after_solved": 1000,
+        "updates_after_solved": 3000,
     }
 
 

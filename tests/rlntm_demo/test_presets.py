@@ -109,7 +109,7 @@ def test_issue_19_options_in_the_presets() -> None:
     assert authors.model.shortcut_scale is None and authors.model.adjacent_memory == "off"
     fast = make_config("reverse", "direct", "fast")
     assert fast.model.shortcut_scale == 5.0 and fast.model.input_start_marker and fast.model.adjacent_memory == "off"
-    assert (fast.updates_after_solved, paper.updates_after_solved, authors.updates_after_solved) == (1000, 0, 0)
+    assert (fast.updates_after_solved, paper.updates_after_solved, authors.updates_after_solved) == (3000, 0, 0)
     assert (fast.objective.entropy_mode, fast.curriculum.error) == ("returns", "batch")
 
 
