@@ -2,12 +2,16 @@
 # The runs of docs/results/table4.csv (issue 19's Table 4), as they were launched; run from the
 # repository root. Each sweep skips finished runs and resumes interrupted ones, so running this
 # again continues where it stopped. Then: rlntm-demo results runs/issue19/table4 --out docs/results
+# The sweeps ran two at a time, one CPU each: the fast preset's two sweeps side by side, then the
+# authors preset's seeds 0 and 1 beside the paper's failures and then the authors preset's seed 2.
 set -euo pipefail
 export OMP_NUM_THREADS=1
 ROOT=runs/issue19/table4
 
 # The fast preset, direct access, the five tasks of Table 4.
-rlntm-demo sweep --tasks copy duplicated-input reverse repeat-copy forward-reverse --controllers direct \
+rlntm-demo sweep --tasks copy duplicated-input reverse repeat-copy --controllers direct \
+  --presets fast --seeds 0 1 2 --max-updates 12000 --out $ROOT --num-cpus 1
+rlntm-demo sweep --tasks forward-reverse --controllers direct \
   --presets fast --seeds 0 1 2 --max-updates 12000 --out $ROOT --num-cpus 1
 # The LSTM on Reverse.
 rlntm-demo sweep --tasks reverse --controllers lstm --presets fast --seeds 0 1 2 --max-updates 20000 --out $ROOT --num-cpus 1
@@ -16,7 +20,7 @@ for seed in 0 1 2; do
   rlntm-demo sweep --tasks copy duplicated-input reverse repeat-copy forward-reverse --controllers direct \
     --presets authors --seeds $seed --max-updates 20000 --out $ROOT --num-cpus 1
 done
-# The paper's failures, with the fast preset.
+# The paper's failures, with the fast preset (none solved, so they never reach updates_after_solved).
 for seed in 0 1 2; do
   rlntm-demo sweep --tasks sort addition repeat-copy-forward --controllers direct \
     --presets fast --seeds $seed --max-updates 12000 --out $ROOT --num-cpus 1
