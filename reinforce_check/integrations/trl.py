@@ -104,7 +104,14 @@ def check_grpo(
 
     Raises:
         IntegrationError: not a ``GRPOTrainer``, or one that generates with vLLM, over several
-            steps or iterations, or on several processes.
+            steps or iterations, or on several processes, or one with a KL penalty (``beta != 0``),
+            whose per-token estimate has no objective to hold it to (see below).
+
+    With ``beta != 0`` the loss adds, token by token, an estimate of the KL divergence from the
+    reference model (with or without ``use_bias_correction_kl``). Its expected gradient is the
+    gradient of each token's KL at its prefix, with the prefixes' own distribution held fixed: not
+    the gradient of any objective of the completions, so no exact check can say it is right.
+    ``check_grpo`` refuses such a trainer; ``beta=0.0``, TRL's default, checks the policy term.
 
     >>> check_grpo(object())
     Traceback (most recent call last):
@@ -112,6 +119,15 @@ def check_grpo(
     reinforce_check.integrations.IntegrationError: check_grpo takes a TRL GRPOTrainer; got object.
     """
     _require_trainer(trainer, "GRPOTrainer", "check_grpo")
+    if trainer.beta != 0.0:
+        raise IntegrationError(
+            f"this GRPOTrainer has beta={trainer.beta:g}: its loss adds, token by token, an estimate of the KL "
+            "divergence from the reference model, whose expected gradient leaves out how the earlier tokens' "
+            "distribution depends on the parameters. It is not the gradient of any objective of the completions, "
+            "so check_grpo has no exact objective to hold it to. Check the policy-gradient term with beta=0.0 "
+            "(GRPOConfig(beta=0.0), TRL's default); RLOOTrainer puts its KL penalty in the reward, and "
+            "check_rloo checks it."
+        )
     objective_scale = claimed_scale(trainer) if scale is None else float(scale)
 
     def objective(step: _Step) -> torch.Tensor:

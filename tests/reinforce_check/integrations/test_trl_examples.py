@@ -162,3 +162,14 @@ def test_check_grpo_refuses_a_generation_batch_spread_over_steps(
     ):
         warnings.simplefilter("ignore")
         check_grpo(trainer)
+
+
+def test_check_grpo_refuses_a_kl_penalty_it_cannot_state_as_an_objective(grpo: object, tmp_path) -> None:
+    from reinforce_check.integrations import IntegrationError
+    from reinforce_check.integrations.trl import check_grpo
+
+    trainer = grpo.grpo_trainer("dapo", "group", str(tmp_path))  # type: ignore[attr-defined]
+    trainer.beta = 0.04
+    with pytest.raises(IntegrationError, match=r"beta=0\.04: .*beta=0\.0 \(GRPOConfig\(beta=0\.0\), TRL's default\)"):
+        check_grpo(trainer)
+    assert trainer.beta == 0.04
