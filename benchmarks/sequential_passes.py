@@ -19,12 +19,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 
 import torch
-from bench_check import LSTMPolicy, make_episode
+from bench_check import LSTMPolicy, make_episode, median_times
 
 from reinforce_check.enumeration import SequentialRunner
 from reinforce_check.patching import intercept_samplers
@@ -56,15 +55,7 @@ def timings(repeats: int) -> dict[str, float]:
             pass
 
     functions: dict[str, Callable[[], None]] = {"plain": plain, "intercepted": intercepted, "passes": passes}
-    for function in functions.values():
-        function()  # warm up
-    times: dict[str, list[float]] = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, function in functions.items():
-            start = time.process_time()
-            function()
-            times[name].append(time.process_time() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return median_times(functions, repeats, clock=time.process_time)
 
 
 def main(argv: list[str] | None = None) -> None:
