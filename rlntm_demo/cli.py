@@ -337,15 +337,16 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     try:
         trainer = _load_trainer(args.run)
-        results = trainer.evaluate(multipliers=args.multipliers, instances=args.instances, seed=args.seed)
+        with trainer.selected_parameters():
+            results = trainer.evaluate(multipliers=args.multipliers, instances=args.instances, seed=args.seed)
     except (CheckpointError, ValueError) as error:
         return _fail(error)
     if args.json:
-        print(json.dumps({"update": trainer.update, "level": trainer.curriculum.level,
+        print(json.dumps({"update": trainer.evaluated_update, "level": trainer.curriculum.level,
                           "results": [r.to_dict() for r in results.values()]}))
         return EXIT_OK
     config = trainer.config
-    print(f"{config.task} / {config.controller}, update {trainer.update}, level {trainer.curriculum.level}/"
+    print(f"{config.task} / {config.controller}, update {trainer.evaluated_update}, level {trainer.curriculum.level}/"
           f"{config.curriculum.max_level}; greedy decoding on fresh instances")
     print(f"{'length':>8} {'complexity':>10} {'instances':>9} {'exact':>8} {'per symbol':>10}")
     for r in results.values():
@@ -368,12 +369,12 @@ def _run_trace(args: argparse.Namespace) -> int:
         if complexity < 1:
             raise ValueError(f"--complexity must be at least 1, not {complexity}")
         batch = trainer.task.sample(complexity, 1, torch.Generator().manual_seed(args.seed))
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), trainer.selected_parameters():
             torch.manual_seed(args.seed)
             trace = trainer.model.trace(batch, greedy=not args.sampled)
         run = Path(args.run)
         out = Path(args.out) if args.out else (run if run.is_dir() else run.parent) / "trace.png"
-        title = f"{config.task} / {config.controller}, update {trainer.update}, complexity {complexity}"
+        title = f"{config.task} / {config.controller}, update {trainer.evaluated_update}, complexity {complexity}"
         render_figure(trace, out, title=title)
     except (CheckpointError, ValueError) as error:
         return _fail(error)

@@ -414,9 +414,19 @@ class EvaluationConfig:
     solved_accuracy: float = 0.99
     """"Solved": the curriculum is at its top level and the greedy exact-sequence accuracy at the
     training length is at least this."""
+    select_on: tuple[int, ...] = ()
+    """Model selection after solving: at the solving update and every ``every`` updates after it,
+    evaluate greedily at these multiples of the training length (``check_instances`` instances,
+    the same ones each time, seeded apart from the final evaluation's) and keep the parameters with
+    the best mean exact accuracy, the earliest on ties. The final evaluation, ``rlntm-demo eval``
+    and ``rlntm-demo trace`` then use the kept parameters. Empty: the last parameters. Lengths
+    that are not reported as results keep the reported ones free of the selection."""
 
     def __post_init__(self) -> None:
         self.multipliers = tuple(int(m) for m in self.multipliers)
+        self.select_on = tuple(int(m) for m in self.select_on)
+        if any(m < 1 for m in self.select_on):
+            raise ValueError(f"select_on must hold multiples of at least 1, not {self.select_on}")
         if not self.multipliers or self.multipliers[0] != 1 or any(m < 1 for m in self.multipliers):
             raise ValueError(f"multipliers must start with 1 (the training length), not {self.multipliers}")
         for name in ("instances", "every", "check_instances"):

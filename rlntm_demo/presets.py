@@ -31,6 +31,10 @@ direct access          gates add at most +1 logit     gates add at most +1 logit
 adjacent-memory gates  open (the paper's reading)     none, as in the authors' code   none (``model.adjacent_memory``)
 after solving          stop                           stop                            3,000 more updates
                                                                                       (``updates_after_solved``)
+model selection        none: the last parameters      none: the last parameters       the best at 3x and 10x the
+                                                                                      training length, checked every
+                                                                                      50 updates after solving
+                                                                                      (``evaluation.select_on``)
 =====================  =============================  ==============================  ===============================
 
 Sources: the ``paper`` column follows the paper (Section 8, Table 4, Appendix A) wherever it
@@ -52,8 +56,8 @@ speaks; the ``authors`` column the authors' released scripts (``shared/notes/aut
 The ``paper`` preset keeps the paper's inverse temperature (0.01) on every task. The authors'
 README says 30-50% of seeds succeed, and their shipped runs used seeds 2 and 10 (RepeatCopy), 3
 and 10 (ForwardReverse): compare presets over several seeds (``rlntm-demo sweep``), never one.
-The ``fast`` column's shortcut scale, start marker, missing adjacent-memory gates and updates after
-solving are issue 19's, chosen by the measurements in ``docs/results.rst``.
+The ``fast`` column's shortcut scale, start marker, missing adjacent-memory gates, updates after
+solving and model selection are issue 19's, chosen by the measurements in ``docs/results.rst``.
 
 All three draw every weight from N(0, 0.1^2), use memory cells of 35 reals, reward-to-go, and
 normalize the gradient by the number of episodes (not by sequence length). Every option of the
@@ -235,6 +239,7 @@ def _fast(task: str, controller: str) -> dict[str, Any]:
         "objective": {"entropy_bonus": 0.3, "entropy_bonus_at_top": 0.0},
         "optimizer": {"name": "adam", "learning_rate": 0.005, "clip_controller": 5.0, "clip_baseline": 2.0},
         "curriculum": {"threshold": 0.2, "min_updates_between": 10, "probabilities": [0.10, 0.25, 0.65]},
+        "evaluation": {"select_on": [3, 10]},
         "updates_after_solved": 3000,
     }
 

@@ -14,6 +14,8 @@ makes one parameter update per :meth:`Trainer.step`:
 
 Once the curriculum is at its top level, a greedy evaluation at the training length runs every
 ``evaluation.every`` updates; the run is *solved* when it reaches ``evaluation.solved_accuracy``.
+With ``evaluation.select_on``, a solved run goes on evaluating at those lengths and keeps the
+parameters that did best (:class:`Selection`); the final evaluation uses them.
 
 :func:`train` and :func:`resume` run a whole training in an output folder::
 
@@ -55,12 +57,15 @@ from .objective import episode_losses
 from .config import TrainConfig
 from .presets import apply_overrides, config_from_dict
 
-__all__ = ["CHECKPOINT_FORMAT", "RunExistsError", "Trainer", "TrainingDiverged", "resume", "source_commit", "train"]
+__all__ = ["CHECKPOINT_FORMAT", "RunExistsError", "Selection", "Trainer", "TrainingDiverged", "resume", "source_commit",
+           "train"]
 
 CHECKPOINT_FORMAT = 1
 """Version of the checkpoint layout."""
 FINAL_EVALUATION_SEED = 10**9
 """Seeds the instances of the final evaluation, which also confirms a passing periodic check."""
+SELECTION_SEED = 10**9 + 1
+"""Seeds the instances of model selection (``evaluation.select_on``), apart from the final evaluation's."""
 _DATA_SEED_OFFSET = 7919
 """The instances' stream is seeded with ``seed + _DATA_SEED_OFFSET``, apart from the weights'."""
 
@@ -97,6 +102,22 @@ class RunExistsError(ValueError):
     """The output folder already holds a run (pass ``--resume`` to continue it)."""
 
 
+@dataclasses.dataclass
+class Selection:
+    """The parameters model selection kept (``evaluation.select_on``), and what earned them their place.
+
+    >>> Selection(update=400, score=0.995, model={}).update
+    400
+    """
+
+    update: int
+    """The update after which the model had these parameters."""
+    score: float
+    """Their mean greedy exact accuracy at the ``select_on`` lengths."""
+    model: dict[str, torch.Tensor]
+    """The model's state dict, copied."""
+
+
 class Trainer:
     """One training run's state, and the update that moves it.
 
@@ -123,6 +144,7 @@ class Trainer:
         self.seconds = 0.0
         self.solved_at: int | None = None
         self.last_greedy_exact: float | None = None
+        self.selected: Selection | None = None
         # The commits whose code made this run's updates, in order (several when resumed after a change).
         self.commits: list[str] = []
         self._note_commit()
@@ -197,9 +219,14 @@ class Trainer:
 
     def _maybe_evaluate(self, just_reached: bool) -> float | None:
         """The greedy check at the training length, when the curriculum is at its top and it is due
-        (every ``evaluation.every`` updates, and at the update that reached the top)."""
+        (every ``evaluation.every`` updates, and at the update that reached the top); once solved,
+        model selection on the same schedule."""
         evaluation = self.config.evaluation
-        if not self.curriculum.at_top or self.solved_at is not None:
+        if not self.curriculum.at_top:
+            return None
+        if self.solved_at is not None:
+            if (self.update - self.solved_at) % evaluation.every == 0:
+                self._select()
             return None
         if self.update % evaluation.every and not just_reached:
             return None
@@ -211,7 +238,38 @@ class Trainer:
             confirmed = self.evaluate(multipliers=(1,), seed=FINAL_EVALUATION_SEED)[1]
             if confirmed.exact >= evaluation.solved_accuracy:
                 self.solved_at = self.update
+                self._select()
         return result.exact
+
+    def _select(self) -> None:
+        """Model selection: keep the current parameters if they beat the kept ones at the
+        ``evaluation.select_on`` lengths (a no-op without them)."""
+        evaluation = self.config.evaluation
+        if not evaluation.select_on:
+            return
+        results = self.evaluate(multipliers=evaluation.select_on, instances=evaluation.check_instances, seed=SELECTION_SEED)
+        score = sum(result.exact for result in results.values()) / len(results)
+        if self.selected is None or score > self.selected.score:
+            self.selected = Selection(self.update, score, _copy_state(self.model.state_dict()))
+
+    @property
+    def evaluated_update(self) -> int:
+        """The update whose parameters :meth:`selected_parameters` gives: the selected one, else the last."""
+        return self.update if self.selected is None else self.selected.update
+
+    @contextlib.contextmanager
+    def selected_parameters(self) -> Iterator[None]:
+        """Run the block with the model holding the selected parameters (the current ones without
+        a selection), and put the current ones back after it."""
+        if self.selected is None:
+            yield
+            return
+        current = _copy_state(self.model.state_dict())
+        self.model.load_state_dict(self.selected.model)
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(current)
 
     @property
     def finished(self) -> bool:
@@ -253,6 +311,7 @@ class Trainer:
             "seconds": self.seconds,
             "solved_at": self.solved_at,
             "last_greedy_exact": self.last_greedy_exact,
+            "selected": None if self.selected is None else dataclasses.asdict(self.selected),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "curriculum": self.curriculum.state_dict(),
@@ -275,6 +334,9 @@ class Trainer:
         self.seconds = float(state["seconds"])
         self.solved_at = None if state["solved_at"] is None else int(state["solved_at"])
         self.last_greedy_exact = state["last_greedy_exact"]
+        selected = state.get("selected")  # checkpoints from before model selection have none
+        self.selected = None if selected is None else Selection(int(selected["update"]), float(selected["score"]),
+                                                                _copy_state(selected["model"]))
         self.commits = list(state.get("commits", []))  # checkpoints from before commits were kept have none
         self._note_commit()
 
@@ -294,6 +356,10 @@ class Trainer:
         trainer = cls(config_from_dict(settings))
         trainer.load_state_dict(state)
         return trainer
+
+
+def _copy_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in state.items()}
 
 
 def _make_optimizer(model: RLNTM, config: TrainConfig) -> torch.optim.Optimizer:
@@ -430,7 +496,9 @@ def _summary(trainer: Trainer, status: str, message: str | None, *, final_evalua
     exact: dict[str, float] = {}
     per_symbol: dict[str, float] = {}
     if final_evaluation:
-        for multiplier, result in trainer.evaluate(seed=FINAL_EVALUATION_SEED).items():
+        with trainer.selected_parameters():
+            results = trainer.evaluate(seed=FINAL_EVALUATION_SEED)
+        for multiplier, result in results.items():
             exact[str(multiplier)] = result.exact
             per_symbol[str(multiplier)] = result.per_symbol
     top = trainer.curriculum.at_top
@@ -447,6 +515,7 @@ def _summary(trainer: Trainer, status: str, message: str | None, *, final_evalua
         "updates_to_solve": (trainer.update if trainer.solved_at is None else trainer.solved_at) if solved else None,
         "top_level_reached": top,
         "greedy_exact_accuracy": exact,
+        "evaluated_update": trainer.evaluated_update,
         "greedy_per_symbol_accuracy": per_symbol,
         "training_complexity": config.curriculum.max_level,
         "level": trainer.curriculum.level,

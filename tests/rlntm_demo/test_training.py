@@ -186,6 +186,75 @@ def test_a_solved_run_trains_updates_after_solved_more_and_records_the_solving_u
     assert stopped["updates"] == stopped["updates_to_solve"] == 1
 
 
+def _scores_by_update(trainer_scores: dict[int, float]):
+    """A fake ``Trainer.evaluate``: 1.0 at the training length (so the run solves at once), and at
+    any other length the score ``trainer_scores`` gives the current update (0 where absent); each
+    call also records the first weight it saw, to tell which parameters were evaluated."""
+    from rlntm_demo.evaluation import LengthResult
+
+    seen: list[tuple[int, float, tuple[int, ...]]] = []
+
+    def evaluate(self, *, multipliers=None, instances=None, seed=0):
+        multipliers = tuple(multipliers or self.config.evaluation.multipliers)
+        weight = float(next(iter(self.model.parameters())).detach().flatten()[0])
+        seen.append((self.update, weight, multipliers))
+        exact = {m: 1.0 if m == 1 else trainer_scores.get(self.update, 0.0) for m in multipliers}
+        return {m: LengthResult(multiplier=m, complexity=20 * m, instances=instances or 1, exact=exact[m], per_symbol=exact[m])
+                for m in multipliers}
+
+    return evaluate, seen
+
+
+def test_model_selection_keeps_the_earliest_best_parameters_and_the_final_evaluation_uses_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Solved at update 2 (the first check), then checked every 2 updates at 3x (updates 2 to 10):
+    the scores 0.2, 0.9, 0.5, 0.9, 0.1 keep update 4's parameters, which the final evaluation then sees,
+    while the checkpoint goes on holding the last parameters, to resume from."""
+    evaluate, seen = _scores_by_update({2: 0.2, 4: 0.9, 6: 0.5, 8: 0.9, 10: 0.1})
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    config = small_config(max_updates=50, **{"curriculum.start_level": "20", "evaluation.every": "2",
+                                          "updates_after_solved": "8", "evaluation.select_on": "[3]"})
+    summary = train(config, tmp_path, progress=False)
+    assert summary["updates_to_solve"] == 2 and summary["updates"] == 10
+    assert [update for update, _, multipliers in seen if multipliers == (3,)] == [2, 4, 6, 8, 10]
+    assert summary["evaluated_update"] == 4
+    weight_at_4 = next(weight for update, weight, multipliers in seen if update == 4 and multipliers == (3,))
+    final = [(update, weight) for update, weight, multipliers in seen if multipliers == (1, 2)]
+    assert final == [(10, weight_at_4)]
+    state = load_checkpoint(tmp_path)
+    assert state["selected"]["update"] == 4 and state["selected"]["score"] == 0.9
+    assert float(next(iter(state["model"].values())).flatten()[0]) != weight_at_4
+
+
+def test_model_selection_survives_an_interruption(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    evaluate, _ = _scores_by_update({2: 0.2, 4: 0.9, 6: 0.5, 8: 0.95, 10: 0.1})
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    overrides = {"curriculum.start_level": "20", "evaluation.every": "2", "updates_after_solved": "8",
+                 "evaluation.select_on": "[3,10]"}
+    whole = train(small_config(max_updates=50, **overrides), tmp_path / "whole", progress=False)
+    train(small_config(max_updates=6, **overrides), tmp_path / "split", progress=False)
+    split = resume(tmp_path / "split", max_updates=50, progress=False)
+    assert whole["evaluated_update"] == split["evaluated_update"] == 8
+    a, b = load_checkpoint(tmp_path / "whole")["selected"], load_checkpoint(tmp_path / "split")["selected"]
+    assert a["update"] == b["update"] and state_equal(a["model"], b["model"])
+
+
+def test_without_model_selection_the_last_parameters_are_evaluated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    evaluate, seen = _scores_by_update({})
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    config = small_config(max_updates=50, **{"curriculum.start_level": "20", "evaluation.every": "2",
+                                          "updates_after_solved": "4", "evaluation.select_on": "[]"})
+    summary = train(config, tmp_path, progress=False)
+    assert summary["evaluated_update"] == summary["updates"] == 6
+    assert all(multipliers in ((1,), (1, 2)) for _, _, multipliers in seen)
+    assert load_checkpoint(tmp_path)["selected"] is None
+
+
+def test_selection_lengths_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="select_on must hold multiples of at least 1"):
+        small_config(**{"evaluation.select_on": "[0]"})
+
+
 def test_updates_after_solved_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match="updates_after_solved must be at least 0"):
         small_config(updates_after_solved="-1")
