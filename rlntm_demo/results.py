@@ -59,13 +59,14 @@ MULTIPLIERS = (1, 2, 5, 10)
 RUN_COLUMNS = (
     "task", "controller", "preset", "seed", "solved", "updates_to_solve",
     "greedy_exact_1x", "greedy_exact_2x", "greedy_exact_5x", "seconds",
-    "greedy_exact_10x", "status", "updates", "level", "training_complexity", "episodes", "seconds_per_update",
-    "commits",
+    "greedy_exact_10x", "status", "updates", "evaluated_update", "level", "training_complexity", "episodes",
+    "seconds_per_update", "commits",
 )
 """The columns of a run's row: what it trained; whether it was solved and at which update; the
 greedy exact-sequence accuracy of its final evaluation at 1, 2, 5 and 10 times the training length
 (empty where not evaluated); its training seconds; then its status (``summary.json``'s, or
-``"unfinished"``), updates made, curriculum level reached, training complexity, episodes,
+``"unfinished"``), updates made, the update whose parameters the final evaluation used (the
+selected ones under model selection, ``evaluation.select_on``; else the last), curriculum level reached, training complexity, episodes,
 seconds per update, and the commits whose code trained it (short hashes, space-separated; empty
 for runs made before they were recorded)."""
 
@@ -121,6 +122,8 @@ def _row_from_summary(summary: dict[str, Any]) -> dict[str, Any]:
         row[f"greedy_exact_{multiplier}x"] = exact.get(str(multiplier))
     for key in ("updates", "level", "training_complexity", "episodes", "seconds_per_update"):
         row[key] = summary.get(key)
+    # Summaries from before model selection evaluated the last parameters.
+    row["evaluated_update"] = summary.get("evaluated_update", summary.get("updates"))
     row["commits"] = " ".join(commit[:7] + ("+dirty" if commit.endswith("+dirty") else "")
                               for commit in summary.get("commits") or ()) or None
     return row

@@ -47,6 +47,17 @@ def roots(tmp_path: Path) -> list[Path]:
     return [first, second]
 
 
+def test_a_row_names_the_update_whose_parameters_were_evaluated(tmp_path: Path) -> None:
+    """Under model selection the summary names the selected update; older summaries, which
+    evaluated the last parameters, name none, and the row gives their last update."""
+    selected = make_run(tmp_path, "reverse", "direct", "fast", 0, status="solved", updates=40, solved_at=10)
+    summary = json.loads((selected / "summary.json").read_text())
+    (selected / "summary.json").write_text(json.dumps({**summary, "evaluated_update": 25}))
+    make_run(tmp_path, "reverse", "direct", "fast", 1, status="solved", updates=40, solved_at=10)
+    make_run(tmp_path, "reverse", "direct", "fast", 2, status=None, updates=5)
+    assert [row["evaluated_update"] for row in collect([tmp_path])] == [25, 40, None]
+
+
 def test_rows_have_the_columns_and_the_paper_order(roots: list[Path]) -> None:
     rows = collect(roots)
     assert RUN_COLUMNS[:10] == ("task", "controller", "preset", "seed", "solved", "updates_to_solve",
