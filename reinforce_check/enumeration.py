@@ -148,53 +148,118 @@ class Enumeration:
         return self._required
 
 
-class _Sequences:
-    """Completed sequences gathered pass by pass (detached values only)."""
+class _Block(NamedTuple):
+    """Completed sequences kept as tensors (detached), padded to the block's widest path."""
+
+    actions: torch.Tensor
+    """``(rows, width)`` actions, ``-1`` past each row's end."""
+    branching: torch.Tensor
+    """``(rows, width)`` whether each decision had a choice."""
+    lengths: torch.Tensor
+    """``(rows,)`` length of each path."""
+    sites: list[list[str]]
+    """Each row's sampler entry point at every decision."""
+    log_prob: torch.Tensor
+    objective: torch.Tensor
+    loss: torch.Tensor
+
+
+class _SingleRows:
+    """Completed sequences of one-row passes, kept as Python values until they are needed as tensors.
+
+    A sequential enumeration completes one sequence per pass. Keeping a few small tensors alive per
+    pass, thousands of them, slowed the episode runs that followed by about a tenth (the allocator's
+    heap fills with them; Python values live apart from it); the same values as Python numbers cost
+    nothing measurable (``docs/benchmarks.rst``, "What a sequential check keeps").
+    """
 
     def __init__(self) -> None:
-        self.blocks: list[tuple[torch.Tensor, torch.Tensor, list[str]]] = []
-        self.log_prob: list[torch.Tensor] = []
-        self.objective: list[torch.Tensor] = []
-        self.loss: list[torch.Tensor] = []
+        self.actions: list[list[int]] = []
+        self.branching: list[list[bool]] = []
+        self.sites: list[list[str]] = []
+        # Float64 tensors' values: a Python float holds a float64 exactly.
+        self.log_prob: list[float] = []
+        self.objective: list[float] = []
+        self.loss: list[float] = []
+
+    def add(self, actions: list[int], branching: list[bool], sites: list[str], values: Rows) -> None:
+        self.actions.append(actions)
+        self.branching.append(branching)
+        self.sites.append(sites)
+        self.log_prob.append(values.log_prob.item())
+        self.objective.append(values.objective.item())
+        self.loss.append(values.loss.item())
+
+    def block(self) -> _Block | None:
+        """The rows gathered as one block (None if there are none)."""
+        if not self.actions:
+            return None
+        width = max(len(path) for path in self.actions)
+        return _Block(
+            actions=torch.tensor([path + [-1] * (width - len(path)) for path in self.actions], dtype=torch.long),
+            branching=torch.tensor([row + [False] * (width - len(row)) for row in self.branching], dtype=torch.bool),
+            lengths=torch.tensor([len(path) for path in self.actions], dtype=torch.long),
+            sites=self.sites,
+            log_prob=torch.tensor(self.log_prob, dtype=torch.float64),
+            objective=torch.tensor(self.objective, dtype=torch.float64),
+            loss=torch.tensor(self.loss, dtype=torch.float64),
+        )
+
+
+class _Sequences:
+    """Completed sequences gathered pass by pass (detached values only), in the order found."""
+
+    def __init__(self) -> None:
+        self.blocks: list[_Block] = []
+        self.single = _SingleRows()
         self.count = 0
 
     def add(self, result: Pass, rows: Rows) -> Rows:
         """Keep the valid rows of a pass; return their differentiable quantities."""
-        if bool(result.valid.all()):
-            self.blocks.append((result.actions, result.branching, result.sites))
-            kept = rows
-        else:
+        actions, branching, kept = result.actions, result.branching, rows
+        if not bool(result.valid.all()):
             keep = result.valid.nonzero().flatten()
-            self.blocks.append((result.actions[keep], result.branching[keep], result.sites))
+            actions, branching = actions[keep], branching[keep]
             kept = Rows(rows.log_prob[keep], rows.objective[keep], rows.loss[keep])
-        self.log_prob.append(kept.log_prob.detach())
-        self.objective.append(kept.objective.detach())
-        self.loss.append(kept.loss.detach())
-        self.count += int(kept.log_prob.shape[0])
+        count = int(actions.shape[0])
+        if count == 1:
+            self.single.add(actions[0].tolist(), branching[0].tolist(), result.sites, kept)
+        elif count:
+            self._take_single()
+            lengths = torch.full((count,), actions.shape[1], dtype=torch.long)
+            detached = Rows(*(value.detach() for value in kept))
+            self.blocks.append(_Block(actions, branching, lengths, [result.sites] * count, *detached))
+        self.count += count
         return kept
 
+    def _take_single(self) -> None:
+        """Close the run of one-row passes gathered so far into a block, keeping the order found."""
+        block = self.single.block()
+        if block is not None:
+            self.blocks.append(block)
+            self.single = _SingleRows()
+
     def build(self) -> Enumeration:
-        width = max(block[0].shape[1] for block in self.blocks)
+        self._take_single()
+        width = max(block.actions.shape[1] for block in self.blocks)
         paths = torch.full((self.count, width), -1, dtype=torch.long)
         branching = torch.zeros(self.count, width, dtype=torch.bool)
-        lengths = torch.empty(self.count, dtype=torch.long)
         sites: list[list[str]] = []
         row = 0
-        for actions, branches, names in self.blocks:
-            count, length = actions.shape
-            paths[row : row + count, :length] = actions
-            branching[row : row + count, :length] = branches
-            lengths[row : row + count] = length
-            sites.extend([names] * count)
+        for block in self.blocks:
+            count, length = block.actions.shape
+            paths[row : row + count, :length] = block.actions
+            branching[row : row + count, :length] = block.branching
+            sites.extend(block.sites)
             row += count
         return Enumeration(
             paths=paths,
-            lengths=lengths,
+            lengths=torch.cat([block.lengths for block in self.blocks]),
             branching=branching,
             sites=sites,
-            log_prob=torch.cat(self.log_prob),
-            objective=torch.cat(self.objective),
-            loss=torch.cat(self.loss),
+            log_prob=torch.cat([block.log_prob for block in self.blocks]),
+            objective=torch.cat([block.objective for block in self.blocks]),
+            loss=torch.cat([block.loss for block in self.blocks]),
         )
 
 

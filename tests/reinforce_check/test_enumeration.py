@@ -11,7 +11,7 @@ import torch
 from torch.distributions import Categorical
 
 from reinforce_check import SequenceBudgetError, check_reinforce
-from reinforce_check.enumeration import enumerate_sequences
+from reinforce_check.enumeration import SequentialRunner, enumerate_sequences
 
 Support = Callable[[int, tuple[int, ...]], list[bool]]
 """support(t, history) -> which of the K actions are possible at step t after ``history``."""
@@ -246,6 +246,21 @@ def test_variable_length_episodes_end_at_the_stop_action(make_param, batched):
     assert_enumeration_exact(found, theta, support, expected, stop=stop)
     if not batched:
         assert {len(seq) for seq in as_tuples(found)} == {1, 2, 3}
+
+
+def test_a_sequential_enumeration_keeps_every_passs_values_bit_for_bit(make_param):
+    """The sequences of one-row passes are kept as Python values until the enumeration ends: the
+    tensors built from them hold exactly what the passes yielded, paths padded with -1."""
+    theta = make_param(3, 3, seed=61)
+    runner = SequentialRunner(tree_episode(theta, full(3), batched=False, stop=0), max_sequences=100)
+    yielded = [[value.detach().clone() for value in rows] for rows in runner.passes()]
+    found = runner.found
+    for index, name in enumerate(("log_prob", "objective", "loss")):
+        assert torch.equal(getattr(found, name), torch.cat([rows[index] for rows in yielded]))
+    assert found.log_prob.dtype == found.objective.dtype == found.loss.dtype == torch.float64
+    assert found.lengths.tolist() == [len(path) for path in as_tuples(found)]
+    assert all(set(path[length:].tolist()) <= {-1} for path, length in zip(found.paths, found.lengths.tolist()))
+    assert not any(found.branching[index, length:].any() for index, length in enumerate(found.lengths.tolist()))
 
 
 def test_batched_rows_that_finish_with_a_forced_distribution_do_not_branch(make_param):
