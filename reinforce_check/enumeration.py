@@ -168,9 +168,10 @@ class _SingleRows:
     """Completed sequences of one-row passes, kept as Python values until they are needed as tensors.
 
     A sequential enumeration completes one sequence per pass. Keeping a few small tensors alive per
-    pass, thousands of them, slowed the episode runs that followed by about a tenth (the allocator's
-    heap fills with them; Python values live apart from it); the same values as Python numbers cost
-    nothing measurable (``docs/benchmarks.rst``, "What a sequential check keeps").
+    pass, thousands of them, made the episode runs around them about 9% slower than keeping the
+    same values as Python numbers, on 2,187 sequences (``benchmarks/kept_values.py``; presumably
+    because the tensors share the episode's heap, where Python numbers do not; see
+    ``docs/benchmarks.rst``, "What a sequential check keeps").
     """
 
     def __init__(self) -> None:
