@@ -4,6 +4,10 @@
 # again continues where it stopped. Then: rlntm-demo results runs/issue19/table4 --out docs/results
 # The sweeps ran two at a time, one CPU each: the fast preset's two sweeps side by side, then the
 # authors preset's seeds 0 and 1 beside the paper's failures and then the authors preset's seed 2.
+# The fast preset's runs of the five tasks and of the LSTM were made again at fa36d80, with model
+# selection (the first three commands, from a worktree of that commit); the authors preset's
+# unfinished runs were resumed one task and seed at a time (--tasks T --seeds S), ForwardReverse
+# first, which is the same run as the loop below makes.
 set -euo pipefail
 export OMP_NUM_THREADS=1
 ROOT=runs/issue19/table4
