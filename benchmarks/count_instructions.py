@@ -8,13 +8,16 @@ batched check (``check_reinforce(episode, params, batched=True)``) of each case 
 ``--sequential`` it counts a default sequential check and its floor instead, on the variable-length
 case only (the 2,187 episodes of the other case take half an hour under valgrind). Each checkout
 runs in its own process, with ``PYTHONPATH`` pointing at it. Counts are exact for one process and
-repeat from run to run to a fraction of a per cent.
+repeat from run to run to a fraction of a per cent. With ``--caches``, callgrind also simulates the
+caches and the branch predictor (``--cache-sim=yes --branch-sim=yes``, several times slower) and
+every event it counts is printed: cache misses and mispredicted branches besides instructions.
 
 Usage::
 
     git worktree add /tmp/baseline 9a49032
     python benchmarks/count_instructions.py --baseline /tmp/baseline   # --baseline repeats
     python benchmarks/count_instructions.py --sequential --baseline /tmp/baseline
+    python benchmarks/count_instructions.py --sequential --caches
 
 valgrind must be installed; a check runs about 50 times slower under it (a minute or two per
 checkout, most of it importing torch).
@@ -93,8 +96,10 @@ def measure(sequential: bool) -> list[str]:
     return labels
 
 
-def count(checkout: Path, sequential: bool) -> dict[str, int]:
-    """Instructions of each measured region, with ``reinforce_check`` imported from ``checkout``."""
+def count(checkout: Path, sequential: bool, caches: bool = False) -> dict[str, dict[str, int]]:
+    """Callgrind's events (``Ir``, the instructions, and with ``caches`` the simulated cache misses
+    and mispredicted branches) of each measured region, with ``reinforce_check`` imported from
+    ``checkout``."""
     with tempfile.TemporaryDirectory() as folder:
         environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(checkout), str(Path(__file__).parent)]))
         environment.update(OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
@@ -102,6 +107,7 @@ def count(checkout: Path, sequential: bool) -> dict[str, int]:
             [
                 "valgrind", "--tool=callgrind", f"--callgrind-out-file={folder}/out", f"--log-file={folder}/log",
                 f"--zero-before={_ZERO}", f"--dump-before={_DUMP}",
+                *(["--cache-sim=yes", "--branch-sim=yes"] if caches else []),
                 sys.executable, __file__, "--inside", f"{folder}/labels.json",
                 *(["--sequential"] if sequential else []),
             ],
@@ -111,9 +117,10 @@ def count(checkout: Path, sequential: bool) -> dict[str, int]:
         counts = {}
         for index, label in enumerate(labels, start=1):
             text = Path(f"{folder}/out.{index}").read_text()
-            match = re.search(r"^summary: (\d+)", text, re.MULTILINE)
-            assert match is not None, f"no summary in callgrind's dump {index}"
-            counts[label] = int(match.group(1))
+            events = re.search(r"^events: (.+)$", text, re.MULTILINE)
+            summary = re.search(r"^summary: (.+)$", text, re.MULTILINE)
+            assert events is not None and summary is not None, f"no summary in callgrind's dump {index}"
+            counts[label] = dict(zip(events.group(1).split(), (int(n) for n in summary.group(1).split())))
     return counts
 
 
@@ -129,28 +136,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--sequential", action="store_true", help="count a sequential check (the variable-length case only)"
     )
+    parser.add_argument(
+        "--caches", action="store_true", help="also simulate the caches and branch predictor, and print every event"
+    )
     parser.add_argument("--inside", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.inside:
         Path(args.inside).write_text(json.dumps(measure(args.sequential)))
         return
     checkouts = {**{str(path): path for path in args.baseline}, "this checkout": ROOT}
-    results = {label: count(path, args.sequential) for label, path in checkouts.items()}
+    results = {label: count(path, args.sequential, args.caches) for label, path in checkouts.items()}
     mode = "sequential" if args.sequential else "batched"
     width = max(len(label) for label in results)
-    print("instructions (valgrind --tool=callgrind), one thread, one run after a warm-up")
+    print("callgrind's counts (valgrind --tool=callgrind; Ir: instructions), one thread, one run after a warm-up")
     print(
         "command: python benchmarks/count_instructions.py"
         + (" --sequential" if args.sequential else "")
+        + (" --caches" if args.caches else "")
         + "".join(f" --baseline {path}" for path in args.baseline)
     )
     for case, _ in _cases(args.sequential):
         print(f"{mode}, {case}:")
         for label, counts in results.items():
             check, floor = counts[f"{case}: check"], counts[f"{case}: floor"]
-            print(
-                f"  {label:<{width}} check {check / 1e6:8.1f} M   floor {floor / 1e6:8.1f} M   {check / floor:5.3f}x floor"
-            )
+            for event in check:  # Ir (instructions) first, then the simulated misses, if any
+                name = label if event == "Ir" else f"  {event}"
+                print(
+                    f"  {name:<{width}} check {check[event] / 1e6:8.1f} M   floor {floor[event] / 1e6:8.1f} M   "
+                    f"{check[event] / max(floor[event], 1):5.3f}x floor"
+                )
 
 
 if __name__ == "__main__":

@@ -66,8 +66,8 @@ RUN_COLUMNS = (
 greedy exact-sequence accuracy of its final evaluation at 1, 2, 5 and 10 times the training length
 (empty where not evaluated); its training seconds; then its status (``summary.json``'s, or
 ``"unfinished"``), updates made, the update whose parameters the final evaluation used (the
-selected ones under model selection, ``evaluation.select_on``; else the last), curriculum level reached, training complexity, episodes,
-seconds per update, and the commits whose code trained it (short hashes, space-separated; empty
+selected ones under model selection, ``evaluation.select_on``; else the last), curriculum level
+reached, training complexity, episodes, seconds per update, and the commits whose code trained it (short hashes, space-separated; empty
 for runs made before they were recorded)."""
 
 SUMMARY_COLUMNS = (
