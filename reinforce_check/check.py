@@ -29,6 +29,7 @@ from .exact import (
     numeric_reference,
     sequence_statistics,
 )
+from .patching import samplers_installed
 from .precision import Precision, Tolerances, choose_precision
 from .report import (
     AutogradDisagreed,
@@ -316,7 +317,8 @@ def check_reinforce(
     named = _named_parameters(params)
     precision = choose_precision([t for _, t in named], _module_buffers(params), promote=promote)
     used = precision.tolerances(Tolerances(rtol, atol, fd_step, fd_rtol, fd_atol))
-    with precision.applied():
+    # The samplers' replacements stay installed for the whole check; each episode run only routes them.
+    with precision.applied(), samplers_installed():
         return _check(
             precision.episode(episode),
             named,

@@ -35,7 +35,7 @@ from torch import distributions
 from . import precision, scope
 from .scope import OutsideDraws
 
-__all__ = ["Chooser", "intercept_samplers", "sampler_entry_points"]
+__all__ = ["Chooser", "intercept_samplers", "sampler_entry_points", "samplers_installed"]
 
 _MISSING = object()
 _LOCK = threading.Lock()
@@ -63,6 +63,8 @@ class _State(threading.local):
         # sample for real (from the generator state the enumeration resets before every run) and
         # are counted here.
         self.outside: OutsideDraws | None = None
+        # Whether this thread's check has the replacements installed (see samplers_installed).
+        self.installed = False
 
 
 _STATE = _State()
@@ -285,7 +287,7 @@ _CACHE: dict[tuple[Any, str, Any], Callable[..., Any]] = {}
 def _replacement(owner: Any, name: str) -> Callable[..., Any]:
     installed = getattr(owner, name)
     key = (owner, name, installed)
-    # Built once per installed function: a check enters and leaves interception once per episode run.
+    # Built once per installed function: the same replacement serves every check and every block.
     if key not in _CACHE:
         site = f"{_owner_name(owner)}.{name}"
         if (owner, name) not in _torch_targets():
@@ -312,7 +314,9 @@ def intercept_samplers(chooser: Chooser, *, outside: OutsideDraws | None = None)
     """Route every categorical draw to ``chooser`` for the duration of the block.
 
     With ``outside`` (scoped mode) only draws made inside :func:`~reinforce_check.enumerate_actions`
-    code go to the chooser; the others sample for real and are counted in ``outside``.
+    code go to the chooser; the others sample for real and are counted in ``outside``. Within
+    :func:`samplers_installed` the block only routes; otherwise it installs the replacements for
+    its own duration.
 
     >>> class First:
     ...     def choose(self, weights, num_samples, replacement, site):
@@ -321,31 +325,62 @@ def intercept_samplers(chooser: Chooser, *, outside: OutsideDraws | None = None)
     ...     torch.distributions.Categorical(probs=torch.tensor([0.2, 0.8])).sample()
     tensor(1)
     """
-    if not _LOCK.acquire(blocking=False):
-        from .errors import CheckUsageError
-
-        raise CheckUsageError(
-            "a reinforce_check check is already running: checks cannot be nested or run in "
-            "parallel threads, because sampler interception is process-global. Run them one after another."
-        )
-    saved: list[tuple[Any, str, Any]] = []
-    try:
-        saved = save_attributes(_targets())
-        replacements = _replacements()
+    if _STATE.chooser is not None:
+        raise _nested_check_error()
+    with samplers_installed():
         _STATE.chooser = chooser
         _STATE.distributions = []
         _STATE.outside = outside
         scope.activate(scoped=outside is not None)
-        for (owner, name), function in replacements:
+        try:
+            yield
+        finally:
+            _STATE.chooser = None
+            _STATE.distributions = []
+            _STATE.outside = None
+            scope.deactivate()
+
+
+@contextlib.contextmanager
+def samplers_installed() -> Iterator[None]:
+    """Keep the replacements installed for the duration of the block, routing nothing by themselves:
+    a draw samples for real unless :func:`intercept_samplers` routes it. A check enters this once, so
+    that its many episode runs do not each replace attributes of ``torch.Tensor`` and the
+    distributions (which makes Python drop what it had cached about those types). Within the block
+    of the same thread it does nothing more; another thread's check is refused.
+
+    >>> original = torch.multinomial
+    >>> with samplers_installed():
+    ...     torch.multinomial is original
+    False
+    >>> torch.multinomial is original
+    True
+    """
+    if _STATE.installed:
+        yield
+        return
+    if not _LOCK.acquire(blocking=False):
+        raise _nested_check_error()
+    saved: list[tuple[Any, str, Any]] = []
+    try:
+        saved = save_attributes(_targets())
+        for (owner, name), function in _replacements():
             setattr(owner, name, function)
+        _STATE.installed = True
         yield
     finally:
-        _STATE.chooser = None
-        _STATE.distributions = []
-        _STATE.outside = None
-        scope.deactivate()
+        _STATE.installed = False
         restore_attributes(saved)
         _LOCK.release()
+
+
+def _nested_check_error() -> Exception:
+    from .errors import CheckUsageError
+
+    return CheckUsageError(
+        "a reinforce_check check is already running: checks cannot be nested or run in "
+        "parallel threads, because sampler interception is process-global. Run them one after another."
+    )
 
 
 def save_attributes(targets: Iterable[tuple[Any, str]]) -> list[tuple[Any, str, Any]]:

@@ -23,7 +23,8 @@ from reinforce_check import (
     UninterceptedRandomnessError,
     check_reinforce,
 )
-from reinforce_check.patching import intercept_samplers, sampler_entry_points
+from reinforce_check import patching
+from reinforce_check.patching import intercept_samplers, sampler_entry_points, samplers_installed
 
 K = 3
 REWARD = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
@@ -535,6 +536,36 @@ def test_intercept_samplers_routes_draws_to_the_chooser_and_restores():
         ((2, 4), 2, True, "torch.multinomial"),
         ((3, 2), 1, True, "torch.bernoulli"),
     ]
+
+
+@pytest.mark.parametrize("batched_mode", [False, True], ids=["sequential", "batched"])
+def test_a_check_installs_the_samplers_once_for_all_its_episode_runs(theta, monkeypatch, batched_mode):
+    installs = []
+    save = patching.save_attributes
+    monkeypatch.setattr(patching, "save_attributes", lambda targets: installs.append(1) or save(targets))
+
+    def two_draws(batch_size=None):
+        dist = Categorical(logits=theta.expand(batch_size or 1, K))
+        first, second = dist.sample(), dist.sample()
+        reward = REWARD[first] + REWARD[second]
+        loss = -(dist.log_prob(first) + dist.log_prob(second)) * reward
+        return (reward, loss) if batch_size else (reward[0], loss[0])
+
+    report = check_reinforce(two_draws, {"theta": theta}, batched=batched_mode, rtol=1e-7, atol=1e-10)
+    assert report.ok and report.num_sequences == 9
+    assert len(installs) == 1
+
+
+def test_installed_samplers_draw_for_real_until_a_chooser_routes_them():
+    torch.manual_seed(3)
+    expected = torch.multinomial(torch.ones(5), 3)
+    before = _installed()
+    torch.manual_seed(3)
+    with samplers_installed():
+        assert _installed() != before
+        drawn = torch.multinomial(torch.ones(5), 3)
+    assert torch.equal(drawn, expected)
+    assert _installed() == before
 
 
 def test_sampler_entry_points_lists_every_intercepted_sampler():
