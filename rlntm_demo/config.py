@@ -418,7 +418,9 @@ class EvaluationConfig:
     """Model selection after solving: at the solving update and every ``every`` updates after it,
     evaluate greedily at these multiples of the training length (``check_instances`` instances,
     the same ones each time, seeded apart from the final evaluation's) and keep the parameters with
-    the best mean exact accuracy, the earliest on ties. The final evaluation, ``rlntm-demo eval``
+    the best mean exact accuracy, the earliest on ties, among those that still reach
+    ``solved_accuracy`` at the training length on the final evaluation's instances (so the kept
+    parameters never make a solved run's summary say unsolved). The final evaluation, ``rlntm-demo eval``
     and ``rlntm-demo trace`` then use the kept parameters. Empty: the last parameters. Lengths
     that are not reported as results keep the reported ones free of the selection."""
 

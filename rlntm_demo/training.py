@@ -235,22 +235,30 @@ class Trainer:
         if result.exact >= evaluation.solved_accuracy:
             # Confirmed on the final evaluation's own instances before the run may stop: a lucky
             # small sample must not end a run that the summary would then call unsolved.
-            confirmed = self.evaluate(multipliers=(1,), seed=FINAL_EVALUATION_SEED)[1]
-            if confirmed.exact >= evaluation.solved_accuracy:
+            if self._solves_on_final_instances():
                 self.solved_at = self.update
                 self._select()
         return result.exact
 
+    def _solves_on_final_instances(self) -> bool:
+        """Whether the current parameters reach ``evaluation.solved_accuracy`` at the training
+        length on the final evaluation's own instances, the test the summary's ``solved`` applies."""
+        confirmed = self.evaluate(multipliers=(1,), seed=FINAL_EVALUATION_SEED)[1]
+        return confirmed.exact >= self.config.evaluation.solved_accuracy
+
     def _select(self) -> None:
         """Model selection: keep the current parameters if they beat the kept ones at the
-        ``evaluation.select_on`` lengths (a no-op without them)."""
+        ``evaluation.select_on`` lengths and still solve the task (a no-op without ``select_on``).
+        The first candidate, at the solving update, has just been confirmed to solve it."""
         evaluation = self.config.evaluation
         if not evaluation.select_on:
             return
         results = self.evaluate(multipliers=evaluation.select_on, instances=evaluation.check_instances, seed=SELECTION_SEED)
         score = sum(result.exact for result in results.values()) / len(results)
-        if self.selected is None or score > self.selected.score:
-            self.selected = Selection(self.update, score, _copy_state(self.model.state_dict()))
+        if self.selected is not None and (score <= self.selected.score or not self._solves_on_final_instances()):
+            # Parameters that fail at the training length would make the summary call a solved run unsolved.
+            return
+        self.selected = Selection(self.update, score, _copy_state(self.model.state_dict()))
 
     @property
     def evaluated_update(self) -> int:

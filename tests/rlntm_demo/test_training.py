@@ -186,10 +186,11 @@ def test_a_solved_run_trains_updates_after_solved_more_and_records_the_solving_u
     assert stopped["updates"] == stopped["updates_to_solve"] == 1
 
 
-def _scores_by_update(trainer_scores: dict[int, float]):
-    """A fake ``Trainer.evaluate``: 1.0 at the training length (so the run solves at once), and at
-    any other length the score ``trainer_scores`` gives the current update (0 where absent); each
-    call also records the first weight it saw, to tell which parameters were evaluated."""
+def _scores_by_update(trainer_scores: dict[int, float], training_length: dict[int, float] | None = None):
+    """A fake ``Trainer.evaluate``: at the training length the score ``training_length`` gives the
+    current update (1.0 where absent, so the run solves at once), and at any other length the score
+    ``trainer_scores`` gives it (0 where absent); each call also records the first weight it saw,
+    to tell which parameters were evaluated."""
     from rlntm_demo.evaluation import LengthResult
 
     seen: list[tuple[int, float, tuple[int, ...]]] = []
@@ -198,7 +199,8 @@ def _scores_by_update(trainer_scores: dict[int, float]):
         multipliers = tuple(multipliers or self.config.evaluation.multipliers)
         weight = float(next(iter(self.model.parameters())).detach().flatten()[0])
         seen.append((self.update, weight, multipliers))
-        exact = {m: 1.0 if m == 1 else trainer_scores.get(self.update, 0.0) for m in multipliers}
+        exact = {m: (training_length or {}).get(self.update, 1.0) if m == 1 else trainer_scores.get(self.update, 0.0)
+                 for m in multipliers}
         return {m: LengthResult(multiplier=m, complexity=20 * m, instances=instances or 1, exact=exact[m], per_symbol=exact[m])
                 for m in multipliers}
 
@@ -224,6 +226,19 @@ def test_model_selection_keeps_the_earliest_best_parameters_and_the_final_evalua
     state = load_checkpoint(tmp_path)
     assert state["selected"]["update"] == 4 and state["selected"]["score"] == 0.9
     assert float(next(iter(state["model"].values())).flatten()[0]) != weight_at_4
+
+
+def test_model_selection_passes_over_parameters_that_no_longer_solve_the_task(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Update 4 scores best at 3x but has fallen to 50% at the training length: keeping it would make
+    the summary call the solved run unsolved, so update 8, the best of the rest, is kept."""
+    evaluate, _ = _scores_by_update({2: 0.2, 4: 0.9, 6: 0.5, 8: 0.6, 10: 0.1}, training_length={4: 0.5})
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    config = small_config(max_updates=50, **{"curriculum.start_level": "20", "evaluation.every": "2",
+                                          "updates_after_solved": "8", "evaluation.select_on": "[3]"})
+    summary = train(config, tmp_path, progress=False)
+    assert summary["evaluated_update"] == 8
+    assert summary["solved"] and summary["greedy_exact_accuracy"]["1"] == 1.0
 
 
 def test_model_selection_survives_an_interruption(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
