@@ -29,3 +29,7 @@ for seed in 0 1 2; do
   rlntm-demo sweep --tasks sort addition repeat-copy-forward --controllers direct \
     --presets fast --seeds $seed --max-updates 12000 --out $ROOT --num-cpus 1
 done
+# The authors' own ForwardReverse seeds (their shipped runs used 3 and 10), after seeds 0 to 2 were
+# not solved; run two at a time from a worktree of 08b395b, like the rest of the authors preset.
+rlntm-demo sweep --tasks forward-reverse --controllers direct \
+  --presets authors --seeds 3 10 --max-updates 20000 --out $ROOT --num-cpus 1
