@@ -67,8 +67,8 @@ greedy exact-sequence accuracy of its final evaluation at 1, 2, 5 and 10 times t
 (empty where not evaluated); its training seconds; then its status (``summary.json``'s, or
 ``"unfinished"``), updates made, the update whose parameters the final evaluation used (the
 selected ones under model selection, ``evaluation.select_on``; else the last), curriculum level
-reached, training complexity, episodes, seconds per update, and the commits whose code trained it (short hashes, space-separated; empty
-for runs made before they were recorded)."""
+reached, training complexity, episodes, seconds per update, and the commits whose code trained it
+(short hashes, space-separated; empty for runs made before they were recorded)."""
 
 SUMMARY_COLUMNS = (
     "task", "controller", "preset", "runs", "unfinished", "solved", "success_rate", "median_updates_to_solve",
