@@ -185,6 +185,35 @@ def median_times(
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+CASES = {"variable": True, "fixed": False}
+"""Case names for scripts that take one: whether action 2 stops the episode (255 sequences) or
+not (3 actions x 7 steps, 2,187 sequences)."""
+
+
+def forward_and_two_backward(
+    episode: Callable[..., tuple[torch.Tensor, torch.Tensor]], tensors: list[torch.Tensor], rows: int | None
+) -> None:
+    """A forward pass with gradient of ``rows`` episodes (one unbatched episode for None) and the
+    check's two backward passes over its graph: grad J, then the expected grad loss."""
+    loss = (episode(rows) if rows else episode())[1].sum()
+    torch.autograd.grad(loss, tensors, retain_graph=True)
+    torch.autograd.grad(loss, tensors)
+
+
+def run_floor(
+    episode: Callable[..., tuple[torch.Tensor, torch.Tensor]], tensors: list[torch.Tensor], calls: list[int | None]
+) -> None:
+    """The floor of a default check, what no exact check can avoid, over the episode ``calls``
+    (``[count]``: one batched call; ``[None] * count``: one episode at a time): for each, a forward
+    pass with gradient and two backward passes, and two forward passes without gradient (the two
+    evaluations of J for central differences)."""
+    for rows in calls:
+        forward_and_two_backward(episode, tensors, rows)
+        with torch.no_grad():
+            for _ in range(2):
+                episode(rows) if rows else episode()
+
+
 def monte_carlo_episodes(report, rtol: float, atol: float) -> tuple[float, float]:
     """Episodes a sampled mean of grad loss needs for one standard error within the tolerance.
 
@@ -221,30 +250,11 @@ def run_case(name: str, stop_action: bool, repeats: int) -> list[str]:
 
     tensors = list(params.values())
 
-    def two_gradients(loss: torch.Tensor) -> None:
-        # The check's two backward passes over one graph: grad J, then the expected grad loss.
-        torch.autograd.grad(loss.sum(), tensors, retain_graph=True)
-        torch.autograd.grad(loss.sum(), tensors)
-
-    def forward_without_gradient(rows: int | None) -> None:
-        with torch.no_grad():
-            if rows:
-                episode(rows)
-            else:
-                episode()
-
     def floor_batched() -> None:
-        # What a default check cannot avoid: a forward pass with gradient and two backward passes
-        # over every sequence, and two evaluations of J (forward passes without gradient).
-        two_gradients(episode(count)[1])
-        forward_without_gradient(count)
-        forward_without_gradient(count)
+        run_floor(episode, tensors, [count])
 
     def floor_sequential() -> None:
-        for _ in range(count):
-            two_gradients(episode()[1])
-            forward_without_gradient(None)
-            forward_without_gradient(None)
+        run_floor(episode, tensors, [None] * count)
 
     rows = []
     batched = median_times(

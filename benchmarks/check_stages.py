@@ -22,13 +22,10 @@ import argparse
 
 import torch
 
-from bench_check import LSTMPolicy, make_episode, median_times
+from bench_check import CASES, LSTMPolicy, forward_and_two_backward, make_episode, median_times
 from reinforce_check.enumeration import SequentialRunner, enumerate_with
 from reinforce_check.exact import exact_gradients
 from reinforce_check.patching import samplers_installed
-
-CASES = {"variable": True, "fixed": False}
-"""Case name: whether action 2 stops the episode (255 sequences) or not (3 x 7 steps, 2,187)."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,11 +52,9 @@ def main(argv: list[str] | None = None) -> None:
         with samplers_installed():
             runner.objective()
 
-    def forward_and_two_backward() -> None:
+    def gradients() -> None:
         for _ in range(count):
-            loss = episode()[1]
-            torch.autograd.grad(loss, tensors, retain_graph=True)
-            torch.autograd.grad(loss, tensors)
+            forward_and_two_backward(episode, tensors, None)
 
     def forward() -> None:
         for _ in range(count):
@@ -72,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     times = median_times(
         {
             "enumeration with exact sums": enumeration(lambda passes: exact_gradients(passes, tensors)),
-            "forward + 2 backward": forward_and_two_backward,
+            "forward + 2 backward": gradients,
             "enumeration alone": enumeration(lambda passes: [None for _ in passes]),
             "forward": forward,
             "one evaluation of J": objective,

@@ -23,7 +23,7 @@ from types import ModuleType
 
 import torch
 
-from bench_check import LSTMPolicy, make_episode, median_times
+from bench_check import LSTMPolicy, make_episode, median_times, run_floor
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,16 +65,7 @@ def compare(name: str, *, stop_action: bool, batched: bool, repeats: int, checke
         for rows in batches:
             run(rows)[1].sum().backward()
 
-    def floor() -> None:
-        for rows in batches:
-            loss = run(rows)[1].sum()
-            torch.autograd.grad(loss, tensors, retain_graph=True)
-            torch.autograd.grad(loss, tensors)
-            with torch.no_grad():
-                run(rows)
-                run(rows)
-
-    functions = {"plain": plain, "floor": floor}
+    functions = {"plain": plain, "floor": lambda: run_floor(episode, tensors, batches)}
     for label, check in checkers.items():
         functions[label] = lambda check=check: check(episode, params, batched=batched)
     times = median_times(functions, repeats)

@@ -46,7 +46,7 @@ _DUMP = "ctermid"
 def _regions(stop_action: bool, batched: bool) -> dict[str, Callable[[], object]]:
     """A default check of one case of ``bench_check.py``, and its floor."""
     import torch
-    from bench_check import LSTMPolicy, make_episode
+    from bench_check import LSTMPolicy, make_episode, run_floor
 
     from reinforce_check import check_reinforce
 
@@ -56,18 +56,11 @@ def _regions(stop_action: bool, batched: bool) -> dict[str, Callable[[], object]
     tensors = list(params.values())
     episode = make_episode(policy, stop_action=stop_action)
     count = check_reinforce(episode, params, batched=True).num_sequences
-    calls = [(count,)] if batched else [()] * count
-
-    def floor() -> None:
-        for arguments in calls:
-            loss = episode(*arguments)[1].sum()
-            torch.autograd.grad(loss, tensors, retain_graph=True)
-            torch.autograd.grad(loss, tensors)
-            with torch.no_grad():
-                episode(*arguments)
-                episode(*arguments)
-
-    return {"check": lambda: check_reinforce(episode, params, batched=batched), "floor": floor}
+    calls: list[int | None] = [count] if batched else [None] * count
+    return {
+        "check": lambda: check_reinforce(episode, params, batched=batched),
+        "floor": lambda: run_floor(episode, tensors, calls),
+    }
 
 
 def _cases(sequential: bool) -> list[tuple[str, bool]]:

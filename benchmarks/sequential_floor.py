@@ -24,11 +24,8 @@ from pathlib import Path
 
 import torch
 
-from bench_check import LSTMPolicy, make_episode, median_times
+from bench_check import CASES, LSTMPolicy, make_episode, median_times, run_floor
 from reinforce_check import check_reinforce
-
-CASES = {"variable": True, "fixed": False}
-"""Case name: whether action 2 stops the episode (255 sequences) or not (3 x 7 steps, 2,187)."""
 
 
 def one_process(case: str, repeats: int) -> float:
@@ -40,16 +37,10 @@ def one_process(case: str, repeats: int) -> float:
     episode = make_episode(policy, stop_action=CASES[case])
     count = check_reinforce(episode, params, batched=True).num_sequences
 
-    def floor() -> None:
-        for _ in range(count):
-            loss = episode()[1]
-            torch.autograd.grad(loss, tensors, retain_graph=True)
-            torch.autograd.grad(loss, tensors)
-            with torch.no_grad():
-                episode()
-                episode()
-
-    times = median_times({"floor": floor, "check": lambda: check_reinforce(episode, params)}, repeats)
+    calls: list[int | None] = [None] * count
+    times = median_times(
+        {"floor": lambda: run_floor(episode, tensors, calls), "check": lambda: check_reinforce(episode, params)}, repeats
+    )
     return times["check"] / times["floor"]
 
 
