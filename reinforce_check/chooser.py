@@ -694,16 +694,17 @@ class PrefixChooser:
             weights = calls[0].weights if len(calls) == 1 else torch.cat([c.weights for c in calls])
             # The sums are exact only in float64, whatever precision the episode samples in.
             weights = weights.to(torch.float64)
-            actions = torch.tensor([a for c in calls for a in c.actions], dtype=torch.long)
-            log_factor = torch.log(weights.gather(1, actions[:, None]).squeeze(1) / weights.sum(dim=1))
-            dead = [d for c in calls for d in c.dead]
-            if any(dead):
+            # (n, 1) columns throughout: each reshape would be one more node in the pass's graph.
+            actions = torch.tensor([[a] for c in calls for a in c.actions], dtype=torch.long)
+            log_factor = torch.log(weights.gather(1, actions) / weights.sum(dim=1, keepdim=True))
+            dead = [[d] for c in calls for d in c.dead]
+            if any(d for (d,) in dead):
                 log_factor = log_factor.masked_fill(torch.tensor(dead), 0.0)
             if self.rows == 1:
-                summed = log_factor.sum().reshape(1)
+                summed = log_factor.sum(dim=0)
             else:
                 episode = torch.tensor([i // c.per_row for c in calls for i in range(len(c.actions))])
-                summed = torch.zeros(self.rows, dtype=torch.float64).index_add(0, episode, log_factor)
+                summed = torch.zeros(self.rows, dtype=torch.float64).index_add(0, episode, log_factor[:, 0])
             total = summed if total is None else total + summed
         assert total is not None
         return total
