@@ -134,6 +134,9 @@ def make_parser() -> argparse.ArgumentParser:
                        help="direct access: the adjacent-memory gates, as model.adjacent_memory (default: open)")
     check.add_argument("--input-start-marker", action="store_true",
                        help="a visible left end of the input tape, as model.input_start_marker")
+    check.add_argument("--memory-start-marker", action="store_true",
+                       help="the memory head's first cell starts as all ones, as model.memory_start_marker "
+                            "(the authors preset)")
     check.add_argument("--json", action="store_true", help="print the reports as JSON")
 
     train = commands.add_parser(
@@ -267,6 +270,7 @@ def _run_check(args: argparse.Namespace) -> int:
             shortcut_scale=args.shortcut_scale,
             adjacent_memory=args.adjacent_memory,
             input_start_marker=args.input_start_marker,
+            memory_start_marker=args.memory_start_marker,
         )
     except (CheckUsageError, ValueError) as error:
         sys.stderr.write(f"{PROG}: error: {error}\n")

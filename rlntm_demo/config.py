@@ -187,6 +187,11 @@ class ModelConfig:
     (``EOS``). False (the paper and the authors' code): the first cell holds ``x1``, a move left
     of it is infeasible and the controller never sees that, so a reversal must count to know
     when it is back at ``x1``. A departure from the paper; see ``docs/rlntm.rst``."""
+    memory_start_marker: bool = False
+    """With memory: the cell under the memory head at the first step starts as all ones, every
+    other cell at zero, as in the authors' code (train_curriculum0 382; ``shared/notes/authors-code.md``,
+    section 2), so the memory has a landmark where the head started. False (the paper): the whole
+    memory starts at zero."""
     step_impl: str = "fast"
     """How the steps are computed (:data:`STEP_IMPLS`): ``"fast"``, the fused loop of
     :mod:`rlntm_demo.fast` (in C++ where it is built), or ``"reference"``, the readable step of

@@ -126,7 +126,8 @@ class InputTape:
 
 
 class MemoryTape:
-    """A memory tape per row: ``cells`` real vectors of size ``width``, circular, starting at zero.
+    """A memory tape per row: ``cells`` real vectors of size ``width``, circular, starting at zero
+    (but for the head's first cell with ``start_marker``).
 
     Arguments:
         batch_size: number of rows.
@@ -134,12 +135,18 @@ class MemoryTape:
         width: real values per cell.
         window: read cells ``head - window .. head + window`` (wrapping around).
         dtype: the dtype of the values.
+        start_marker: the head's first cell starts as all ones (the authors' initial memory).
     """
 
     num_moves = 3
 
-    def __init__(self, batch_size: int, cells: int, width: int, *, window: int = 0, dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self, batch_size: int, cells: int, width: int, *, window: int = 0, dtype: torch.dtype | None = None,
+        start_marker: bool = False,
+    ) -> None:
         self.values = torch.zeros(batch_size, cells, width, dtype=dtype)
+        if start_marker:
+            self.values[:, 0] = 1.0
         self.head = torch.zeros(batch_size, dtype=torch.long)
         self.window = window
 

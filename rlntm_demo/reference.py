@@ -80,7 +80,8 @@ def run_episode(
     memory = None
     if memory_on:
         cells = config.memory_cells if memory_cells is None else memory_cells
-        memory = MemoryTape(size, cells, config.memory_width, window=config.read_window, dtype=dtype)
+        memory = MemoryTape(size, cells, config.memory_width, window=config.read_window, dtype=dtype,
+                            start_marker=config.memory_start_marker)
     output = OutputTape(batch.target, batch.target_len, batch.steps)
     state = controller.initial_state(size, dtype)
     previous = torch.full((size, 3), START, dtype=torch.long)

@@ -116,6 +116,7 @@ def run_episode(model: RLNTM, batch: Batch, *, greedy: bool = False, all_steps: 
         direct=direct,
         grad=torch.is_grad_enabled() and any(p.requires_grad for p in model.parameters()),
         want_windows=plan.baseline_after_episode,
+        memory_start_marker=config.memory_start_marker,
     )
     h, c = plan.initial_state(batch, size, dtype)
     token = fused.start(episode, h, c, *plan.weights())

@@ -82,6 +82,8 @@ class Episode:
         grad: save what backward needs.
         want_windows: :meth:`stacked` also returns the memory windows read (for a baseline LSTM
             run after the episode: :attr:`~rlntm_demo.model.RLNTM.fuses_baseline`).
+        memory_start_marker: each row's first memory cell, where its head starts, holds ones
+            (:attr:`~rlntm_demo.config.ModelConfig.memory_start_marker`).
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class Episode:
         direct: bool,
         grad: bool,
         want_windows: bool = False,
+        memory_start_marker: bool = False,
     ) -> None:
         self.size = size
         self.dtype = dtype
@@ -114,6 +117,8 @@ class Episode:
         self.grad = grad
         self.want_windows = want_windows
         self.tape = torch.zeros(size * memory_cells, self.width, dtype=dtype) if self.memory else None
+        if self.tape is not None and memory_start_marker:
+            self.tape.view(size, memory_cells, self.width)[:, 0] = 1.0
         self.token_size = 2 * size * units + size * memory_cells * self.width
         # Values of every step, in step order: outputs, and what backward needs.
         self.logits: list[torch.Tensor] = []

@@ -240,10 +240,13 @@ def test_an_entropy_bonus_left_out_of_the_returns_is_caught() -> None:
     ("reverse", "lstm", {"input_start_marker": True}),
     ("repeat-copy", "feedforward", {"input_start_marker": True}),
     ("reverse", "direct", {"input_start_marker": True, "shortcut_scale": 5.0}),
+    ("forward-reverse", "direct", {"memory_start_marker": True, "adjacent_memory": "off", "circular_input": True}),
+    ("sort", "lstm", {"memory_start_marker": True}),
 ])
 def test_every_model_option_is_exact(task_name: str, controller: str, options: dict[str, object],
                                      step_impl: str) -> None:
-    """Each model option of issue 19, for the controllers it applies to, checked exactly (rtol 1e-6,
+    """Each model option of issue 19 and the authors' initial memory, for the controllers it
+    applies to, checked exactly (rtol 1e-6,
     atol 1e-9), the policy and the baseline LSTM alike; every parameter reaches J."""
     reports = check_model(task_name, controller, step_impl=step_impl, **options)  # type: ignore[arg-type]
     for report in reports:
@@ -252,8 +255,9 @@ def test_every_model_option_is_exact(task_name: str, controller: str, options: d
         assert not unused, f"no exact gradient reaches {unused}"
     names = [p.name for p in reports[0].parameters]
     assert ("controller.shortcut_scale_raw" in names) == ("shortcut_scale" in options and controller == "direct")
-    if options.get("input_start_marker"):
-        assert "input start marker" in reports[0].notes[-1]
+    for option in ("input_start_marker", "memory_start_marker"):
+        if options.get(option):
+            assert option.replace("_", " ") in reports[0].notes[-1]
 
 
 def test_the_shortcut_scale_starts_where_configured_and_adjacent_gates_come_and_go() -> None:

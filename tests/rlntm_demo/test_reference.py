@@ -104,6 +104,8 @@ def assert_equal_rollouts(model: RLNTM, batch: Batch, monkeypatch: pytest.Monkey
     ("reverse", {"read_window": 1, "shortcut_scale": 5.0, "input_start_marker": True}),
     ("repeat-copy", {"circular_input": True, "baseline": "none", "input_start_marker": True}),
     ("sort", {"adjacent_memory": "off", "baseline": "online"}),
+    ("forward-reverse", {"memory_start_marker": True, "circular_input": True, "adjacent_memory": "off"}),
+    ("repeat-copy", {"read_window": 1, "memory_start_marker": True, "baseline": "offline"}),
 ])
 def test_the_fast_step_equals_the_reference(task_name: str, options: dict[str, object], controller: str,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,3 +167,27 @@ def test_training_with_the_reference_step_follows_the_fast_run_up_to_rounding() 
     # many coordinates by whole steps.
     for name, weight in fast_weights.items():
         torch.testing.assert_close(reference_weights[name], weight, rtol=1e-4, atol=5e-5, msg=name)
+
+
+
+def test_the_memory_start_marker_puts_ones_under_the_head_at_the_first_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The authors' initial memory: the first memory window the controller reads holds ones in its
+    centre cell (the head's) and zeros beside it; without the marker, zeros throughout. The fast
+    step equals the reference with the marker (the parametrized test above)."""
+    windows: dict[bool, torch.Tensor] = {}
+    for marker in (True, False):
+        model, batch = build("forward-reverse", "lstm", step_impl="reference", read_window=1, memory_start_marker=marker)
+        original = model.controller.encode
+
+        def encode(input_window: torch.Tensor, memory_window: torch.Tensor | None, previous: torch.Tensor,
+                   marker: bool = marker, original=original) -> torch.Tensor:  # type: ignore[no-untyped-def]
+            assert memory_window is not None
+            windows.setdefault(marker, memory_window.detach().clone())
+            return original(input_window, memory_window, previous)
+
+        monkeypatch.setattr(model.controller, "encode", encode)
+        model.run_episode(batch)
+    first = windows[True]
+    assert first.shape == (5, 3, model.config.memory_width)
+    assert bool((first[:, 1] == 1).all()) and bool((first[:, [0, 2]] == 0).all())
+    assert bool((windows[False] == 0).all())

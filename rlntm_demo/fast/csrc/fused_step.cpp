@@ -159,7 +159,8 @@ struct StepNode : public torch::autograd::Node {
 class Episode : public std::enable_shared_from_this<Episode> {
  public:
   Episode(int64_t size, int64_t units, int64_t controller_units, int64_t decisions, int64_t window,
-          int64_t memory_cells, int64_t width, bool direct, bool grad, bool want_windows, int64_t symbols)
+          int64_t memory_cells, int64_t width, bool direct, bool grad, bool want_windows, int64_t symbols,
+          bool memory_start_marker)
       : size_(size),
         units_(units),
         controller_units_(controller_units),
@@ -170,6 +171,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
         cells_(memory_cells),
         width_(memory_cells > 0 ? width : 0),
         direct_(direct && memory_cells > 0),
+        memory_start_marker_(memory_start_marker),
         reads_(2 * window + 1 + (direct && memory_cells > 0 ? 2 : 0)),
         grad_(grad),
         want_windows_(want_windows),
@@ -331,7 +333,11 @@ class Episode : public std::enable_shared_from_this<Episode> {
              const Tensor& heads_b) {
     TORCH_CHECK(table.device().is_cpu(), "the native step loop runs on the CPU; set RLNTM_NATIVE=0 for another device");
     dtype_ = table.scalar_type();
-    if (memory_) tape_ = at::zeros({size_ * cells_, width_}, table.options());
+    if (memory_) {
+      tape_ = at::zeros({size_ * cells_, width_}, table.options());
+      // The authors' initial memory: each row's first cell, where its head starts, holds ones.
+      if (memory_start_marker_) tape_.view({size_, cells_, width_}).select(1, 0).fill_(1);
+    }
     // A step's one-hot part starts from (previous decisions' row) + (centre symbol's row): the
     // Python loop gathers it from a table of every sum, this one adds the two rows.
     //
@@ -907,6 +913,7 @@ class Episode : public std::enable_shared_from_this<Episode> {
   bool memory_;
   int64_t cells_, width_;
   bool direct_;
+  bool memory_start_marker_;
   int64_t reads_;
   bool grad_, want_windows_;
   int64_t symbols_count_, token_size_;
@@ -1241,10 +1248,10 @@ torch::autograd::variable_list StepNode::apply(torch::autograd::variable_list&& 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace py = pybind11;
   py::class_<Episode, std::shared_ptr<Episode>>(m, "Episode")
-      .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool, bool, int64_t>(),
+      .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool, bool, int64_t, bool>(),
            py::kw_only(), py::arg("size"), py::arg("units"), py::arg("controller_units"), py::arg("decisions"),
            py::arg("window"), py::arg("memory_cells"), py::arg("width"), py::arg("direct"), py::arg("grad"),
-           py::arg("want_windows"), py::arg("symbols"))
+           py::arg("want_windows"), py::arg("symbols"), py::arg("memory_start_marker") = false)
       .def("token", &Episode::token)
       .def("last_logits", &Episode::last_logits)
       .def("set_course", &Episode::set_course)

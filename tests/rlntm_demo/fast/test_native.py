@@ -71,6 +71,7 @@ def run(use_native: bool, monkeypatch: pytest.MonkeyPatch, task_name: str, contr
     ("copy", {"baseline": "offline"}),
     ("reverse", {"baseline": "none", "read_window": 1}),
     ("forward-reverse", {"baseline_after_episode": True}),  # keeps the memory windows read
+    ("forward-reverse", {"read_window": 1, "memory_start_marker": True}),
 ])
 def test_native_loop_matches_the_python_loop(
     task_name: str, options: dict[str, object], controller: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
