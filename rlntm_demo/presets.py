@@ -15,7 +15,6 @@ gradient clipping      5 controller, 2 baseline       2 controller, 5 baseline  
 baseline               moving average + LSTM          LSTM                            leave-one-out over the rollouts
 inverse temperature    0.01                           0.01 (0.03 RepeatCopy)          1
 initial state          0                              0.1                             0
-initial memory         0                              0, the head's first cell ones   0
 read window            current cell                   2 cells each side               current cell
 input tape             ends are walls                 circular                        ends are walls, the left one
                                                                                       marked (``BLANK x1 .. xC EOS``,
@@ -51,10 +50,12 @@ speaks; the ``authors`` column the authors' released scripts (``shared/notes/aut
   9..30 of each m the same);
 * no path from the memory to the adjacent memories (section 2: absent from their direct access):
   ``model.adjacent_memory = "off"``;
-* the memory starts at zero but for the head's first cell, all ones (section 2, train_curriculum0
-  382): ``model.memory_start_marker = true``;
 * a memory tape for every task, RepeatCopy included (section 6: their model always had one;
   Table 2 and the ``paper`` preset give RepeatCopy none): ``memory = true``.
+
+The authors' initial memory, zero but for the head's first cell, all ones (section 2), is
+``model.memory_start_marker = true``, left off here: the published runs of this preset were made
+without it, and on ForwardReverse it did not help (``docs/results/status.rst``).
 
 The ``paper`` preset keeps the paper's inverse temperature (0.01) on every task. The authors'
 README says 30-50% of seeds succeed, and their shipped runs used seeds 2 and 10 (RepeatCopy), 3
@@ -226,7 +227,7 @@ def _authors(task: str, controller: str) -> dict[str, Any]:
         "memory": True,
         "model": {"init_std": 0.1, "inverse_temperature": 0.03 if task.startswith("repeat-copy") else 0.01,
                   "initial_state": 0.1, "baseline": "offline", "read_window": 2, "circular_input": True,
-                  "adjacent_memory": "off", "memory_start_marker": True},
+                  "adjacent_memory": "off"},
         "optimizer": {"name": "sgd", "learning_rate": 0.05, "momentum": 0.9, "clip_controller": 2.0, "clip_baseline": 5.0},
         "curriculum": {"threshold": 0.25 if task == "forward-reverse" else 0.2, "min_updates_between": 100,
                        "probabilities": [0.10, 0.225, 0.675], "smoothing": 0.8, "error": "authors", **levels},
