@@ -169,7 +169,6 @@ def test_training_with_the_reference_step_follows_the_fast_run_up_to_rounding() 
         torch.testing.assert_close(reference_weights[name], weight, rtol=1e-4, atol=5e-5, msg=name)
 
 
-
 def test_the_memory_start_marker_puts_ones_under_the_head_at_the_first_read(monkeypatch: pytest.MonkeyPatch) -> None:
     """The authors' initial memory: the first memory window the controller reads holds ones in its
     centre cell (the head's) and zeros beside it; without the marker, zeros throughout. The fast
