@@ -697,9 +697,9 @@ class PrefixChooser:
             # (n, 1) columns throughout: each reshape would be one more node in the pass's graph.
             actions = torch.tensor([[a] for c in calls for a in c.actions], dtype=torch.long)
             log_factor = torch.log(weights.gather(1, actions) / weights.sum(dim=1, keepdim=True))
-            dead = [[d] for c in calls for d in c.dead]
-            if any(d for (d,) in dead):
-                log_factor = log_factor.masked_fill(torch.tensor(dead), 0.0)
+            dead = [d for c in calls for d in c.dead]
+            if any(dead):
+                log_factor = log_factor.masked_fill(torch.tensor(dead)[:, None], 0.0)
             if self.rows == 1:
                 summed = log_factor.sum(dim=0)
             else:

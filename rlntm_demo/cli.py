@@ -136,7 +136,7 @@ def make_parser() -> argparse.ArgumentParser:
                        help="a visible left end of the input tape, as model.input_start_marker")
     check.add_argument("--memory-start-marker", action="store_true",
                        help="the memory head's first cell starts as all ones, as model.memory_start_marker "
-                            "(the authors preset)")
+                            "(the authors' initial memory; no preset sets it)")
     check.add_argument("--json", action="store_true", help="print the reports as JSON")
 
     train = commands.add_parser(

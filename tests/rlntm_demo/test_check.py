@@ -246,8 +246,8 @@ def test_an_entropy_bonus_left_out_of_the_returns_is_caught() -> None:
 def test_every_model_option_is_exact(task_name: str, controller: str, options: dict[str, object],
                                      step_impl: str) -> None:
     """Each model option of issue 19 and the authors' initial memory, for the controllers it
-    applies to, checked exactly (rtol 1e-6,
-    atol 1e-9), the policy and the baseline LSTM alike; every parameter reaches J."""
+    applies to, checked exactly (rtol 1e-6, atol 1e-9), the policy and the baseline LSTM alike;
+    every parameter reaches J."""
     reports = check_model(task_name, controller, step_impl=step_impl, **options)  # type: ignore[arg-type]
     for report in reports:
         assert report.ok, str(report)

@@ -105,7 +105,7 @@ def assert_equal_rollouts(model: RLNTM, batch: Batch, monkeypatch: pytest.Monkey
     ("repeat-copy", {"circular_input": True, "baseline": "none", "input_start_marker": True}),
     ("sort", {"adjacent_memory": "off", "baseline": "online"}),
     ("forward-reverse", {"memory_start_marker": True, "circular_input": True, "adjacent_memory": "off"}),
-    ("repeat-copy", {"read_window": 1, "memory_start_marker": True, "baseline": "offline"}),
+    ("addition", {"read_window": 1, "memory_start_marker": True, "baseline": "offline"}),
 ])
 def test_the_fast_step_equals_the_reference(task_name: str, options: dict[str, object], controller: str,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
