@@ -96,6 +96,7 @@ def tiny_model(
     task_name: str, controller: str, *, seed: int = 0, baseline: str = "both", bug: str | None = None,
     circular_input: bool = False, step_impl: str = "fast", shortcut_scale: float | None = None,
     adjacent_memory: str = "open", input_start_marker: bool = False, memory_start_marker: bool = False,
+    direct_access: str = "paper",
 ) -> RLNTM:
     """A float64 RL-NTM for :func:`tiny_instance`, every component on, weights N(0, 1).
 
@@ -125,6 +126,7 @@ def tiny_model(
         adjacent_memory=adjacent_memory,
         input_start_marker=input_start_marker,
         memory_start_marker=memory_start_marker,
+        direct_access=direct_access,
     )
     generator = torch.Generator().manual_seed(seed)
     model = (RLNTM if bug is None else BUGS[bug].model)(config, generator=generator).double()
@@ -189,6 +191,7 @@ def check_model(
     adjacent_memory: str = "open",
     input_start_marker: bool = False,
     memory_start_marker: bool = False,
+    direct_access: str = "paper",
 ) -> list[CheckReport]:
     """Check the RL-NTM's gradient exactly on a tiny instance of a task.
 
@@ -223,7 +226,7 @@ def check_model(
         circular_input: the input head wraps around (:attr:`~rlntm_demo.config.ModelConfig.circular_input`).
         step_impl: ``"fast"`` or ``"reference"`` (:attr:`~rlntm_demo.config.ModelConfig.step_impl`): the
             tests check the reference step, which defines the model, and hold the fast one equal to it.
-        shortcut_scale, adjacent_memory, input_start_marker, memory_start_marker: the model options
+        shortcut_scale, adjacent_memory, input_start_marker, memory_start_marker, direct_access: the model options
             of :class:`~rlntm_demo.config.ModelConfig` (issue 19), for the controllers and tasks
             they apply to.
 
@@ -242,7 +245,8 @@ def check_model(
     instance = tiny_instance(task_name, seed=seed, complexity=complexity, num_symbols=num_symbols, slack=slack)
     model = tiny_model(task_name, controller, seed=seed, baseline=baseline, bug=bug, circular_input=circular_input,
                        step_impl=step_impl, shortcut_scale=shortcut_scale, adjacent_memory=adjacent_memory,
-                       input_start_marker=input_start_marker, memory_start_marker=memory_start_marker)
+                       input_start_marker=input_start_marker, memory_start_marker=memory_start_marker,
+                       direct_access=direct_access)
     variant = BUGS[bug] if bug is not None else Bug("none", "production")
     objective_config = ObjectiveConfig(returns=variant.returns, entropy_bonus=entropy_bonus, entropy_mode=entropy_mode)
     per_step = entropy_mode == "per-step" and entropy_bonus > 0
@@ -283,6 +287,7 @@ def check_model(
         + (f", entropy bonus {entropy_bonus:g}" + (" per step" if per_step else "") if entropy_bonus else "")
         + (f", shortcut scale {shortcut_scale:g}" if shortcut_scale is not None and controller == "direct" else "")
         + (f", adjacent memory {adjacent_memory}" if adjacent_memory != "open" and controller == "direct" else "")
+        + (", the authors' direct access" if direct_access == "authors" and controller == "direct" else "")
         + (", input start marker" if input_start_marker else "")
         + (", memory start marker" if memory_start_marker and model.config.interfaces.memory else "")
         + (f", deliberate bug {bug!r}" if bug else "")

@@ -51,7 +51,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .config import ADJACENT_MEMORY, BASELINES, CONTROLLERS, ENTROPY_MODES
+from .config import ADJACENT_MEMORY, BASELINES, CONTROLLERS, DIRECT_ACCESS, ENTROPY_MODES, STEP_IMPLS
 
 if TYPE_CHECKING:
     from .training import Trainer
@@ -132,6 +132,11 @@ def make_parser() -> argparse.ArgumentParser:
                             "prediction logits, as model.shortcut_scale (the fast preset: 5)")
     check.add_argument("--adjacent-memory", choices=ADJACENT_MEMORY, default="open",
                        help="direct access: the adjacent-memory gates, as model.adjacent_memory (default: open)")
+    check.add_argument("--step-impl", choices=STEP_IMPLS, default="fast",
+                       help="the step checked, as model.step_impl: the fast loop (default) or the reference step")
+    check.add_argument("--direct-access", choices=DIRECT_ACCESS, default="paper",
+                       help="direct access: the paper's five gates (default) or the authors' gates over the read "
+                            "window, as model.direct_access (needs --step-impl reference and --adjacent-memory off)")
     check.add_argument("--input-start-marker", action="store_true",
                        help="a visible left end of the input tape, as model.input_start_marker")
     check.add_argument("--memory-start-marker", action="store_true",
@@ -271,6 +276,8 @@ def _run_check(args: argparse.Namespace) -> int:
             adjacent_memory=args.adjacent_memory,
             input_start_marker=args.input_start_marker,
             memory_start_marker=args.memory_start_marker,
+            direct_access=args.direct_access,
+            step_impl=args.step_impl,
         )
     except (CheckUsageError, ValueError) as error:
         sys.stderr.write(f"{PROG}: error: {error}\n")

@@ -40,6 +40,7 @@ __all__ = [
     "EOS",
     "FIRST_DATA_SYMBOL",
     "ADJACENT_MEMORY",
+    "DIRECT_ACCESS",
     "BASELINES",
     "CURRICULUM_ERRORS",
     "ENTROPY_MODES",
@@ -87,6 +88,9 @@ STEP_IMPLS = ("fast", "reference")
 :mod:`rlntm_demo.reference`, which defines the model (the two agree up to rounding)."""
 ADJACENT_MEMORY = ("open", "closed", "off")
 """The direct-access controller's adjacent-memory gates (:attr:`ModelConfig.adjacent_memory`)."""
+DIRECT_ACCESS = ("paper", "authors")
+"""The direct-access controller's shortcuts (:attr:`ModelConfig.direct_access`): the paper's five
+scalar gates on the current cells, or the authors' gates over the whole read window."""
 ENTROPY_MODES = ("returns", "per-step")
 """How the entropy regularizer enters the loss (:attr:`ObjectiveConfig.entropy_mode`)."""
 CURRICULUM_ERRORS = ("batch", "authors")
@@ -180,6 +184,19 @@ class ModelConfig:
     the cell being written. ``"open"`` (today's default): gates initialised like every other
     parameter; ``"closed"``: their biases start at ``-6`` (sigmoid 0.0025), so the neighbours
     leak in only if learning opens them; ``"off"``: no such path, as in the authors' code."""
+    direct_access: str = "paper"
+    """Direct access only: which shortcuts (:data:`DIRECT_ACCESS`). ``"paper"``: five scalar gates
+    (Section 8.1) on the current input symbol and memory cell, and the head's cell alone is written.
+    ``"authors"``: the authors' code (``super_direct``; ``shared/notes/authors-code.md``, section 2)
+    over the read window of ``2 read_window + 1`` cells of each tape: every memory cell of the
+    window is written, each with its own keep gate and value; then, for every (memory offset, input
+    offset) pair, two gates ``p2, p`` update the memory cell to ``p2 * cell + p * onehot(symbol)``,
+    the input offsets in increasing order; the prediction adds every input symbol of the window
+    and every (freshly written) memory cell of the window, each through its own gate (and the
+    scales of ``shortcut_scale``, one for the symbols and one for the cells). It has no
+    adjacent-memory gates (``adjacent_memory = "off"``), needs ``memory_cells >= 2 read_window +
+    1`` so that the window's cells are distinct, and runs on the reference step only
+    (``step_impl = "reference"``), several times slower than the fast one."""
     input_start_marker: bool = False
     """Give the input tape a visible left end: every input becomes ``BLANK x1 .. xC EOS``, the
     head starts on the ``BLANK`` and the step bound grows by one
@@ -221,10 +238,34 @@ class ModelConfig:
             raise ValueError(
                 f"unknown adjacent_memory {self.adjacent_memory!r}; choose one of: {', '.join(ADJACENT_MEMORY)}"
             )
+        if self.direct_access not in DIRECT_ACCESS:
+            raise ValueError(
+                f"unknown direct_access {self.direct_access!r}; choose one of: {', '.join(DIRECT_ACCESS)}"
+            )
+        if self.controller == "direct" and self.direct_access == "authors":
+            self._check_authors_direct_access()
         if not math.isfinite(self.initial_state):
             raise ValueError(f"initial_state must be finite, not {self.initial_state}")
         if not 0.0 <= self.online_decay < 1.0:
             raise ValueError(f"online_decay must be in [0, 1), not {self.online_decay}")
+
+    def _check_authors_direct_access(self) -> None:
+        if self.step_impl != "reference":
+            raise ValueError(
+                "direct_access='authors' runs on the reference step only: set step_impl='reference' "
+                "(--set model.step_impl=reference)"
+            )
+        if self.adjacent_memory != "off":
+            raise ValueError(
+                "direct_access='authors' has no adjacent-memory gates: set adjacent_memory='off' "
+                "(--set model.adjacent_memory=off)"
+            )
+        window = 2 * self.read_window + 1
+        if self.interfaces.memory and self.memory_cells < window:
+            raise ValueError(
+                f"direct_access='authors' writes the {window} cells of the read window, which must be distinct: "
+                f"memory_cells must be at least {window}, not {self.memory_cells}"
+            )
 
     @property
     def online_baseline(self) -> bool:

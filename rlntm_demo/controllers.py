@@ -49,11 +49,15 @@ exactly what running it alongside would.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .config import NUM_SYMBOLS, ModelConfig
+
+if TYPE_CHECKING:
+    from .interfaces import MemoryTape
 
 __all__ = [
     "Controller",
@@ -62,6 +66,7 @@ __all__ = [
     "LSTMController",
     "OfflineBaseline",
     "START",
+    "WindowedDirectAccessController",
     "make_controller",
 ]
 
@@ -161,6 +166,24 @@ class Controller(nn.Module):
                 memory), or (B, T, width).
         """
         return self.prediction_head(h)
+
+    def write_and_predict(self, h: torch.Tensor, input_window: torch.Tensor, memory: MemoryTape | None,
+                          rows: torch.Tensor) -> torch.Tensor:
+        """Steps 4 and 5 of the reference step: write the memory, then the prediction logits
+        (B, NUM_SYMBOLS), which read the freshly written memory.
+
+        Arguments:
+            h: (B, hidden), the controller's output.
+            input_window: (B, 2k+1) long, the symbols under the input read window.
+            memory: the memory tape (``None`` without memory), written in place.
+            rows: (B,) bool, the rows whose memory is written (those still running).
+        """
+        symbol = input_window[:, self.config.read_window]
+        cell = None
+        if memory is not None:
+            memory.write(self.memory_write(h, memory.cell(0), symbol, memory.cell(-1), memory.cell(1)), rows=rows)
+            cell = memory.cell(0)
+        return self.prediction_logits(h, symbol, cell)
 
     def prediction_weights(self) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]:
         """:meth:`prediction_logits` as one linear map, a gate count and the gates' scales, for
@@ -288,8 +311,108 @@ class DirectAccessController(LSTMController):
         return weight, bias, 2 if self.memory else 1, self.shortcut_scales
 
 
+class WindowedDirectAccessController(LSTMController):
+    """The authors' direct access (``ModelConfig.direct_access = "authors"``): gated shortcuts over
+    the whole read window of ``n = 2k + 1`` cells of each tape.
+
+    At each step, with ``onehot_j`` the input symbol at offset ``j`` and ``cell_i`` the memory cell
+    at offset ``i`` (offsets ``-k .. k``):
+
+    1. every cell of the memory window is written, ``cell_i <- sigmoid(K_i h) * cell_i + tanh(V_i h)``
+       (the centre's ``K_0, V_0`` are :attr:`keep_head` and :attr:`value_head`, the other offsets'
+       :attr:`side_keep_head` and :attr:`side_value_head`);
+    2. for every input offset ``j`` in increasing order, every cell becomes
+       ``p2_ij * cell_i + p_ij * onehot_j`` (two gates per pair, rows of :attr:`pair_gate_head`);
+    3. the prediction logits are ``W h + sum_j g_j * onehot_j + sum_i g'_i * cell_i``, the cells
+       as written (gates: rows of :attr:`gate_head`, the symbols' then the cells'), each group
+       times its scale of :attr:`shortcut_scales` where ``config.shortcut_scale`` is set.
+
+    Without memory only the symbols' shortcuts into the prediction remain. The reference step
+    alone computes it (:meth:`write_and_predict`).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.window = 2 * config.read_window + 1
+        n, width, hidden = self.window, config.memory_width, config.hidden_size
+        groups = 2 if self.memory else 1
+        self.gate_head = nn.Linear(hidden, groups * n)
+        if self.memory:
+            self.side_keep_head = nn.Linear(hidden, (n - 1) * width)
+            self.side_value_head = nn.Linear(hidden, (n - 1) * width)
+            # Rows: memory offset i major, then input offset j, then (p, p2).
+            self.pair_gate_head = nn.Linear(hidden, n * n * 2)
+        self.shortcut_scale_raw: nn.Parameter | None = None
+        if config.shortcut_scale is not None:
+            self.shortcut_scale_raw = nn.Parameter(torch.empty(groups))
+        self.reset_extra_parameters()
+
+    def reset_extra_parameters(self) -> None:
+        """The shortcut scales start at ``config.shortcut_scale``."""
+        if self.shortcut_scale_raw is not None:
+            with torch.no_grad():
+                scale = float(self.config.shortcut_scale)  # type: ignore[arg-type]
+                self.shortcut_scale_raw.fill_(scale + math.log(-math.expm1(-scale)))
+
+    @property
+    def shortcut_scales(self) -> torch.Tensor | None:
+        """The positive scales of the shortcuts into the prediction logits (symbols, then memory
+        cells), or ``None`` (no scale: 1)."""
+        if self.shortcut_scale_raw is None:
+            return None
+        return nn.functional.softplus(self.shortcut_scale_raw)
+
+    def window_write(self, h: torch.Tensor, cells: torch.Tensor, input_window: torch.Tensor) -> torch.Tensor:
+        """The memory window after the write (steps 1 and 2): (B, n, width) from the window
+        ``cells`` (B, n, width) before it and the input window (B, n) long."""
+        size, n, _ = cells.shape
+        keep = self._per_offset(self.keep_head(h), self.side_keep_head(h))
+        value = self._per_offset(self.value_head(h), self.side_value_head(h))
+        new = torch.sigmoid(keep) * cells + torch.tanh(value)
+        pairs = torch.sigmoid(self.pair_gate_head(h)).view(size, n, n, 2)
+        onehots = nn.functional.one_hot(input_window, NUM_SYMBOLS).to(h.dtype)
+        for j in range(n):
+            new = pairs[:, :, j, 1:2] * new + pairs[:, :, j, 0:1] * onehots[:, j : j + 1]
+        return new
+
+    def _per_offset(self, centre: torch.Tensor, sides: torch.Tensor) -> torch.Tensor:
+        """(B, n, width) from the centre's (B, width) and the other offsets' (B, (n - 1) width)."""
+        k = self.config.read_window
+        sides = sides.view(centre.shape[0], self.window - 1, -1)
+        return torch.cat([sides[:, :k], centre[:, None], sides[:, k:]], 1)
+
+    def window_prediction_logits(self, h: torch.Tensor, input_window: torch.Tensor, cells: torch.Tensor | None) -> torch.Tensor:
+        """The prediction logits (step 3) from ``h``, the input window (B, n) long and the memory
+        window as written (B, n, width), ``None`` without memory."""
+        n = self.window
+        gates = torch.sigmoid(self.gate_head(h))
+        scales = self.shortcut_scales
+        symbols = nn.functional.one_hot(input_window, NUM_SYMBOLS).to(h.dtype)
+        symbol_gates = gates[:, :n] if scales is None else gates[:, :n] * scales[0]
+        logits = self.prediction_head(h) + torch.einsum("bn,bns->bs", symbol_gates, symbols)
+        if cells is None:
+            return logits
+        cell_gates = gates[:, n:] if scales is None else gates[:, n:] * scales[1]
+        return logits + torch.einsum("bn,bnw->bw", cell_gates, cells)
+
+    def write_and_predict(self, h: torch.Tensor, input_window: torch.Tensor, memory: MemoryTape | None,
+                          rows: torch.Tensor) -> torch.Tensor:
+        """Write the whole memory window, then predict from both windows."""
+        cells = None
+        if memory is not None:
+            memory.write_window(self.window_write(h, memory.read(), input_window), rows=rows)
+            cells = memory.read()
+        return self.window_prediction_logits(h, input_window, cells)
+
+    def prediction_weights(self) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]:
+        """Not a linear map with one or two gates: the fast step cannot run this controller."""
+        raise NotImplementedError("the authors' direct access runs on the reference step only (step_impl='reference')")
+
+
 def make_controller(config: ModelConfig) -> Controller:
-    """The controller named by ``config.controller``."""
+    """The controller named by ``config.controller`` (and, for direct access, ``config.direct_access``)."""
+    if config.controller == "direct" and config.direct_access == "authors":
+        return WindowedDirectAccessController(config)
     classes: dict[str, type[Controller]] = {
         "lstm": LSTMController,
         "direct": DirectAccessController,

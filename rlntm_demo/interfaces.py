@@ -179,6 +179,22 @@ class MemoryTape:
         mask = mask[:, :, None]
         self.values = self.values * (1 - mask) + value[:, None, :] * mask
 
+    def write_window(self, values: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+        """Replace the cells of the read window by ``values`` (B, 2 window + 1, width), in the rows
+        where ``rows`` is True. The window's cells must be distinct (``cells >= 2 window + 1``).
+
+        Differentiable in ``values`` and in the old memory; no tensor is modified in place.
+        """
+        offsets = torch.arange(-self.window, self.window + 1)
+        if self.cells < offsets.numel():
+            raise ValueError(f"a window of {offsets.numel()} cells needs at least as many memory cells, not {self.cells}")
+        positions = (self.head[:, None] + offsets) % self.cells
+        mask = torch.nn.functional.one_hot(positions, self.cells).to(self.values.dtype)  # (B, window, cells)
+        if rows is not None:
+            mask = mask * rows[:, None, None].to(self.values.dtype)
+        written = torch.einsum("bkc,bkw->bcw", mask, values)
+        self.values = self.values * (1 - mask.sum(1))[:, :, None] + written
+
     def move(self, action: torch.Tensor) -> None:
         """Move every head by ``action - 1``, wrapping around."""
         self.head = (self.head + _displacement(action)) % self.cells

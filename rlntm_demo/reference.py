@@ -4,13 +4,13 @@ This module is the definition of the model. Each step does what the paper says, 
 with the readable objects: the tapes of :mod:`rlntm_demo.interfaces` (:class:`InputTape`,
 :class:`MemoryTape`, :class:`OutputTape`) and the controller's per-step methods
 (:meth:`~rlntm_demo.controllers.Controller.encode`, ``step``, ``action_logits``,
-``memory_write``, ``prediction_logits``), every operation recorded by autograd:
+``write_and_predict``), every operation recorded by autograd:
 
 1. read the input window and the memory window;
 2. the controller maps them and the previous decisions to ``h_t``;
 3. the three decisions, infeasible choices masked to probability 0, are drawn with one
    ``torch.multinomial`` call (or, greedy, the most probable is taken);
-4. the current memory cell is written;
+4. the current memory cell is written (with the authors' direct access, every cell of the window);
 5. the prediction for the next target is made; a predicting step's reward is the target's
    log-probability;
 6. the heads move.
@@ -135,13 +135,8 @@ def run_episode(
             chosen_log_probs = torch.stack([chosen_log_probs[:, 0], torch.zeros_like(chosen_log_probs[:, 0]),
                                             chosen_log_probs[:, 1]], 1)
 
-        # 4-5: the write, then the prediction, which reads the freshly written cell.
-        symbol = input_window[:, config.read_window]
-        cell = None
-        if memory is not None:
-            memory.write(controller.memory_write(h, memory.cell(0), symbol, memory.cell(-1), memory.cell(1)), rows=live)
-            cell = memory.cell(0)
-        prediction = controller.prediction_logits(h, symbol, cell).log_softmax(-1)
+        # 4-5: the write, then the prediction, which reads the freshly written memory.
+        prediction = controller.write_and_predict(h, input_window, memory, live).log_softmax(-1)
         predicting = drawn[:, 2] == OUTPUT_PREDICT
         target = prediction.gather(1, output.current_target()[:, None])[:, 0]
         record["rewards"].append(torch.where(predicting, target, torch.zeros_like(target)))
