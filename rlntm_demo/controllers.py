@@ -337,9 +337,12 @@ class WindowedDirectAccessController(LSTMController):
         n, width, hidden = self.window, config.memory_width, config.hidden_size
         groups = 2 if self.memory else 1
         self.gate_head = nn.Linear(hidden, groups * n)
-        if self.memory:
+        self.side_keep_head: nn.Linear | None = None
+        self.side_value_head: nn.Linear | None = None
+        if self.memory and n > 1:
             self.side_keep_head = nn.Linear(hidden, (n - 1) * width)
             self.side_value_head = nn.Linear(hidden, (n - 1) * width)
+        if self.memory:
             # Rows: memory offset i major, then input offset j, then (p, p2).
             self.pair_gate_head = nn.Linear(hidden, n * n * 2)
         self.shortcut_scale_raw: nn.Parameter | None = None
@@ -366,8 +369,8 @@ class WindowedDirectAccessController(LSTMController):
         """The memory window after the write (steps 1 and 2): (B, n, width) from the window
         ``cells`` (B, n, width) before it and the input window (B, n) long."""
         size, n, _ = cells.shape
-        keep = self._per_offset(self.keep_head(h), self.side_keep_head(h))
-        value = self._per_offset(self.value_head(h), self.side_value_head(h))
+        keep = self._per_offset(h, self.keep_head, self.side_keep_head)
+        value = self._per_offset(h, self.value_head, self.side_value_head)
         new = torch.sigmoid(keep) * cells + torch.tanh(value)
         pairs = torch.sigmoid(self.pair_gate_head(h)).view(size, n, n, 2)
         onehots = nn.functional.one_hot(input_window, NUM_SYMBOLS).to(h.dtype)
@@ -375,11 +378,14 @@ class WindowedDirectAccessController(LSTMController):
             new = pairs[:, :, j, 1:2] * new + pairs[:, :, j, 0:1] * onehots[:, j : j + 1]
         return new
 
-    def _per_offset(self, centre: torch.Tensor, sides: torch.Tensor) -> torch.Tensor:
-        """(B, n, width) from the centre's (B, width) and the other offsets' (B, (n - 1) width)."""
+    def _per_offset(self, h: torch.Tensor, centre_head: nn.Linear, side_head: nn.Linear | None) -> torch.Tensor:
+        """(B, n, width): the centre head's output at offset 0, the side head's at the others."""
+        centre = centre_head(h)[:, None]
+        if side_head is None:
+            return centre
         k = self.config.read_window
-        sides = sides.view(centre.shape[0], self.window - 1, -1)
-        return torch.cat([sides[:, :k], centre[:, None], sides[:, k:]], 1)
+        sides = side_head(h).view(h.shape[0], self.window - 1, -1)
+        return torch.cat([sides[:, :k], centre, sides[:, k:]], 1)
 
     def window_prediction_logits(self, h: torch.Tensor, input_window: torch.Tensor, cells: torch.Tensor | None) -> torch.Tensor:
         """The prediction logits (step 3) from ``h``, the input window (B, n) long and the memory

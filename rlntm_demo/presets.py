@@ -55,7 +55,9 @@ speaks; the ``authors`` column the authors' released scripts (``shared/notes/aut
 
 The authors' initial memory, zero but for the head's first cell, all ones (section 2), is
 ``model.memory_start_marker = true``, left off here: the published runs of this preset were made
-without it, and on ForwardReverse it did not help (``docs/results/status.rst``).
+without it, and on ForwardReverse it did not help (``docs/results/status.rst``). So is the authors'
+direct access over the read window (``model.direct_access = "authors"``, section 2), which runs
+on the reference step only (``model.step_impl = "reference"``), too slow for the published sweeps.
 
 The ``paper`` preset keeps the paper's inverse temperature (0.01) on every task. The authors'
 README says 30-50% of seeds succeed, and their shipped runs used seeds 2 and 10 (RepeatCopy), 3

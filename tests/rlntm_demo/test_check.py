@@ -260,6 +260,26 @@ def test_every_model_option_is_exact(task_name: str, controller: str, options: d
             assert option.replace("_", " ") in reports[0].notes[-1]
 
 
+@pytest.mark.parametrize("task_name,options", [
+    ("forward-reverse", {}),
+    ("forward-reverse", {"shortcut_scale": 5.0, "memory_start_marker": True}),
+    ("reverse", {"input_start_marker": True}),
+])
+def test_the_authors_direct_access_is_exact(task_name: str, options: dict[str, object]) -> None:
+    """The authors' gates over the read window (reference step, the only one that runs them),
+    checked exactly (rtol 1e-6, atol 1e-9); every parameter reaches J, the window's side heads
+    and pair gates included."""
+    reports = check_model(task_name, "direct", step_impl="reference", direct_access="authors",
+                          adjacent_memory="off", **options)  # type: ignore[arg-type]
+    for report in reports:
+        assert report.ok, str(report)
+        unused = [p.name for p in report.parameters if float(p.target.abs().max()) == 0]
+        assert not unused, f"no exact gradient reaches {unused}"
+    names = {p.name for p in reports[0].parameters}
+    assert ("controller.pair_gate_head.weight" in names) == (task_name == "forward-reverse")
+    assert "the authors' direct access" in reports[0].notes[-1]
+
+
 def test_the_shortcut_scale_starts_where_configured_and_adjacent_gates_come_and_go() -> None:
     from rlntm_demo.check import tiny_model
     from rlntm_demo.controllers import DirectAccessController

@@ -31,6 +31,15 @@ def test_check_passes_with_every_option_of_issue_19(capsys: pytest.CaptureFixtur
     assert "entropy bonus 0.3 per step, shortcut scale 5" in out and "input start marker" in out
 
 
+def test_check_runs_the_authors_direct_access_on_the_reference_step(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["check", "--task", "reverse", "--controller", "direct", "--direct-access", "authors", "--adjacent-memory", "off"]
+    assert main(argv) == EXIT_USAGE
+    assert "set step_impl='reference' (--set model.step_impl=reference)" in capsys.readouterr().err
+    assert main([*argv, "--step-impl", "reference"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert out.count("reinforce_check PASSED") == 2 and "reference step" in out and "the authors' direct access" in out
+
+
 def test_check_finds_a_bug(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "--task", "copy", "--controller", "feedforward", "--bug", "missing-pathwise-term"]) == EXIT_MISMATCH
     out = capsys.readouterr().out

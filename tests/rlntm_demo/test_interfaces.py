@@ -105,3 +105,21 @@ def test_output_forced_and_forbidden() -> None:
 def test_output_rejects_too_many_targets() -> None:
     with pytest.raises(ValueError, match="more targets than steps"):
         OutputTape(torch.tensor([[4, 1]]), torch.tensor([2]), torch.tensor([1]))
+
+
+def test_memory_write_window_replaces_the_window_cells_of_the_selected_rows() -> None:
+    memory = MemoryTape(2, cells=4, width=1, window=1, dtype=torch.float64)
+    memory.move(torch.tensor([MOVE_LEFT, STAY]))  # heads at cells 3 and 0
+    values = torch.tensor([[[1.0], [2.0], [3.0]], [[4.0], [5.0], [6.0]]], dtype=torch.float64, requires_grad=True)
+    memory.write_window(values, rows=torch.tensor([True, False]))
+    # Row 0's window is cells 2, 3, 0 (wrapping); row 1 is not written.
+    assert memory.values[..., 0].tolist() == [[3.0, 0.0, 1.0, 2.0], [0.0, 0.0, 0.0, 0.0]]
+    assert memory.read()[0, :, 0].tolist() == [1.0, 2.0, 3.0]
+    memory.values.sum().backward()
+    assert values.grad is not None and values.grad[..., 0].tolist() == [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
+
+
+def test_memory_write_window_needs_distinct_cells() -> None:
+    memory = MemoryTape(1, cells=2, width=1, window=1)
+    with pytest.raises(ValueError, match="needs at least as many memory cells"):
+        memory.write_window(torch.zeros(1, 3, 1))
