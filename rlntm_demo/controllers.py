@@ -31,6 +31,9 @@ the previous step. At the first step the previous actions are a dedicated ``STAR
   :class:`~rlntm_demo.config.ModelConfig` change it (issue 19): ``shortcut_scale`` multiplies the
   two shortcuts into the prediction logits by learnable positive scales (each gate alone adds at
   most +1 logit), and ``adjacent_memory`` starts the neighbour gates closed or removes them.
+  :class:`WindowedDirectAccessController` is the authors' version instead
+  (``direct_access = "authors"``): gates over the whole read window, every cell of the memory
+  window written.
 
 **The baseline LSTM** (:class:`OfflineBaseline`, Appendix A, "offline baseline prediction") first
 reads the whole input tape, then runs in tandem with the controller on the very inputs ``x_t`` the
