@@ -17,3 +17,11 @@ rlntm-demo sweep --tasks forward-reverse --controllers direct --presets authors 
 rlntm-demo sweep --tasks forward-reverse --controllers direct --presets authors --seeds 0 1 \
   --max-updates 20000 --out runs/issue19/scale --num-cpus 2 --threads-per-run 1 \
   --set model.shortcut_scale=5
+
+# The authors' direct access over the read window (every window cell written, 25 gated pairs, ten
+# prediction gates), seeds 0 and 1, from a worktree of cda8d95. It runs on the reference step only,
+# about 0.5 to 0.9 s an update on one core, so these runs go on across sessions with --resume
+# (rlntm-demo sweep skips finished runs and resumes the others from their checkpoints).
+rlntm-demo sweep --tasks forward-reverse --controllers direct --presets authors --seeds 0 1 \
+  --max-updates 20000 --out runs/issue19/windowed --num-cpus 2 --threads-per-run 1 \
+  --set model.step_impl=reference --set model.direct_access=authors
