@@ -200,6 +200,14 @@ class Controller(nn.Module):
         """Set the parameters whose initial value the config prescribes (after the model has
         drawn every parameter N(0, init_std^2)); none here."""
 
+    @property
+    def shortcut_scales(self) -> torch.Tensor | None:
+        """The positive scales of the direct-access shortcuts into the prediction logits (the
+        symbols', then the memory cells'), ``softplus(shortcut_scale_raw)``, or ``None`` (no
+        scale: 1)."""
+        raw = getattr(self, "shortcut_scale_raw", None)
+        return None if raw is None else nn.functional.softplus(raw)
+
 
 class LSTMController(Controller):
     """A one-layer LSTM controller (Fig. 5 of the paper)."""
@@ -264,19 +272,9 @@ class DirectAccessController(LSTMController):
         "closed"`` the neighbour gates' biases start at -6."""
         with torch.no_grad():
             if self.shortcut_scale_raw is not None:
-                scale = float(self.config.shortcut_scale)  # type: ignore[arg-type]
-                # The inverse of softplus, log(exp(s) - 1), written to stay exact for large s.
-                self.shortcut_scale_raw.fill_(scale + math.log(-math.expm1(-scale)))
+                self.shortcut_scale_raw.fill_(_inverse_softplus(float(self.config.shortcut_scale)))  # type: ignore[arg-type]
             if self.adjacent and self.config.adjacent_memory == "closed":
                 self.gate_head.bias[1:3].fill_(CLOSED_GATE_BIAS)
-
-    @property
-    def shortcut_scales(self) -> torch.Tensor | None:
-        """The positive scales of the shortcuts into the prediction logits (symbol, then memory
-        cell), or ``None`` (no scale: 1)."""
-        if self.shortcut_scale_raw is None:
-            return None
-        return nn.functional.softplus(self.shortcut_scale_raw)
 
     def _gates(self, h: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.gate_head(h))
@@ -357,16 +355,7 @@ class WindowedDirectAccessController(LSTMController):
         """The shortcut scales start at ``config.shortcut_scale``."""
         if self.shortcut_scale_raw is not None:
             with torch.no_grad():
-                scale = float(self.config.shortcut_scale)  # type: ignore[arg-type]
-                self.shortcut_scale_raw.fill_(scale + math.log(-math.expm1(-scale)))
-
-    @property
-    def shortcut_scales(self) -> torch.Tensor | None:
-        """The positive scales of the shortcuts into the prediction logits (symbols, then memory
-        cells), or ``None`` (no scale: 1)."""
-        if self.shortcut_scale_raw is None:
-            return None
-        return nn.functional.softplus(self.shortcut_scale_raw)
+                self.shortcut_scale_raw.fill_(_inverse_softplus(float(self.config.shortcut_scale)))  # type: ignore[arg-type]
 
     def window_write(self, h: torch.Tensor, cells: torch.Tensor, input_window: torch.Tensor) -> torch.Tensor:
         """The memory window after the write (steps 1 and 2): (B, n, width) from the window
@@ -416,6 +405,11 @@ class WindowedDirectAccessController(LSTMController):
     def prediction_weights(self) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]:
         """Not a linear map with one or two gates: the fast step cannot run this controller."""
         raise NotImplementedError("the authors' direct access runs on the reference step only (step_impl='reference')")
+
+
+def _inverse_softplus(value: float) -> float:
+    """The raw parameter whose softplus is ``value``: log(exp(v) - 1), written to stay exact for large v."""
+    return value + math.log(-math.expm1(-value))
 
 
 def make_controller(config: ModelConfig) -> Controller:
