@@ -195,8 +195,8 @@ class ModelConfig:
     and every (freshly written) memory cell of the window, each through its own gate (and the
     scales of ``shortcut_scale``, one for the symbols and one for the cells). It has no
     adjacent-memory gates (``adjacent_memory = "off"``), needs ``memory_cells >= 2 read_window +
-    1`` so that the window's cells are distinct, and runs on the reference step only
-    (``step_impl = "reference"``), several times slower than the fast one."""
+    1`` so that the window's cells are distinct. The fast step runs it in its Python loop (the C++
+    loop has no window write)."""
     input_start_marker: bool = False
     """Give the input tape a visible left end: every input becomes ``BLANK x1 .. xC EOS``, the
     head starts on the ``BLANK`` and the step bound grows by one
@@ -250,11 +250,6 @@ class ModelConfig:
             raise ValueError(f"online_decay must be in [0, 1), not {self.online_decay}")
 
     def _check_authors_direct_access(self) -> None:
-        if self.step_impl != "reference":
-            raise ValueError(
-                "direct_access='authors' runs on the reference step only: set step_impl='reference' "
-                "(--set model.step_impl=reference)"
-            )
         if self.adjacent_memory != "off":
             raise ValueError(
                 "direct_access='authors' has no adjacent-memory gates: set adjacent_memory='off' "

@@ -328,8 +328,10 @@ class WindowedDirectAccessController(LSTMController):
        as written (gates: rows of :attr:`gate_head`, the symbols' then the cells'), each group
        times its scale of :attr:`shortcut_scales` where ``config.shortcut_scale`` is set.
 
-    Without memory only the symbols' shortcuts into the prediction remain. The reference step
-    alone computes it (:meth:`write_and_predict`).
+    Without memory only the symbols' shortcuts into the prediction remain. The fast step runs
+    steps 1 and 2 in its loop (the Python one of :mod:`rlntm_demo.fast.fused`; the C++ loop has no
+    window write) and step 3 through :meth:`window_prediction_logits`, for all predicting steps at
+    once.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -372,12 +374,18 @@ class WindowedDirectAccessController(LSTMController):
 
     def _per_offset(self, h: torch.Tensor, centre_head: nn.Linear, side_head: nn.Linear | None) -> torch.Tensor:
         """(B, n, width): the centre head's output at offset 0, the side head's at the others."""
-        centre = centre_head(h)[:, None]
+        return nn.functional.linear(h, *self.offset_weights(centre_head, side_head)).view(h.shape[0], self.window, -1)
+
+    def offset_weights(self, centre_head: nn.Linear, side_head: nn.Linear | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keep (or value) heads of the whole window as one linear map: (weight, bias) whose
+        rows are the offsets ``-k .. k`` in turn, ``width`` rows each (the centre head's at offset
+        0, the side head's at the others)."""
         if side_head is None:
-            return centre
-        k = self.config.read_window
-        sides = side_head(h).view(h.shape[0], self.window - 1, -1)
-        return torch.cat([sides[:, :k], centre, sides[:, k:]], 1)
+            return centre_head.weight, centre_head.bias
+        cut = self.config.read_window * self.config.memory_width
+        weight = torch.cat([side_head.weight[:cut], centre_head.weight, side_head.weight[cut:]])
+        bias = torch.cat([side_head.bias[:cut], centre_head.bias, side_head.bias[cut:]])
+        return weight, bias
 
     def window_prediction_logits(self, h: torch.Tensor, input_window: torch.Tensor, cells: torch.Tensor | None) -> torch.Tensor:
         """The prediction logits (step 3) from ``h``, the input window (B, n) long and the memory
@@ -403,8 +411,9 @@ class WindowedDirectAccessController(LSTMController):
         return self.window_prediction_logits(h, input_window, cells)
 
     def prediction_weights(self) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]:
-        """Not a linear map with one or two gates: the fast step cannot run this controller."""
-        raise NotImplementedError("the authors' direct access runs on the reference step only (step_impl='reference')")
+        """Not one linear map with one or two gates: the fast step calls
+        :meth:`window_prediction_logits` instead."""
+        raise NotImplementedError("the window's shortcuts are not one linear map: call window_prediction_logits")
 
 
 def _inverse_softplus(value: float) -> float:

@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from ..config import BLANK, NUM_SYMBOLS, ModelConfig
-from ..controllers import START, Controller, DirectAccessController, LSTMController, OfflineBaseline
+from ..controllers import (START, Controller, DirectAccessController, LSTMController, OfflineBaseline,
+                           WindowedDirectAccessController)
 from ..interfaces import OUTPUT_PREDICT, STAY
 from ..model import OUTPUT, Rollout, sample_decisions
 from . import fused
@@ -114,6 +115,7 @@ def run_episode(model: RLNTM, batch: Batch, *, greedy: bool = False, all_steps: 
         memory_cells=cells if memory else 0,
         width=config.memory_width,
         direct=direct,
+        window_write=isinstance(controller, WindowedDirectAccessController),
         grad=torch.is_grad_enabled() and any(p.requires_grad for p in model.parameters()),
         want_windows=plan.baseline_after_episode,
         memory_start_marker=config.memory_start_marker,
@@ -188,11 +190,19 @@ def _finish(
     positions = record["output_positions"]
     index = positions.clamp(max=batch.target.shape[1] - 1)
     targets = torch.where(positions >= batch.target_len[:, None], BLANK, batch.target.gather(1, index))
-    weight, bias, gates, scales = controller.prediction_weights()
-    rewards, predictions = fused.predict(
-        hidden, cells, centre.reshape(-1).index_select(0, rows), rows, targets.reshape(-1).index_select(0, rows),
-        weight, bias, gates, scales,
-    )
+    target_rows = targets.reshape(-1).index_select(0, rows)
+    if isinstance(controller, WindowedDirectAccessController):
+        # The window's shortcuts are no single linear map: the controller's own prediction,
+        # over the predicting steps at once.
+        windows = symbols if symbols.dim() == 3 else symbols[..., None]
+        window_cells = None if cells is None else cells.flatten(0, 1).index_select(0, rows).view(len(rows), controller.window, -1)
+        logits = controller.window_prediction_logits(
+            hidden.flatten(0, 1).index_select(0, rows), windows.flatten(0, 1).index_select(0, rows), window_cells)
+        rewards, predictions = fused.rewards_and_predictions(logits, rows, target_rows, size, steps)
+    else:
+        weight, bias, gates, scales = controller.prediction_weights()
+        rewards, predictions = fused.predict(
+            hidden, cells, centre.reshape(-1).index_select(0, rows), rows, target_rows, weight, bias, gates, scales)
 
     baselines = torch.zeros(mask.shape, dtype=rewards.dtype)
     if model.config.online_baseline:
@@ -330,7 +340,13 @@ class _StepPlan:
         assert controller.action_sizes[-1] == 2  # the output decision is the last one
         head_w = [action_w * tau, action_w.new_zeros(1, action_w.shape[1])]
         head_b = [action_b * tau, action_b.new_zeros(1)]
-        if memory:
+        if memory and isinstance(controller, WindowedDirectAccessController):
+            # Every window cell's keep gates, the pair gates, every cell's value.
+            keep_w, keep_b = controller.offset_weights(controller.keep_head, controller.side_keep_head)
+            value_w, value_b = controller.offset_weights(controller.value_head, controller.side_value_head)
+            head_w += [keep_w, controller.pair_gate_head.weight, value_w]
+            head_b += [keep_b, controller.pair_gate_head.bias, value_b]
+        elif memory:
             head_w.append(_tensor(controller, "keep_head.weight"))
             head_b.append(_tensor(controller, "keep_head.bias"))
             if isinstance(controller, DirectAccessController):

@@ -50,7 +50,7 @@ from torch.autograd.function import once_differentiable
 from . import native
 from ..config import NUM_SYMBOLS
 
-__all__ = ["Episode", "argmax_last", "finish", "new_episode", "read_tape", "start"]
+__all__ = ["Episode", "argmax_last", "finish", "new_episode", "predict", "read_tape", "rewards_and_predictions", "start"]
 
 _sigmoid_backward = torch.ops.aten.sigmoid_backward
 _tanh_backward = torch.ops.aten.tanh_backward
@@ -68,7 +68,9 @@ class Episode:
 
     Head layout (width ``H``): the decision logits (3 per decision, already scaled), then with
     memory the keep gate of the write (``width``), the three direct-access gates of the write
-    (direct access only) and the written value (``width``).
+    (direct access only) and the written value (``width``); with ``window_write``, the keep gates
+    of every window cell (``n * width``, offsets ``-k .. k``), the ``2 n^2`` pair gates (memory
+    offset major, then input offset, then ``p, p2``) and every cell's value (``n * width``).
 
     Arguments:
         size: rows of the batch.
@@ -79,6 +81,10 @@ class Episode:
         window: the read window's half width k (``2k + 1`` cells read on each tape).
         memory_cells, width: the memory tape (``memory_cells`` 0 for none).
         direct: the direct-access write (gated one-hot symbol and neighbour cells).
+        window_write: the authors' direct access instead
+            (:class:`~rlntm_demo.controllers.WindowedDirectAccessController`): every cell of the
+            memory window written, then the pair gates add the window's one-hot symbols; the C++
+            loop does not have it (:func:`new_episode` returns this class for it).
         grad: save what backward needs.
         want_windows: :meth:`stacked` also returns the memory windows read (for a baseline LSTM
             run after the episode: :attr:`~rlntm_demo.model.RLNTM.fuses_baseline`).
@@ -101,6 +107,7 @@ class Episode:
         grad: bool,
         want_windows: bool = False,
         memory_start_marker: bool = False,
+        window_write: bool = False,
     ) -> None:
         self.size = size
         self.dtype = dtype
@@ -113,6 +120,10 @@ class Episode:
         self.cells = memory_cells
         self.width = width if self.memory else 0
         self.direct = direct and self.memory
+        self.window_write = window_write and self.memory
+        if self.window_write and memory_cells < self.window_cells:
+            raise ValueError(f"the window write needs the {self.window_cells} cells of the read window to be distinct: "
+                             f"memory_cells must be at least {self.window_cells}, not {memory_cells}")
         self.reads = self.window_cells + (2 if self.direct else 0)
         self.grad = grad
         self.want_windows = want_windows
@@ -186,7 +197,11 @@ class Episode:
         self.w_h_t = self.w_h.t().contiguous() if self.w_h is not None else None
         self.w_reads_controller_t = self.w_reads_controller.t().contiguous() if self.w_reads_controller is not None else None
         self.z_split = [3 * self.units, self.combined.shape[1] - 3 * self.units]
-        self.head_split = [logit_columns, self.width + (3 if self.direct else 0), self.width]
+        n = self.window_cells
+        if self.window_write:
+            self.head_split = [logit_columns, n * self.width + 2 * n * n, n * self.width]
+        else:
+            self.head_split = [logit_columns, self.width + (3 if self.direct else 0), self.width]
         self.h = h0
         self.c = c0
         self.hs.append(h0)
@@ -274,7 +289,8 @@ class Episode:
             assert self.memory_at is not None
             read_rows = self.read_table.index_select(0, self.memory_at).view(-1)
         self.symbols = symbols
-        return _Step.apply(token, self, t, self.previous + centre, extra, mask, self.live[:, None], centre[:, None], self.memory_at, read_rows)
+        written_symbols = symbols.view(size, -1) if self.window_write else centre[:, None]
+        return _Step.apply(token, self, t, self.previous + centre, extra, mask, self.live[:, None], written_symbols, self.memory_at, read_rows)
 
     def advance(self, actions: torch.Tensor) -> bool:
         """Record the step's decisions (B, D) and move the heads; returns :meth:`finished`."""
@@ -320,7 +336,7 @@ class Episode:
             extra_index: (B * (window cells - 1),) the table rows of the other window cells, or ``None``.
             mask: (B, D, 3) additive feasibility mask (0 or -inf).
             live: (B, 1) bool, the rows whose episode is not over.
-            symbol: (B, 1) long, the centre symbol.
+            symbol: (B, 1) long, the centre symbol; (B, n) the window's symbols with ``window_write``.
             write_row: (B,) the tape row of each memory head (``None`` without memory).
             read_rows: (B * cells read,) the tape rows read (``None`` without memory).
         """
@@ -379,7 +395,10 @@ class Episode:
             gates = gate_part.sigmoid()
             value = value_part.tanh()
             old = cells[self.centre]
-            if self.direct:
+            if self.window_write:
+                assert window is not None and read_rows is not None
+                self._write_window(window, gates, value, symbol, live, read_rows)
+            elif self.direct:
                 keep, symbol_gate, left_gate, right_gate = gates.split([width, 1, 1, 1], 1)
                 new = torch.addcmul(value, keep, old)
                 # Gated one-hot input symbol, then gated left and right neighbours.
@@ -388,11 +407,12 @@ class Episode:
                 new.addcmul_(right_gate, cells[self.window_cells + 1])
             else:
                 new = torch.addcmul(value, gates, old)
-            cell = torch.where(live, new, old)
-            assert self.tape is not None
-            self.tape.index_copy_(0, write_row, cell)
-            if self.direct:
-                self.written.append(cell)
+            if not self.window_write:
+                cell = torch.where(live, new, old)
+                assert self.tape is not None
+                self.tape.index_copy_(0, write_row, cell)
+                if self.direct:
+                    self.written.append(cell)
         if self.grad:
             # ``probs`` becomes an output of the step's node, so keeping it would make a reference
             # cycle (episode -> probs -> node -> ctx -> episode) that frees nothing of the episode
@@ -401,6 +421,54 @@ class Episode:
                 (table_index, extra_index, live, symbol, write_row, read_rows, window, cells, sig, gates_ifo, candidate, tg, tc, gates, value, probs.detach(), output)
             )
         return probs
+
+    def _window_gates(self, gates: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The window write's activated heads, shaped: keep (B, n, width), pairs (B, n, n, 2) and
+        value (B, n, width)."""
+        size, n, width = self.size, self.window_cells, self.width
+        keep, pairs = gates.split([n * width, 2 * n * n], 1)
+        return keep.view(size, n, width), pairs.view(size, n, n, 2), value.view(size, n, width)
+
+    def _pair_updates(self, base: torch.Tensor, pairs: torch.Tensor, symbols: torch.Tensor) -> list[torch.Tensor]:
+        """The window after its keep-and-value write (``base``, (B, n, width)), then after each
+        input offset's pair gates in turn: ``cell_i <- p2_ij * cell_i + p_ij * onehot(symbol_j)``."""
+        size, n = self.size, self.window_cells
+        states = [base]
+        for j in range(n):
+            index = symbols[:, j, None, None].expand(size, n, 1)
+            states.append((states[-1] * pairs[:, :, j, 1:2]).scatter_add_(2, index, pairs[:, :, j, 0:1]))
+        return states
+
+    def _write_window(self, window: torch.Tensor, gates: torch.Tensor, value: torch.Tensor, symbols: torch.Tensor,
+                      live: torch.Tensor, read_rows: torch.Tensor) -> None:
+        """The authors' direct access: write every cell of the memory window (live rows only)."""
+        size = self.size
+        keep, pairs, values = self._window_gates(gates, value)
+        old = window.view(size, self.window_cells, self.width)
+        new = self._pair_updates(torch.addcmul(values, keep, old), pairs, symbols)[-1]
+        cells = torch.where(live[:, :, None], new, old)
+        assert self.tape is not None
+        self.tape.index_copy_(0, read_rows, cells.view(-1, self.width))
+        self.written.append(cells.view(size, -1))
+
+    def _write_window_backward(self, grad_cells: torch.Tensor, window: torch.Tensor, gates: torch.Tensor,
+                               value: torch.Tensor, symbols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Backward through :meth:`_write_window`'s update of live rows: from the gradient of the
+        window it wrote (B, n, width), the gradients of the gates' and the value's activations
+        (each as laid out in the heads) and of the cells read (B, n, width)."""
+        size, n = self.size, self.window_cells
+        keep, pairs, values = self._window_gates(gates, value)
+        old = window.view(size, n, self.width)
+        states = self._pair_updates(torch.addcmul(values, keep, old), pairs, symbols)
+        dpairs = torch.empty_like(pairs)
+        grad = grad_cells
+        for j in reversed(range(n)):
+            index = symbols[:, j, None, None].expand(size, n, 1)
+            dpairs[:, :, j, 0] = grad.gather(2, index)[..., 0]
+            dpairs[:, :, j, 1] = (grad * states[j]).sum(2)
+            grad = grad * pairs[:, :, j, 1:2]
+        dgates = torch.cat([(grad * old).view(size, -1), dpairs.view(size, -1)], 1)
+        return dgates, grad.view(size, -1), grad * keep
 
     def stacked(self) -> tuple[torch.Tensor | None, ...]:
         """Every step's log-probabilities of the decisions taken (B, T, D; the decisions
@@ -517,11 +585,20 @@ class Episode:
             assert tape_grad is not None and cells is not None and gates is not None and value is not None
             # The write: the written cell's gradient goes to the new value in live rows (the old
             # content did not survive), and stays with the old content in the others.
+            if self.window_write:
+                assert window is not None and read_rows is not None
+                write_row, live = read_rows, live.repeat_interleave(self.window_cells, 0)
             after = tape_grad.index_select(0, write_row)
+            if written is not None:
+                written = written.reshape(after.shape)
             dnew = torch.where(live, after if written is None else after + written, 0.0)
             tape_grad.index_copy_(0, write_row, torch.where(live, 0.0, after))
             old = cells[self.centre]
-            if self.direct:
+            dvalue = dnew
+            if self.window_write:
+                dgates, dvalue, dold = self._write_window_backward(dnew.view(size, self.window_cells, width), window, gates, value, symbol)
+                dold = dold.view(-1, width)
+            elif self.direct:
                 keep = gates[:, :width]
                 dgates = torch.cat(
                     [dnew * old, dnew.gather(1, symbol), (dnew * cells[self.window_cells]).sum(1, keepdim=True),
@@ -530,10 +607,11 @@ class Episode:
             else:
                 keep = gates
                 dgates = dnew * old
-            dold = dnew * keep
+            if not self.window_write:
+                dold = dnew * keep
             if written is not None:
                 dold += torch.where(live, 0.0, written)
-            dmemory = torch.cat([_sigmoid_backward(dgates, gates), _tanh_backward(dnew, value)], 1)
+            dmemory = torch.cat([_sigmoid_backward(dgates, gates), _tanh_backward(dvalue, value)], 1)
             accumulators["heads_w_memory"].addmm_(output.t(), dmemory)
             accumulators["heads_b_memory"] += dmemory.sum(0)
             through = dmemory.mm(self.heads_w_memory_t)
@@ -570,7 +648,10 @@ class Episode:
             if grad_window is not None:
                 dreads += grad_window
             dreads = dreads.view(size, self.window_cells, width)
-            dreads[:, self.centre] += dold
+            if self.window_write:
+                dreads += dold.view(size, self.window_cells, width)
+            else:
+                dreads[:, self.centre] += dold
             if self.direct:
                 dreads = torch.cat([dreads, dneighbours], 1)
             tape_grad.index_add_(0, read_rows, dreads.view(-1, width))
@@ -681,10 +762,12 @@ class _Finish(torch.autograd.Function):
 
 def new_episode(**options: Any) -> Any:
     """An :class:`Episode` with these keyword arguments, or its C++ twin from :mod:`rlntm_demo.fast.native`
-    where that is built (the same methods, values and gradients, fewer microseconds per operation)."""
+    where that is built (the same methods, values and gradients, fewer microseconds per operation).
+    The window write (``window_write``) has no C++ twin: it always runs here."""
     module = native.extension()
-    if module is None:
+    if module is None or options.get("window_write"):
         return Episode(**options)
+    options.pop("window_write", None)
     options.pop("dtype")  # the C++ episode takes it from the weights
     return module.Episode(symbols=NUM_SYMBOLS, **options)
 
@@ -759,6 +842,14 @@ def predict(
             assert cells is not None
             logits = torch.addcmul(logits, gate[:, 1:2], cells.reshape(size * steps, -1).index_select(0, rows))
         logits = logits.scatter_add(1, symbols[:, None], gate[:, :1])
+    return rewards_and_predictions(logits, rows, targets, size, steps)
+
+
+def rewards_and_predictions(logits: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor, size: int,
+                            steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`predict`'s outputs from the prediction logits (N, NUM_SYMBOLS) at the predicting
+    steps ``rows`` (flat ``b * steps + t``) and their ``targets``: rewards (B, T), the target's
+    log-probability there and 0 elsewhere; predictions (B, T), the argmax there and -1 elsewhere."""
     # The target's logit minus the log-sum-exp: torch's log-softmax over a last dimension this
     # short costs several times more.
     log_probs = logits.gather(1, targets[:, None])[:, 0] - logits.logsumexp(-1)

@@ -260,16 +260,16 @@ def test_every_model_option_is_exact(task_name: str, controller: str, options: d
             assert option.replace("_", " ") in reports[0].notes[-1]
 
 
-@pytest.mark.parametrize("task_name,options", [
-    ("forward-reverse", {}),
-    ("forward-reverse", {"shortcut_scale": 5.0, "memory_start_marker": True}),
-    ("reverse", {"input_start_marker": True}),
+@pytest.mark.parametrize("task_name,options,step_impl", [
+    ("forward-reverse", {}, "fast"),
+    ("forward-reverse", {}, "reference"),
+    ("forward-reverse", {"shortcut_scale": 5.0, "memory_start_marker": True}, "fast"),
+    ("reverse", {"input_start_marker": True}, "fast"),
 ])
-def test_the_authors_direct_access_is_exact(task_name: str, options: dict[str, object]) -> None:
-    """The authors' gates over the read window (reference step, the only one that runs them),
-    checked exactly (rtol 1e-6, atol 1e-9); every parameter reaches J, the window's side heads
-    and pair gates included."""
-    reports = check_model(task_name, "direct", step_impl="reference", direct_access="authors",
+def test_the_authors_direct_access_is_exact(task_name: str, options: dict[str, object], step_impl: str) -> None:
+    """The authors' gates over the read window, on either step, checked exactly (rtol 1e-6, atol
+    1e-9); every parameter reaches J, the window's side heads and pair gates included."""
+    reports = check_model(task_name, "direct", step_impl=step_impl, direct_access="authors",
                           adjacent_memory="off", **options)  # type: ignore[arg-type]
     for report in reports:
         assert report.ok, str(report)

@@ -10,7 +10,7 @@ from rlntm_demo.controllers import DirectAccessController, WindowedDirectAccessC
 from rlntm_demo.interfaces import MemoryTape
 from rlntm_demo.tasks import make_task
 
-AUTHORS = {"controller": "direct", "direct_access": "authors", "step_impl": "reference", "adjacent_memory": "off"}
+AUTHORS = {"controller": "direct", "direct_access": "authors", "adjacent_memory": "off"}
 
 
 def windowed(read_window: int = 1, **options: object) -> WindowedDirectAccessController:
@@ -30,7 +30,6 @@ def test_make_controller_picks_the_windowed_controller_only_for_the_authors_dire
 
 
 @pytest.mark.parametrize("change,message", [
-    ({"step_impl": "fast"}, "step_impl='reference'"),
     ({"adjacent_memory": "open"}, "adjacent_memory='off'"),
     ({"memory_cells": 2, "read_window": 1}, "memory_cells must be at least 3"),
     ({"direct_access": "window"}, "unknown direct_access"),
@@ -40,9 +39,23 @@ def test_the_authors_direct_access_names_what_it_needs(change: dict[str, object]
         ModelConfig(**{**AUTHORS, **change})  # type: ignore[arg-type]
 
 
-def test_the_fast_step_refuses_the_windowed_controller() -> None:
-    with pytest.raises(NotImplementedError, match="reference step only"):
+def test_the_windowed_controller_is_not_one_linear_prediction_map() -> None:
+    with pytest.raises(NotImplementedError, match="call window_prediction_logits"):
         windowed().prediction_weights()
+
+
+@pytest.mark.parametrize("read_window", [0, 1, 2])
+def test_the_offset_weights_give_each_offset_its_own_head(read_window: int) -> None:
+    controller = windowed(read_window)
+    h = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
+    weight, bias = controller.offset_weights(controller.keep_head, controller.side_keep_head)
+    per_offset = torch.nn.functional.linear(h, weight, bias).view(3, 2 * read_window + 1, NUM_SYMBOLS)
+    torch.testing.assert_close(per_offset[:, read_window], controller.keep_head(h), rtol=0, atol=0)
+    if read_window:
+        assert controller.side_keep_head is not None
+        sides = controller.side_keep_head(h).view(3, 2 * read_window, NUM_SYMBOLS)
+        torch.testing.assert_close(per_offset[:, :read_window], sides[:, :read_window], rtol=0, atol=0)
+        torch.testing.assert_close(per_offset[:, read_window + 1 :], sides[:, read_window:], rtol=0, atol=0)
 
 
 def _gates_only(controller: WindowedDirectAccessController) -> None:

@@ -106,6 +106,14 @@ def assert_equal_rollouts(model: RLNTM, batch: Batch, monkeypatch: pytest.Monkey
     ("sort", {"adjacent_memory": "off", "baseline": "online"}),
     ("forward-reverse", {"memory_start_marker": True, "circular_input": True, "adjacent_memory": "off"}),
     ("addition", {"read_window": 1, "memory_start_marker": True, "baseline": "offline"}),
+    # The authors' direct access (the window write; the Python loop whether or not C++ is built).
+    ("forward-reverse", {"direct_access": "authors", "adjacent_memory": "off", "read_window": 2, "memory_cells": 5}),
+    ("forward-reverse", {"direct_access": "authors", "adjacent_memory": "off", "read_window": 1, "shortcut_scale": 3.0,
+                         "circular_input": True, "memory_start_marker": True}),
+    ("forward-reverse", {"direct_access": "authors", "adjacent_memory": "off", "baseline": "online"}),
+    ("repeat-copy", {"direct_access": "authors", "adjacent_memory": "off", "read_window": 1, "baseline": "offline",
+                     "input_start_marker": True}),
+    ("copy", {"direct_access": "authors", "adjacent_memory": "off", "read_window": 2, "shortcut_scale": 2.0}),
 ])
 def test_the_fast_step_equals_the_reference(task_name: str, options: dict[str, object], controller: str,
                                              monkeypatch: pytest.MonkeyPatch) -> None:

@@ -109,6 +109,17 @@ def test_the_switch_turns_the_native_loop_off(monkeypatch: pytest.MonkeyPatch) -
 
 
 @pytest.mark.usefixtures("fresh_extension")
+def test_the_window_write_runs_the_python_loop_even_where_the_native_one_is_built() -> None:
+    options = dict(size=2, dtype=torch.float32, units=0, controller_units=0, decisions=3, window=1,
+                   memory_cells=3, width=4, direct=False, grad=False, want_windows=False)
+    assert not isinstance(fused.new_episode(**options), fused.Episode)
+    episode = fused.new_episode(**options, window_write=True)
+    assert isinstance(episode, fused.Episode) and episode.window_write
+    with pytest.raises(ValueError, match="memory_cells must be at least 3, not 2"):
+        fused.new_episode(**{**options, "memory_cells": 2}, window_write=True)
+
+
+@pytest.mark.usefixtures("fresh_extension")
 def test_a_native_episode_is_freed_with_its_graph(monkeypatch: pytest.MonkeyPatch) -> None:
     """As for the Python loop (``test_fused.py``): no reference cycle through a step's output."""
     episodes: list[weakref.ref[object]] = []
