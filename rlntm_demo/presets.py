@@ -26,8 +26,10 @@ curriculum             10/25/65%, threshold 0.2,      10/22.5/67.5%; error of th
                        100 updates between levels;    C + e examples only, EMA 0.8,   10 updates between levels;
                        error over the whole batch     threshold 0.2 (0.25             error over the whole batch
                                                       ForwardReverse), 100 updates
-direct access          gates add at most +1 logit     gates add at most +1 logit      learnable scale, starts at 5
-                                                                                      (``model.shortcut_scale``)
+direct access          five gates on the current      the authors': gates over the    learnable scale, starts at 5
+                       cells, each adding at most     5-cell windows, every window    (``model.shortcut_scale``)
+                       +1 logit                       cell written
+                                                      (``model.direct_access``)
 adjacent-memory gates  open (the paper's reading)     none, as in the authors' code   none (``model.adjacent_memory``)
 after solving          stop                           stop                            3,000 more updates
                                                                                       (``updates_after_solved``)
@@ -51,13 +53,15 @@ speaks; the ``authors`` column the authors' released scripts (``shared/notes/aut
 * no path from the memory to the adjacent memories (section 2: absent from their direct access):
   ``model.adjacent_memory = "off"``;
 * a memory tape for every task, RepeatCopy included (section 6: their model always had one;
-  Table 2 and the ``paper`` preset give RepeatCopy none): ``memory = true``.
+  Table 2 and the ``paper`` preset give RepeatCopy none): ``memory = true``;
+* their direct access (``super_direct``, section 2) over the two 5-cell windows:
+  ``model.direct_access = "authors"`` (the paper's five gates on the current cells are
+  ``--set model.direct_access=paper``, the preset's definition until issue 19's last runs).
 
 The authors' initial memory, zero but for the head's first cell, all ones (section 2), is
-``model.memory_start_marker = true``, left off here: the published runs of this preset were made
-without it, and on ForwardReverse it did not help (``docs/results/status.rst``). So is the authors'
-direct access over the read window (``model.direct_access = "authors"``, section 2), which runs
-on the reference step only (``model.step_impl = "reference"``), too slow for the published sweeps.
+``model.memory_start_marker = true``, left off here: on ForwardReverse it did not help
+(``docs/results/status.rst``), and the runs that moved this preset to the authors' direct access
+were made without it.
 
 The ``paper`` preset keeps the paper's inverse temperature (0.01) on every task. The authors'
 README says 30-50% of seeds succeed, and their shipped runs used seeds 2 and 10 (RepeatCopy), 3
@@ -229,7 +233,7 @@ def _authors(task: str, controller: str) -> dict[str, Any]:
         "memory": True,
         "model": {"init_std": 0.1, "inverse_temperature": 0.03 if task.startswith("repeat-copy") else 0.01,
                   "initial_state": 0.1, "baseline": "offline", "read_window": 2, "circular_input": True,
-                  "adjacent_memory": "off"},
+                  "adjacent_memory": "off", "direct_access": "authors"},
         "optimizer": {"name": "sgd", "learning_rate": 0.05, "momentum": 0.9, "clip_controller": 2.0, "clip_baseline": 5.0},
         "curriculum": {"threshold": 0.25 if task == "forward-reverse" else 0.2, "min_updates_between": 100,
                        "probabilities": [0.10, 0.225, 0.675], "smoothing": 0.8, "error": "authors", **levels},

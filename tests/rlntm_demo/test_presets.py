@@ -35,6 +35,17 @@ def test_authors_preset_has_their_scripts_values() -> None:
     assert repeat_copy.curriculum.probabilities == (0.10, 0.225, 0.675) and repeat_copy.curriculum.smoothing == 0.8
 
 
+def test_the_authors_preset_has_their_direct_access_and_runs_it_on_the_fast_step() -> None:
+    from rlntm_demo.controllers import WindowedDirectAccessController
+    from rlntm_demo.model import RLNTM
+
+    config = make_config("copy", "direct", "authors")
+    assert (config.model.direct_access, config.model.step_impl, config.model.read_window) == ("authors", "fast", 2)
+    assert isinstance(RLNTM(config.model).controller, WindowedDirectAccessController)
+    paper_gates = make_config("copy", "direct", "authors", overrides=["model.direct_access=paper"])
+    assert not isinstance(RLNTM(paper_gates.model).controller, WindowedDirectAccessController)
+
+
 def test_fast_preset_uses_several_rollouts_and_adam() -> None:
     config = make_config("copy", "lstm", "fast")
     assert config.optimizer.name == "adam" and config.rollouts_per_input == 8
