@@ -139,6 +139,7 @@ class Episode:
         self.written: list[torch.Tensor] = []
         self.reads_list: list[torch.Tensor] = []
         self.saved: list[tuple[Any, ...]] = []
+        self.window_states: list[torch.Tensor] = []  # window write: each step's window before each input offset
         # One backward pass: the gradients that do not depend on the recursion (from _Finish's
         # outputs), and the weight gradients the steps' backward accumulates.
         self.external: list[tuple[torch.Tensor | None, ...]] = []
@@ -445,30 +446,34 @@ class Episode:
         size = self.size
         keep, pairs, values = self._window_gates(gates, value)
         old = window.view(size, self.window_cells, self.width)
-        new = self._pair_updates(torch.addcmul(values, keep, old), pairs, symbols)[-1]
-        cells = torch.where(live[:, :, None], new, old)
+        states = self._pair_updates(torch.addcmul(values, keep, old), pairs, symbols)
+        if self.grad:
+            self.window_states.append(torch.stack(states[:-1], 1))
+        cells = torch.where(live[:, :, None], states[-1], old)
         assert self.tape is not None
         self.tape.index_copy_(0, read_rows, cells.view(-1, self.width))
         self.written.append(cells.view(size, -1))
 
-    def _write_window_backward(self, grad_cells: torch.Tensor, window: torch.Tensor, gates: torch.Tensor,
+    def _write_window_backward(self, t: int, grad_cells: torch.Tensor, window: torch.Tensor, gates: torch.Tensor,
                                value: torch.Tensor, symbols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Backward through :meth:`_write_window`'s update of live rows: from the gradient of the
-        window it wrote (B, n, width), the gradients of the gates' and the value's activations
-        (each as laid out in the heads) and of the cells read (B, n, width)."""
+        """Backward through step ``t``'s :meth:`_write_window` update of live rows: from the
+        gradient of the window it wrote (B, n, width), the gradients of the gates' and the value's
+        activations (each as laid out in the heads) and of the cells read (B, n, width)."""
         size, n = self.size, self.window_cells
-        keep, pairs, values = self._window_gates(gates, value)
+        keep, pairs, _ = self._window_gates(gates, value)
+        # The gradient of the window after each input offset's update, last offset first.
+        after = [grad_cells]
+        for j in range(n - 1, 0, -1):
+            after.append(after[-1] * pairs[:, :, j, 1:2])
+        grad_base = after[-1] * pairs[:, :, 0, 1:2]
+        after_each = torch.stack(after[::-1], 1)  # (B, input offset j, memory offset i, width)
+        index = symbols[:, :, None, None].expand(size, n, n, 1)
+        dp = after_each.gather(3, index)[..., 0]
+        dp2 = (after_each * self.window_states[t]).sum(3)
+        dpairs = torch.stack([dp, dp2], 3).transpose(1, 2)  # (B, i, j, (p, p2)), as the heads lay them out
         old = window.view(size, n, self.width)
-        states = self._pair_updates(torch.addcmul(values, keep, old), pairs, symbols)
-        dpairs = torch.empty_like(pairs)
-        grad = grad_cells
-        for j in reversed(range(n)):
-            index = symbols[:, j, None, None].expand(size, n, 1)
-            dpairs[:, :, j, 0] = grad.gather(2, index)[..., 0]
-            dpairs[:, :, j, 1] = (grad * states[j]).sum(2)
-            grad = grad * pairs[:, :, j, 1:2]
-        dgates = torch.cat([(grad * old).view(size, -1), dpairs.view(size, -1)], 1)
-        return dgates, grad.view(size, -1), grad * keep
+        dgates = torch.cat([(grad_base * old).view(size, -1), dpairs.reshape(size, -1)], 1)
+        return dgates, grad_base.view(size, -1), grad_base * keep
 
     def stacked(self) -> tuple[torch.Tensor | None, ...]:
         """Every step's log-probabilities of the decisions taken (B, T, D; the decisions
@@ -596,7 +601,7 @@ class Episode:
             old = cells[self.centre]
             dvalue = dnew
             if self.window_write:
-                dgates, dvalue, dold = self._write_window_backward(dnew.view(size, self.window_cells, width), window, gates, value, symbol)
+                dgates, dvalue, dold = self._write_window_backward(t, dnew.view(size, self.window_cells, width), window, gates, value, symbol)
                 dold = dold.view(-1, width)
             elif self.direct:
                 keep = gates[:, :width]
