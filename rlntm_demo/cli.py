@@ -136,7 +136,7 @@ def make_parser() -> argparse.ArgumentParser:
                        help="the step checked, as model.step_impl: the fast loop (default) or the reference step")
     check.add_argument("--direct-access", choices=DIRECT_ACCESS, default="paper",
                        help="direct access: the paper's five gates (default) or the authors' gates over the read "
-                            "window, as model.direct_access (needs --step-impl reference and --adjacent-memory off)")
+                            "window, as model.direct_access (needs --adjacent-memory off)")
     check.add_argument("--input-start-marker", action="store_true",
                        help="a visible left end of the input tape, as model.input_start_marker")
     check.add_argument("--memory-start-marker", action="store_true",

@@ -33,3 +33,14 @@ done
 # not solved; run two at a time from a worktree of 08b395b, like the rest of the authors preset.
 rlntm-demo sweep --tasks forward-reverse --controllers direct \
   --presets authors --seeds 3 10 --max-updates 20000 --out $ROOT --num-cpus 1
+# The authors preset with the authors' direct access (model.direct_access=authors, the preset's
+# definition from fd72332 on), the paper's budget, from a worktree of fd72332: the column that
+# replaces the one above. Copy seed 0 was started alone with the same settings
+# (rlntm-demo train --task copy --controller direct --preset authors --seed 0 --max-updates 20000
+#  --out runs/issue19/authors-window/copy__direct__authors__seed0), which the sweep adopts. Its
+# ForwardReverse seeds 0 and 1 are the reference-step runs of issue19-diagnostics.sh
+# (runs/issue19/windowed, copied in once finished); the sweep skips them.
+for seed in 0 1 2; do
+  rlntm-demo sweep --tasks copy repeat-copy reverse duplicated-input forward-reverse --controllers direct \
+    --presets authors --seeds $seed --max-updates 20000 --out runs/issue19/authors-window --num-cpus 1
+done
