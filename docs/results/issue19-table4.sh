@@ -34,12 +34,17 @@ done
 rlntm-demo sweep --tasks forward-reverse --controllers direct \
   --presets authors --seeds 3 10 --max-updates 20000 --out $ROOT --num-cpus 1
 # The authors preset with the authors' direct access (model.direct_access=authors, the preset's
-# definition from fd72332 on), the paper's budget, from a worktree of fd72332: the column that
-# replaces the one above. Copy seed 0 was started alone with the same settings
+# definition from fd72332 on), the paper's budget: the column that replaces the one above, in
+# runs/issue19/authors-window. Copy seed 0 was trained alone from a worktree of fd72332
 # (rlntm-demo train --task copy --controller direct --preset authors --seed 0 --max-updates 20000
-#  --out runs/issue19/authors-window/copy__direct__authors__seed0), which the sweep adopts. Its
-# ForwardReverse seeds 0 and 1 are the reference-step runs of issue19-diagnostics.sh
-# (runs/issue19/windowed, copied in once finished); the sweep skips them.
+#  --out runs/issue19/authors-window/copy__direct__authors__seed0), then RepeatCopy seed 0 by the
+# loop below, also at fd72332; the rest from a worktree of 7984e7c (the same model, a faster
+# backward), one sweep per run in two lanes side by side, one CPU each:
+#   lane A: reverse 0, forward-reverse 2, reverse 1, copy 1, reverse 2, copy 2
+#   lane B: duplicated-input 0, repeat-copy 1, duplicated-input 1, repeat-copy 2, duplicated-input 2
+# Its ForwardReverse seeds 0 and 1 are the reference-step runs of issue19-diagnostics.sh
+# (runs/issue19/windowed, copied in once finished); the sweep skips them. Running the loop below
+# makes the same runs and continues any that stopped.
 for seed in 0 1 2; do
   rlntm-demo sweep --tasks copy repeat-copy reverse duplicated-input forward-reverse --controllers direct \
     --presets authors --seeds $seed --max-updates 20000 --out runs/issue19/authors-window --num-cpus 1
