@@ -56,7 +56,7 @@ speaks; the ``authors`` column the authors' released scripts (``shared/notes/aut
   Table 2 and the ``paper`` preset give RepeatCopy none): ``memory = true``;
 * their direct access (``super_direct``, section 2) over the two 5-cell windows:
   ``model.direct_access = "authors"`` (the paper's five gates on the current cells are
-  ``--set model.direct_access=paper``, the preset's definition until issue 19's last runs).
+  ``--set model.direct_access=paper``, the preset's definition before ``fd72332``).
 
 The authors' initial memory, zero but for the head's first cell, all ones (section 2), is
 ``model.memory_start_marker = true``, left off here: on ForwardReverse it did not help
